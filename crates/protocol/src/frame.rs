@@ -1,0 +1,407 @@
+//! JSON text frames: decoding client commands, encoding server frames, and
+//! the owned forms a client uses to read what the server sends.
+//!
+//! Decoding is two-step so errors are precise and still carry the command's
+//! `id`: the frame is first split into borrowed raw fields, then each field is
+//! read and checked. `data` stays raw JSON ([`RawValue`]) and is spliced into
+//! the outgoing `message` frame without being re-parsed or re-encoded.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::channel::ChannelName;
+use crate::codes::ErrorCode;
+
+/// A decoded client command with its optional `id`.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub id: Option<u64>,
+    pub command: Command<'a>,
+}
+
+/// What a client asks for. `data` borrows from the frame it was decoded from.
+#[derive(Debug, Clone)]
+pub enum Command<'a> {
+    Subscribe { channel: ChannelName },
+    Unsubscribe { channel: ChannelName },
+    Publish { channel: ChannelName, data: &'a RawValue },
+    Presence { channel: ChannelName },
+    Refresh { token: String },
+    Ping,
+}
+
+impl Command<'_> {
+    /// The command's `type`, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Subscribe { .. } => "subscribe",
+            Command::Unsubscribe { .. } => "unsubscribe",
+            Command::Publish { .. } => "publish",
+            Command::Presence { .. } => "presence",
+            Command::Refresh { .. } => "refresh",
+            Command::Ping => "ping",
+        }
+    }
+}
+
+/// A frame that could not be decoded into a command. `id` is set when the
+/// frame carried a valid one, so the error goes back as that command's reply.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{code}: {message}")]
+pub struct CommandError {
+    pub id: Option<u64>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl CommandError {
+    pub fn new(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> CommandError {
+        CommandError {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad(id: Option<u64>, message: impl Into<String>) -> CommandError {
+        CommandError::new(id, ErrorCode::BadRequest, message)
+    }
+}
+
+/// The deepest nesting of arrays and objects accepted in `data`. serde_json
+/// already refuses frames nested past 128 levels while decoding; the limit
+/// here is lower so subscribers' own parsers (often recursive) stay safe.
+pub const MAX_DATA_DEPTH: usize = 32;
+
+/// The deepest array/object nesting of a valid JSON text, by one scan that
+/// skips strings. Written by hand: serde_json does not expose depth, and
+/// re-parsing `data` into a tree just to measure it would cost an allocation
+/// per node on every publish.
+pub fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// The fields of a command frame, each still raw JSON.
+#[derive(Deserialize)]
+struct RawCommand<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    channel: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    token: Option<&'a RawValue>,
+}
+
+fn describe_json_error(error: &serde_json::Error) -> String {
+    // serde_json's messages name the line and column but never echo input.
+    format!("frame is not a valid JSON object: {error}")
+}
+
+/// Decodes one client text frame.
+pub fn decode_command(text: &str) -> Result<Request<'_>, CommandError> {
+    let trimmed = text.trim_start();
+    if !trimmed.starts_with('{') {
+        return Err(CommandError::bad(None, "frame must be a JSON object"));
+    }
+    let raw: RawCommand<'_> =
+        serde_json::from_str(text).map_err(|e| CommandError::bad(None, describe_json_error(&e)))?;
+
+    let id = match raw.id {
+        None => None,
+        Some(v) if v.get() == "null" => None,
+        Some(v) => Some(
+            serde_json::from_str::<u64>(v.get())
+                .map_err(|_| CommandError::bad(None, "id must be a non-negative integer"))?,
+        ),
+    };
+    let kind: String = match raw.kind {
+        None => return Err(CommandError::bad(id, "missing field type")),
+        Some(v) => serde_json::from_str(v.get())
+            .map_err(|_| CommandError::bad(id, "type must be a string"))?,
+    };
+    let channel = || -> Result<ChannelName, CommandError> {
+        let raw = raw
+            .channel
+            .ok_or_else(|| CommandError::bad(id, "missing field channel"))?;
+        let name: String = serde_json::from_str(raw.get())
+            .map_err(|_| CommandError::bad(id, "channel must be a string"))?;
+        ChannelName::parse(&name).map_err(|e| CommandError::bad(id, format!("invalid channel: {e}")))
+    };
+    let command = match kind.as_str() {
+        "subscribe" => Command::Subscribe { channel: channel()? },
+        "unsubscribe" => Command::Unsubscribe { channel: channel()? },
+        "presence" => Command::Presence { channel: channel()? },
+        "publish" => {
+            let channel = channel()?;
+            let data = raw
+                .data
+                .ok_or_else(|| CommandError::bad(id, "missing field data"))?;
+            if nesting_depth(data.get()) > MAX_DATA_DEPTH {
+                return Err(CommandError::bad(
+                    id,
+                    format!("data is nested deeper than {MAX_DATA_DEPTH} levels"),
+                ));
+            }
+            Command::Publish { channel, data }
+        }
+        "refresh" => {
+            let raw = raw
+                .token
+                .ok_or_else(|| CommandError::bad(id, "missing field token"))?;
+            let token: String = serde_json::from_str(raw.get())
+                .map_err(|_| CommandError::bad(id, "token must be a string"))?;
+            Command::Refresh { token }
+        }
+        "ping" => Command::Ping,
+        other => {
+            let shown: String = other.chars().take(32).collect();
+            return Err(CommandError::bad(
+                id,
+                format!("unknown command type {shown:?}"),
+            ));
+        }
+    };
+    Ok(Request { id, command })
+}
+
+/// An error as it appears inside a frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+/// Frames the server sends, borrowing their parts; encode with [`ServerFrame::encode`].
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    Welcome {
+        connection_id: &'a str,
+        node_id: &'a str,
+        user: &'a str,
+    },
+    Reply {
+        id: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        result: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<ErrorBody>,
+    },
+    /// An error for a frame that had no usable `id`.
+    Error { error: ErrorBody },
+    Message {
+        channel: &'a str,
+        data: &'a RawValue,
+    },
+    Join {
+        channel: &'a str,
+        user: &'a str,
+        connection_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        info: Option<&'a RawValue>,
+    },
+    Leave {
+        channel: &'a str,
+        user: &'a str,
+        connection_id: &'a str,
+    },
+}
+
+impl ServerFrame<'_> {
+    pub fn encode(&self) -> String {
+        // Serializing these types cannot fail: every field is a string, an
+        // integer, or JSON that was already validated.
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","error":{"code":"internal","message":"encoding failed"}}"#.to_owned()
+        })
+    }
+
+    /// The frame answering a failed command: a `reply` when it had an id,
+    /// else an `error` frame.
+    pub fn failure(id: Option<u64>, code: ErrorCode, message: &str) -> String {
+        let error = ErrorBody {
+            code: code.as_str().to_owned(),
+            message: message.to_owned(),
+        };
+        match id {
+            Some(id) => ServerFrame::Reply {
+                id,
+                result: None,
+                error: Some(error),
+            },
+            None => ServerFrame::Error { error },
+        }
+        .encode()
+    }
+}
+
+/// A frame as a client reads it (owned, every type the server may send).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Incoming {
+    Welcome {
+        connection_id: String,
+        node_id: String,
+        user: String,
+    },
+    Reply {
+        id: u64,
+        #[serde(default)]
+        result: Option<Value>,
+        #[serde(default)]
+        error: Option<ErrorBody>,
+    },
+    Error {
+        error: ErrorBody,
+    },
+    Message {
+        channel: String,
+        data: Value,
+    },
+    Join {
+        channel: String,
+        user: String,
+        connection_id: String,
+        #[serde(default)]
+        info: Option<Value>,
+    },
+    Leave {
+        channel: String,
+        user: String,
+        connection_id: String,
+    },
+}
+
+impl Incoming {
+    pub fn decode(text: &str) -> Result<Incoming, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+/// A command as a client writes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outgoing<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<&'a str>,
+}
+
+impl Outgoing<'_> {
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> CommandError {
+        decode_command(text).unwrap_err()
+    }
+
+    #[test]
+    fn decodes_every_command() {
+        let r = decode_command(r#"{"type":"subscribe","channel":"chat:lobby","id":1}"#).unwrap();
+        assert_eq!(r.id, Some(1));
+        assert_eq!(r.command.kind(), "subscribe");
+        let r = decode_command(r#"{"type":"publish","channel":"a","data":{"x":[1,2]}}"#).unwrap();
+        assert_eq!(r.id, None);
+        match r.command {
+            Command::Publish { data, .. } => assert_eq!(data.get(), r#"{"x":[1,2]}"#),
+            other => panic!("unexpected {other:?}"),
+        }
+        let r = decode_command(r#"{"type":"refresh","token":"abc","id":5}"#).unwrap();
+        assert!(matches!(r.command, Command::Refresh { token } if token == "abc"));
+        let r = decode_command(r#"{"type":"ping","id":null}"#).unwrap();
+        assert!(r.id.is_none() && matches!(r.command, Command::Ping));
+    }
+
+    #[test]
+    fn precise_errors_keep_the_id() {
+        assert_eq!(err("[1]").message, "frame must be a JSON object");
+        assert_eq!(err("nope").id, None);
+        assert!(err("{\"type\":").message.starts_with("frame is not a valid JSON object"));
+        assert_eq!(err(r#"{"type":"ping","id":-1}"#).message, "id must be a non-negative integer");
+        assert_eq!(err(r#"{"type":"ping","id":1.5}"#).id, None);
+        let e = err(r#"{"id":7}"#);
+        assert_eq!((e.id, e.message.as_str()), (Some(7), "missing field type"));
+        let e = err(r#"{"type":"dance","id":8}"#);
+        assert_eq!((e.id, e.message.as_str()), (Some(8), "unknown command type \"dance\""));
+        let e = err(r#"{"type":"subscribe","id":9}"#);
+        assert_eq!(e.message, "missing field channel");
+        let e = err(r#"{"type":"subscribe","channel":"a b","id":9}"#);
+        assert!(e.message.starts_with("invalid channel"), "{}", e.message);
+        let e = err(r#"{"type":"publish","channel":"a","id":10}"#);
+        assert_eq!(e.message, "missing field data");
+        let e = err(r#"{"type":"subscribe","channel":5,"id":11}"#);
+        assert_eq!(e.message, "channel must be a string");
+        assert!(err(r#"{"type":"ping","type":"ping"}"#).message.contains("duplicate"));
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let e = err(&format!(r#"{{"type":"publish","channel":"a","data":{deep},"id":3}}"#));
+        assert_eq!((e.id, e.code), (Some(3), ErrorCode::BadRequest));
+        let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
+        let e = err(&format!(r#"{{"type":"publish","channel":"a","data":{deep},"id":3}}"#));
+        assert_eq!((e.id, e.message.as_str()), (Some(3), "data is nested deeper than 32 levels"));
+    }
+
+    #[test]
+    fn nesting_depth_skips_strings() {
+        assert_eq!(nesting_depth("1"), 0);
+        assert_eq!(nesting_depth(r#"{"a":[1,{"b":"[[[["}]}"#), 3);
+        assert_eq!(nesting_depth(r#"["\"[", []]"#), 2);
+    }
+
+    #[test]
+    fn encodes_server_frames() {
+        let data = RawValue::from_string(r#"{"text":"hi"}"#.into()).unwrap();
+        let m = ServerFrame::Message { channel: "chat:lobby", data: &data }.encode();
+        assert_eq!(m, r#"{"type":"message","channel":"chat:lobby","data":{"text":"hi"}}"#);
+        let ok = ServerFrame::Reply { id: 1, result: Some(&Value::Object(Default::default())), error: None };
+        assert_eq!(ok.encode(), r#"{"type":"reply","id":1,"result":{}}"#);
+        assert_eq!(
+            ServerFrame::failure(Some(2), ErrorCode::Forbidden, "no"),
+            r#"{"type":"reply","id":2,"error":{"code":"forbidden","message":"no"}}"#
+        );
+        assert_eq!(
+            ServerFrame::failure(None, ErrorCode::BadRequest, "x"),
+            r#"{"type":"error","error":{"code":"bad_request","message":"x"}}"#
+        );
+        let incoming = Incoming::decode(&m).unwrap();
+        assert!(matches!(incoming, Incoming::Message { .. }));
+    }
+}
