@@ -1,1 +1,49 @@
-//! placeholder
+//! The Switchboard gateway node as a library: the `switchboard` binary is a
+//! thin `main` over [`run`], and integration tests drive the same code.
+//!
+//! Map: `config` (file + environment), `server` (HTTP routes and the accept
+//! loop), `handshake` (refusals before the upgrade), `auth` (JWT), `origin`,
+//! `session` (one task per WebSocket), `hub` (local fan-out), `broker`
+//! (cross-node delivery), `presence`, `node` (shared state), `response`.
+
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod handshake;
+pub mod hub;
+pub mod node;
+pub mod origin;
+pub mod presence;
+pub mod response;
+pub mod server;
+pub mod session;
+pub mod token;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::node::Node;
+
+/// Starts a node, serves until `node.shutdown` is cancelled, then waits up to
+/// the shutdown grace period for sessions to close.
+pub async fn run(config: Config, listener: TcpListener) -> Result<(), String> {
+    let node = Node::in_memory(config)?;
+    serve(node, listener).await;
+    Ok(())
+}
+
+/// Serves a built node on a bound listener until shutdown completes.
+pub async fn serve(node: Arc<Node>, listener: TcpListener) {
+    server::serve(Arc::clone(&node), listener).await;
+    node.tasks.close();
+    let grace = node.config.shutdown_grace;
+    if tokio::time::timeout(grace, node.tasks.wait()).await.is_err() {
+        tracing::warn!(
+            message = "shutdown grace period ended with tasks still running",
+            grace_ms = grace.as_millis() as u64,
+            remaining = node.tasks.len()
+        );
+    }
+}

@@ -1,1 +1,160 @@
-fn main() {}
+//! The `switchboard` binary: parse the command line, load and validate the
+//! configuration (exiting with a message naming a bad key), set up logging,
+//! and run one gateway node until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use switchboard_gateway::config::{Config, LogFormat, ProcessEnv};
+use switchboard_gateway::node::Node;
+use switchboard_gateway::token::{mint_hs256, DevToken};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "switchboard", version, about = "WebSocket pub/sub gateway node")]
+struct Cli {
+    /// A TOML configuration file; SWITCHBOARD_* variables override it.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway node (the default).
+    Serve,
+    /// Print a development token signed with the configured HS256 secret.
+    Token {
+        /// The user id (`sub`).
+        #[arg(long, default_value = "dev")]
+        user: String,
+        /// Channel patterns the token may subscribe to (repeatable).
+        #[arg(long = "channel", default_values_t = ["*".to_string()])]
+        channels: Vec<String>,
+        /// Channel patterns the token may publish to (repeatable).
+        #[arg(long = "publish", default_values_t = ["*".to_string()])]
+        publish: Vec<String>,
+        /// Lifetime, like 1h or 15m.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// The `info` object shown in presence, as JSON.
+        #[arg(long)]
+        info: Option<String>,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref(), &ProcessEnv) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("switchboard: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Cmd::Serve) {
+        Cmd::Serve => serve(config),
+        Cmd::Token { user, channels, publish, ttl, info } => {
+            let Some(secret) = config.jwt.hs256_secret.as_deref() else {
+                eprintln!("switchboard: minting tokens needs SWITCHBOARD_JWT_HS256_SECRET");
+                return ExitCode::from(2);
+            };
+            let info = match info.map(|text| serde_json::from_str(&text)).transpose() {
+                Ok(info) => info,
+                Err(error) => {
+                    eprintln!("switchboard: --info is not JSON: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            let token = DevToken {
+                user,
+                channels,
+                publish,
+                ttl,
+                info,
+                audience: config.jwt.audience.clone(),
+                issuer: config.jwt.issuer.clone(),
+            };
+            match mint_hs256(secret, &token) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("switchboard: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    init_logging(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("switchboard: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                eprintln!("switchboard: cannot listen on {}: {error}", config.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let node_id = config.node_id.clone();
+        let node = match Node::in_memory(config) {
+            Ok(node) => node,
+            Err(error) => {
+                eprintln!("switchboard: invalid configuration: SWITCHBOARD_JWT_PUBLIC_KEY_FILE (jwt.public_key_file): {error}");
+                return ExitCode::from(2);
+            }
+        };
+        tracing::info!(message = "listening", addr = %addr, node_id = %node_id, broker = node.broker.kind());
+        let shutdown = node.shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!(message = "shutdown signal received; closing sessions");
+            shutdown.cancel();
+        });
+        switchboard_gateway::serve(node, listener).await;
+        tracing::info!(message = "stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(message = "cannot listen for SIGTERM", %error);
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,524 @@
+//! Configuration: a TOML file (`--config`) overlaid by `SWITCHBOARD_*`
+//! environment variables, validated once at start-up.
+//!
+//! Every value is read through [`Env`] so tests build configurations without
+//! touching the process environment. A bad value is a [`ConfigError`] naming
+//! the key (and its variable) so the operator knows exactly what to fix.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::origin::AllowedOrigins;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(5);
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
+pub const DEFAULT_MAX_CHANNELS: usize = 128;
+pub const DEFAULT_SEND_QUEUE: usize = 1024;
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
+pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(10);
+/// HS256 secrets shorter than this are refused: they can be brute-forced.
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
+/// Where configuration values come from besides the file.
+pub trait Env {
+    fn var(&self, key: &str) -> Option<String>;
+}
+
+/// The real process environment.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn var(&self, key: &str) -> Option<String> {
+        self.get(key).cloned()
+    }
+}
+
+/// A value that stops start-up, named by its key.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("invalid configuration: {key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<LogFormat, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("expected \"text\" or \"json\"".into()),
+        }
+    }
+}
+
+/// What a namespace (the part of a channel before the first `:`) enables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// Connections subscribed to its channels are listed by `presence`.
+    #[serde(default = "yes")]
+    pub presence: bool,
+    /// Subscribers get `join`/`leave` frames (needs `presence`).
+    #[serde(default)]
+    pub join_leave: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for NamespaceConfig {
+    fn default() -> NamespaceConfig {
+        NamespaceConfig {
+            presence: true,
+            join_leave: false,
+        }
+    }
+}
+
+/// The file's shape: every field optional so the environment can fill gaps.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    node_id: Option<String>,
+    allowed_origins: Option<Vec<String>>,
+    max_connections: Option<usize>,
+    log_format: Option<LogFormat>,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_grace: Option<Duration>,
+    #[serde(default)]
+    jwt: FileJwt,
+    #[serde(default)]
+    session: FileSession,
+    #[serde(default)]
+    namespaces: BTreeMap<String, NamespaceConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileJwt {
+    hs256_secret: Option<String>,
+    public_key_file: Option<PathBuf>,
+    audience: Option<String>,
+    issuer: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    leeway: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSession {
+    max_frame_bytes: Option<usize>,
+    max_channels: Option<usize>,
+    send_queue: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    ping_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pong_timeout: Option<Duration>,
+}
+
+/// JWT verification settings.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub hs256_secret: Option<String>,
+    pub public_key_file: Option<PathBuf>,
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+    pub leeway: Duration,
+}
+
+/// Per-connection limits and timers.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub max_frame_bytes: usize,
+    pub max_channels: usize,
+    pub send_queue: usize,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+}
+
+/// The validated configuration of one node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub node_id: String,
+    pub allowed_origins: AllowedOrigins,
+    pub max_connections: usize,
+    pub log_format: LogFormat,
+    pub shutdown_grace: Duration,
+    pub jwt: JwtConfig,
+    pub session: SessionConfig,
+    namespaces: BTreeMap<String, NamespaceConfig>,
+}
+
+/// One setting's two names, for overlaying and for error messages.
+struct Key {
+    file: &'static str,
+    env: &'static str,
+}
+
+impl Key {
+    fn name(&self) -> String {
+        format!("{} ({})", self.env, self.file)
+    }
+}
+
+macro_rules! key {
+    ($file:literal, $env:literal) => {
+        Key {
+            file: $file,
+            env: $env,
+        }
+    };
+}
+
+const LISTEN: Key = key!("listen", "SWITCHBOARD_LISTEN");
+const NODE_ID: Key = key!("node_id", "SWITCHBOARD_NODE_ID");
+const ALLOWED_ORIGINS: Key = key!("allowed_origins", "SWITCHBOARD_ALLOWED_ORIGINS");
+const MAX_CONNECTIONS: Key = key!("max_connections", "SWITCHBOARD_MAX_CONNECTIONS");
+const LOG_FORMAT: Key = key!("log_format", "SWITCHBOARD_LOG_FORMAT");
+const SHUTDOWN_GRACE: Key = key!("shutdown_grace", "SWITCHBOARD_SHUTDOWN_GRACE");
+const JWT_HS256_SECRET: Key = key!("jwt.hs256_secret", "SWITCHBOARD_JWT_HS256_SECRET");
+const JWT_PUBLIC_KEY_FILE: Key = key!("jwt.public_key_file", "SWITCHBOARD_JWT_PUBLIC_KEY_FILE");
+const JWT_AUDIENCE: Key = key!("jwt.audience", "SWITCHBOARD_JWT_AUDIENCE");
+const JWT_ISSUER: Key = key!("jwt.issuer", "SWITCHBOARD_JWT_ISSUER");
+const JWT_LEEWAY: Key = key!("jwt.leeway", "SWITCHBOARD_JWT_LEEWAY");
+const MAX_FRAME_BYTES: Key = key!("session.max_frame_bytes", "SWITCHBOARD_MAX_FRAME_BYTES");
+const MAX_CHANNELS: Key = key!("session.max_channels", "SWITCHBOARD_MAX_CHANNELS");
+const SEND_QUEUE: Key = key!("session.send_queue", "SWITCHBOARD_SEND_QUEUE");
+const PING_INTERVAL: Key = key!("session.ping_interval", "SWITCHBOARD_PING_INTERVAL");
+const PONG_TIMEOUT: Key = key!("session.pong_timeout", "SWITCHBOARD_PONG_TIMEOUT");
+
+/// Reads one variable, if set (an empty value counts as unset).
+fn env_str(env: &dyn Env, key: &Key) -> Option<String> {
+    env.var(key.env).filter(|v| !v.trim().is_empty())
+}
+
+fn env_parse<T: FromStr>(env: &dyn Env, key: &Key, what: &str) -> Result<Option<T>, ConfigError> {
+    env_str(env, key)
+        .map(|v| {
+            v.trim()
+                .parse()
+                .map_err(|_| ConfigError::new(key.env, format!("{v:?} is not {what}")))
+        })
+        .transpose()
+}
+
+fn env_duration(env: &dyn Env, key: &Key) -> Result<Option<Duration>, ConfigError> {
+    env_str(env, key)
+        .map(|v| {
+            humantime::parse_duration(v.trim()).map_err(|e| {
+                ConfigError::new(key.env, format!("{v:?} is not a duration like \"25s\": {e}"))
+            })
+        })
+        .transpose()
+}
+
+fn check_range<T: PartialOrd + std::fmt::Display>(
+    key: &Key,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::new(
+            key.name(),
+            format!("{value} is outside {min}..={max}"),
+        ));
+    }
+    Ok(value)
+}
+
+fn check_duration(key: &Key, value: Duration, min: Duration, max: Duration) -> Result<Duration, ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::new(
+            key.name(),
+            format!(
+                "{} is outside {}..={}",
+                humantime::format_duration(value),
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+/// A node id unique to this process when none is configured.
+fn generated_node_id() -> String {
+    format!("node-{:08x}", rand::random::<u32>())
+}
+
+impl Config {
+    /// Loads the file (if any), overlays the environment and validates.
+    pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigError> {
+        let file = match path {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
+                })?;
+                Config::parse_file(&text)?
+            }
+        };
+        Config::build(file, env)
+    }
+
+    /// Builds from TOML text and the environment (for tests and `load`).
+    pub fn from_toml(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
+        Config::build(Config::parse_file(text)?, env)
+    }
+
+    fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|s| format!(" at byte {}", s.start)).unwrap_or_default();
+            ConfigError::new("--config", format!("{}{at}", e.message()))
+        })
+    }
+
+    fn build(file: FileConfig, env: &dyn Env) -> Result<Config, ConfigError> {
+        let listen_text = env_str(env, &LISTEN)
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen_text.trim().parse().map_err(|_| {
+            ConfigError::new(LISTEN.name(), format!("{listen_text:?} is not an address like 127.0.0.1:8080"))
+        })?;
+
+        let node_id = env_str(env, &NODE_ID).or(file.node_id).unwrap_or_else(generated_node_id);
+        if node_id.is_empty()
+            || node_id.len() > 64
+            || !node_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(ConfigError::new(
+                NODE_ID.name(),
+                format!("{node_id:?} must be 1-64 letters, digits, '-', '_' or '.'"),
+            ));
+        }
+
+        let origins: Vec<String> = match env_str(env, &ALLOWED_ORIGINS) {
+            Some(list) => list.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
+            None => file.allowed_origins.unwrap_or_default(),
+        };
+        let allowed_origins = AllowedOrigins::parse(&origins)
+            .map_err(|message| ConfigError::new(ALLOWED_ORIGINS.name(), message))?;
+
+        let max_connections = env_parse(env, &MAX_CONNECTIONS, "a whole number")?
+            .or(file.max_connections)
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        let max_connections = check_range(&MAX_CONNECTIONS, max_connections, 1, 10_000_000)?;
+
+        let log_format = match env_str(env, &LOG_FORMAT) {
+            Some(v) => v.trim().parse().map_err(|m: String| ConfigError::new(LOG_FORMAT.env, format!("{v:?}: {m}")))?,
+            None => file.log_format.unwrap_or(LogFormat::Text),
+        };
+
+        let shutdown_grace = env_duration(env, &SHUTDOWN_GRACE)?
+            .or(file.shutdown_grace)
+            .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+        let shutdown_grace =
+            check_duration(&SHUTDOWN_GRACE, shutdown_grace, Duration::ZERO, Duration::from_secs(3600))?;
+
+        let jwt = JwtConfig {
+            hs256_secret: env_str(env, &JWT_HS256_SECRET).or(file.jwt.hs256_secret),
+            public_key_file: env_str(env, &JWT_PUBLIC_KEY_FILE)
+                .map(PathBuf::from)
+                .or(file.jwt.public_key_file),
+            audience: env_str(env, &JWT_AUDIENCE).or(file.jwt.audience),
+            issuer: env_str(env, &JWT_ISSUER).or(file.jwt.issuer),
+            leeway: env_duration(env, &JWT_LEEWAY)?.or(file.jwt.leeway).unwrap_or(DEFAULT_JWT_LEEWAY),
+        };
+        if jwt.hs256_secret.is_none() && jwt.public_key_file.is_none() {
+            return Err(ConfigError::new(
+                format!("{} / {}", JWT_HS256_SECRET.env, JWT_PUBLIC_KEY_FILE.env),
+                "no JWT key configured: set an HS256 secret or a PEM public key file (tokens are never accepted unverified)",
+            ));
+        }
+        if let Some(secret) = &jwt.hs256_secret {
+            if secret.len() < MIN_HS256_SECRET_BYTES {
+                return Err(ConfigError::new(
+                    JWT_HS256_SECRET.name(),
+                    format!("the secret is {} bytes; use at least {MIN_HS256_SECRET_BYTES}", secret.len()),
+                ));
+            }
+        }
+        check_duration(&JWT_LEEWAY, jwt.leeway, Duration::ZERO, Duration::from_secs(300))?;
+
+        let session = SessionConfig {
+            max_frame_bytes: check_range(
+                &MAX_FRAME_BYTES,
+                env_parse(env, &MAX_FRAME_BYTES, "a whole number of bytes")?
+                    .or(file.session.max_frame_bytes)
+                    .unwrap_or(DEFAULT_MAX_FRAME_BYTES),
+                256,
+                16 << 20,
+            )?,
+            max_channels: check_range(
+                &MAX_CHANNELS,
+                env_parse(env, &MAX_CHANNELS, "a whole number")?
+                    .or(file.session.max_channels)
+                    .unwrap_or(DEFAULT_MAX_CHANNELS),
+                1,
+                100_000,
+            )?,
+            send_queue: check_range(
+                &SEND_QUEUE,
+                env_parse(env, &SEND_QUEUE, "a whole number of frames")?
+                    .or(file.session.send_queue)
+                    .unwrap_or(DEFAULT_SEND_QUEUE),
+                1,
+                1_000_000,
+            )?,
+            ping_interval: check_duration(
+                &PING_INTERVAL,
+                env_duration(env, &PING_INTERVAL)?
+                    .or(file.session.ping_interval)
+                    .unwrap_or(DEFAULT_PING_INTERVAL),
+                Duration::from_millis(50),
+                Duration::from_secs(3600),
+            )?,
+            pong_timeout: check_duration(
+                &PONG_TIMEOUT,
+                env_duration(env, &PONG_TIMEOUT)?
+                    .or(file.session.pong_timeout)
+                    .unwrap_or(DEFAULT_PONG_TIMEOUT),
+                Duration::from_millis(50),
+                Duration::from_secs(3600),
+            )?,
+        };
+
+        for name in file.namespaces.keys() {
+            if name.contains(':') || name.contains('*') {
+                return Err(ConfigError::new(
+                    format!("namespaces.{name}"),
+                    "a namespace is the part of a channel before the first ':'",
+                ));
+            }
+        }
+        for (name, ns) in &file.namespaces {
+            if ns.join_leave && !ns.presence {
+                return Err(ConfigError::new(
+                    format!("namespaces.{name}.join_leave"),
+                    "join_leave needs presence = true",
+                ));
+            }
+        }
+
+        Ok(Config {
+            listen,
+            node_id,
+            allowed_origins,
+            max_connections,
+            log_format,
+            shutdown_grace,
+            jwt,
+            session,
+            namespaces: file.namespaces,
+        })
+    }
+
+    /// The settings of a channel's namespace (defaults when not listed).
+    pub fn namespace(&self, namespace: &str) -> NamespaceConfig {
+        self.namespaces.get(namespace).copied().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn base() -> HashMap<String, String> {
+        env(&[("SWITCHBOARD_JWT_HS256_SECRET", SECRET)])
+    }
+
+    #[test]
+    fn defaults_and_overlay() {
+        let config = Config::from_toml("", &base()).unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.session.max_frame_bytes, 64 * 1024);
+        assert_eq!(config.session.max_channels, 128);
+        assert_eq!(config.session.ping_interval, Duration::from_secs(25));
+        assert!(config.node_id.starts_with("node-"));
+
+        let text = r#"
+            listen = "127.0.0.1:9000"
+            max_connections = 5
+            [session]
+            ping_interval = "2s"
+            [namespaces.chat]
+            join_leave = true
+        "#;
+        let mut e = base();
+        e.insert("SWITCHBOARD_MAX_CONNECTIONS".into(), "7".into());
+        let config = Config::from_toml(text, &e).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(config.max_connections, 7, "the environment wins over the file");
+        assert_eq!(config.session.ping_interval, Duration::from_secs(2));
+        assert_eq!(config.namespace("chat"), NamespaceConfig { presence: true, join_leave: true });
+        assert_eq!(config.namespace("other"), NamespaceConfig::default());
+    }
+
+    fn error(text: &str, pairs: &[(&str, &str)]) -> ConfigError {
+        let mut e = base();
+        e.extend(env(pairs));
+        Config::from_toml(text, &e).unwrap_err()
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        assert_eq!(error("", &[("SWITCHBOARD_MAX_CONNECTIONS", "many")]).key, "SWITCHBOARD_MAX_CONNECTIONS");
+        assert_eq!(error("", &[("SWITCHBOARD_MAX_CONNECTIONS", "0")]).key, "SWITCHBOARD_MAX_CONNECTIONS (max_connections)");
+        assert_eq!(error("", &[("SWITCHBOARD_LISTEN", "nowhere")]).key, "SWITCHBOARD_LISTEN (listen)");
+        assert_eq!(error("", &[("SWITCHBOARD_PING_INTERVAL", "soon")]).key, "SWITCHBOARD_PING_INTERVAL");
+        assert_eq!(error("", &[("SWITCHBOARD_JWT_HS256_SECRET", "short")]).key, "SWITCHBOARD_JWT_HS256_SECRET (jwt.hs256_secret)");
+        assert_eq!(error("", &[("SWITCHBOARD_ALLOWED_ORIGINS", "example.com")]).key, "SWITCHBOARD_ALLOWED_ORIGINS (allowed_origins)");
+        assert_eq!(error("", &[("SWITCHBOARD_NODE_ID", "a b")]).key, "SWITCHBOARD_NODE_ID (node_id)");
+        assert_eq!(error("", &[("SWITCHBOARD_LOG_FORMAT", "xml")]).key, "SWITCHBOARD_LOG_FORMAT");
+        let e = error("bogus = 1", &[]);
+        assert_eq!(e.key, "--config");
+        assert!(e.message.contains("bogus"), "{}", e.message);
+        assert_eq!(error("[namespaces.chat]\npresence = false\njoin_leave = true", &[]).key, "namespaces.chat.join_leave");
+        let none = Config::from_toml("", &HashMap::new()).unwrap_err();
+        assert!(none.message.starts_with("no JWT key configured"));
+    }
+}

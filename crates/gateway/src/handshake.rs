@@ -1,0 +1,165 @@
+//! The WebSocket handshake, decided before the upgrade: a valid upgrade
+//! request, a free connection slot, an allowed `Origin`, a verified token.
+//! Cheap checks run first so a flood of bad requests costs little. A refusal
+//! is a plain HTTP response with the contract's JSON body, and is logged
+//! with the peer address.
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap};
+use http::{Method, Response, StatusCode};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use crate::auth::{AuthError, Claims};
+use crate::node::Node;
+use crate::response::{self, Body};
+
+/// Seconds a client should wait before retrying when the node is full or draining.
+const RETRY_AFTER_SECS: u64 = 1;
+
+/// A request that may be upgraded.
+#[derive(Debug)]
+pub struct Admission {
+    pub claims: Claims,
+    pub permit: OwnedSemaphorePermit,
+    /// The `Sec-WebSocket-Accept` value for the 101 response.
+    pub accept_key: String,
+}
+
+/// Why a handshake was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    NotWebSocket(&'static str),
+    Unavailable(&'static str),
+    ForbiddenOrigin,
+    Unauthorized(AuthError),
+}
+
+impl Refusal {
+    /// The stable reason for logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::NotWebSocket(_) => "not_websocket",
+            Refusal::Unavailable(reason) => reason,
+            Refusal::ForbiddenOrigin => "origin",
+            Refusal::Unauthorized(error) => error.reason(),
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        match self {
+            Refusal::NotWebSocket(message) => response::error(StatusCode::BAD_REQUEST, "bad_request", message, None),
+            Refusal::Unavailable(reason) => response::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                if reason == "draining" {
+                    "node is draining; reconnect to another node"
+                } else {
+                    "node is at its connection limit"
+                },
+                Some(RETRY_AFTER_SECS),
+            ),
+            Refusal::ForbiddenOrigin => {
+                response::error(StatusCode::FORBIDDEN, "forbidden_origin", "origin is not allowed", None)
+            }
+            Refusal::Unauthorized(error) => {
+                response::error(StatusCode::UNAUTHORIZED, "unauthorized", &error.to_string(), None)
+            }
+        }
+    }
+}
+
+fn header_is(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim().eq_ignore_ascii_case(token))
+}
+
+/// The token from `?token=` or, failing that, `Authorization: Bearer`.
+pub fn token_from(query: Option<&str>, headers: &HeaderMap) -> Option<String> {
+    if let Some(query) = query {
+        if let Some((_, token)) = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "token") {
+            return Some(token.into_owned());
+        }
+    }
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+}
+
+/// Decides whether a `/ws` request may be upgraded.
+pub fn admit(node: &Node, method: &Method, query: Option<&str>, headers: &HeaderMap) -> Result<Admission, Refusal> {
+    if node.is_draining() {
+        return Err(Refusal::Unavailable("draining"));
+    }
+    if method != Method::GET
+        || !header_is(headers, header::CONNECTION, "upgrade")
+        || !header_is(headers, header::UPGRADE, "websocket")
+    {
+        return Err(Refusal::NotWebSocket("expected a WebSocket upgrade (GET with Upgrade: websocket)"));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return Err(Refusal::NotWebSocket("unsupported Sec-WebSocket-Version; expected 13"));
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or(Refusal::NotWebSocket("missing Sec-WebSocket-Key"))?;
+    let accept_key = derive_accept_key(key.as_bytes());
+
+    let permit = std::sync::Arc::clone(&node.capacity)
+        .try_acquire_owned()
+        .map_err(|_| Refusal::Unavailable("capacity"))?;
+
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|o| node.config.allowed_origins.allows(o));
+        if !allowed {
+            return Err(Refusal::ForbiddenOrigin);
+        }
+    }
+
+    let token = token_from(query, headers).ok_or(Refusal::Unauthorized(AuthError::Missing))?;
+    let claims = node.verifier.verify(&token).map_err(Refusal::Unauthorized)?;
+    Ok(Admission {
+        claims,
+        permit,
+        accept_key,
+    })
+}
+
+/// Logs a refusal with the peer address (never the token).
+pub fn log_refusal(peer: SocketAddr, refusal: &Refusal) {
+    tracing::info!(
+        message = "handshake refused",
+        peer = %peer,
+        reason = refusal.reason(),
+        detail = %match refusal {
+            Refusal::Unauthorized(error) => error.to_string(),
+            Refusal::NotWebSocket(message) => (*message).to_owned(),
+            _ => String::new(),
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn token_sources() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(token_from(Some("a=1&token=abc%2Bd"), &headers).as_deref(), Some("abc+d"));
+        assert_eq!(token_from(Some("a=1"), &headers), None);
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer xyz"));
+        assert_eq!(token_from(None, &headers).as_deref(), Some("xyz"));
+        assert_eq!(token_from(Some("token=q"), &headers).as_deref(), Some("q"), "the query wins");
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic xyz"));
+        assert_eq!(token_from(None, &headers), None);
+    }
+}

@@ -1,0 +1,196 @@
+//! The hub: which local sessions listen to which channel, and fan-out of one
+//! encoded frame to all of them.
+//!
+//! A frame is encoded once per node and every subscriber's queue gets a
+//! reference-counted clone of the same bytes. Queues are bounded: a session
+//! whose queue is full is marked slow (the session then closes itself with
+//! 1013) and the frame is dropped for it alone, never blocking the others.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use indexmap::IndexMap;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// What the hub (or the server API) hands a session to write.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A text frame, shared with every other recipient.
+    Frame(Utf8Bytes),
+    /// Close the connection with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// The hub's side of one session: its queue and a slow-consumer flag.
+#[derive(Debug)]
+pub struct SessionHandle {
+    pub id: u64,
+    tx: mpsc::Sender<Outbound>,
+    slow: AtomicBool,
+}
+
+impl SessionHandle {
+    pub fn new(id: u64, tx: mpsc::Sender<Outbound>) -> SessionHandle {
+        SessionHandle {
+            id,
+            tx,
+            slow: AtomicBool::new(false),
+        }
+    }
+
+    /// Queues without waiting; a full queue marks the session slow.
+    pub fn offer(&self, item: Outbound) -> bool {
+        match self.tx.try_send(item) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.slow.store(true, Ordering::Relaxed);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Whether a frame was dropped because the queue was full.
+    pub fn is_slow(&self) -> bool {
+        self.slow.load(Ordering::Relaxed)
+    }
+}
+
+/// How one fan-out went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fanout {
+    pub delivered: usize,
+    pub dropped: usize,
+}
+
+type Subscribers = IndexMap<u64, Arc<SessionHandle>>;
+
+/// Channel → local subscribers.
+#[derive(Debug, Default)]
+pub struct Hub {
+    channels: RwLock<HashMap<Box<str>, Subscribers>>,
+    dropped: AtomicU64,
+}
+
+impl Hub {
+    pub fn new() -> Hub {
+        Hub::default()
+    }
+
+    /// Adds a subscriber; true when it is the channel's first on this node
+    /// (the broker must then start listening to the channel).
+    pub fn subscribe(&self, channel: &str, session: &Arc<SessionHandle>) -> bool {
+        let mut channels = self.channels.write().unwrap_or_else(|e| e.into_inner());
+        match channels.get_mut(channel) {
+            Some(subscribers) => {
+                subscribers.insert(session.id, Arc::clone(session));
+                false
+            }
+            None => {
+                let mut subscribers = Subscribers::with_capacity(1);
+                subscribers.insert(session.id, Arc::clone(session));
+                channels.insert(channel.into(), subscribers);
+                true
+            }
+        }
+    }
+
+    /// Removes a subscriber; true when the channel has no local subscriber
+    /// left (the broker may stop listening).
+    pub fn unsubscribe(&self, channel: &str, session_id: u64) -> bool {
+        let mut channels = self.channels.write().unwrap_or_else(|e| e.into_inner());
+        let Some(subscribers) = channels.get_mut(channel) else {
+            return false;
+        };
+        if subscribers.swap_remove(&session_id).is_none() {
+            return false;
+        }
+        if subscribers.is_empty() {
+            channels.remove(channel);
+            return true;
+        }
+        false
+    }
+
+    /// Queues one frame to every local subscriber of a channel.
+    pub fn deliver(&self, channel: &str, frame: &Utf8Bytes) -> Fanout {
+        let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
+        let mut fanout = Fanout::default();
+        if let Some(subscribers) = channels.get(channel) {
+            for session in subscribers.values() {
+                if session.offer(Outbound::Frame(frame.clone())) {
+                    fanout.delivered += 1;
+                } else {
+                    fanout.dropped += 1;
+                }
+            }
+        }
+        if fanout.dropped > 0 {
+            self.dropped.fetch_add(fanout.dropped as u64, Ordering::Relaxed);
+        }
+        fanout
+    }
+
+    /// Channels with at least one local subscriber.
+    pub fn channel_count(&self) -> usize {
+        self.channels.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// The channels this node needs from the broker (to resubscribe).
+    pub fn channels(&self) -> Vec<String> {
+        let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
+        channels.keys().map(|c| c.to_string()).collect()
+    }
+
+    /// Frames dropped for full queues since start.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(id: u64, queue: usize) -> (Arc<SessionHandle>, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(queue);
+        (Arc::new(SessionHandle::new(id, tx)), rx)
+    }
+
+    #[test]
+    fn first_and_last_subscriber() {
+        let hub = Hub::new();
+        let (a, _ra) = session(1, 4);
+        let (b, _rb) = session(2, 4);
+        assert!(hub.subscribe("c", &a));
+        assert!(!hub.subscribe("c", &b));
+        assert!(!hub.subscribe("c", &b), "subscribing twice is one subscription");
+        assert!(!hub.unsubscribe("c", 1));
+        assert!(!hub.unsubscribe("c", 1), "unsubscribing twice is harmless");
+        assert!(hub.unsubscribe("c", 2));
+        assert_eq!(hub.channel_count(), 0);
+    }
+
+    #[test]
+    fn fanout_shares_bytes_and_drops_for_full_queues_only() {
+        let hub = Hub::new();
+        let (fast, mut fast_rx) = session(1, 8);
+        let (slow, _slow_rx) = session(2, 1);
+        hub.subscribe("c", &fast);
+        hub.subscribe("c", &slow);
+        let frame = Utf8Bytes::from_static("{\"type\":\"message\"}");
+        assert_eq!(hub.deliver("c", &frame), Fanout { delivered: 2, dropped: 0 });
+        assert_eq!(hub.deliver("c", &frame), Fanout { delivered: 1, dropped: 1 });
+        assert!(slow.is_slow() && !fast.is_slow());
+        assert_eq!(hub.dropped_total(), 1);
+        for _ in 0..2 {
+            match fast_rx.try_recv() {
+                Ok(Outbound::Frame(bytes)) => assert_eq!(bytes.as_str().as_ptr(), frame.as_str().as_ptr()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(hub.deliver("nobody", &frame), Fanout::default());
+    }
+}

@@ -1,0 +1,81 @@
+//! Presence: which connections of which users are subscribed to a channel,
+//! with the `info` from their tokens.
+//!
+//! [`MemoryPresence`] serves a single node; the Redis presence (cluster mode)
+//! implements the same trait so `presence` answers for the whole cluster.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use indexmap::IndexMap;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use thiserror::Error;
+
+/// One connection present in a channel.
+#[derive(Debug, Clone, Serialize)]
+pub struct Member {
+    pub user: Arc<str>,
+    pub connection_id: Arc<str>,
+    pub info: Option<Arc<RawValue>>,
+}
+
+#[derive(Debug, Clone, Error)]
+pub enum PresenceError {
+    #[error("presence unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait Presence: Send + Sync {
+    /// Records a connection as present in a channel.
+    async fn join(&self, channel: &str, member: &Member) -> Result<(), PresenceError>;
+    /// Removes a connection from a channel.
+    async fn leave(&self, channel: &str, connection_id: &str) -> Result<(), PresenceError>;
+    /// Everyone present in a channel, in no particular order.
+    async fn members(&self, channel: &str) -> Result<Vec<Member>, PresenceError>;
+}
+
+/// Single-node presence in a map.
+#[derive(Debug, Default)]
+pub struct MemoryPresence {
+    channels: Mutex<HashMap<String, IndexMap<Arc<str>, Member>>>,
+}
+
+impl MemoryPresence {
+    pub fn new() -> MemoryPresence {
+        MemoryPresence::default()
+    }
+}
+
+#[async_trait]
+impl Presence for MemoryPresence {
+    async fn join(&self, channel: &str, member: &Member) -> Result<(), PresenceError> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        channels
+            .entry(channel.to_owned())
+            .or_default()
+            .insert(Arc::clone(&member.connection_id), member.clone());
+        Ok(())
+    }
+
+    async fn leave(&self, channel: &str, connection_id: &str) -> Result<(), PresenceError> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(members) = channels.get_mut(channel) {
+            members.swap_remove(connection_id);
+            if members.is_empty() {
+                channels.remove(channel);
+            }
+        }
+        Ok(())
+    }
+
+    async fn members(&self, channel: &str) -> Result<Vec<Member>, PresenceError> {
+        let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(channels
+            .get(channel)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default())
+    }
+}

@@ -1,0 +1,447 @@
+//! One task per WebSocket connection: it reads commands, writes replies and
+//! the frames the hub queues for it, pings the client, enforces the token's
+//! expiry and closes with the contract's close codes.
+//!
+//! Everything a session waits on is in one `select!`: the shutdown signal,
+//! one timer (the nearest of ping, pong deadline and token expiry), its
+//! outbound queue and the socket. Commands run one at a time, so the frames
+//! one connection publishes reach the broker in the order it sent them.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use switchboard_protocol::frame::decode_command;
+use switchboard_protocol::{close, ChannelName, Command, ErrorCode, ServerFrame};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument;
+
+use crate::auth::{AuthError, Claims};
+use crate::hub::{Outbound, SessionHandle};
+use crate::node::Node;
+use crate::presence::Member;
+
+/// Frames written per flush when the queue has a backlog.
+const WRITE_BATCH: usize = 64;
+/// How long a close handshake may take before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How a session ends.
+#[derive(Debug)]
+enum End {
+    /// Send a close frame with this code and reason.
+    Close(u16, Cow<'static, str>),
+    /// The client closed, or the socket broke: nothing more to send.
+    Gone(&'static str),
+}
+
+struct Session {
+    node: Arc<Node>,
+    handle: Arc<SessionHandle>,
+    connection_id: Arc<str>,
+    claims: Claims,
+    subscriptions: HashSet<ChannelName>,
+    expires_at: Instant,
+    next_ping: Instant,
+    pong_deadline: Option<Instant>,
+}
+
+/// Runs a session on an upgraded connection until it closes.
+pub async fn run<S>(node: Arc<Node>, ws: WebSocketStream<S>, claims: Claims, peer: SocketAddr, permit: OwnedSemaphorePermit)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let id = node.next_session_id();
+    let connection_id: Arc<str> = Arc::from(format!("{}.{id}", node.config.node_id));
+    let span = tracing::info_span!("session", %peer, node = %node.config.node_id, user = %claims.user, connection_id = %connection_id);
+    async move {
+        let (tx, rx) = mpsc::channel(node.config.session.send_queue);
+        let now = Instant::now();
+        let lifetime = claims.lifetime(SystemTime::now(), node.verifier.leeway());
+        let mut session = Session {
+            handle: Arc::new(SessionHandle::new(id, tx)),
+            connection_id,
+            expires_at: now + lifetime,
+            next_ping: now + node.config.session.ping_interval,
+            pong_deadline: None,
+            subscriptions: HashSet::new(),
+            claims,
+            node,
+        };
+        tracing::debug!(message = "session opened", expires_in_secs = lifetime.as_secs());
+        session.drive(ws, rx).await;
+        drop(permit);
+    }
+    .instrument(span)
+    .await
+}
+
+impl Session {
+    async fn drive<S>(&mut self, mut ws: WebSocketStream<S>, mut rx: mpsc::Receiver<Outbound>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let welcome = ServerFrame::Welcome {
+            connection_id: &self.connection_id,
+            node_id: &self.node.config.node_id,
+            user: &self.claims.user,
+        }
+        .encode();
+        let end = match self.write(&mut ws, Message::text(welcome)).await {
+            Ok(()) => self.serve(&mut ws, &mut rx).await,
+            Err(end) => end,
+        };
+        match &end {
+            End::Close(code, reason) => {
+                if *code == close::DRAINING || *code == close::NORMAL {
+                    tracing::debug!(message = "session closed", code, %reason);
+                } else {
+                    tracing::info!(message = "session closed", code, %reason);
+                }
+                let frame = CloseFrame {
+                    code: CloseCode::from(*code),
+                    reason: Utf8Bytes::from(reason.as_ref()),
+                };
+                let _ = timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
+                let _ = timeout(CLOSE_TIMEOUT, async { while let Some(Ok(_)) = ws.next().await {} }).await;
+            }
+            End::Gone(reason) => tracing::debug!(message = "session closed by client", reason),
+        }
+        drop(ws);
+        self.leave_all().await;
+    }
+
+    /// The main loop; returns how the session ends.
+    async fn serve<S>(&mut self, ws: &mut WebSocketStream<S>, rx: &mut mpsc::Receiver<Outbound>) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let node = Arc::clone(&self.node);
+        let mut deadline = self.next_deadline();
+        let timer = sleep_until(deadline);
+        tokio::pin!(timer);
+        loop {
+            let result = tokio::select! {
+                biased;
+                () = node.shutdown.cancelled() => Err(End::Close(close::DRAINING, "node shutting down".into())),
+                () = &mut timer => self.on_timer(ws).await,
+                item = rx.recv() => match item {
+                    Some(Outbound::Frame(frame)) => self.write_batch(ws, rx, frame).await,
+                    Some(Outbound::Close(code, reason)) => Err(End::Close(code, reason.into())),
+                    None => Err(End::Close(close::INTERNAL, "session queue closed".into())),
+                },
+                message = ws.next() => self.on_message(ws, message).await,
+            };
+            if let Err(end) = result {
+                return end;
+            }
+            let next = self.next_deadline();
+            if next != deadline {
+                deadline = next;
+                timer.as_mut().reset(deadline);
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut next = self.expires_at.min(self.next_ping);
+        if let Some(pong) = self.pong_deadline {
+            next = next.min(pong);
+        }
+        next
+    }
+
+    async fn on_timer<S>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let now = Instant::now();
+        if now >= self.expires_at {
+            return Err(End::Close(close::TOKEN_EXPIRED, "token expired".into()));
+        }
+        if self.pong_deadline.is_some_and(|d| now >= d) {
+            return Err(End::Close(close::GOING_AWAY, "no pong within timeout".into()));
+        }
+        if now >= self.next_ping {
+            let config = &self.node.config.session;
+            self.next_ping = now + config.ping_interval;
+            if self.pong_deadline.is_none() {
+                self.pong_deadline = Some(now + config.pong_timeout);
+            }
+            self.write(ws, Message::Ping(Default::default())).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes one frame and whatever else is already queued, then flushes once.
+    async fn write_batch<S>(&mut self, ws: &mut WebSocketStream<S>, rx: &mut mpsc::Receiver<Outbound>, first: Utf8Bytes) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut close_after = None;
+        let write = async {
+            ws.feed(Message::Text(first)).await?;
+            for _ in 1..WRITE_BATCH {
+                match rx.try_recv() {
+                    Ok(Outbound::Frame(frame)) => ws.feed(Message::Text(frame)).await?,
+                    Ok(Outbound::Close(code, reason)) => {
+                        close_after = Some(End::Close(code, reason.into()));
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            ws.flush().await
+        };
+        self.bounded_write(write).await?;
+        if self.handle.is_slow() {
+            return Err(End::Close(close::SLOW_CONSUMER, "slow consumer: send queue overflowed".into()));
+        }
+        close_after.map_or(Ok(()), Err)
+    }
+
+    async fn write<S>(&mut self, ws: &mut WebSocketStream<S>, message: Message) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.bounded_write(ws.send(message)).await
+    }
+
+    /// A client that cannot take a write within the pong timeout is as dead
+    /// as one that does not answer pings.
+    async fn bounded_write(&self, write: impl std::future::Future<Output = Result<(), WsError>>) -> Result<(), End> {
+        match timeout(self.node.config.session.pong_timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(End::Gone(ws_error_reason(&error))),
+            Err(_) => Err(End::Close(close::SLOW_CONSUMER, "slow consumer: write timed out".into())),
+        }
+    }
+
+    async fn send_text<S>(&mut self, ws: &mut WebSocketStream<S>, text: String) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.write(ws, Message::text(text)).await
+    }
+
+    async fn on_message<S>(&mut self, ws: &mut WebSocketStream<S>, message: Option<Result<Message, WsError>>) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        // Any frame shows the client is alive.
+        self.pong_deadline = None;
+        match message {
+            None => Err(End::Gone("stream ended")),
+            Some(Ok(Message::Text(text))) => self.on_text(ws, &text).await,
+            Some(Ok(Message::Binary(_))) => {
+                let frame = ServerFrame::failure(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text");
+                self.send_text(ws, frame).await
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
+            Some(Ok(Message::Close(_))) => Err(End::Gone("client closed")),
+            Some(Err(WsError::Capacity(_))) => Err(End::Close(
+                close::TOO_BIG,
+                format!("frame exceeds {} bytes", self.node.config.session.max_frame_bytes).into(),
+            )),
+            Some(Err(WsError::Utf8(_))) => Err(End::Close(close::INVALID_DATA, "text frame is not valid UTF-8".into())),
+            Some(Err(WsError::Protocol(error))) => {
+                tracing::debug!(message = "websocket protocol error", %error);
+                Err(End::Close(1002, "websocket protocol error".into()))
+            }
+            Some(Err(error)) => Err(End::Gone(ws_error_reason(&error))),
+        }
+    }
+
+    async fn on_text<S>(&mut self, ws: &mut WebSocketStream<S>, text: &str) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let request = match decode_command(text) {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::debug!(message = "bad frame", error = %error.message);
+                let frame = ServerFrame::failure(error.id, error.code, &error.message);
+                return self.send_text(ws, frame).await;
+            }
+        };
+        let id = request.id;
+        let result = match request.command {
+            Command::Subscribe { channel } => self.subscribe(channel).await,
+            Command::Unsubscribe { channel } => self.unsubscribe(&channel).await,
+            Command::Publish { channel, data } => self.publish(&channel, data).await,
+            Command::Presence { channel } => self.presence(&channel).await,
+            Command::Refresh { token } => self.refresh(&token),
+            Command::Ping => Ok(json!({})),
+        };
+        let frame = match (&result, id) {
+            (Ok(value), Some(id)) => ServerFrame::Reply {
+                id,
+                result: Some(value),
+                error: None,
+            }
+            .encode(),
+            (Ok(_), None) => return Ok(()),
+            (Err((code, message)), id) => ServerFrame::failure(id, *code, message),
+        };
+        self.send_text(ws, frame).await
+    }
+
+    async fn subscribe(&mut self, channel: ChannelName) -> Result<Value, (ErrorCode, String)> {
+        if !self.claims.channels.allows(channel.as_str()) {
+            return Err((ErrorCode::Forbidden, format!("token does not grant subscribing to {channel}")));
+        }
+        if self.subscriptions.contains(&channel) {
+            return Ok(json!({}));
+        }
+        let max = self.node.config.session.max_channels;
+        if self.subscriptions.len() >= max {
+            return Err((ErrorCode::BadRequest, format!("subscription limit of {max} channels reached")));
+        }
+        let node = Arc::clone(&self.node);
+        if node.hub.subscribe(channel.as_str(), &self.handle) {
+            if let Err(error) = node.broker.subscribe(channel.as_str()).await {
+                tracing::warn!(message = "broker subscribe failed", channel = %channel, %error);
+                if node.hub.unsubscribe(channel.as_str(), self.handle.id) {
+                    let _ = node.broker.unsubscribe(channel.as_str()).await;
+                }
+                return Err((ErrorCode::Internal, "subscription failed: broker unavailable".into()));
+            }
+        }
+        let namespace = node.config.namespace(channel.namespace());
+        if namespace.presence {
+            let member = Member {
+                user: Arc::clone(&self.claims.user),
+                connection_id: Arc::clone(&self.connection_id),
+                info: self.claims.info.clone(),
+            };
+            if let Err(error) = node.presence.join(channel.as_str(), &member).await {
+                tracing::warn!(message = "presence join failed", channel = %channel, %error);
+            } else if namespace.join_leave {
+                let frame = ServerFrame::Join {
+                    channel: channel.as_str(),
+                    user: &self.claims.user,
+                    connection_id: &self.connection_id,
+                    info: self.claims.info.as_deref(),
+                }
+                .encode();
+                if let Err(error) = node.broker.publish(channel.as_str(), Utf8Bytes::from(frame)).await {
+                    tracing::warn!(message = "join event not published", channel = %channel, %error);
+                }
+            }
+        }
+        self.subscriptions.insert(channel);
+        Ok(json!({}))
+    }
+
+    async fn unsubscribe(&mut self, channel: &ChannelName) -> Result<Value, (ErrorCode, String)> {
+        if self.subscriptions.remove(channel) {
+            self.leave(channel).await;
+        }
+        Ok(json!({}))
+    }
+
+    /// Drops one subscription: hub, broker, presence and the `leave` event.
+    async fn leave(&self, channel: &ChannelName) {
+        let node = &self.node;
+        if node.hub.unsubscribe(channel.as_str(), self.handle.id) {
+            if let Err(error) = node.broker.unsubscribe(channel.as_str()).await {
+                tracing::warn!(message = "broker unsubscribe failed", channel = %channel, %error);
+            }
+        }
+        let namespace = node.config.namespace(channel.namespace());
+        if !namespace.presence {
+            return;
+        }
+        if let Err(error) = node.presence.leave(channel.as_str(), &self.connection_id).await {
+            tracing::warn!(message = "presence leave failed", channel = %channel, %error);
+            return;
+        }
+        if namespace.join_leave {
+            let frame = ServerFrame::Leave {
+                channel: channel.as_str(),
+                user: &self.claims.user,
+                connection_id: &self.connection_id,
+            }
+            .encode();
+            if let Err(error) = node.broker.publish(channel.as_str(), Utf8Bytes::from(frame)).await {
+                tracing::warn!(message = "leave event not published", channel = %channel, %error);
+            }
+        }
+    }
+
+    async fn leave_all(&mut self) {
+        for channel in std::mem::take(&mut self.subscriptions) {
+            self.leave(&channel).await;
+        }
+    }
+
+    async fn publish(&mut self, channel: &ChannelName, data: &serde_json::value::RawValue) -> Result<Value, (ErrorCode, String)> {
+        if !self.claims.publish.allows(channel.as_str()) {
+            return Err((ErrorCode::Forbidden, format!("token does not grant publishing to {channel}")));
+        }
+        let frame = ServerFrame::Message {
+            channel: channel.as_str(),
+            data,
+        }
+        .encode();
+        match self.node.broker.publish(channel.as_str(), Utf8Bytes::from(frame)).await {
+            Ok(()) => Ok(json!({})),
+            Err(error) => {
+                tracing::warn!(message = "publish failed", channel = %channel, %error);
+                Err((ErrorCode::Internal, "message not published: broker unavailable".into()))
+            }
+        }
+    }
+
+    async fn presence(&mut self, channel: &ChannelName) -> Result<Value, (ErrorCode, String)> {
+        if !self.claims.channels.allows(channel.as_str()) {
+            return Err((ErrorCode::Forbidden, format!("token does not grant access to {channel}")));
+        }
+        if !self.node.config.namespace(channel.namespace()).presence {
+            return Err((
+                ErrorCode::BadRequest,
+                format!("presence is disabled for namespace {:?}", channel.namespace()),
+            ));
+        }
+        match self.node.presence.members(channel.as_str()).await {
+            Ok(members) => Ok(json!({ "members": members })),
+            Err(error) => {
+                tracing::warn!(message = "presence read failed", channel = %channel, %error);
+                Err((ErrorCode::Internal, "presence unavailable".into()))
+            }
+        }
+    }
+
+    fn refresh(&mut self, token: &str) -> Result<Value, (ErrorCode, String)> {
+        let claims = self.node.verifier.verify(token).map_err(|error| match error {
+            AuthError::Expired => (ErrorCode::TokenExpired, error.to_string()),
+            _ => (ErrorCode::Unauthorized, error.to_string()),
+        })?;
+        if claims.user != self.claims.user {
+            tracing::info!(message = "refresh refused", reason = "other_user");
+            return Err((ErrorCode::Forbidden, "token belongs to another user".into()));
+        }
+        let lifetime = claims.lifetime(SystemTime::now(), self.node.verifier.leeway());
+        self.expires_at = Instant::now() + lifetime;
+        self.claims = claims;
+        Ok(json!({ "expires_in": lifetime.as_secs() }))
+    }
+}
+
+fn ws_error_reason(error: &WsError) -> &'static str {
+    match error {
+        WsError::ConnectionClosed | WsError::AlreadyClosed => "connection closed",
+        WsError::Io(_) => "socket error",
+        _ => "websocket error",
+    }
+}
