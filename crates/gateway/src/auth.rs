@@ -84,8 +84,12 @@ pub struct Claims {
 
 #[derive(Deserialize)]
 struct TokenClaims {
-    sub: String,
-    exp: u64,
+    // Optional here so a missing one is reported by jsonwebtoken's
+    // required-claim check ("lacks the required claim") not as a parse error.
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    exp: Option<u64>,
     #[serde(default)]
     channels: Vec<String>,
     #[serde(default)]
@@ -111,6 +115,17 @@ impl std::fmt::Debug for TokenVerifier {
             .field("public", &self.public.as_ref().map(|(_, alg)| alg))
             .finish_non_exhaustive()
     }
+}
+
+/// The `alg` a token's header names, if the header is readable JSON.
+fn declared_algorithm(token: &str) -> Option<String> {
+    use base64::Engine;
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    header.get("alg")?.as_str().map(str::to_owned)
 }
 
 /// Reads an RSA or EC public key from a PEM file.
@@ -161,7 +176,13 @@ impl TokenVerifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::TooLong);
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| match declared_algorithm(token) {
+                // A readable header naming an algorithm jsonwebtoken does not know
+                // (`none`, `HS1`): say so rather than "malformed".
+                Some(_) => AuthError::AlgorithmNotAllowed,
+                None => AuthError::Malformed,
+            })?;
         let key = match header.alg {
             Algorithm::HS256 => self.hs256.as_ref(),
             alg => self
@@ -184,39 +205,56 @@ impl TokenVerifier {
             validation.set_issuer(&[iss]);
         }
 
-        let data = jsonwebtoken::decode::<TokenClaims>(token, key, &validation).map_err(|e| match e.kind() {
-            ErrorKind::InvalidSignature => AuthError::BadSignature,
-            ErrorKind::ExpiredSignature => AuthError::Expired,
-            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-            ErrorKind::InvalidAudience => AuthError::WrongAudience,
-            ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
-            ErrorKind::InvalidAlgorithm => AuthError::AlgorithmNotAllowed,
-            ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim.clone()),
-            ErrorKind::InvalidClaimFormat(claim) => AuthError::InvalidClaims(format!("{claim} has the wrong type")),
-            ErrorKind::Json(error) => AuthError::InvalidClaims(error.to_string()),
-            _ => AuthError::Malformed,
-        })?;
+        let data =
+            jsonwebtoken::decode::<TokenClaims>(token, key, &validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::InvalidSignature => AuthError::BadSignature,
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                    ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                    ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+                    ErrorKind::InvalidAlgorithm => AuthError::AlgorithmNotAllowed,
+                    ErrorKind::MissingRequiredClaim(claim) => {
+                        AuthError::MissingClaim(claim.clone())
+                    }
+                    ErrorKind::InvalidClaimFormat(claim) => {
+                        AuthError::InvalidClaims(format!("{claim} has the wrong type"))
+                    }
+                    ErrorKind::Json(error) => AuthError::InvalidClaims(error.to_string()),
+                    _ => AuthError::Malformed,
+                }
+            })?;
         let claims = data.claims;
-        if claims.sub.is_empty() || claims.sub.len() > 256 {
-            return Err(AuthError::InvalidClaims("sub must be 1 to 256 bytes".into()));
+        let (Some(sub), Some(exp)) = (claims.sub, claims.exp) else {
+            return Err(AuthError::MissingClaim("sub".into()));
+        };
+        if sub.is_empty() || sub.len() > 256 {
+            return Err(AuthError::InvalidClaims(
+                "sub must be 1 to 256 bytes".into(),
+            ));
         }
         let patterns = |name: &str, list: &[String]| {
             if list.len() > 1024 {
-                return Err(AuthError::InvalidClaims(format!("{name} lists more than 1024 patterns")));
+                return Err(AuthError::InvalidClaims(format!(
+                    "{name} lists more than 1024 patterns"
+                )));
             }
-            PatternSet::parse(list).map_err(|e: ChannelError| AuthError::InvalidClaims(format!("{name}: {e}")))
+            PatternSet::parse(list)
+                .map_err(|e: ChannelError| AuthError::InvalidClaims(format!("{name}: {e}")))
         };
         let info = match claims.info {
             None => None,
             Some(map) => {
-                let text = serde_json::to_string(&map).map_err(|e| AuthError::InvalidClaims(e.to_string()))?;
-                let raw = RawValue::from_string(text).map_err(|e| AuthError::InvalidClaims(e.to_string()))?;
+                let text = serde_json::to_string(&map)
+                    .map_err(|e| AuthError::InvalidClaims(e.to_string()))?;
+                let raw = RawValue::from_string(text)
+                    .map_err(|e| AuthError::InvalidClaims(e.to_string()))?;
                 Some(Arc::from(raw))
             }
         };
         Ok(Claims {
-            user: Arc::from(claims.sub),
-            exp: claims.exp,
+            user: Arc::from(sub),
+            exp,
             channels: patterns("channels", &claims.channels)?,
             publish: patterns("publish", &claims.publish)?,
             info,

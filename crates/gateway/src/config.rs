@@ -243,7 +243,10 @@ fn env_duration(env: &dyn Env, key: &Key) -> Result<Option<Duration>, ConfigErro
     env_str(env, key)
         .map(|v| {
             humantime::parse_duration(v.trim()).map_err(|e| {
-                ConfigError::new(key.env, format!("{v:?} is not a duration like \"25s\": {e}"))
+                ConfigError::new(
+                    key.env,
+                    format!("{v:?} is not a duration like \"25s\": {e}"),
+                )
             })
         })
         .transpose()
@@ -264,7 +267,12 @@ fn check_range<T: PartialOrd + std::fmt::Display>(
     Ok(value)
 }
 
-fn check_duration(key: &Key, value: Duration, min: Duration, max: Duration) -> Result<Duration, ConfigError> {
+fn check_duration(
+    key: &Key,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
     if value < min || value > max {
         return Err(ConfigError::new(
             key.name(),
@@ -306,7 +314,10 @@ impl Config {
 
     fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
         toml::from_str(text).map_err(|e| {
-            let at = e.span().map(|s| format!(" at byte {}", s.start)).unwrap_or_default();
+            let at = e
+                .span()
+                .map(|s| format!(" at byte {}", s.start))
+                .unwrap_or_default();
             ConfigError::new("--config", format!("{}{at}", e.message()))
         })
     }
@@ -316,13 +327,20 @@ impl Config {
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let listen = listen_text.trim().parse().map_err(|_| {
-            ConfigError::new(LISTEN.name(), format!("{listen_text:?} is not an address like 127.0.0.1:8080"))
+            ConfigError::new(
+                LISTEN.name(),
+                format!("{listen_text:?} is not an address like 127.0.0.1:8080"),
+            )
         })?;
 
-        let node_id = env_str(env, &NODE_ID).or(file.node_id).unwrap_or_else(generated_node_id);
+        let node_id = env_str(env, &NODE_ID)
+            .or(file.node_id)
+            .unwrap_or_else(generated_node_id);
         if node_id.is_empty()
             || node_id.len() > 64
-            || !node_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            || !node_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
             return Err(ConfigError::new(
                 NODE_ID.name(),
@@ -331,7 +349,11 @@ impl Config {
         }
 
         let origins: Vec<String> = match env_str(env, &ALLOWED_ORIGINS) {
-            Some(list) => list.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
+            Some(list) => list
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
             None => file.allowed_origins.unwrap_or_default(),
         };
         let allowed_origins = AllowedOrigins::parse(&origins)
@@ -343,15 +365,22 @@ impl Config {
         let max_connections = check_range(&MAX_CONNECTIONS, max_connections, 1, 10_000_000)?;
 
         let log_format = match env_str(env, &LOG_FORMAT) {
-            Some(v) => v.trim().parse().map_err(|m: String| ConfigError::new(LOG_FORMAT.env, format!("{v:?}: {m}")))?,
+            Some(v) => v
+                .trim()
+                .parse()
+                .map_err(|m: String| ConfigError::new(LOG_FORMAT.env, format!("{v:?}: {m}")))?,
             None => file.log_format.unwrap_or(LogFormat::Text),
         };
 
         let shutdown_grace = env_duration(env, &SHUTDOWN_GRACE)?
             .or(file.shutdown_grace)
             .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
-        let shutdown_grace =
-            check_duration(&SHUTDOWN_GRACE, shutdown_grace, Duration::ZERO, Duration::from_secs(3600))?;
+        let shutdown_grace = check_duration(
+            &SHUTDOWN_GRACE,
+            shutdown_grace,
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        )?;
 
         let jwt = JwtConfig {
             hs256_secret: env_str(env, &JWT_HS256_SECRET).or(file.jwt.hs256_secret),
@@ -360,7 +389,9 @@ impl Config {
                 .or(file.jwt.public_key_file),
             audience: env_str(env, &JWT_AUDIENCE).or(file.jwt.audience),
             issuer: env_str(env, &JWT_ISSUER).or(file.jwt.issuer),
-            leeway: env_duration(env, &JWT_LEEWAY)?.or(file.jwt.leeway).unwrap_or(DEFAULT_JWT_LEEWAY),
+            leeway: env_duration(env, &JWT_LEEWAY)?
+                .or(file.jwt.leeway)
+                .unwrap_or(DEFAULT_JWT_LEEWAY),
         };
         if jwt.hs256_secret.is_none() && jwt.public_key_file.is_none() {
             return Err(ConfigError::new(
@@ -372,11 +403,19 @@ impl Config {
             if secret.len() < MIN_HS256_SECRET_BYTES {
                 return Err(ConfigError::new(
                     JWT_HS256_SECRET.name(),
-                    format!("the secret is {} bytes; use at least {MIN_HS256_SECRET_BYTES}", secret.len()),
+                    format!(
+                        "the secret is {} bytes; use at least {MIN_HS256_SECRET_BYTES}",
+                        secret.len()
+                    ),
                 ));
             }
         }
-        check_duration(&JWT_LEEWAY, jwt.leeway, Duration::ZERO, Duration::from_secs(300))?;
+        check_duration(
+            &JWT_LEEWAY,
+            jwt.leeway,
+            Duration::ZERO,
+            Duration::from_secs(300),
+        )?;
 
         let session = SessionConfig {
             max_frame_bytes: check_range(
@@ -464,7 +503,10 @@ mod tests {
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn base() -> HashMap<String, String> {
@@ -492,9 +534,18 @@ mod tests {
         e.insert("SWITCHBOARD_MAX_CONNECTIONS".into(), "7".into());
         let config = Config::from_toml(text, &e).unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:9000");
-        assert_eq!(config.max_connections, 7, "the environment wins over the file");
+        assert_eq!(
+            config.max_connections, 7,
+            "the environment wins over the file"
+        );
         assert_eq!(config.session.ping_interval, Duration::from_secs(2));
-        assert_eq!(config.namespace("chat"), NamespaceConfig { presence: true, join_leave: true });
+        assert_eq!(
+            config.namespace("chat"),
+            NamespaceConfig {
+                presence: true,
+                join_leave: true
+            }
+        );
         assert_eq!(config.namespace("other"), NamespaceConfig::default());
     }
 
@@ -506,18 +557,49 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        assert_eq!(error("", &[("SWITCHBOARD_MAX_CONNECTIONS", "many")]).key, "SWITCHBOARD_MAX_CONNECTIONS");
-        assert_eq!(error("", &[("SWITCHBOARD_MAX_CONNECTIONS", "0")]).key, "SWITCHBOARD_MAX_CONNECTIONS (max_connections)");
-        assert_eq!(error("", &[("SWITCHBOARD_LISTEN", "nowhere")]).key, "SWITCHBOARD_LISTEN (listen)");
-        assert_eq!(error("", &[("SWITCHBOARD_PING_INTERVAL", "soon")]).key, "SWITCHBOARD_PING_INTERVAL");
-        assert_eq!(error("", &[("SWITCHBOARD_JWT_HS256_SECRET", "short")]).key, "SWITCHBOARD_JWT_HS256_SECRET (jwt.hs256_secret)");
-        assert_eq!(error("", &[("SWITCHBOARD_ALLOWED_ORIGINS", "example.com")]).key, "SWITCHBOARD_ALLOWED_ORIGINS (allowed_origins)");
-        assert_eq!(error("", &[("SWITCHBOARD_NODE_ID", "a b")]).key, "SWITCHBOARD_NODE_ID (node_id)");
-        assert_eq!(error("", &[("SWITCHBOARD_LOG_FORMAT", "xml")]).key, "SWITCHBOARD_LOG_FORMAT");
+        assert_eq!(
+            error("", &[("SWITCHBOARD_MAX_CONNECTIONS", "many")]).key,
+            "SWITCHBOARD_MAX_CONNECTIONS"
+        );
+        assert_eq!(
+            error("", &[("SWITCHBOARD_MAX_CONNECTIONS", "0")]).key,
+            "SWITCHBOARD_MAX_CONNECTIONS (max_connections)"
+        );
+        assert_eq!(
+            error("", &[("SWITCHBOARD_LISTEN", "nowhere")]).key,
+            "SWITCHBOARD_LISTEN (listen)"
+        );
+        assert_eq!(
+            error("", &[("SWITCHBOARD_PING_INTERVAL", "soon")]).key,
+            "SWITCHBOARD_PING_INTERVAL"
+        );
+        assert_eq!(
+            error("", &[("SWITCHBOARD_JWT_HS256_SECRET", "short")]).key,
+            "SWITCHBOARD_JWT_HS256_SECRET (jwt.hs256_secret)"
+        );
+        assert_eq!(
+            error("", &[("SWITCHBOARD_ALLOWED_ORIGINS", "example.com")]).key,
+            "SWITCHBOARD_ALLOWED_ORIGINS (allowed_origins)"
+        );
+        assert_eq!(
+            error("", &[("SWITCHBOARD_NODE_ID", "a b")]).key,
+            "SWITCHBOARD_NODE_ID (node_id)"
+        );
+        assert_eq!(
+            error("", &[("SWITCHBOARD_LOG_FORMAT", "xml")]).key,
+            "SWITCHBOARD_LOG_FORMAT"
+        );
         let e = error("bogus = 1", &[]);
         assert_eq!(e.key, "--config");
         assert!(e.message.contains("bogus"), "{}", e.message);
-        assert_eq!(error("[namespaces.chat]\npresence = false\njoin_leave = true", &[]).key, "namespaces.chat.join_leave");
+        assert_eq!(
+            error(
+                "[namespaces.chat]\npresence = false\njoin_leave = true",
+                &[]
+            )
+            .key,
+            "namespaces.chat.join_leave"
+        );
         let none = Config::from_toml("", &HashMap::new()).unwrap_err();
         assert!(none.message.starts_with("no JWT key configured"));
     }

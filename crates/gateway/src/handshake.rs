@@ -49,7 +49,9 @@ impl Refusal {
 
     pub fn into_response(self) -> Response<Body> {
         match self {
-            Refusal::NotWebSocket(message) => response::error(StatusCode::BAD_REQUEST, "bad_request", message, None),
+            Refusal::NotWebSocket(message) => {
+                response::error(StatusCode::BAD_REQUEST, "bad_request", message, None)
+            }
             Refusal::Unavailable(reason) => response::error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -60,12 +62,18 @@ impl Refusal {
                 },
                 Some(RETRY_AFTER_SECS),
             ),
-            Refusal::ForbiddenOrigin => {
-                response::error(StatusCode::FORBIDDEN, "forbidden_origin", "origin is not allowed", None)
-            }
-            Refusal::Unauthorized(error) => {
-                response::error(StatusCode::UNAUTHORIZED, "unauthorized", &error.to_string(), None)
-            }
+            Refusal::ForbiddenOrigin => response::error(
+                StatusCode::FORBIDDEN,
+                "forbidden_origin",
+                "origin is not allowed",
+                None,
+            ),
+            Refusal::Unauthorized(error) => response::error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                &error.to_string(),
+                None,
+            ),
         }
     }
 }
@@ -82,17 +90,26 @@ fn header_is(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
 /// The token from `?token=` or, failing that, `Authorization: Bearer`.
 pub fn token_from(query: Option<&str>, headers: &HeaderMap) -> Option<String> {
     if let Some(query) = query {
-        if let Some((_, token)) = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "token") {
+        if let Some((_, token)) =
+            form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "token")
+        {
             return Some(token.into_owned());
         }
     }
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
 }
 
 /// Decides whether a `/ws` request may be upgraded.
-pub fn admit(node: &Node, method: &Method, query: Option<&str>, headers: &HeaderMap) -> Result<Admission, Refusal> {
+pub fn admit(
+    node: &Node,
+    method: &Method,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Admission, Refusal> {
     if node.is_draining() {
         return Err(Refusal::Unavailable("draining"));
     }
@@ -100,10 +117,18 @@ pub fn admit(node: &Node, method: &Method, query: Option<&str>, headers: &Header
         || !header_is(headers, header::CONNECTION, "upgrade")
         || !header_is(headers, header::UPGRADE, "websocket")
     {
-        return Err(Refusal::NotWebSocket("expected a WebSocket upgrade (GET with Upgrade: websocket)"));
+        return Err(Refusal::NotWebSocket(
+            "expected a WebSocket upgrade (GET with Upgrade: websocket)",
+        ));
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        return Err(Refusal::NotWebSocket("unsupported Sec-WebSocket-Version; expected 13"));
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return Err(Refusal::NotWebSocket(
+            "unsupported Sec-WebSocket-Version; expected 13",
+        ));
     }
     let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
@@ -124,7 +149,10 @@ pub fn admit(node: &Node, method: &Method, query: Option<&str>, headers: &Header
     }
 
     let token = token_from(query, headers).ok_or(Refusal::Unauthorized(AuthError::Missing))?;
-    let claims = node.verifier.verify(&token).map_err(Refusal::Unauthorized)?;
+    let claims = node
+        .verifier
+        .verify(&token)
+        .map_err(Refusal::Unauthorized)?;
     Ok(Admission {
         claims,
         permit,
@@ -154,11 +182,21 @@ mod tests {
     #[test]
     fn token_sources() {
         let mut headers = HeaderMap::new();
-        assert_eq!(token_from(Some("a=1&token=abc%2Bd"), &headers).as_deref(), Some("abc+d"));
+        assert_eq!(
+            token_from(Some("a=1&token=abc%2Bd"), &headers).as_deref(),
+            Some("abc+d")
+        );
         assert_eq!(token_from(Some("a=1"), &headers), None);
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer xyz"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer xyz"),
+        );
         assert_eq!(token_from(None, &headers).as_deref(), Some("xyz"));
-        assert_eq!(token_from(Some("token=q"), &headers).as_deref(), Some("q"), "the query wins");
+        assert_eq!(
+            token_from(Some("token=q"), &headers).as_deref(),
+            Some("q"),
+            "the query wins"
+        );
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic xyz"));
         assert_eq!(token_from(None, &headers), None);
     }

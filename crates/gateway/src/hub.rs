@@ -128,14 +128,18 @@ impl Hub {
             }
         }
         if fanout.dropped > 0 {
-            self.dropped.fetch_add(fanout.dropped as u64, Ordering::Relaxed);
+            self.dropped
+                .fetch_add(fanout.dropped as u64, Ordering::Relaxed);
         }
         fanout
     }
 
     /// Channels with at least one local subscriber.
     pub fn channel_count(&self) -> usize {
-        self.channels.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.channels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// The channels this node needs from the broker (to resubscribe).
@@ -166,7 +170,10 @@ mod tests {
         let (b, _rb) = session(2, 4);
         assert!(hub.subscribe("c", &a));
         assert!(!hub.subscribe("c", &b));
-        assert!(!hub.subscribe("c", &b), "subscribing twice is one subscription");
+        assert!(
+            !hub.subscribe("c", &b),
+            "subscribing twice is one subscription"
+        );
         assert!(!hub.unsubscribe("c", 1));
         assert!(!hub.unsubscribe("c", 1), "unsubscribing twice is harmless");
         assert!(hub.unsubscribe("c", 2));
@@ -181,13 +188,27 @@ mod tests {
         hub.subscribe("c", &fast);
         hub.subscribe("c", &slow);
         let frame = Utf8Bytes::from_static("{\"type\":\"message\"}");
-        assert_eq!(hub.deliver("c", &frame), Fanout { delivered: 2, dropped: 0 });
-        assert_eq!(hub.deliver("c", &frame), Fanout { delivered: 1, dropped: 1 });
+        assert_eq!(
+            hub.deliver("c", &frame),
+            Fanout {
+                delivered: 2,
+                dropped: 0
+            }
+        );
+        assert_eq!(
+            hub.deliver("c", &frame),
+            Fanout {
+                delivered: 1,
+                dropped: 1
+            }
+        );
         assert!(slow.is_slow() && !fast.is_slow());
         assert_eq!(hub.dropped_total(), 1);
         for _ in 0..2 {
             match fast_rx.try_recv() {
-                Ok(Outbound::Frame(bytes)) => assert_eq!(bytes.as_str().as_ptr(), frame.as_str().as_ptr()),
+                Ok(Outbound::Frame(bytes)) => {
+                    assert_eq!(bytes.as_str().as_ptr(), frame.as_str().as_ptr())
+                }
                 other => panic!("unexpected {other:?}"),
             }
         }

@@ -39,7 +39,10 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
     server::serve(Arc::clone(&node), listener).await;
     node.tasks.close();
     let grace = node.config.shutdown_grace;
-    if tokio::time::timeout(grace, node.tasks.wait()).await.is_err() {
+    if tokio::time::timeout(grace, node.tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             message = "shutdown grace period ended with tasks still running",
             grace_ms = grace.as_millis() as u64,

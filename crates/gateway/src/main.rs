@@ -13,7 +13,11 @@ use switchboard_gateway::token::{mint_hs256, DevToken};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "switchboard", version, about = "WebSocket pub/sub gateway node")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "WebSocket pub/sub gateway node"
+)]
 struct Cli {
     /// A TOML configuration file; SWITCHBOARD_* variables override it.
     #[arg(long, global = true)]
@@ -48,9 +52,15 @@ enum Cmd {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
         LogFormat::Text => builder.init(),
     }
 }
@@ -66,7 +76,13 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Cmd::Serve) {
         Cmd::Serve => serve(config),
-        Cmd::Token { user, channels, publish, ttl, info } => {
+        Cmd::Token {
+            user,
+            channels,
+            publish,
+            ttl,
+            info,
+        } => {
             let Some(secret) = config.jwt.hs256_secret.as_deref() else {
                 eprintln!("switchboard: minting tokens needs SWITCHBOARD_JWT_HS256_SECRET");
                 return ExitCode::from(2);
@@ -103,7 +119,10 @@ fn main() -> ExitCode {
 
 fn serve(config: Config) -> ExitCode {
     init_logging(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("switchboard: cannot start the runtime: {error}");

@@ -12,7 +12,10 @@ enum Rule {
     Any,
     Exact(String),
     /// `scheme://` and `.domain[:port]` around one or more labels.
-    Wildcard { scheme: String, suffix: String },
+    Wildcard {
+        scheme: String,
+        suffix: String,
+    },
 }
 
 /// The allowed browser origins.
@@ -33,7 +36,9 @@ impl AllowedOrigins {
                 rules.push(Rule::Any);
                 continue;
             }
-            let bad = || format!("{entry:?} is not an origin like https://app.example.com or https://*.example.com");
+            let bad = || {
+                format!("{entry:?} is not an origin like https://app.example.com or https://*.example.com")
+            };
             let (scheme, rest) = entry.split_once("://").ok_or_else(bad)?;
             if scheme != "http" && scheme != "https" {
                 return Err(bad());
@@ -68,7 +73,9 @@ impl AllowedOrigins {
                     !labels.is_empty()
                         && !labels.starts_with('.')
                         && !labels.ends_with('.')
-                        && labels.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+                        && labels
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
                 }),
         })
     }
@@ -84,15 +91,26 @@ mod tests {
 
     #[test]
     fn exact_and_wildcard() {
-        let o = AllowedOrigins::parse(&["https://app.example.com", "https://*.example.org:8443", "HTTP://localhost:3000/"]).unwrap();
+        let o = AllowedOrigins::parse(&[
+            "https://app.example.com",
+            "https://*.example.org:8443",
+            "HTTP://localhost:3000/",
+        ])
+        .unwrap();
         assert!(o.allows("https://app.example.com"));
         assert!(o.allows("https://APP.example.com"));
         assert!(!o.allows("http://app.example.com"));
         assert!(!o.allows("https://app.example.com.evil.net"));
         assert!(o.allows("https://a.example.org:8443"));
         assert!(o.allows("https://a.b.example.org:8443"));
-        assert!(!o.allows("https://example.org:8443"), "the apex is not a sub-domain");
-        assert!(!o.allows("https://a.example.org"), "the port is part of the origin");
+        assert!(
+            !o.allows("https://example.org:8443"),
+            "the apex is not a sub-domain"
+        );
+        assert!(
+            !o.allows("https://a.example.org"),
+            "the port is part of the origin"
+        );
         assert!(!o.allows("https://evil.net/.example.org:8443"));
         assert!(!o.allows("https://x.evilexample.org:8443"));
         assert!(o.allows("http://localhost:3000"));
@@ -101,7 +119,9 @@ mod tests {
 
     #[test]
     fn any_and_none() {
-        assert!(AllowedOrigins::parse(&["*"]).unwrap().allows("https://whatever.test"));
+        assert!(AllowedOrigins::parse(&["*"])
+            .unwrap()
+            .allows("https://whatever.test"));
         assert!(!AllowedOrigins::default().allows("https://app.example.com"));
     }
 

@@ -13,9 +13,10 @@ pub type Body = Full<Bytes>;
 pub fn json(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -23,7 +24,12 @@ pub fn json(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
 }
 
 /// A refusal: `{"error": code, "message": message}`, with `Retry-After` when given.
-pub fn error(status: StatusCode, code: &str, message: &str, retry_after_secs: Option<u64>) -> Response<Body> {
+pub fn error(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    retry_after_secs: Option<u64>,
+) -> Response<Body> {
     let mut response = json(status, &json!({ "error": code, "message": message }));
     if let Some(secs) = retry_after_secs {
         response

@@ -44,7 +44,9 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
                 backoff = Duration::from_millis(5);
                 let node = Arc::clone(&node);
                 let span = tracing::debug_span!("http", %peer);
-                node.tasks.clone().spawn(serve_connection(node, stream, peer).instrument(span));
+                node.tasks
+                    .clone()
+                    .spawn(serve_connection(node, stream, peer).instrument(span));
             }
             Err(error) => {
                 // Typically EMFILE: wait for descriptors to free up instead of spinning.
@@ -91,9 +93,12 @@ fn route(node: Arc<Node>, request: Request<Incoming>, peer: SocketAddr) -> Respo
         (_, "/ws") => upgrade(node, request, peer),
         (&Method::GET, "/healthz") => response::json(StatusCode::OK, &json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => readiness(&node),
-        (_, "/healthz" | "/readyz") => {
-            response::error(StatusCode::METHOD_NOT_ALLOWED, "bad_request", "use GET", None)
-        }
+        (_, "/healthz" | "/readyz") => response::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "bad_request",
+            "use GET",
+            None,
+        ),
         _ => response::error(StatusCode::NOT_FOUND, "not_found", "no such route", None),
     }
 }
@@ -118,7 +123,12 @@ fn readiness(node: &Node) -> Response<Body> {
 }
 
 fn upgrade(node: Arc<Node>, mut request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    let admission = handshake::admit(&node, request.method(), request.uri().query(), request.headers());
+    let admission = handshake::admit(
+        &node,
+        request.method(),
+        request.uri().query(),
+        request.headers(),
+    );
     let Admission {
         claims,
         permit,
@@ -140,7 +150,12 @@ fn upgrade(node: Arc<Node>, mut request: Request<Incoming>, peer: SocketAddr) ->
                     .read_buffer_size(WS_READ_BUFFER)
                     .max_message_size(Some(max))
                     .max_frame_size(Some(max));
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
                 session::run(session_node, ws, claims, peer, permit).await;
             }
             Err(error) => tracing::debug!(message = "upgrade failed", %peer, %error),

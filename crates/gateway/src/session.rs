@@ -57,8 +57,13 @@ struct Session {
 }
 
 /// Runs a session on an upgraded connection until it closes.
-pub async fn run<S>(node: Arc<Node>, ws: WebSocketStream<S>, claims: Claims, peer: SocketAddr, permit: OwnedSemaphorePermit)
-where
+pub async fn run<S>(
+    node: Arc<Node>,
+    ws: WebSocketStream<S>,
+    claims: Claims,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let id = node.next_session_id();
@@ -78,7 +83,10 @@ where
             claims,
             node,
         };
-        tracing::debug!(message = "session opened", expires_in_secs = lifetime.as_secs());
+        tracing::debug!(
+            message = "session opened",
+            expires_in_secs = lifetime.as_secs()
+        );
         session.drive(ws, rx).await;
         drop(permit);
     }
@@ -113,7 +121,10 @@ impl Session {
                     reason: Utf8Bytes::from(reason.as_ref()),
                 };
                 let _ = timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
-                let _ = timeout(CLOSE_TIMEOUT, async { while let Some(Ok(_)) = ws.next().await {} }).await;
+                let _ = timeout(CLOSE_TIMEOUT, async {
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await;
             }
             End::Gone(reason) => tracing::debug!(message = "session closed by client", reason),
         }
@@ -122,7 +133,11 @@ impl Session {
     }
 
     /// The main loop; returns how the session ends.
-    async fn serve<S>(&mut self, ws: &mut WebSocketStream<S>, rx: &mut mpsc::Receiver<Outbound>) -> End
+    async fn serve<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        rx: &mut mpsc::Receiver<Outbound>,
+    ) -> End
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -170,7 +185,10 @@ impl Session {
             return Err(End::Close(close::TOKEN_EXPIRED, "token expired".into()));
         }
         if self.pong_deadline.is_some_and(|d| now >= d) {
-            return Err(End::Close(close::GOING_AWAY, "no pong within timeout".into()));
+            return Err(End::Close(
+                close::GOING_AWAY,
+                "no pong within timeout".into(),
+            ));
         }
         if now >= self.next_ping {
             let config = &self.node.config.session;
@@ -184,7 +202,12 @@ impl Session {
     }
 
     /// Writes one frame and whatever else is already queued, then flushes once.
-    async fn write_batch<S>(&mut self, ws: &mut WebSocketStream<S>, rx: &mut mpsc::Receiver<Outbound>, first: Utf8Bytes) -> Result<(), End>
+    async fn write_batch<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        rx: &mut mpsc::Receiver<Outbound>,
+        first: Utf8Bytes,
+    ) -> Result<(), End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -205,7 +228,10 @@ impl Session {
         };
         self.bounded_write(write).await?;
         if self.handle.is_slow() {
-            return Err(End::Close(close::SLOW_CONSUMER, "slow consumer: send queue overflowed".into()));
+            return Err(End::Close(
+                close::SLOW_CONSUMER,
+                "slow consumer: send queue overflowed".into(),
+            ));
         }
         close_after.map_or(Ok(()), Err)
     }
@@ -219,11 +245,17 @@ impl Session {
 
     /// A client that cannot take a write within the pong timeout is as dead
     /// as one that does not answer pings.
-    async fn bounded_write(&self, write: impl std::future::Future<Output = Result<(), WsError>>) -> Result<(), End> {
+    async fn bounded_write(
+        &self,
+        write: impl std::future::Future<Output = Result<(), WsError>>,
+    ) -> Result<(), End> {
         match timeout(self.node.config.session.pong_timeout, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(End::Gone(ws_error_reason(&error))),
-            Err(_) => Err(End::Close(close::SLOW_CONSUMER, "slow consumer: write timed out".into())),
+            Err(_) => Err(End::Close(
+                close::SLOW_CONSUMER,
+                "slow consumer: write timed out".into(),
+            )),
         }
     }
 
@@ -234,7 +266,11 @@ impl Session {
         self.write(ws, Message::text(text)).await
     }
 
-    async fn on_message<S>(&mut self, ws: &mut WebSocketStream<S>, message: Option<Result<Message, WsError>>) -> Result<(), End>
+    async fn on_message<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        message: Option<Result<Message, WsError>>,
+    ) -> Result<(), End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -244,16 +280,27 @@ impl Session {
             None => Err(End::Gone("stream ended")),
             Some(Ok(Message::Text(text))) => self.on_text(ws, &text).await,
             Some(Ok(Message::Binary(_))) => {
-                let frame = ServerFrame::failure(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text");
+                let frame = ServerFrame::failure(
+                    None,
+                    ErrorCode::BadRequest,
+                    "binary frames are not supported; send JSON text",
+                );
                 self.send_text(ws, frame).await
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
             Some(Ok(Message::Close(_))) => Err(End::Gone("client closed")),
             Some(Err(WsError::Capacity(_))) => Err(End::Close(
                 close::TOO_BIG,
-                format!("frame exceeds {} bytes", self.node.config.session.max_frame_bytes).into(),
+                format!(
+                    "frame exceeds {} bytes",
+                    self.node.config.session.max_frame_bytes
+                )
+                .into(),
             )),
-            Some(Err(WsError::Utf8(_))) => Err(End::Close(close::INVALID_DATA, "text frame is not valid UTF-8".into())),
+            Some(Err(WsError::Utf8(_))) => Err(End::Close(
+                close::INVALID_DATA,
+                "text frame is not valid UTF-8".into(),
+            )),
             Some(Err(WsError::Protocol(error))) => {
                 tracing::debug!(message = "websocket protocol error", %error);
                 Err(End::Close(1002, "websocket protocol error".into()))
@@ -298,14 +345,20 @@ impl Session {
 
     async fn subscribe(&mut self, channel: ChannelName) -> Result<Value, (ErrorCode, String)> {
         if !self.claims.channels.allows(channel.as_str()) {
-            return Err((ErrorCode::Forbidden, format!("token does not grant subscribing to {channel}")));
+            return Err((
+                ErrorCode::Forbidden,
+                format!("token does not grant subscribing to {channel}"),
+            ));
         }
         if self.subscriptions.contains(&channel) {
             return Ok(json!({}));
         }
         let max = self.node.config.session.max_channels;
         if self.subscriptions.len() >= max {
-            return Err((ErrorCode::BadRequest, format!("subscription limit of {max} channels reached")));
+            return Err((
+                ErrorCode::BadRequest,
+                format!("subscription limit of {max} channels reached"),
+            ));
         }
         let node = Arc::clone(&self.node);
         if node.hub.subscribe(channel.as_str(), &self.handle) {
@@ -314,7 +367,10 @@ impl Session {
                 if node.hub.unsubscribe(channel.as_str(), self.handle.id) {
                     let _ = node.broker.unsubscribe(channel.as_str()).await;
                 }
-                return Err((ErrorCode::Internal, "subscription failed: broker unavailable".into()));
+                return Err((
+                    ErrorCode::Internal,
+                    "subscription failed: broker unavailable".into(),
+                ));
             }
         }
         let namespace = node.config.namespace(channel.namespace());
@@ -334,7 +390,11 @@ impl Session {
                     info: self.claims.info.as_deref(),
                 }
                 .encode();
-                if let Err(error) = node.broker.publish(channel.as_str(), Utf8Bytes::from(frame)).await {
+                if let Err(error) = node
+                    .broker
+                    .publish(channel.as_str(), Utf8Bytes::from(frame))
+                    .await
+                {
                     tracing::warn!(message = "join event not published", channel = %channel, %error);
                 }
             }
@@ -362,7 +422,11 @@ impl Session {
         if !namespace.presence {
             return;
         }
-        if let Err(error) = node.presence.leave(channel.as_str(), &self.connection_id).await {
+        if let Err(error) = node
+            .presence
+            .leave(channel.as_str(), &self.connection_id)
+            .await
+        {
             tracing::warn!(message = "presence leave failed", channel = %channel, %error);
             return;
         }
@@ -373,7 +437,11 @@ impl Session {
                 connection_id: &self.connection_id,
             }
             .encode();
-            if let Err(error) = node.broker.publish(channel.as_str(), Utf8Bytes::from(frame)).await {
+            if let Err(error) = node
+                .broker
+                .publish(channel.as_str(), Utf8Bytes::from(frame))
+                .await
+            {
                 tracing::warn!(message = "leave event not published", channel = %channel, %error);
             }
         }
@@ -385,32 +453,53 @@ impl Session {
         }
     }
 
-    async fn publish(&mut self, channel: &ChannelName, data: &serde_json::value::RawValue) -> Result<Value, (ErrorCode, String)> {
+    async fn publish(
+        &mut self,
+        channel: &ChannelName,
+        data: &serde_json::value::RawValue,
+    ) -> Result<Value, (ErrorCode, String)> {
         if !self.claims.publish.allows(channel.as_str()) {
-            return Err((ErrorCode::Forbidden, format!("token does not grant publishing to {channel}")));
+            return Err((
+                ErrorCode::Forbidden,
+                format!("token does not grant publishing to {channel}"),
+            ));
         }
         let frame = ServerFrame::Message {
             channel: channel.as_str(),
             data,
         }
         .encode();
-        match self.node.broker.publish(channel.as_str(), Utf8Bytes::from(frame)).await {
+        match self
+            .node
+            .broker
+            .publish(channel.as_str(), Utf8Bytes::from(frame))
+            .await
+        {
             Ok(()) => Ok(json!({})),
             Err(error) => {
                 tracing::warn!(message = "publish failed", channel = %channel, %error);
-                Err((ErrorCode::Internal, "message not published: broker unavailable".into()))
+                Err((
+                    ErrorCode::Internal,
+                    "message not published: broker unavailable".into(),
+                ))
             }
         }
     }
 
     async fn presence(&mut self, channel: &ChannelName) -> Result<Value, (ErrorCode, String)> {
         if !self.claims.channels.allows(channel.as_str()) {
-            return Err((ErrorCode::Forbidden, format!("token does not grant access to {channel}")));
+            return Err((
+                ErrorCode::Forbidden,
+                format!("token does not grant access to {channel}"),
+            ));
         }
         if !self.node.config.namespace(channel.namespace()).presence {
             return Err((
                 ErrorCode::BadRequest,
-                format!("presence is disabled for namespace {:?}", channel.namespace()),
+                format!(
+                    "presence is disabled for namespace {:?}",
+                    channel.namespace()
+                ),
             ));
         }
         match self.node.presence.members(channel.as_str()).await {
@@ -423,10 +512,14 @@ impl Session {
     }
 
     fn refresh(&mut self, token: &str) -> Result<Value, (ErrorCode, String)> {
-        let claims = self.node.verifier.verify(token).map_err(|error| match error {
-            AuthError::Expired => (ErrorCode::TokenExpired, error.to_string()),
-            _ => (ErrorCode::Unauthorized, error.to_string()),
-        })?;
+        let claims = self
+            .node
+            .verifier
+            .verify(token)
+            .map_err(|error| match error {
+                AuthError::Expired => (ErrorCode::TokenExpired, error.to_string()),
+                _ => (ErrorCode::Unauthorized, error.to_string()),
+            })?;
         if claims.user != self.claims.user {
             tracing::info!(message = "refresh refused", reason = "other_user");
             return Err((ErrorCode::Forbidden, "token belongs to another user".into()));

@@ -41,6 +41,10 @@ pub fn mint_hs256(secret: &str, token: &DevToken) -> Result<String, String> {
     if let Some(iss) = &token.issuer {
         claims["iss"] = json!(iss);
     }
-    jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes()))
-        .map_err(|e| format!("cannot sign token: {e}"))
+    jsonwebtoken::encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| format!("cannot sign token: {e}"))
 }

@@ -156,9 +156,15 @@ mod tests {
         assert!(validate_channel("user@example.com/inbox=1+2").is_ok());
         assert_eq!(validate_channel(""), Err(ChannelError::Empty));
         assert_eq!(validate_channel("a b"), Err(ChannelError::BadChar(' ')));
-        assert_eq!(validate_channel("chat:*"), Err(ChannelError::MisplacedWildcard));
+        assert_eq!(
+            validate_channel("chat:*"),
+            Err(ChannelError::MisplacedWildcard)
+        );
         assert_eq!(validate_channel("é"), Err(ChannelError::BadChar('é')));
-        assert_eq!(validate_channel(&"a".repeat(201)), Err(ChannelError::TooLong));
+        assert_eq!(
+            validate_channel(&"a".repeat(201)),
+            Err(ChannelError::TooLong)
+        );
         assert!(validate_channel(&"a".repeat(200)).is_ok());
     }
 

@@ -24,11 +24,22 @@ pub struct Request<'a> {
 /// What a client asks for. `data` borrows from the frame it was decoded from.
 #[derive(Debug, Clone)]
 pub enum Command<'a> {
-    Subscribe { channel: ChannelName },
-    Unsubscribe { channel: ChannelName },
-    Publish { channel: ChannelName, data: &'a RawValue },
-    Presence { channel: ChannelName },
-    Refresh { token: String },
+    Subscribe {
+        channel: ChannelName,
+    },
+    Unsubscribe {
+        channel: ChannelName,
+    },
+    Publish {
+        channel: ChannelName,
+        data: &'a RawValue,
+    },
+    Presence {
+        channel: ChannelName,
+    },
+    Refresh {
+        token: String,
+    },
     Ping,
 }
 
@@ -152,12 +163,19 @@ pub fn decode_command(text: &str) -> Result<Request<'_>, CommandError> {
             .ok_or_else(|| CommandError::bad(id, "missing field channel"))?;
         let name: String = serde_json::from_str(raw.get())
             .map_err(|_| CommandError::bad(id, "channel must be a string"))?;
-        ChannelName::parse(&name).map_err(|e| CommandError::bad(id, format!("invalid channel: {e}")))
+        ChannelName::parse(&name)
+            .map_err(|e| CommandError::bad(id, format!("invalid channel: {e}")))
     };
     let command = match kind.as_str() {
-        "subscribe" => Command::Subscribe { channel: channel()? },
-        "unsubscribe" => Command::Unsubscribe { channel: channel()? },
-        "presence" => Command::Presence { channel: channel()? },
+        "subscribe" => Command::Subscribe {
+            channel: channel()?,
+        },
+        "unsubscribe" => Command::Unsubscribe {
+            channel: channel()?,
+        },
+        "presence" => Command::Presence {
+            channel: channel()?,
+        },
         "publish" => {
             let channel = channel()?;
             let data = raw
@@ -355,13 +373,21 @@ mod tests {
     fn precise_errors_keep_the_id() {
         assert_eq!(err("[1]").message, "frame must be a JSON object");
         assert_eq!(err("nope").id, None);
-        assert!(err("{\"type\":").message.starts_with("frame is not a valid JSON object"));
-        assert_eq!(err(r#"{"type":"ping","id":-1}"#).message, "id must be a non-negative integer");
+        assert!(err("{\"type\":")
+            .message
+            .starts_with("frame is not a valid JSON object"));
+        assert_eq!(
+            err(r#"{"type":"ping","id":-1}"#).message,
+            "id must be a non-negative integer"
+        );
         assert_eq!(err(r#"{"type":"ping","id":1.5}"#).id, None);
         let e = err(r#"{"id":7}"#);
         assert_eq!((e.id, e.message.as_str()), (Some(7), "missing field type"));
         let e = err(r#"{"type":"dance","id":8}"#);
-        assert_eq!((e.id, e.message.as_str()), (Some(8), "unknown command type \"dance\""));
+        assert_eq!(
+            (e.id, e.message.as_str()),
+            (Some(8), "unknown command type \"dance\"")
+        );
         let e = err(r#"{"type":"subscribe","id":9}"#);
         assert_eq!(e.message, "missing field channel");
         let e = err(r#"{"type":"subscribe","channel":"a b","id":9}"#);
@@ -370,13 +396,22 @@ mod tests {
         assert_eq!(e.message, "missing field data");
         let e = err(r#"{"type":"subscribe","channel":5,"id":11}"#);
         assert_eq!(e.message, "channel must be a string");
-        assert!(err(r#"{"type":"ping","type":"ping"}"#).message.contains("duplicate"));
+        assert!(err(r#"{"type":"ping","type":"ping"}"#)
+            .message
+            .contains("duplicate"));
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-        let e = err(&format!(r#"{{"type":"publish","channel":"a","data":{deep},"id":3}}"#));
+        let e = err(&format!(
+            r#"{{"type":"publish","channel":"a","data":{deep},"id":3}}"#
+        ));
         assert_eq!((e.id, e.code), (Some(3), ErrorCode::BadRequest));
         let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
-        let e = err(&format!(r#"{{"type":"publish","channel":"a","data":{deep},"id":3}}"#));
-        assert_eq!((e.id, e.message.as_str()), (Some(3), "data is nested deeper than 32 levels"));
+        let e = err(&format!(
+            r#"{{"type":"publish","channel":"a","data":{deep},"id":3}}"#
+        ));
+        assert_eq!(
+            (e.id, e.message.as_str()),
+            (Some(3), "data is nested deeper than 32 levels")
+        );
     }
 
     #[test]
@@ -389,9 +424,20 @@ mod tests {
     #[test]
     fn encodes_server_frames() {
         let data = RawValue::from_string(r#"{"text":"hi"}"#.into()).unwrap();
-        let m = ServerFrame::Message { channel: "chat:lobby", data: &data }.encode();
-        assert_eq!(m, r#"{"type":"message","channel":"chat:lobby","data":{"text":"hi"}}"#);
-        let ok = ServerFrame::Reply { id: 1, result: Some(&Value::Object(Default::default())), error: None };
+        let m = ServerFrame::Message {
+            channel: "chat:lobby",
+            data: &data,
+        }
+        .encode();
+        assert_eq!(
+            m,
+            r#"{"type":"message","channel":"chat:lobby","data":{"text":"hi"}}"#
+        );
+        let ok = ServerFrame::Reply {
+            id: 1,
+            result: Some(&Value::Object(Default::default())),
+            error: None,
+        };
         assert_eq!(ok.encode(), r#"{"type":"reply","id":1,"result":{}}"#);
         assert_eq!(
             ServerFrame::failure(Some(2), ErrorCode::Forbidden, "no"),

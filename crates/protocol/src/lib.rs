@@ -12,4 +12,6 @@ pub mod frame;
 
 pub use channel::{ChannelError, ChannelName, Pattern, PatternSet};
 pub use codes::{close, ErrorCode};
-pub use frame::{decode_command, Command, CommandError, ErrorBody, Incoming, Outgoing, Request, ServerFrame};
+pub use frame::{
+    decode_command, Command, CommandError, ErrorBody, Incoming, Outgoing, Request, ServerFrame,
+};

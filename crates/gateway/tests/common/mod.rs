@@ -1,0 +1,259 @@
+//! Test fixtures: a real `switchboard` process on a free loopback port, and
+//! tokens signed the way a backend would sign them.
+//!
+//! Each gateway runs with JSON logs on stderr; the fixture reads them to find
+//! the bound address and keeps them so tests can assert what was logged.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use switchboard_client::{Connection, Welcome};
+
+pub const SECRET: &str = "test-secret-test-secret-test-secret!";
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Claims for a user who may subscribe and publish anywhere, valid for an hour.
+pub fn claims(user: &str) -> Value {
+    json!({ "sub": user, "exp": now() + 3600, "channels": ["*"], "publish": ["*"] })
+}
+
+pub fn sign(claims: &Value) -> String {
+    sign_with(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        claims,
+    )
+}
+
+pub fn sign_with(alg: Algorithm, key: &EncodingKey, claims: &Value) -> String {
+    jsonwebtoken::encode(&Header::new(alg), claims, key).unwrap()
+}
+
+pub fn token(user: &str) -> String {
+    sign(&claims(user))
+}
+
+/// How to start a gateway.
+#[derive(Default)]
+pub struct GatewayBuilder {
+    env: HashMap<String, String>,
+    toml: Option<String>,
+}
+
+impl GatewayBuilder {
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    pub fn toml(mut self, text: &str) -> Self {
+        self.toml = Some(text.to_owned());
+        self
+    }
+
+    /// Starts the process and waits for its "listening" log line.
+    pub fn start(self) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        command
+            .env_clear()
+            .env("SWITCHBOARD_LISTEN", "127.0.0.1:0")
+            .env("SWITCHBOARD_LOG_FORMAT", "json")
+            .env("SWITCHBOARD_JWT_HS256_SECRET", SECRET)
+            .env("SWITCHBOARD_SHUTDOWN_GRACE", "5s")
+            .env("RUST_LOG", "info,switchboard_gateway=debug")
+            .envs(&self.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(text) = &self.toml {
+            let path = dir.path().join("switchboard.toml");
+            std::fs::write(&path, text).unwrap();
+            command.arg("--config").arg(path);
+        }
+        let mut child = command.spawn().expect("start switchboard");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                    sink.lock().unwrap().push(json!({ "message": line }));
+                    continue;
+                };
+                if entry["message"] == "listening" {
+                    let _ = tx.send(entry["addr"].as_str().unwrap_or_default().to_owned());
+                }
+                sink.lock().unwrap().push(entry);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr.parse().unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("gateway did not start; logs: {:?}", logs.lock().unwrap());
+            }
+        };
+        Gateway {
+            child,
+            addr,
+            logs,
+            _dir: dir,
+        }
+    }
+}
+
+/// A running gateway process, killed when dropped.
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    logs: Arc<Mutex<Vec<Value>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder::default()
+    }
+
+    pub fn start() -> Gateway {
+        GatewayBuilder::default().start()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn ws_url(&self, token: &str) -> String {
+        format!("ws://{}/ws?token={token}", self.addr)
+    }
+
+    /// Connects as `user` with every grant and returns the welcome.
+    pub async fn connect(&self, user: &str) -> (Connection, Welcome) {
+        self.connect_token(&token(user)).await
+    }
+
+    pub async fn connect_token(&self, token: &str) -> (Connection, Welcome) {
+        tokio::time::timeout(WAIT, Connection::connect(&self.ws_url(token)))
+            .await
+            .expect("connect timed out")
+            .expect("connect")
+    }
+
+    /// Log entries so far.
+    pub fn logs(&self) -> Vec<Value> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits until a log entry matches.
+    pub async fn wait_log(&self, matches: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(entry) = self.logs().into_iter().find(|e| matches(e)) {
+                return entry;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no matching log entry in {:#?}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not exit within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP GET over a fresh TCP connection: (status, headers, body).
+pub async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, HashMap<String, String>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+/// Runs a future with the standard time limit.
+pub async fn within<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, future).await.expect("timed out")
+}
