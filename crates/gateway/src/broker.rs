@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use switchboard_protocol::close;
 use thiserror::Error;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -36,6 +37,8 @@ pub trait Broker: Send + Sync {
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError>;
     /// Stops receiving `channel` on this node (its last local subscriber left).
     async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError>;
+    /// Closes every session of `user` on every node with close code 4003.
+    async fn disconnect(&self, user: &str) -> Result<(), BrokerError>;
     /// Readiness, for `/readyz`.
     fn health(&self) -> Health;
     /// A short name for logs.
@@ -66,6 +69,12 @@ impl Broker for MemoryBroker {
     }
 
     async fn unsubscribe(&self, _channel: &str) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    async fn disconnect(&self, user: &str) -> Result<(), BrokerError> {
+        self.hub
+            .disconnect_user(user, close::DISCONNECTED, "disconnected by the server");
         Ok(())
     }
 

@@ -116,6 +116,8 @@ impl Default for NamespaceConfig {
 struct FileConfig {
     listen: Option<String>,
     node_id: Option<String>,
+    redis_url: Option<String>,
+    api_key: Option<String>,
     allowed_origins: Option<Vec<String>>,
     max_connections: Option<usize>,
     log_format: Option<LogFormat>,
@@ -177,6 +179,10 @@ pub struct SessionConfig {
 pub struct Config {
     pub listen: SocketAddr,
     pub node_id: String,
+    /// Cluster mode when set; a single in-memory node when not.
+    pub redis_url: Option<String>,
+    /// The bearer key of the server API (`/api/*`); the API is closed without it.
+    pub api_key: Option<String>,
     pub allowed_origins: AllowedOrigins,
     pub max_connections: usize,
     pub log_format: LogFormat,
@@ -209,6 +215,10 @@ macro_rules! key {
 
 const LISTEN: Key = key!("listen", "SWITCHBOARD_LISTEN");
 const NODE_ID: Key = key!("node_id", "SWITCHBOARD_NODE_ID");
+const REDIS_URL: Key = key!("redis_url", "SWITCHBOARD_REDIS_URL");
+const API_KEY: Key = key!("api_key", "SWITCHBOARD_API_KEY");
+/// Server API keys shorter than this are refused.
+pub const MIN_API_KEY_BYTES: usize = 16;
 const ALLOWED_ORIGINS: Key = key!("allowed_origins", "SWITCHBOARD_ALLOWED_ORIGINS");
 const MAX_CONNECTIONS: Key = key!("max_connections", "SWITCHBOARD_MAX_CONNECTIONS");
 const LOG_FORMAT: Key = key!("log_format", "SWITCHBOARD_LOG_FORMAT");
@@ -348,6 +358,33 @@ impl Config {
             ));
         }
 
+        let redis_url = env_str(env, &REDIS_URL)
+            .or(file.redis_url)
+            .map(|u| u.trim().to_owned());
+        if let Some(url) = &redis_url {
+            let scheme_ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme));
+            if !scheme_ok || url.len() < 9 {
+                return Err(ConfigError::new(
+                    REDIS_URL.name(),
+                    "expected a URL like redis://host:6379/0 (or rediss://, unix://)",
+                ));
+            }
+        }
+        let api_key = env_str(env, &API_KEY).or(file.api_key);
+        if let Some(key) = &api_key {
+            if key.len() < MIN_API_KEY_BYTES {
+                return Err(ConfigError::new(
+                    API_KEY.name(),
+                    format!(
+                        "the key is {} bytes; use at least {MIN_API_KEY_BYTES}",
+                        key.len()
+                    ),
+                ));
+            }
+        }
+
         let origins: Vec<String> = match env_str(env, &ALLOWED_ORIGINS) {
             Some(list) => list
                 .split(',')
@@ -480,6 +517,8 @@ impl Config {
         Ok(Config {
             listen,
             node_id,
+            redis_url,
+            api_key,
             allowed_origins,
             max_connections,
             log_format,

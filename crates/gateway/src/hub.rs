@@ -52,6 +52,14 @@ impl SessionHandle {
         }
     }
 
+    /// Asks the session to close. A full queue means the session is already
+    /// being closed as slow; the flag makes sure it closes either way.
+    pub fn close(&self, code: u16, reason: &'static str) {
+        if !self.offer(Outbound::Close(code, reason)) {
+            self.slow.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Whether a frame was dropped because the queue was full.
     pub fn is_slow(&self) -> bool {
         self.slow.load(Ordering::Relaxed)
@@ -67,10 +75,11 @@ pub struct Fanout {
 
 type Subscribers = IndexMap<u64, Arc<SessionHandle>>;
 
-/// Channel → local subscribers.
+/// Channel → local subscribers, and user → local sessions.
 #[derive(Debug, Default)]
 pub struct Hub {
     channels: RwLock<HashMap<Box<str>, Subscribers>>,
+    users: RwLock<HashMap<Arc<str>, Subscribers>>,
     dropped: AtomicU64,
 }
 
@@ -132,6 +141,38 @@ impl Hub {
                 .fetch_add(fanout.dropped as u64, Ordering::Relaxed);
         }
         fanout
+    }
+
+    /// Records an open session of `user` (for disconnects by user).
+    pub fn register(&self, user: &Arc<str>, session: &Arc<SessionHandle>) {
+        let mut users = self.users.write().unwrap_or_else(|e| e.into_inner());
+        users
+            .entry(Arc::clone(user))
+            .or_default()
+            .insert(session.id, Arc::clone(session));
+    }
+
+    /// Forgets a closed session.
+    pub fn unregister(&self, user: &str, session_id: u64) {
+        let mut users = self.users.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(sessions) = users.get_mut(user) {
+            sessions.swap_remove(&session_id);
+            if sessions.is_empty() {
+                users.remove(user);
+            }
+        }
+    }
+
+    /// Asks every local session of `user` to close with `code`; returns how many.
+    pub fn disconnect_user(&self, user: &str, code: u16, reason: &'static str) -> usize {
+        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+        let Some(sessions) = users.get(user) else {
+            return 0;
+        };
+        for session in sessions.values() {
+            session.close(code, reason);
+        }
+        sessions.len()
     }
 
     /// Channels with at least one local subscriber.

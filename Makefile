@@ -1,0 +1,31 @@
+# Switchboard developer entry points. `make run` and `make test` are the two
+# commands a newcomer needs; both work on a fresh Debian machine with only
+# the Rust toolchain (scripts/install-test-deps.sh installs the rest).
+
+CARGO ?= cargo
+LISTEN ?= 127.0.0.1:8080
+
+.PHONY: run test lint fmt build test-deps
+
+## run: build and start one in-memory node on $(LISTEN); prints a dev token.
+run:
+	$(CARGO) build --release -p switchboard-gateway -p switchboard-client
+	LISTEN=$(LISTEN) scripts/dev-run.sh
+
+## test: install what the tests need, then lint and run every test.
+test: test-deps lint
+	$(CARGO) test --workspace --all-targets
+
+test-deps:
+	scripts/install-test-deps.sh
+
+## lint: formatting and clippy, warnings are errors.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+build:
+	$(CARGO) build --workspace --release

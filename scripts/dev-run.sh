@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Starts one development node: in-memory broker, a dev HS256 secret, any
+# browser origin, and config/dev.toml (join/leave events in `chat:`). Prints
+# a token valid for an hour and how to connect with it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export SWITCHBOARD_LISTEN="${LISTEN:-127.0.0.1:8080}"
+export SWITCHBOARD_JWT_HS256_SECRET="${SWITCHBOARD_JWT_HS256_SECRET:-switchboard-dev-secret-not-for-production}"
+export SWITCHBOARD_ALLOWED_ORIGINS="${SWITCHBOARD_ALLOWED_ORIGINS:-*}"
+export SWITCHBOARD_NODE_ID="${SWITCHBOARD_NODE_ID:-dev-1}"
+bin=target/release
+
+token=$("$bin/switchboard" --config config/dev.toml token --user dev --ttl 1h --info '{"name":"Dev"}')
+url="ws://${SWITCHBOARD_LISTEN}/ws?token=${token}"
+cat <<MSG
+
+  Switchboard dev node on http://${SWITCHBOARD_LISTEN}  (in-memory, dev secret; Ctrl-C stops it)
+
+  Token for user "dev", valid 1 hour (may subscribe and publish anywhere):
+    ${token}
+
+  Connect from another terminal, then type commands such as
+    {"type":"subscribe","channel":"chat:lobby","id":1}
+    {"type":"publish","channel":"chat:lobby","data":{"text":"hi"},"id":2}
+
+    ${bin}/switchboard-cli '${url}'
+
+  More tokens: SWITCHBOARD_JWT_HS256_SECRET=${SWITCHBOARD_JWT_HS256_SECRET} ${bin}/switchboard token --user alice
+
+MSG
+exec "$bin/switchboard" --config config/dev.toml
