@@ -1,6 +1,8 @@
 //! Handshake refusals over real sockets: each with its exact status and body,
 //! and the accepted paths (query token, bearer header, RS256, ES256, origins).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

@@ -1,5 +1,7 @@
 //! Session lifetimes: token expiry and refresh, dead clients, and SIGTERM.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! Sessions over real sockets: subscribe, publish fan-out, presence,
 //! join/leave, malformed and oversized frames, the channel cap.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

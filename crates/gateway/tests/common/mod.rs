@@ -4,7 +4,7 @@
 //! Each gateway runs with JSON logs on stderr; the fixture reads them to find
 //! the bound address and keeps them so tests can assert what was logged.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
