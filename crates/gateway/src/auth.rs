@@ -150,7 +150,10 @@ impl TokenVerifier {
             .public_key_file
             .as_deref()
             .map(load_public_key)
-            .transpose()?;
+            .transpose()
+            .map_err(|error| {
+                format!("invalid configuration: SWITCHBOARD_JWT_PUBLIC_KEY_FILE (jwt.public_key_file): {error}")
+            })?;
         Ok(TokenVerifier {
             hs256: config
                 .hs256_secret

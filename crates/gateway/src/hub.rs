@@ -175,6 +175,14 @@ impl Hub {
         sessions.len()
     }
 
+    /// Whether a channel has a local subscriber.
+    pub fn has_subscribers(&self, channel: &str) -> bool {
+        self.channels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(channel)
+    }
+
     /// Channels with at least one local subscriber.
     pub fn channel_count(&self) -> usize {
         self.channels

@@ -6,6 +6,7 @@
 //! `session` (one task per WebSocket), `hub` (local fan-out), `broker`
 //! (cross-node delivery), `presence`, `node` (shared state), `response`.
 
+pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod config;
@@ -14,6 +15,8 @@ pub mod hub;
 pub mod node;
 pub mod origin;
 pub mod presence;
+pub mod redis_broker;
+pub mod redis_presence;
 pub mod response;
 pub mod server;
 pub mod session;
@@ -26,12 +29,20 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::node::Node;
 
-/// Starts a node, serves until `node.shutdown` is cancelled, then waits up to
-/// the shutdown grace period for sessions to close.
+/// Starts a node (cluster mode when a Redis URL is configured), serves until
+/// `node.shutdown` is cancelled, then waits up to the shutdown grace period
+/// for sessions to close.
 pub async fn run(config: Config, listener: TcpListener) -> Result<(), String> {
-    let node = Node::in_memory(config)?;
-    serve(node, listener).await;
+    serve(start(config)?, listener).await;
     Ok(())
+}
+
+/// Builds the node the configuration asks for; call inside the runtime.
+pub fn start(config: Config) -> Result<Arc<Node>, String> {
+    match config.redis_url.clone() {
+        Some(url) => Node::cluster(config, &url),
+        None => Node::in_memory(config),
+    }
 }
 
 /// Serves a built node on a bound listener until shutdown completes.
@@ -49,4 +60,5 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
             remaining = node.tasks.len()
         );
     }
+    node.retire().await;
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use switchboard_gateway::config::{Config, LogFormat, ProcessEnv};
-use switchboard_gateway::node::Node;
 use switchboard_gateway::token::{mint_hs256, DevToken};
 use tracing_subscriber::EnvFilter;
 
@@ -139,10 +138,10 @@ fn serve(config: Config) -> ExitCode {
         };
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let node_id = config.node_id.clone();
-        let node = match Node::in_memory(config) {
+        let node = match switchboard_gateway::start(config) {
             Ok(node) => node,
             Err(error) => {
-                eprintln!("switchboard: invalid configuration: SWITCHBOARD_JWT_PUBLIC_KEY_FILE (jwt.public_key_file): {error}");
+                eprintln!("switchboard: {error}");
                 return ExitCode::from(2);
             }
         };

@@ -14,6 +14,8 @@ use crate::broker::{Broker, MemoryBroker};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::presence::{MemoryPresence, Presence};
+use crate::redis_broker::{self, RedisBroker, RedisHealth};
+use crate::redis_presence::RedisPresence;
 
 #[derive(Debug)]
 pub struct Node {
@@ -28,6 +30,10 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Every connection and session task, awaited on shutdown.
     pub tasks: TaskTracker,
+    /// Cancelled after the sessions are gone: stops the broker and lease tasks.
+    pub background: CancellationToken,
+    /// Cluster mode's presence, retired from Redis at a clean exit.
+    redis_presence: Option<Arc<RedisPresence>>,
     next_session: AtomicU64,
 }
 
@@ -51,14 +57,60 @@ impl Node {
         Node::new(config, hub, broker, Arc::new(MemoryPresence::new()))
     }
 
+    /// A cluster node on Redis. Starts the Pub/Sub and lease tasks, so it
+    /// must be called inside the runtime.
+    pub fn cluster(config: Config, url: &str) -> Result<Arc<Node>, String> {
+        let hub = Arc::new(Hub::new());
+        let health = Arc::new(RedisHealth::default());
+        let pool = redis_broker::pool(url)?;
+        let background = CancellationToken::new();
+        let broker = RedisBroker::start(
+            url,
+            pool.clone(),
+            Arc::clone(&hub),
+            Arc::clone(&health),
+            background.clone(),
+        )?;
+        let presence = RedisPresence::new(pool, config.clone(), health);
+        tokio::spawn(Arc::clone(&presence).maintain(background.clone()));
+        Node::build(
+            config,
+            hub,
+            Arc::new(broker),
+            Arc::clone(&presence) as Arc<dyn Presence>,
+            background,
+            Some(presence),
+        )
+    }
+
     pub fn new(
         config: Config,
         hub: Arc<Hub>,
         broker: Arc<dyn Broker>,
         presence: Arc<dyn Presence>,
     ) -> Result<Arc<Node>, String> {
+        Node::build(
+            config,
+            hub,
+            broker,
+            presence,
+            CancellationToken::new(),
+            None,
+        )
+    }
+
+    fn build(
+        config: Config,
+        hub: Arc<Hub>,
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn Presence>,
+        background: CancellationToken,
+        redis_presence: Option<Arc<RedisPresence>>,
+    ) -> Result<Arc<Node>, String> {
         let verifier = TokenVerifier::new(&config.jwt)?;
         Ok(Arc::new(Node {
+            background,
+            redis_presence,
             capacity: Arc::new(Semaphore::new(config.max_connections)),
             verifier,
             hub,
@@ -79,6 +131,15 @@ impl Node {
     /// Open sessions.
     pub fn open_sessions(&self) -> usize {
         self.config.max_connections - self.capacity.available_permits()
+    }
+
+    /// After the sessions are gone: removes this node's state from Redis and
+    /// stops the background tasks.
+    pub async fn retire(&self) {
+        if let Some(presence) = &self.redis_presence {
+            presence.retire().await;
+        }
+        self.background.cancel();
     }
 
     pub fn is_draining(&self) -> bool {

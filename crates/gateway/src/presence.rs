@@ -35,6 +35,18 @@ pub trait Presence: Send + Sync {
     async fn leave(&self, channel: &str, connection_id: &str) -> Result<(), PresenceError>;
     /// Everyone present in a channel, in no particular order.
     async fn members(&self, channel: &str) -> Result<Vec<Member>, PresenceError>;
+    /// Records an open connection (cluster mode keeps connection state).
+    async fn connected(
+        &self,
+        _connection_id: &Arc<str>,
+        _user: &Arc<str>,
+    ) -> Result<(), PresenceError> {
+        Ok(())
+    }
+    /// Forgets a closed connection.
+    async fn disconnected(&self, _connection_id: &Arc<str>) -> Result<(), PresenceError> {
+        Ok(())
+    }
 }
 
 /// Single-node presence in a map.

@@ -65,7 +65,7 @@ async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) 
         let node = Arc::clone(&node);
         service_fn(move |request| {
             let node = Arc::clone(&node);
-            async move { Ok::<_, Infallible>(route(node, request, peer)) }
+            async move { Ok::<_, Infallible>(route(node, request, peer).await) }
         })
     };
     let connection = http1::Builder::new()
@@ -88,9 +88,10 @@ async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) 
     }
 }
 
-fn route(node: Arc<Node>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn route(node: Arc<Node>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     match (request.method(), request.uri().path()) {
         (_, "/ws") => upgrade(node, request, peer),
+        (_, path) if path.starts_with("/api/") => crate::api::handle(&node, request, peer).await,
         (&Method::GET, "/healthz") => response::json(StatusCode::OK, &json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => readiness(&node),
         (_, "/healthz" | "/readyz") => response::error(

@@ -87,7 +87,20 @@ pub async fn run<S>(
             message = "session opened",
             expires_in_secs = lifetime.as_secs()
         );
+        let node = Arc::clone(&session.node);
+        node.hub.register(&session.claims.user, &session.handle);
+        if let Err(error) = node
+            .presence
+            .connected(&session.connection_id, &session.claims.user)
+            .await
+        {
+            tracing::warn!(message = "connection not recorded", %error);
+        }
         session.drive(ws, rx).await;
+        node.hub.unregister(&session.claims.user, id);
+        if let Err(error) = node.presence.disconnected(&session.connection_id).await {
+            tracing::warn!(message = "connection not forgotten", %error);
+        }
         drop(permit);
     }
     .instrument(span)

@@ -107,11 +107,17 @@ async fn each_bad_token_is_refused_with_401_and_logged() {
 
     let mut no_aud = good();
     no_aud.as_object_mut().unwrap().remove("aud");
-    assert_eq!(refused_token(&gateway, &sign(&no_aud)).await, unauthorized("token lacks the required claim \"aud\""));
+    assert_eq!(
+        refused_token(&gateway, &sign(&no_aud)).await,
+        unauthorized("token lacks the required claim \"aud\"")
+    );
 
     let mut no_iss = good();
     no_iss.as_object_mut().unwrap().remove("iss");
-    assert_eq!(refused_token(&gateway, &sign(&no_iss)).await, unauthorized("token lacks the required claim \"iss\""));
+    assert_eq!(
+        refused_token(&gateway, &sign(&no_iss)).await,
+        unauthorized("token lacks the required claim \"iss\"")
+    );
 
     let mut no_sub = good();
     no_sub.as_object_mut().unwrap().remove("sub");

@@ -1,0 +1,462 @@
+//! The server API (`/api/*`): how an application's backend talks to the
+//! gateway without holding a WebSocket. It publishes to any channel (server
+//! events, notifications), lists who is present in a channel, and
+//! disconnects every connection of a user (a ban, a logout, a revoked token)
+//! on every node.
+//!
+//! One bearer key (`SWITCHBOARD_API_KEY`) guards every route; without a
+//! configured key the API is closed. The key is checked before anything
+//! else, so an unauthenticated caller learns nothing, not even which routes
+//! exist. Publishing goes straight to the broker: the backend is trusted, so
+//! neither token grants nor per-connection rate limits apply to it.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /api/publish` `{"channel", "data"}` | `{"ok": true}` |
+//! | `GET /api/presence/{channel}` | `{"members": [{"user", "connection_id", "info"}]}` |
+//! | `POST /api/disconnect` `{"user"}` | `{"ok": true}` |
+//!
+//! Failures use the contract's body `{"error": "<code>", "message": "..."}`.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use subtle::{Choice, ConstantTimeEq};
+use switchboard_protocol::frame::{nesting_depth, MAX_DATA_DEPTH};
+use switchboard_protocol::{ChannelName, ServerFrame};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::node::Node;
+use crate::response::{self, Body};
+
+/// The routes under `/api/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route<'a> {
+    Publish,
+    /// The channel as it appears in the path, still percent-encoded.
+    Presence(&'a str),
+    Disconnect,
+    Unknown,
+}
+
+impl<'a> Route<'a> {
+    fn of(path: &'a str) -> Route<'a> {
+        match path {
+            "/api/publish" => Route::Publish,
+            "/api/disconnect" => Route::Disconnect,
+            _ => path
+                .strip_prefix("/api/presence/")
+                .map_or(Route::Unknown, Route::Presence),
+        }
+    }
+
+    /// A fixed name for logs (the path itself is caller-controlled).
+    fn label(self) -> &'static str {
+        match self {
+            Route::Publish => "publish",
+            Route::Presence(_) => "presence",
+            Route::Disconnect => "disconnect",
+            Route::Unknown => "unknown",
+        }
+    }
+}
+
+/// A failed API request, rendered as the contract's error body.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    /// The `Allow` header of a 405.
+    allow: Option<Method>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            allow: None,
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn unavailable(message: &str) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    fn method_not_allowed(allowed: Method) -> ApiError {
+        ApiError {
+            allow: Some(allowed.clone()),
+            ..ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "bad_request",
+                format!("use {allowed}"),
+            )
+        }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let mut response = response::error(self.status, self.code, &self.message, None);
+        if let Some(allow) = self
+            .allow
+            .and_then(|m| HeaderValue::from_str(m.as_str()).ok())
+        {
+            response.headers_mut().insert(header::ALLOW, allow);
+        }
+        response
+    }
+}
+
+/// Why a request was not authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// No key is configured: the API is closed.
+    Disabled,
+    /// The `Authorization` header is missing, malformed or holds another key.
+    InvalidKey,
+}
+
+impl Refusal {
+    fn reason(self) -> &'static str {
+        match self {
+            Refusal::Disabled => "api_disabled",
+            Refusal::InvalidKey => "invalid_key",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Refusal::Disabled => "the server API is disabled: set SWITCHBOARD_API_KEY",
+            Refusal::InvalidKey => "missing or invalid API key",
+        }
+    }
+}
+
+/// Serves one request under `/api/`.
+pub async fn handle(node: &Node, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let route = Route::of(&path);
+    let response = match authenticate(node.config.api_key.as_deref(), request.headers()) {
+        Err(refusal) => {
+            tracing::info!(
+                message = "server API request refused",
+                %peer,
+                %method,
+                route = route.label(),
+                reason = refusal.reason()
+            );
+            response::error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                refusal.message(),
+                None,
+            )
+        }
+        Ok(()) => match dispatch(node, route, request).await {
+            Ok(body) => response::json(StatusCode::OK, &body),
+            Err(error) => error.into_response(),
+        },
+    };
+    tracing::debug!(
+        message = "server API request",
+        %peer,
+        %method,
+        route = route.label(),
+        status = response.status().as_u16()
+    );
+    response
+}
+
+async fn dispatch(
+    node: &Node,
+    route: Route<'_>,
+    request: Request<Incoming>,
+) -> Result<Value, ApiError> {
+    let method = request.method().clone();
+    match (route, method) {
+        (Route::Publish, Method::POST) => publish(node, request.into_body()).await,
+        (Route::Presence(channel), Method::GET) => presence(node, channel).await,
+        (Route::Disconnect, Method::POST) => disconnect(node, request.into_body()).await,
+        (Route::Publish | Route::Disconnect, _) => Err(ApiError::method_not_allowed(Method::POST)),
+        (Route::Presence(_), _) => Err(ApiError::method_not_allowed(Method::GET)),
+        (Route::Unknown, _) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such route",
+        )),
+    }
+}
+
+/// Checks `Authorization: Bearer <key>` against the configured key.
+fn authenticate(expected: Option<&str>, headers: &HeaderMap) -> Result<(), Refusal> {
+    let expected = expected.ok_or(Refusal::Disabled)?;
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| bearer(value.as_bytes()))
+        .ok_or(Refusal::InvalidKey)?;
+    if key_matches(expected.as_bytes(), presented) {
+        Ok(())
+    } else {
+        Err(Refusal::InvalidKey)
+    }
+}
+
+/// The credentials of a `Bearer` authorization value (the scheme is
+/// case-insensitive).
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| rest.trim_ascii())
+}
+
+/// Compares keys without an early exit, so response time does not reveal how
+/// many leading bytes of a guess were right.
+///
+/// `subtle`'s slice comparison returns at once when the lengths differ, so
+/// the comparison runs over the expected key's bytes instead, reading the
+/// presented key at the same positions (a zero past its end), and the length
+/// check is folded in with a constant-time `&`. The time then depends only on
+/// the configured key's length (which reveals nothing useful: every key has
+/// at least `MIN_API_KEY_BYTES`), never on the presented bytes. No hash is
+/// needed, so no extra dependency.
+fn key_matches(expected: &[u8], presented: &[u8]) -> bool {
+    let same_len = (expected.len() as u64).ct_eq(&(presented.len() as u64));
+    let same_bytes = expected
+        .iter()
+        .enumerate()
+        .fold(Choice::from(1), |acc, (i, byte)| {
+            acc & byte.ct_eq(&presented.get(i).copied().unwrap_or(0))
+        });
+    (same_len & same_bytes).into()
+}
+
+/// `POST /api/publish` `{"channel": "...", "data": <any JSON>}`.
+async fn publish(node: &Node, body: Incoming) -> Result<Value, ApiError> {
+    #[derive(Deserialize)]
+    struct PublishBody<'a> {
+        #[serde(borrow)]
+        channel: Option<&'a RawValue>,
+        #[serde(borrow)]
+        data: Option<&'a RawValue>,
+    }
+
+    let bytes = read_body(body, node.config.session.max_frame_bytes).await?;
+    let body: PublishBody<'_> = parse_object(&bytes)?;
+    let channel = channel_field(body.channel)?;
+    let data = body
+        .data
+        .ok_or_else(|| ApiError::bad_request("missing field data"))?;
+    if nesting_depth(data.get()) > MAX_DATA_DEPTH {
+        return Err(ApiError::bad_request(format!(
+            "data is nested deeper than {MAX_DATA_DEPTH} levels"
+        )));
+    }
+    let frame = ServerFrame::Message {
+        channel: channel.as_str(),
+        data,
+    }
+    .encode();
+    match node
+        .broker
+        .publish(channel.as_str(), Utf8Bytes::from(frame))
+        .await
+    {
+        Ok(()) => Ok(json!({ "ok": true })),
+        Err(error) => {
+            tracing::warn!(message = "server API publish failed", channel = %channel, %error);
+            Err(ApiError::unavailable(
+                "message not published: broker unavailable",
+            ))
+        }
+    }
+}
+
+/// `GET /api/presence/{channel}`; the channel may be percent-encoded.
+async fn presence(node: &Node, encoded: &str) -> Result<Value, ApiError> {
+    let name = percent_decode(encoded).ok_or_else(|| {
+        ApiError::bad_request("channel in the path is not valid percent-encoding")
+    })?;
+    let channel = ChannelName::parse(&name)
+        .map_err(|e| ApiError::bad_request(format!("invalid channel: {e}")))?;
+    if !node.config.namespace(channel.namespace()).presence {
+        return Err(ApiError::bad_request(format!(
+            "presence is disabled for namespace {:?}",
+            channel.namespace()
+        )));
+    }
+    match node.presence.members(channel.as_str()).await {
+        Ok(members) => Ok(json!({ "members": members })),
+        Err(error) => {
+            tracing::warn!(message = "server API presence read failed", channel = %channel, %error);
+            Err(ApiError::unavailable("presence unavailable"))
+        }
+    }
+}
+
+/// `POST /api/disconnect` `{"user": "..."}`: closes every connection of the
+/// user on every node with close code 4003.
+async fn disconnect(node: &Node, body: Incoming) -> Result<Value, ApiError> {
+    #[derive(Deserialize)]
+    struct DisconnectBody<'a> {
+        #[serde(borrow)]
+        user: Option<&'a RawValue>,
+    }
+
+    let bytes = read_body(body, node.config.session.max_frame_bytes).await?;
+    let body: DisconnectBody<'_> = parse_object(&bytes)?;
+    let raw = body
+        .user
+        .ok_or_else(|| ApiError::bad_request("missing field user"))?;
+    let user: String = serde_json::from_str(raw.get())
+        .map_err(|_| ApiError::bad_request("user must be a string"))?;
+    if user.is_empty() {
+        return Err(ApiError::bad_request("user must not be empty"));
+    }
+    match node.broker.disconnect(&user).await {
+        Ok(()) => {
+            tracing::info!(message = "server API disconnected user", user = %user);
+            Ok(json!({ "ok": true }))
+        }
+        Err(error) => {
+            tracing::warn!(message = "server API disconnect failed", user = %user, %error);
+            Err(ApiError::unavailable(
+                "user not disconnected: broker unavailable",
+            ))
+        }
+    }
+}
+
+/// Reads the whole body, refusing more than `limit` bytes.
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("body exceeds {limit} bytes"),
+        )),
+        Err(error) => {
+            tracing::debug!(message = "server API body not read", %error);
+            Err(ApiError::bad_request("the request body could not be read"))
+        }
+    }
+}
+
+/// Decodes a body that must be one JSON object; unknown fields are ignored.
+fn parse_object<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    let text =
+        std::str::from_utf8(bytes).map_err(|_| ApiError::bad_request("body is not valid UTF-8"))?;
+    if !text.trim_start().starts_with('{') {
+        return Err(ApiError::bad_request("body must be a JSON object"));
+    }
+    // serde_json's messages name the line and column but never echo input.
+    serde_json::from_str(text)
+        .map_err(|e| ApiError::bad_request(format!("body is not a valid JSON object: {e}")))
+}
+
+/// The `channel` field of a body, validated.
+fn channel_field(raw: Option<&RawValue>) -> Result<ChannelName, ApiError> {
+    let raw = raw.ok_or_else(|| ApiError::bad_request("missing field channel"))?;
+    let name: String = serde_json::from_str(raw.get())
+        .map_err(|_| ApiError::bad_request("channel must be a string"))?;
+    ChannelName::parse(&name).map_err(|e| ApiError::bad_request(format!("invalid channel: {e}")))
+}
+
+/// Decodes `%XX` escapes in a path segment (`+` stays `+`, as in any path).
+/// `None` when an escape is malformed or the result is not UTF-8.
+fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&byte) = bytes.get(i) {
+        if byte == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(byte);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_compare_exactly() {
+        let key = b"0123456789abcdef";
+        assert!(key_matches(key, b"0123456789abcdef"));
+        assert!(!key_matches(key, b"0123456789abcdeF"));
+        assert!(!key_matches(key, b"0123456789abcde"));
+        assert!(!key_matches(key, b"0123456789abcdef0"));
+        assert!(!key_matches(key, b"0123456789abcdef\0"));
+        assert!(!key_matches(key, b""));
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"bearer  abc "), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"Basic abc"), None);
+        assert_eq!(bearer(b"Bearer"), None);
+    }
+
+    #[test]
+    fn authentication_fails_closed() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(authenticate(None, &headers), Err(Refusal::Disabled));
+        let key = "0123456789abcdef";
+        assert_eq!(authenticate(Some(key), &headers), Err(Refusal::InvalidKey));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer 0123456789abcdef"),
+        );
+        assert_eq!(authenticate(Some(key), &headers), Ok(()));
+        assert_eq!(authenticate(None, &headers), Err(Refusal::Disabled));
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(Route::of("/api/publish"), Route::Publish);
+        assert_eq!(Route::of("/api/disconnect"), Route::Disconnect);
+        assert_eq!(
+            Route::of("/api/presence/chat:a/b"),
+            Route::Presence("chat:a/b")
+        );
+        assert_eq!(Route::of("/api/presence/"), Route::Presence(""));
+        assert_eq!(Route::of("/api/presence"), Route::Unknown);
+        assert_eq!(Route::of("/api/publish/"), Route::Unknown);
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(
+            percent_decode("chat%3Alobby").as_deref(),
+            Some("chat:lobby")
+        );
+        assert_eq!(percent_decode("a+b%2fc").as_deref(), Some("a+b/c"));
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%+1"), None);
+        assert_eq!(percent_decode("%FF"), None);
+    }
+}
