@@ -113,16 +113,7 @@ pub async fn query<T: redis::FromRedisValue + Send>(
     pool: &Pool,
     command: &redis::Cmd,
 ) -> Result<T, String> {
-    let run = async {
-        let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-        command
-            .query_async::<T>(&mut conn)
-            .await
-            .map_err(|e| e.to_string())
-    };
-    tokio::time::timeout(REDIS_TIMEOUT, run)
-        .await
-        .map_err(|_| "redis timed out".to_owned())?
+    with_connection(pool, async |conn| command.query_async::<T>(conn).await).await
 }
 
 /// Runs a pipeline with the standard time limit.
@@ -130,11 +121,17 @@ pub async fn query_pipe<T: redis::FromRedisValue + Send>(
     pool: &Pool,
     pipe: &redis::Pipeline,
 ) -> Result<T, String> {
+    with_connection(pool, async |conn| pipe.query_async::<T>(conn).await).await
+}
+
+/// Takes a pooled connection and runs `work` on it, all within [`REDIS_TIMEOUT`].
+async fn with_connection<T>(
+    pool: &Pool,
+    work: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
+) -> Result<T, String> {
     let run = async {
         let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-        pipe.query_async::<T>(&mut conn)
-            .await
-            .map_err(|e| e.to_string())
+        work(&mut conn).await.map_err(|e| e.to_string())
     };
     tokio::time::timeout(REDIS_TIMEOUT, run)
         .await

@@ -163,28 +163,10 @@ impl RedisPresence {
         pipe.atomic();
         pipe.cmd("SADD").arg(NODES).arg(&self.node).ignore();
         for ((channel, connection_id), entry) in &presence {
-            pipe.cmd("HSET")
-                .arg(presence_key(channel))
-                .arg(connection_id.as_ref())
-                .arg(entry)
-                .ignore();
-            pipe.cmd("SADD")
-                .arg(index_key(&self.node))
-                .arg(format!("{connection_id} {channel}"))
-                .ignore();
+            self.add_entry(&mut pipe, channel, connection_id, entry);
         }
         for (connection_id, user) in &connections {
-            pipe.cmd("HSET")
-                .arg(conn_key(connection_id))
-                .arg("user")
-                .arg(user.as_ref())
-                .arg("node")
-                .arg(&self.node)
-                .ignore();
-            pipe.cmd("SADD")
-                .arg(conns_key(&self.node))
-                .arg(connection_id.as_ref())
-                .ignore();
+            self.add_connection(&mut pipe, connection_id, user);
         }
         pipe.cmd("SET")
             .arg(lease_key(&self.node))
@@ -319,6 +301,40 @@ impl RedisPresence {
         Ok(())
     }
 
+    /// Queues the writes recording one presence entry of this node.
+    fn add_entry(
+        &self,
+        pipe: &mut redis::Pipeline,
+        channel: &str,
+        connection_id: &str,
+        entry: &str,
+    ) {
+        pipe.cmd("HSET")
+            .arg(presence_key(channel))
+            .arg(connection_id)
+            .arg(entry)
+            .ignore();
+        pipe.cmd("SADD")
+            .arg(index_key(&self.node))
+            .arg(format!("{connection_id} {channel}"))
+            .ignore();
+    }
+
+    /// Queues the writes recording one connection of this node.
+    fn add_connection(&self, pipe: &mut redis::Pipeline, connection_id: &str, user: &str) {
+        pipe.cmd("HSET")
+            .arg(conn_key(connection_id))
+            .arg("user")
+            .arg(user)
+            .arg("node")
+            .arg(&self.node)
+            .ignore();
+        pipe.cmd("SADD")
+            .arg(conns_key(&self.node))
+            .arg(connection_id)
+            .ignore();
+    }
+
     async fn remove_entry(&self, channel: &str, connection_id: &str) -> Result<(), String> {
         let mut pipe = redis::pipe();
         pipe.cmd("HDEL")
@@ -388,15 +404,7 @@ impl Presence for RedisPresence {
             entry.clone(),
         );
         let mut pipe = redis::pipe();
-        pipe.cmd("HSET")
-            .arg(presence_key(channel))
-            .arg(member.connection_id.as_ref())
-            .arg(entry)
-            .ignore();
-        pipe.cmd("SADD")
-            .arg(index_key(&self.node))
-            .arg(format!("{} {channel}", member.connection_id))
-            .ignore();
+        self.add_entry(&mut pipe, channel, &member.connection_id, &entry);
         query_pipe(&self.pool, &pipe).await.map_err(unavailable)
     }
 
@@ -454,17 +462,7 @@ impl Presence for RedisPresence {
             .connections
             .insert(Arc::clone(connection_id), Arc::clone(user));
         let mut pipe = redis::pipe();
-        pipe.cmd("HSET")
-            .arg(conn_key(connection_id))
-            .arg("user")
-            .arg(user.as_ref())
-            .arg("node")
-            .arg(&self.node)
-            .ignore();
-        pipe.cmd("SADD")
-            .arg(conns_key(&self.node))
-            .arg(connection_id.as_ref())
-            .ignore();
+        self.add_connection(&mut pipe, connection_id, user);
         query_pipe(&self.pool, &pipe).await.map_err(unavailable)
     }
 
