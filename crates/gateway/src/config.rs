@@ -362,13 +362,13 @@ impl Config {
             .or(file.redis_url)
             .map(|u| u.trim().to_owned());
         if let Some(url) = &redis_url {
-            let scheme_ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
+            let scheme_ok = ["redis://", "unix://", "redis+unix://"]
                 .iter()
                 .any(|scheme| url.starts_with(scheme));
             if !scheme_ok || url.len() < 9 {
                 return Err(ConfigError::new(
                     REDIS_URL.name(),
-                    "expected a URL like redis://host:6379/0 (or rediss://, unix://)",
+                    "expected a URL like redis://host:6379/0 or unix:///path/redis.sock (this build has no TLS to Redis: put a TLS tunnel or sidecar in front for rediss)",
                 ));
             }
         }

@@ -30,6 +30,10 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Every connection and session task, awaited on shutdown.
     pub tasks: TaskTracker,
+    /// This process's identity: the node id plus a random run id, so a node
+    /// restarted under the same id never mixes its state with its previous
+    /// run's. Connection ids and Redis state are keyed by it.
+    pub instance: String,
     /// Cancelled after the sessions are gone: stops the broker and lease tasks.
     pub background: CancellationToken,
     /// Cluster mode's presence, retired from Redis at a clean exit.
@@ -47,6 +51,11 @@ impl std::fmt::Debug for dyn Presence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Presence")
     }
+}
+
+/// `<node_id>.<6 hex digits>`, unique per process.
+fn instance_id(node_id: &str) -> String {
+    format!("{node_id}.{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
 impl Node {
@@ -71,7 +80,8 @@ impl Node {
             Arc::clone(&health),
             background.clone(),
         )?;
-        let presence = RedisPresence::new(pool, config.clone(), health);
+        let instance = instance_id(&config.node_id);
+        let presence = RedisPresence::new(pool, config.clone(), instance, health);
         tokio::spawn(Arc::clone(&presence).maintain(background.clone()));
         Node::build(
             config,
@@ -109,6 +119,9 @@ impl Node {
     ) -> Result<Arc<Node>, String> {
         let verifier = TokenVerifier::new(&config.jwt)?;
         Ok(Arc::new(Node {
+            instance: redis_presence
+                .as_ref()
+                .map_or_else(|| instance_id(&config.node_id), |p| p.instance().to_owned()),
             background,
             redis_presence,
             capacity: Arc::new(Semaphore::new(config.max_connections)),

@@ -99,14 +99,24 @@ fn unavailable(error: String) -> PresenceError {
 }
 
 impl RedisPresence {
-    pub fn new(pool: Pool, config: Config, health: Arc<RedisHealth>) -> Arc<RedisPresence> {
+    /// `instance` names this process in Redis (the node id plus a run id).
+    pub fn new(
+        pool: Pool,
+        config: Config,
+        instance: String,
+        health: Arc<RedisHealth>,
+    ) -> Arc<RedisPresence> {
         Arc::new(RedisPresence {
             pool,
-            node: config.node_id.clone(),
+            node: instance,
             config,
             health,
             mirror: Mutex::new(Mirror::default()),
         })
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.node
     }
 
     fn mirror(&self) -> std::sync::MutexGuard<'_, Mirror> {
@@ -236,6 +246,8 @@ impl RedisPresence {
             query(&self.pool, redis::cmd("SMEMBERS").arg(index_key(node))).await?;
         let mut leaves = 0usize;
         for chunk in entries.chunks(256) {
+            // A big dead node takes many round trips: keep our own lease alive.
+            self.renew().await?;
             let parsed: Vec<(&str, &str)> =
                 chunk.iter().filter_map(|e| e.split_once(' ')).collect();
             let mut read = redis::pipe();
@@ -358,18 +370,16 @@ impl RedisPresence {
         query_pipe(&self.pool, &pipe).await
     }
 
-    /// Removes this node's lease and indexes at a clean shutdown (after its
-    /// sessions have left).
+    /// Gives up this node's lease at a clean shutdown (after its sessions
+    /// have left).
     pub async fn retire(&self) {
-        let mut pipe = redis::pipe();
-        pipe.cmd("DEL")
-            .arg(lease_key(&self.node))
-            .arg(index_key(&self.node))
-            .arg(conns_key(&self.node))
-            .ignore();
-        pipe.cmd("SREM").arg(NODES).arg(&self.node).ignore();
-        if let Err(error) = query_pipe::<()>(&self.pool, &pipe).await {
-            tracing::warn!(message = "could not retire the node's redis state", %error);
+        // Only the lease goes: if sessions outlived the grace period, their
+        // entries stay indexed and a live node (or the next to start) reaps
+        // them with their leave events, as for a crash.
+        if let Err(error) =
+            query::<()>(&self.pool, redis::cmd("DEL").arg(lease_key(&self.node))).await
+        {
+            tracing::warn!(message = "could not retire the node's redis lease", %error);
         }
     }
 

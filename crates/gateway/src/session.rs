@@ -67,7 +67,7 @@ pub async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let id = node.next_session_id();
-    let connection_id: Arc<str> = Arc::from(format!("{}.{id}", node.config.node_id));
+    let connection_id: Arc<str> = Arc::from(format!("{}.{id}", node.instance));
     let span = tracing::info_span!("session", %peer, node = %node.config.node_id, user = %claims.user, connection_id = %connection_id);
     async move {
         let (tx, rx) = mpsc::channel(node.config.session.send_queue);

@@ -252,3 +252,38 @@ async fn server_api_disconnect_reaches_every_node() {
         .await
         .expect("other users stay connected");
 }
+
+#[tokio::test]
+async fn a_node_restarted_under_the_same_id_reaps_its_previous_run() {
+    let redis = Redis::start();
+    let first = cluster_node(&redis, "gw-solo", CHAT).await;
+    let (mut old, old_welcome) = first.connect("old").await;
+    within(old.subscribe("chat:room")).await.unwrap();
+    first.signal("KILL");
+    drop(first);
+
+    let second = cluster_node(&redis, "gw-solo", CHAT).await;
+    let (mut new, new_welcome) = second.connect("new").await;
+    assert_ne!(
+        new_welcome.connection_id, old_welcome.connection_id,
+        "connection ids differ across runs"
+    );
+    within(new.subscribe("chat:room")).await.unwrap();
+    let leave = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Frame::Incoming(Incoming::Leave { connection_id, .. }) =
+                new.next_frame().await.unwrap()
+            {
+                return connection_id;
+            }
+        }
+    })
+    .await
+    .expect("the previous run's member is reaped within 10 s");
+    assert_eq!(leave, old_welcome.connection_id);
+    let members = within(new.presence("chat:room")).await.unwrap();
+    assert_eq!(
+        members.iter().map(|m| m.user.as_str()).collect::<Vec<_>>(),
+        ["new"]
+    );
+}
