@@ -385,6 +385,9 @@ impl RedisPresence {
 
     /// Nodes that hold a lease now, among `nodes`.
     async fn live_nodes(&self, nodes: &HashSet<&str>) -> Result<HashSet<String>, String> {
+        if nodes.is_empty() {
+            return Ok(HashSet::new());
+        }
         let mut pipe = redis::pipe();
         let nodes: Vec<&str> = nodes.iter().copied().collect();
         for node in &nodes {
@@ -419,21 +422,10 @@ impl Presence for RedisPresence {
     }
 
     async fn leave(&self, channel: &str, connection_id: &str) -> Result<(), PresenceError> {
-        let key = {
-            let mut mirror = self.mirror();
-            let found = mirror
-                .presence
-                .keys()
-                .find(|(c, id)| c == channel && id.as_ref() == connection_id)
-                .cloned();
-            match found {
-                Some(key) => {
-                    mirror.presence.remove(&key);
-                    key
-                }
-                None => (channel.to_owned(), Arc::from(connection_id)),
-            }
-        };
+        // Arc<str> hashes as str, so a fresh key finds the mirror's entry
+        // directly: no scan over everything this node holds.
+        let key = (channel.to_owned(), Arc::<str>::from(connection_id));
+        self.mirror().presence.remove(&key);
         if let Err(error) = self.remove_entry(channel, connection_id).await {
             self.mirror().pending_leaves.insert(key);
             return Err(unavailable(error));

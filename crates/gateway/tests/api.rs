@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use common::*;
 use serde_json::{json, Value};
 use switchboard_client::{Connection, Frame, Incoming};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const API_KEY: &str = "api-key-0123456789abcdef";
 
@@ -47,56 +46,14 @@ impl Reply {
 /// One HTTP/1.1 request over a fresh TCP connection, with an optional
 /// bearer key and body.
 async fn http(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, body: &[u8]) -> Reply {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(key) = key {
-        head.push_str(&format!("Authorization: Bearer {key}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    // The server may answer (413) and close before reading all of a body.
-    let _ = stream.write_all(body).await;
-    let raw = within(read_response(&mut stream)).await;
-    parse_response(&raw)
-}
-
-/// Reads until the server closes; a reset after the response counts as a close.
-async fn read_response(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        match stream.read(&mut buf).await {
-            Ok(0) => return raw,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(_) if !raw.is_empty() => return raw,
-            Err(error) => panic!("no response: {error}"),
-        }
-    }
-}
-
-fn parse_response(raw: &[u8]) -> Reply {
-    let text = String::from_utf8_lossy(raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
+    let auth = key.map(|key| format!("Bearer {key}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    let body = std::str::from_utf8(body).unwrap();
+    let (status, headers, body) = http_exchange(addr, method, path, &headers, body).await;
     Reply {
         status,
         headers,
-        body: body.to_owned(),
+        body,
     }
 }
 

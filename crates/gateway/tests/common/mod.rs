@@ -243,13 +243,23 @@ pub async fn http_exchange(
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
-    request.push_str(body);
     stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
+    // The server may answer (413) and close before reading all of a body.
+    let _ = stream.write_all(body.as_bytes()).await;
+    let raw = within(async {
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return raw,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                // A reset after the response counts as a close.
+                Err(_) if !raw.is_empty() => return raw,
+                Err(error) => panic!("no response: {error}"),
+            }
+        }
+    })
+    .await;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
