@@ -86,6 +86,8 @@ async fn presence_is_cluster_wide() {
         (status, body["members"].as_array().unwrap().len()),
         (200, 2)
     );
+    let (status, body) = api(&a, "GET", "/api/presence/chat:empty", "").await;
+    assert_eq!((status, body), (200, json!({ "members": [] })));
 
     // Alice (node A) sees Bob (node B) join.
     loop {
