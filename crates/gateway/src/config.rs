@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::limits::TrustedProxies;
 use crate::origin::AllowedOrigins;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -22,7 +23,14 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_CHANNELS: usize = 128;
-pub const DEFAULT_SEND_QUEUE: usize = 1024;
+pub const DEFAULT_SEND_QUEUE_BYTES: usize = 1 << 20;
+pub const DEFAULT_CONN_RATE_PER_IP: u32 = 20;
+pub const DEFAULT_CONN_BURST_PER_IP: u32 = 40;
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
+pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 50;
+pub const DEFAULT_MSG_RATE: u32 = 50;
+pub const DEFAULT_MSG_BURST: u32 = 100;
+pub const DEFAULT_MSG_CLOSE_AFTER: u32 = 50;
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
 pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(10);
 /// HS256 secrets shorter than this are refused: they can be brute-forced.
@@ -125,6 +133,9 @@ struct FileConfig {
     shutdown_grace: Option<Duration>,
     #[serde(default)]
     jwt: FileJwt,
+    trusted_proxies: Option<Vec<String>>,
+    #[serde(default)]
+    limits: FileLimits,
     #[serde(default)]
     session: FileSession,
     #[serde(default)]
@@ -147,11 +158,43 @@ struct FileJwt {
 struct FileSession {
     max_frame_bytes: Option<usize>,
     max_channels: Option<usize>,
-    send_queue: Option<usize>,
+    send_queue_bytes: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     ping_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pong_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    conn_rate_per_ip: Option<u32>,
+    conn_burst_per_ip: Option<u32>,
+    max_connections_per_ip: Option<usize>,
+    max_connections_per_user: Option<usize>,
+    msg_rate: Option<u32>,
+    msg_burst: Option<u32>,
+    msg_close_after: Option<u32>,
+}
+
+/// Admission and message-rate limits (docs/security.md explains each).
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// New connections per second per client IP (token bucket refill).
+    pub conn_rate_per_ip: u32,
+    /// New connections a client IP may open at once (bucket size).
+    pub conn_burst_per_ip: u32,
+    /// Concurrent connections per client IP on this node.
+    pub max_connections_per_ip: usize,
+    /// Concurrent connections per user, counted over the whole cluster.
+    pub max_connections_per_user: usize,
+    /// Client frames per second per connection (bucket refill).
+    pub msg_rate: u32,
+    /// Client frames a connection may send at once (bucket size).
+    pub msg_burst: u32,
+    /// Rate-limited frames tolerated in a burst (refilling at `msg_rate`)
+    /// before the connection is closed with 1008.
+    pub msg_close_after: u32,
 }
 
 /// JWT verification settings.
@@ -169,7 +212,9 @@ pub struct JwtConfig {
 pub struct SessionConfig {
     pub max_frame_bytes: usize,
     pub max_channels: usize,
-    pub send_queue: usize,
+    /// Bytes of frames queued for one connection before it counts as a
+    /// slow consumer and is closed with 1013.
+    pub send_queue_bytes: usize,
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
 }
@@ -184,7 +229,10 @@ pub struct Config {
     /// The bearer key of the server API (`/api/*`); the API is closed without it.
     pub api_key: Option<String>,
     pub allowed_origins: AllowedOrigins,
+    /// Peers whose `X-Forwarded-For` / `X-Real-IP` name the client.
+    pub trusted_proxies: TrustedProxies,
     pub max_connections: usize,
+    pub limits: LimitsConfig,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
     pub jwt: JwtConfig,
@@ -230,7 +278,21 @@ const JWT_ISSUER: Key = key!("jwt.issuer", "SWITCHBOARD_JWT_ISSUER");
 const JWT_LEEWAY: Key = key!("jwt.leeway", "SWITCHBOARD_JWT_LEEWAY");
 const MAX_FRAME_BYTES: Key = key!("session.max_frame_bytes", "SWITCHBOARD_MAX_FRAME_BYTES");
 const MAX_CHANNELS: Key = key!("session.max_channels", "SWITCHBOARD_MAX_CHANNELS");
-const SEND_QUEUE: Key = key!("session.send_queue", "SWITCHBOARD_SEND_QUEUE");
+const SEND_QUEUE_BYTES: Key = key!("session.send_queue_bytes", "SWITCHBOARD_SEND_QUEUE_BYTES");
+const TRUSTED_PROXIES: Key = key!("trusted_proxies", "SWITCHBOARD_TRUSTED_PROXIES");
+const CONN_RATE_PER_IP: Key = key!("limits.conn_rate_per_ip", "SWITCHBOARD_CONN_RATE_PER_IP");
+const CONN_BURST_PER_IP: Key = key!("limits.conn_burst_per_ip", "SWITCHBOARD_CONN_BURST_PER_IP");
+const MAX_CONNECTIONS_PER_IP: Key = key!(
+    "limits.max_connections_per_ip",
+    "SWITCHBOARD_MAX_CONNECTIONS_PER_IP"
+);
+const MAX_CONNECTIONS_PER_USER: Key = key!(
+    "limits.max_connections_per_user",
+    "SWITCHBOARD_MAX_CONNECTIONS_PER_USER"
+);
+const MSG_RATE: Key = key!("limits.msg_rate", "SWITCHBOARD_MSG_RATE");
+const MSG_BURST: Key = key!("limits.msg_burst", "SWITCHBOARD_MSG_BURST");
+const MSG_CLOSE_AFTER: Key = key!("limits.msg_close_after", "SWITCHBOARD_MSG_CLOSE_AFTER");
 const PING_INTERVAL: Key = key!("session.ping_interval", "SWITCHBOARD_PING_INTERVAL");
 const PONG_TIMEOUT: Key = key!("session.pong_timeout", "SWITCHBOARD_PONG_TIMEOUT");
 
@@ -401,6 +463,60 @@ impl Config {
             .unwrap_or(DEFAULT_MAX_CONNECTIONS);
         let max_connections = check_range(&MAX_CONNECTIONS, max_connections, 1, 10_000_000)?;
 
+        let proxies: Vec<String> = match env_str(env, &TRUSTED_PROXIES) {
+            Some(list) => list
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            None => file.trusted_proxies.unwrap_or_default(),
+        };
+        let trusted_proxies = TrustedProxies::parse(&proxies)
+            .map_err(|message| ConfigError::new(TRUSTED_PROXIES.name(), message))?;
+
+        let file_limits = &file.limits;
+        let rate = |key: &Key, file: Option<u32>, default: u32| {
+            let value = env_parse(env, key, "a whole number")?
+                .or(file)
+                .unwrap_or(default);
+            check_range(key, value, 1, 10_000_000)
+        };
+        let cap = |key: &Key, file: Option<usize>, default: usize| {
+            let value = env_parse(env, key, "a whole number")?
+                .or(file)
+                .unwrap_or(default);
+            check_range(key, value, 1, 10_000_000)
+        };
+        let limits = LimitsConfig {
+            conn_rate_per_ip: rate(
+                &CONN_RATE_PER_IP,
+                file_limits.conn_rate_per_ip,
+                DEFAULT_CONN_RATE_PER_IP,
+            )?,
+            conn_burst_per_ip: rate(
+                &CONN_BURST_PER_IP,
+                file_limits.conn_burst_per_ip,
+                DEFAULT_CONN_BURST_PER_IP,
+            )?,
+            max_connections_per_ip: cap(
+                &MAX_CONNECTIONS_PER_IP,
+                file_limits.max_connections_per_ip,
+                DEFAULT_MAX_CONNECTIONS_PER_IP,
+            )?,
+            max_connections_per_user: cap(
+                &MAX_CONNECTIONS_PER_USER,
+                file_limits.max_connections_per_user,
+                DEFAULT_MAX_CONNECTIONS_PER_USER,
+            )?,
+            msg_rate: rate(&MSG_RATE, file_limits.msg_rate, DEFAULT_MSG_RATE)?,
+            msg_burst: rate(&MSG_BURST, file_limits.msg_burst, DEFAULT_MSG_BURST)?,
+            msg_close_after: rate(
+                &MSG_CLOSE_AFTER,
+                file_limits.msg_close_after,
+                DEFAULT_MSG_CLOSE_AFTER,
+            )?,
+        };
+
         let log_format = match env_str(env, &LOG_FORMAT) {
             Some(v) => v
                 .trim()
@@ -471,13 +587,13 @@ impl Config {
                 1,
                 100_000,
             )?,
-            send_queue: check_range(
-                &SEND_QUEUE,
-                env_parse(env, &SEND_QUEUE, "a whole number of frames")?
-                    .or(file.session.send_queue)
-                    .unwrap_or(DEFAULT_SEND_QUEUE),
-                1,
-                1_000_000,
+            send_queue_bytes: check_range(
+                &SEND_QUEUE_BYTES,
+                env_parse(env, &SEND_QUEUE_BYTES, "a whole number of bytes")?
+                    .or(file.session.send_queue_bytes)
+                    .unwrap_or(DEFAULT_SEND_QUEUE_BYTES),
+                4 * 1024,
+                1 << 30,
             )?,
             ping_interval: check_duration(
                 &PING_INTERVAL,
@@ -520,7 +636,9 @@ impl Config {
             redis_url,
             api_key,
             allowed_origins,
+            trusted_proxies,
             max_connections,
+            limits,
             log_format,
             shutdown_grace,
             jwt,

@@ -1,10 +1,12 @@
 //! The WebSocket handshake, decided before the upgrade: a valid upgrade
-//! request, a free connection slot, an allowed `Origin`, a verified token.
-//! Cheap checks run first so a flood of bad requests costs little. A refusal
-//! is a plain HTTP response with the contract's JSON body, and is logged
-//! with the peer address.
+//! request, the client address's connection rate and cap, a free connection
+//! slot, an allowed `Origin`, a verified token, the user's connection cap.
+//! Cheap checks run first so a flood of bad requests costs little: no JWT
+//! work happens for an address over its limits. A refusal is a plain HTTP
+//! response with the contract's JSON body, and is logged with the peer and
+//! client addresses.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderMap};
 use http::{Method, Response, StatusCode};
@@ -12,6 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::auth::{AuthError, Claims};
+use crate::limits::{Limited, Slots};
 use crate::node::Node;
 use crate::response::{self, Body};
 
@@ -23,6 +26,10 @@ const RETRY_AFTER_SECS: u64 = 1;
 pub struct Admission {
     pub claims: Claims,
     pub permit: OwnedSemaphorePermit,
+    /// The address and user slots this connection holds until it closes.
+    pub slots: Slots,
+    /// The client's address (the peer, or what a trusted proxy forwarded).
+    pub client_ip: IpAddr,
     /// The `Sec-WebSocket-Accept` value for the 101 response.
     pub accept_key: String,
 }
@@ -34,6 +41,7 @@ pub enum Refusal {
     Unavailable(&'static str),
     ForbiddenOrigin,
     Unauthorized(AuthError),
+    Limited(Limited),
 }
 
 impl Refusal {
@@ -44,6 +52,7 @@ impl Refusal {
             Refusal::Unavailable(reason) => reason,
             Refusal::ForbiddenOrigin => "origin",
             Refusal::Unauthorized(error) => error.reason(),
+            Refusal::Limited(limited) => limited.reason(),
         }
     }
 
@@ -73,6 +82,12 @@ impl Refusal {
                 "unauthorized",
                 &error.to_string(),
                 None,
+            ),
+            Refusal::Limited(limited) => response::error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                &limited.message(),
+                Some(limited.retry_after_secs()),
             ),
         }
     }
@@ -109,6 +124,7 @@ pub fn admit(
     method: &Method,
     query: Option<&str>,
     headers: &HeaderMap,
+    client_ip: IpAddr,
 ) -> Result<Admission, Refusal> {
     if node.is_draining() {
         return Err(Refusal::Unavailable("draining"));
@@ -135,6 +151,11 @@ pub fn admit(
         .ok_or(Refusal::NotWebSocket("missing Sec-WebSocket-Key"))?;
     let accept_key = derive_accept_key(key.as_bytes());
 
+    let address = node
+        .admission
+        .admit_address(client_ip)
+        .map_err(Refusal::Limited)?;
+
     let permit = std::sync::Arc::clone(&node.capacity)
         .try_acquire_owned()
         .map_err(|_| Refusal::Unavailable("capacity"))?;
@@ -153,22 +174,30 @@ pub fn admit(
         .verifier
         .verify(&token)
         .map_err(Refusal::Unauthorized)?;
+    let slots = node
+        .admission
+        .admit_user(address, &claims.user)
+        .map_err(Refusal::Limited)?;
     Ok(Admission {
         claims,
         permit,
+        slots,
+        client_ip,
         accept_key,
     })
 }
 
-/// Logs a refusal with the peer address (never the token).
-pub fn log_refusal(peer: SocketAddr, refusal: &Refusal) {
+/// Logs a refusal with the peer and client addresses (never the token).
+pub fn log_refusal(peer: SocketAddr, client_ip: IpAddr, refusal: &Refusal) {
     tracing::info!(
         message = "handshake refused",
         peer = %peer,
+        client = %client_ip,
         reason = refusal.reason(),
         detail = %match refusal {
             Refusal::Unauthorized(error) => error.to_string(),
             Refusal::NotWebSocket(message) => (*message).to_owned(),
+            Refusal::Limited(limited) => limited.message(),
             _ => String::new(),
         },
     );

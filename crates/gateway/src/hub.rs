@@ -2,12 +2,16 @@
 //! encoded frame to all of them.
 //!
 //! A frame is encoded once per node and every subscriber's queue gets a
-//! reference-counted clone of the same bytes. Queues are bounded: a session
-//! whose queue is full is marked slow (the session then closes itself with
-//! 1013) and the frame is dropped for it alone, never blocking the others.
+//! reference-counted clone of the same bytes. Queues are bounded in bytes
+//! (`session.send_queue_bytes`): a session whose queue would overflow is
+//! marked slow (the session then closes itself with 1013) and the frame is
+//! dropped for it alone, never blocking the others. Counting bytes rather
+//! than frames bounds memory whatever the message size: a shared frame is
+//! charged in full to every queue it sits in, so the bound holds even for a
+//! queue that outlives the other recipients' copies.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use indexmap::IndexMap;
@@ -23,41 +27,84 @@ pub enum Outbound {
     Close(u16, &'static str),
 }
 
-/// The hub's side of one session: its queue and a slow-consumer flag.
+/// What one queued frame costs beyond its bytes: the queue slot and the
+/// shared buffer's header, rounded up.
+pub const QUEUE_ENTRY_OVERHEAD: usize = 64;
+
+impl Outbound {
+    /// Bytes charged to a queue while this item waits in it.
+    pub fn cost(&self) -> usize {
+        match self {
+            Outbound::Frame(frame) => frame.len() + QUEUE_ENTRY_OVERHEAD,
+            Outbound::Close(..) => 0,
+        }
+    }
+}
+
+/// The hub's side of one session: its queue, the bytes waiting in it and a
+/// slow-consumer flag.
 #[derive(Debug)]
 pub struct SessionHandle {
     pub id: u64,
-    tx: mpsc::Sender<Outbound>,
+    tx: mpsc::UnboundedSender<Outbound>,
+    queued: AtomicUsize,
+    max_bytes: usize,
     slow: AtomicBool,
 }
 
 impl SessionHandle {
-    pub fn new(id: u64, tx: mpsc::Sender<Outbound>) -> SessionHandle {
-        SessionHandle {
+    /// A handle whose queue holds at most `max_bytes` of frames.
+    pub fn new(
+        id: u64,
+        max_bytes: usize,
+    ) -> (SessionHandle, mpsc::UnboundedReceiver<Outbound>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = SessionHandle {
             id,
             tx,
+            queued: AtomicUsize::new(0),
+            max_bytes,
             slow: AtomicBool::new(false),
-        }
+        };
+        (handle, rx)
     }
 
-    /// Queues without waiting; a full queue marks the session slow.
+    /// Queues a frame without waiting. A frame that would take the queue
+    /// past its byte bound is dropped and marks the session slow; once slow,
+    /// nothing more is queued (the session is closing).
     pub fn offer(&self, item: Outbound) -> bool {
-        match self.tx.try_send(item) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.slow.store(true, Ordering::Relaxed);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        if self.is_slow() {
+            return false;
         }
+        let cost = item.cost();
+        let before = self.queued.fetch_add(cost, Ordering::Relaxed);
+        if before + cost > self.max_bytes {
+            self.queued.fetch_sub(cost, Ordering::Relaxed);
+            self.slow.store(true, Ordering::Relaxed);
+            return false;
+        }
+        if self.tx.send(item).is_err() {
+            self.queued.fetch_sub(cost, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
-    /// Asks the session to close. A full queue means the session is already
-    /// being closed as slow; the flag makes sure it closes either way.
+    /// The session took a frame off its queue.
+    pub fn taken(&self, frame: &Utf8Bytes) {
+        self.queued
+            .fetch_sub(frame.len() + QUEUE_ENTRY_OVERHEAD, Ordering::Relaxed);
+    }
+
+    /// Bytes waiting in the queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Asks the session to close. Close requests are never refused for
+    /// space: they cost nothing and must reach even a slow session.
     pub fn close(&self, code: u16, reason: &'static str) {
-        if !self.offer(Outbound::Close(code, reason)) {
-            self.slow.store(true, Ordering::Relaxed);
-        }
+        let _ = self.tx.send(Outbound::Close(code, reason));
     }
 
     /// Whether a frame was dropped because the queue was full.
@@ -207,16 +254,16 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn session(id: u64, queue: usize) -> (Arc<SessionHandle>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(queue);
-        (Arc::new(SessionHandle::new(id, tx)), rx)
+    fn session(id: u64, max_bytes: usize) -> (Arc<SessionHandle>, mpsc::UnboundedReceiver<Outbound>) {
+        let (handle, rx) = SessionHandle::new(id, max_bytes);
+        (Arc::new(handle), rx)
     }
 
     #[test]
     fn first_and_last_subscriber() {
         let hub = Hub::new();
-        let (a, _ra) = session(1, 4);
-        let (b, _rb) = session(2, 4);
+        let (a, _ra) = session(1, 1024);
+        let (b, _rb) = session(2, 1024);
         assert!(hub.subscribe("c", &a));
         assert!(!hub.subscribe("c", &b));
         assert!(
@@ -232,11 +279,12 @@ mod tests {
     #[test]
     fn fanout_shares_bytes_and_drops_for_full_queues_only() {
         let hub = Hub::new();
-        let (fast, mut fast_rx) = session(1, 8);
-        let (slow, _slow_rx) = session(2, 1);
+        let frame = Utf8Bytes::from_static("{\"type\":\"message\"}");
+        let one = frame.len() + QUEUE_ENTRY_OVERHEAD;
+        let (fast, mut fast_rx) = session(1, 8 * one);
+        let (slow, _slow_rx) = session(2, one);
         hub.subscribe("c", &fast);
         hub.subscribe("c", &slow);
-        let frame = Utf8Bytes::from_static("{\"type\":\"message\"}");
         assert_eq!(
             hub.deliver("c", &frame),
             Fanout {
@@ -253,14 +301,31 @@ mod tests {
         );
         assert!(slow.is_slow() && !fast.is_slow());
         assert_eq!(hub.dropped_total(), 1);
+        assert_eq!(slow.queued_bytes(), one, "the dropped frame is not charged");
+        assert_eq!(fast.queued_bytes(), 2 * one);
         for _ in 0..2 {
             match fast_rx.try_recv() {
                 Ok(Outbound::Frame(bytes)) => {
+                    fast.taken(&bytes);
                     assert_eq!(bytes.as_str().as_ptr(), frame.as_str().as_ptr())
                 }
                 other => panic!("unexpected {other:?}"),
             }
         }
+        assert_eq!(fast.queued_bytes(), 0);
+        // Once slow, a session gets nothing more but a close still reaches it.
+        slow.close(1013, "slow");
+        assert_eq!(hub.deliver("c", &frame).dropped, 1);
         assert_eq!(hub.deliver("nobody", &frame), Fanout::default());
+    }
+
+    #[test]
+    fn a_byte_bound_holds_whatever_the_frame_size() {
+        let (handle, _rx) = session(1, 10_000);
+        let big = Utf8Bytes::from("x".repeat(6_000));
+        assert!(handle.offer(Outbound::Frame(big.clone())));
+        assert!(!handle.offer(Outbound::Frame(big)), "12 KB > 10 KB");
+        assert!(handle.is_slow());
+        assert!(handle.queued_bytes() <= 10_000);
     }
 }

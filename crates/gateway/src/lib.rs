@@ -2,7 +2,7 @@
 //! thin `main` over [`run`], and integration tests drive the same code.
 //!
 //! Map: `config` (file + environment), `server` (HTTP routes and the accept
-//! loop), `handshake` (refusals before the upgrade), `auth` (JWT), `origin`,
+//! loop), `handshake` (refusals before the upgrade), `auth` (JWT), `origin`, `limits` (admission limits),
 //! `session` (one task per WebSocket), `hub` (local fan-out), `broker`
 //! (cross-node delivery), `presence`, `node` (shared state), `response`.
 
@@ -12,6 +12,7 @@ pub mod broker;
 pub mod config;
 pub mod handshake;
 pub mod hub;
+pub mod limits;
 pub mod node;
 pub mod origin;
 pub mod presence;

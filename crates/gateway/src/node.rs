@@ -13,6 +13,7 @@ use crate::auth::TokenVerifier;
 use crate::broker::{Broker, MemoryBroker};
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::limits::Admission;
 use crate::presence::{MemoryPresence, Presence};
 use crate::redis_broker::{self, RedisBroker, RedisHealth};
 use crate::redis_presence::RedisPresence;
@@ -24,6 +25,8 @@ pub struct Node {
     pub hub: Arc<Hub>,
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn Presence>,
+    /// Per-address and per-user admission limits.
+    pub admission: Admission,
     /// One permit per open session (`max_connections`).
     pub capacity: Arc<Semaphore>,
     /// Cancelled when the node starts shutting down.
@@ -125,6 +128,7 @@ impl Node {
             background,
             redis_presence,
             capacity: Arc::new(Semaphore::new(config.max_connections)),
+            admission: Admission::new(&config.limits),
             verifier,
             hub,
             broker,

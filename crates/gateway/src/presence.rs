@@ -35,13 +35,17 @@ pub trait Presence: Send + Sync {
     async fn leave(&self, channel: &str, connection_id: &str) -> Result<(), PresenceError>;
     /// Everyone present in a channel, in no particular order.
     async fn members(&self, channel: &str) -> Result<Vec<Member>, PresenceError>;
-    /// Records an open connection (cluster mode keeps connection state).
+    /// Records an open connection unless its user already holds
+    /// `max_per_user` connections in the cluster; false when at the cap.
+    /// (A single node's cap is checked by `limits::Admission`; cluster mode
+    /// counts every node's connections in Redis.)
     async fn connected(
         &self,
         _connection_id: &Arc<str>,
         _user: &Arc<str>,
-    ) -> Result<(), PresenceError> {
-        Ok(())
+        _max_per_user: usize,
+    ) -> Result<bool, PresenceError> {
+        Ok(true)
     }
     /// Forgets a closed connection.
     async fn disconnected(&self, _connection_id: &Arc<str>) -> Result<(), PresenceError> {

@@ -124,6 +124,14 @@ pub async fn query_pipe<T: redis::FromRedisValue + Send>(
     with_connection(pool, async |conn| pipe.query_async::<T>(conn).await).await
 }
 
+/// Runs a Lua script (EVALSHA, loading it on first use) with the standard time limit.
+pub async fn run_script<T: redis::FromRedisValue + Send>(
+    pool: &Pool,
+    invocation: &redis::ScriptInvocation<'_>,
+) -> Result<T, String> {
+    with_connection(pool, async |conn| invocation.invoke_async::<T>(conn).await).await
+}
+
 /// Takes a pooled connection and runs `work` on it, all within [`REDIS_TIMEOUT`].
 async fn with_connection<T>(
     pool: &Pool,

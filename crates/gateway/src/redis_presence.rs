@@ -14,6 +14,8 @@
 //! - `sb:node:<node>:presence` SET of `<connection_id> <channel>` this node wrote
 //! - `sb:node:<node>:conns` SET of this node's connection ids
 //! - `sb:conn:<connection_id>` HASH `user`, `node`
+//! - `sb:user:<user>` HASH connection id → node: the user's connections on
+//!   every node, for the cluster-wide per-user cap
 //! - `sb:presence:<channel>` HASH connection id → `{"user","info","node"}`
 //! - `sb:reap:<node>` STRING lock while one node reaps another, TTL 30 s
 
@@ -31,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::presence::{Member, Presence, PresenceError};
-use crate::redis_broker::{query, query_pipe, RedisHealth, CHANNEL_PREFIX};
+use crate::redis_broker::{query, query_pipe, run_script, RedisHealth, CHANNEL_PREFIX};
 
 /// How long a node's lease lives without renewal.
 pub const LEASE: Duration = Duration::from_secs(5);
@@ -55,6 +57,39 @@ fn conn_key(connection_id: &str) -> String {
 fn presence_key(channel: &str) -> String {
     format!("sb:presence:{channel}")
 }
+fn user_key(user: &str) -> String {
+    format!("sb:user:{user}")
+}
+
+/// Records a connection unless its user already holds `max` connections on
+/// live nodes, in one atomic step so concurrent handshakes on several nodes
+/// cannot overshoot. Entries of nodes without a lease are dropped on the way
+/// (their connections are gone). KEYS: user hash, connection hash, this
+/// node's connection set. ARGV: connection id, node, user, max. Returns 1
+/// when recorded, 0 when the user is at the cap.
+const ADMIT_CONNECTION: &str = r"
+local held = redis.call('HGETALL', KEYS[1])
+local live = 0
+local alive = {}
+for i = 1, #held, 2 do
+  local node = held[i + 1]
+  if alive[node] == nil then
+    alive[node] = redis.call('EXISTS', 'sb:node:' .. node) == 1
+  end
+  if alive[node] then
+    live = live + 1
+  else
+    redis.call('HDEL', KEYS[1], held[i])
+  end
+end
+if live >= tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], 'user', ARGV[3], 'node', ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[1])
+return 1
+";
 
 /// A presence entry as stored in a channel's hash.
 #[derive(Debug, Serialize, Deserialize)]
@@ -74,7 +109,8 @@ struct Mirror {
     connections: HashMap<Arc<str>, Arc<str>>,
     /// Removals that failed while Redis was away, retried by the lease task.
     pending_leaves: HashSet<(String, Arc<str>)>,
-    pending_disconnects: HashSet<Arc<str>>,
+    /// connection id → user.
+    pending_disconnects: HashMap<Arc<str>, Arc<str>>,
 }
 
 /// Presence of a node in cluster mode.
@@ -207,11 +243,13 @@ impl RedisPresence {
                 return Err(error);
             }
         }
-        for connection_id in &disconnects {
-            if let Err(error) = self.remove_connection(connection_id).await {
-                self.mirror()
-                    .pending_disconnects
-                    .extend(disconnects.iter().cloned());
+        for (connection_id, user) in &disconnects {
+            if let Err(error) = self.remove_connection(connection_id, user).await {
+                self.mirror().pending_disconnects.extend(
+                    disconnects
+                        .iter()
+                        .map(|(id, user)| (Arc::clone(id), Arc::clone(user))),
+                );
                 return Err(error);
             }
         }
@@ -293,6 +331,20 @@ impl RedisPresence {
             query(&self.pool, redis::cmd("SMEMBERS").arg(conns_key(node))).await?;
         let mut cleanup = redis::pipe();
         for chunk in connections.chunks(256) {
+            let mut users = redis::pipe();
+            for connection_id in chunk {
+                users.cmd("HGET").arg(conn_key(connection_id)).arg("user");
+            }
+            let users: Vec<Option<String>> = query_pipe(&self.pool, &users).await?;
+            for (connection_id, user) in chunk.iter().zip(users) {
+                if let Some(user) = user {
+                    cleanup
+                        .cmd("HDEL")
+                        .arg(user_key(&user))
+                        .arg(connection_id)
+                        .ignore();
+                }
+            }
             let keys: Vec<String> = chunk.iter().map(|c| conn_key(c)).collect();
             cleanup.cmd("DEL").arg(keys).ignore();
         }
@@ -345,6 +397,11 @@ impl RedisPresence {
             .arg(conns_key(&self.node))
             .arg(connection_id)
             .ignore();
+        pipe.cmd("HSET")
+            .arg(user_key(user))
+            .arg(connection_id)
+            .arg(&self.node)
+            .ignore();
     }
 
     async fn remove_entry(&self, channel: &str, connection_id: &str) -> Result<(), String> {
@@ -360,9 +417,13 @@ impl RedisPresence {
         query_pipe(&self.pool, &pipe).await
     }
 
-    async fn remove_connection(&self, connection_id: &str) -> Result<(), String> {
+    async fn remove_connection(&self, connection_id: &str, user: &str) -> Result<(), String> {
         let mut pipe = redis::pipe();
         pipe.cmd("DEL").arg(conn_key(connection_id)).ignore();
+        pipe.cmd("HDEL")
+            .arg(user_key(user))
+            .arg(connection_id)
+            .ignore();
         pipe.cmd("SREM")
             .arg(conns_key(&self.node))
             .arg(connection_id)
@@ -459,21 +520,41 @@ impl Presence for RedisPresence {
         &self,
         connection_id: &Arc<str>,
         user: &Arc<str>,
-    ) -> Result<(), PresenceError> {
+        max_per_user: usize,
+    ) -> Result<bool, PresenceError> {
+        // Mirrored first: if Redis is away the connection is admitted on the
+        // local cap alone, and the lease task rewrites it when Redis is back.
         self.mirror()
             .connections
             .insert(Arc::clone(connection_id), Arc::clone(user));
-        let mut pipe = redis::pipe();
-        self.add_connection(&mut pipe, connection_id, user);
-        query_pipe(&self.pool, &pipe).await.map_err(unavailable)
+        let script = redis::Script::new(ADMIT_CONNECTION);
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(user_key(user))
+            .key(conn_key(connection_id))
+            .key(conns_key(&self.node))
+            .arg(connection_id.as_ref())
+            .arg(&self.node)
+            .arg(user.as_ref())
+            .arg(max_per_user);
+        match run_script::<i64>(&self.pool, &invocation).await {
+            Ok(1) => Ok(true),
+            Ok(_) => {
+                self.mirror().connections.remove(connection_id);
+                Ok(false)
+            }
+            Err(error) => Err(unavailable(error)),
+        }
     }
 
     async fn disconnected(&self, connection_id: &Arc<str>) -> Result<(), PresenceError> {
-        self.mirror().connections.remove(connection_id);
-        if let Err(error) = self.remove_connection(connection_id).await {
+        let Some(user) = self.mirror().connections.remove(connection_id) else {
+            return Ok(());
+        };
+        if let Err(error) = self.remove_connection(connection_id, &user).await {
             self.mirror()
                 .pending_disconnects
-                .insert(Arc::clone(connection_id));
+                .insert(Arc::clone(connection_id), user);
             return Err(unavailable(error));
         }
         Ok(())

@@ -20,7 +20,8 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
 use crate::broker::Health;
-use crate::handshake::{self, Admission};
+use crate::handshake::{self, Refusal};
+use crate::limits::Limited;
 use crate::node::Node;
 use crate::response::{self, Body};
 use crate::session;
@@ -90,7 +91,7 @@ async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) 
 
 async fn route(node: Arc<Node>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     match (request.method(), request.uri().path()) {
-        (_, "/ws") => upgrade(node, request, peer),
+        (_, "/ws") => upgrade(node, request, peer).await,
         (_, path) if path.starts_with("/api/") => crate::api::handle(&node, request, peer).await,
         (&Method::GET, "/healthz") => response::json(StatusCode::OK, &json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => readiness(&node),
@@ -123,24 +124,45 @@ fn readiness(node: &Node) -> Response<Body> {
     }
 }
 
-fn upgrade(node: Arc<Node>, mut request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn upgrade(
+    node: Arc<Node>,
+    mut request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let client_ip = node.config.trusted_proxies.client_ip(peer, request.headers());
     let admission = handshake::admit(
         &node,
         request.method(),
         request.uri().query(),
         request.headers(),
+        client_ip,
     );
-    let Admission {
-        claims,
-        permit,
-        accept_key,
-    } = match admission {
+    let admission = match admission {
         Ok(admission) => admission,
         Err(refusal) => {
-            handshake::log_refusal(peer, &refusal);
+            handshake::log_refusal(peer, client_ip, &refusal);
             return refusal.into_response();
         }
     };
+    let id = node.next_session_id();
+    let connection_id: Arc<str> = Arc::from(format!("{}.{id}", node.instance));
+    // The cluster-wide per-user cap, and the connection's record in cluster
+    // state. With Redis away the local cap (already passed) is the check.
+    let max_per_user = node.admission.max_connections_per_user();
+    match node
+        .presence
+        .connected(&connection_id, &admission.claims.user, max_per_user)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            let refusal = Refusal::Limited(Limited::UserConnections { max: max_per_user });
+            handshake::log_refusal(peer, client_ip, &refusal);
+            return refusal.into_response();
+        }
+        Err(error) => tracing::warn!(message = "connection not recorded", %peer, %error),
+    }
+    let accept_key = admission.accept_key.clone();
     let on_upgrade = hyper::upgrade::on(&mut request);
     let session_node = Arc::clone(&node);
     node.tasks.spawn(async move {
@@ -157,9 +179,20 @@ fn upgrade(node: Arc<Node>, mut request: Request<Incoming>, peer: SocketAddr) ->
                     Some(config),
                 )
                 .await;
-                session::run(session_node, ws, claims, peer, permit).await;
+                let opened = session::Opened {
+                    id,
+                    connection_id,
+                    peer,
+                    admission,
+                };
+                session::run(session_node, ws, opened).await;
             }
-            Err(error) => tracing::debug!(message = "upgrade failed", %peer, %error),
+            Err(error) => {
+                tracing::debug!(message = "upgrade failed", %peer, %error);
+                if let Err(error) = session_node.presence.disconnected(&connection_id).await {
+                    tracing::warn!(message = "connection not forgotten", %error);
+                }
+            }
         }
     });
     let mut response = Response::new(Body::default());

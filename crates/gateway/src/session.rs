@@ -1,6 +1,14 @@
 //! One task per WebSocket connection: it reads commands, writes replies and
 //! the frames the hub queues for it, pings the client, enforces the token's
-//! expiry and closes with the contract's close codes.
+//! expiry, holds the client to its message rate and closes with the
+//! contract's close codes.
+//!
+//! Message rate: every frame the client sends (text, binary or ping) takes a
+//! token from a per-connection bucket (`limits.msg_rate`, `limits.msg_burst`).
+//! A frame over the rate gets a `rate_limited` error and is not executed;
+//! those refusals take from a second bucket (`limits.msg_close_after`,
+//! refilling at the same rate), and a client that empties it too, i.e. keeps
+//! sending at more than twice its rate, is closed with 1008.
 //!
 //! Everything a session waits on is in one `select!`: the shutdown signal,
 //! one timer (the nearest of ping, pong deadline and token expiry), its
@@ -10,15 +18,17 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{json, Value};
 use switchboard_protocol::frame::decode_command;
 use switchboard_protocol::{close, ChannelName, Command, ErrorCode, ServerFrame};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -27,6 +37,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
 use crate::auth::{AuthError, Claims};
+use crate::handshake::Admission;
 use crate::hub::{Outbound, SessionHandle};
 use crate::node::Node;
 use crate::presence::Member;
@@ -45,8 +56,42 @@ enum End {
     Gone(&'static str),
 }
 
+/// A connection admitted by the handshake, about to become a session.
+#[derive(Debug)]
+pub struct Opened {
+    /// The node-local session number.
+    pub id: u64,
+    /// `<node_id>.<run>.<id>`, already recorded in cluster state.
+    pub connection_id: Arc<str>,
+    pub peer: SocketAddr,
+    /// The claims, and the capacity, address and user slots held until the
+    /// session ends.
+    pub admission: Admission,
+}
+
+/// The client's message-rate buckets.
+struct Rate {
+    commands: DefaultDirectRateLimiter,
+    refusals: DefaultDirectRateLimiter,
+    per_second: u32,
+}
+
+impl Rate {
+    fn new(limits: &crate::config::LimitsConfig) -> Rate {
+        let per_second = NonZeroU32::new(limits.msg_rate).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(limits.msg_burst).unwrap_or(NonZeroU32::MIN);
+        let refusals = NonZeroU32::new(limits.msg_close_after).unwrap_or(NonZeroU32::MIN);
+        Rate {
+            commands: RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
+            refusals: RateLimiter::direct(Quota::per_second(per_second).allow_burst(refusals)),
+            per_second: limits.msg_rate,
+        }
+    }
+}
+
 struct Session {
     node: Arc<Node>,
+    rate: Rate,
     handle: Arc<SessionHandle>,
     connection_id: Arc<str>,
     claims: Claims,
@@ -57,24 +102,31 @@ struct Session {
 }
 
 /// Runs a session on an upgraded connection until it closes.
-pub async fn run<S>(
-    node: Arc<Node>,
-    ws: WebSocketStream<S>,
-    claims: Claims,
-    peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
-) where
+pub async fn run<S>(node: Arc<Node>, ws: WebSocketStream<S>, opened: Opened)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let id = node.next_session_id();
-    let connection_id: Arc<str> = Arc::from(format!("{}.{id}", node.instance));
-    let span = tracing::info_span!("session", %peer, node = %node.config.node_id, user = %claims.user, connection_id = %connection_id);
+    let Opened {
+        id,
+        connection_id,
+        peer,
+        admission,
+    } = opened;
+    let Admission {
+        claims,
+        permit,
+        slots,
+        client_ip,
+        ..
+    } = admission;
+    let span = tracing::info_span!("session", %peer, client = %client_ip, node = %node.config.node_id, user = %claims.user, connection_id = %connection_id);
     async move {
-        let (tx, rx) = mpsc::channel(node.config.session.send_queue);
+        let (handle, rx) = SessionHandle::new(id, node.config.session.send_queue_bytes);
         let now = Instant::now();
         let lifetime = claims.lifetime(SystemTime::now(), node.verifier.leeway());
         let mut session = Session {
-            handle: Arc::new(SessionHandle::new(id, tx)),
+            handle: Arc::new(handle),
+            rate: Rate::new(&node.config.limits),
             connection_id,
             expires_at: now + lifetime,
             next_ping: now + node.config.session.ping_interval,
@@ -89,18 +141,12 @@ pub async fn run<S>(
         );
         let node = Arc::clone(&session.node);
         node.hub.register(&session.claims.user, &session.handle);
-        if let Err(error) = node
-            .presence
-            .connected(&session.connection_id, &session.claims.user)
-            .await
-        {
-            tracing::warn!(message = "connection not recorded", %error);
-        }
         session.drive(ws, rx).await;
         node.hub.unregister(&session.claims.user, id);
         if let Err(error) = node.presence.disconnected(&session.connection_id).await {
             tracing::warn!(message = "connection not forgotten", %error);
         }
+        drop(slots);
         drop(permit);
     }
     .instrument(span)
@@ -108,7 +154,7 @@ pub async fn run<S>(
 }
 
 impl Session {
-    async fn drive<S>(&mut self, mut ws: WebSocketStream<S>, mut rx: mpsc::Receiver<Outbound>)
+    async fn drive<S>(&mut self, mut ws: WebSocketStream<S>, mut rx: mpsc::UnboundedReceiver<Outbound>)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -149,7 +195,7 @@ impl Session {
     async fn serve<S>(
         &mut self,
         ws: &mut WebSocketStream<S>,
-        rx: &mut mpsc::Receiver<Outbound>,
+        rx: &mut mpsc::UnboundedReceiver<Outbound>,
     ) -> End
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -164,7 +210,10 @@ impl Session {
                 () = node.shutdown.cancelled() => Err(End::Close(close::DRAINING, "node shutting down".into())),
                 () = &mut timer => self.on_timer(ws).await,
                 item = rx.recv() => match item {
-                    Some(Outbound::Frame(frame)) => self.write_batch(ws, rx, frame).await,
+                    Some(Outbound::Frame(frame)) => {
+                        self.handle.taken(&frame);
+                        self.write_batch(ws, rx, frame).await
+                    }
                     Some(Outbound::Close(code, reason)) => Err(End::Close(code, reason.into())),
                     None => Err(End::Close(close::INTERNAL, "session queue closed".into())),
                 },
@@ -218,7 +267,7 @@ impl Session {
     async fn write_batch<S>(
         &mut self,
         ws: &mut WebSocketStream<S>,
-        rx: &mut mpsc::Receiver<Outbound>,
+        rx: &mut mpsc::UnboundedReceiver<Outbound>,
         first: Utf8Bytes,
     ) -> Result<(), End>
     where
@@ -229,7 +278,10 @@ impl Session {
             ws.feed(Message::Text(first)).await?;
             for _ in 1..WRITE_BATCH {
                 match rx.try_recv() {
-                    Ok(Outbound::Frame(frame)) => ws.feed(Message::Text(frame)).await?,
+                    Ok(Outbound::Frame(frame)) => {
+                        self.handle.taken(&frame);
+                        ws.feed(Message::Text(frame)).await?
+                    }
                     Ok(Outbound::Close(code, reason)) => {
                         close_after = Some(End::Close(code, reason.into()));
                         break;
@@ -289,6 +341,13 @@ impl Session {
     {
         // Any frame shows the client is alive.
         self.pong_deadline = None;
+        let counted = matches!(
+            message,
+            Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Ping(_)))
+        );
+        if counted && self.rate.commands.check().is_err() {
+            return self.over_rate(ws, message).await;
+        }
         match message {
             None => Err(End::Gone("stream ended")),
             Some(Ok(Message::Text(text))) => self.on_text(ws, &text).await,
@@ -320,6 +379,40 @@ impl Session {
             }
             Some(Err(error)) => Err(End::Gone(ws_error_reason(&error))),
         }
+    }
+
+    /// A frame beyond the message rate: refused with `rate_limited` (pings
+    /// silently), or the connection closed with 1008 when the client keeps
+    /// going past its refusal allowance.
+    async fn over_rate<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        message: Option<Result<Message, WsError>>,
+    ) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let per_second = self.rate.per_second;
+        if self.rate.refusals.check().is_err() {
+            return Err(End::Close(
+                close::POLICY,
+                format!("message rate limit of {per_second}/s exceeded persistently").into(),
+            ));
+        }
+        let id = match &message {
+            Some(Ok(Message::Text(text))) => match decode_command(text) {
+                Ok(request) => request.id,
+                Err(error) => error.id,
+            },
+            Some(Ok(Message::Binary(_))) => None,
+            _ => return Ok(()),
+        };
+        let frame = ServerFrame::failure(
+            id,
+            ErrorCode::RateLimited,
+            &format!("message rate limit of {per_second}/s exceeded; command not executed"),
+        );
+        self.send_text(ws, frame).await
     }
 
     async fn on_text<S>(&mut self, ws: &mut WebSocketStream<S>, text: &str) -> Result<(), End>

@@ -84,6 +84,12 @@ impl GatewayBuilder {
             .env("SWITCHBOARD_JWT_HS256_SECRET", SECRET)
             .env("SWITCHBOARD_SHUTDOWN_GRACE", "5s")
             .env("RUST_LOG", "info,switchboard_gateway=debug")
+            // Tests open many connections from one address in a burst; the
+            // limits' own tests set these back to small values.
+            .env("SWITCHBOARD_CONN_RATE_PER_IP", "100000")
+            .env("SWITCHBOARD_CONN_BURST_PER_IP", "100000")
+            .env("SWITCHBOARD_MSG_RATE", "100000")
+            .env("SWITCHBOARD_MSG_BURST", "100000")
             .envs(&self.env)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,0 +1,457 @@
+//! Admission limits, decided before any JWT work: who the client is (the
+//! peer, or the address a trusted proxy forwarded), how fast one client
+//! address may open connections (a token bucket), and how many connections
+//! one address and one user may hold at once on this node.
+//!
+//! The buckets are governor's GCRA limiters; the concurrent counts are plain
+//! maps of counters released by RAII guards, because no crate counts
+//! "currently held" per key with a guard. The cluster-wide per-user count
+//! lives in Redis (`RedisPresence::connected`); the local one here backs it
+//! up when Redis is away and is the whole check in single-node mode.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::HeaderMap;
+use ipnet::IpNet;
+
+use crate::config::LimitsConfig;
+
+/// The CIDR ranges whose forwarding headers are believed.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+}
+
+impl TrustedProxies {
+    /// Parses `10.0.0.0/8`, `127.0.0.1` (a single address) or `fd00::/8`.
+    pub fn parse(items: &[String]) -> Result<TrustedProxies, String> {
+        let nets = items
+            .iter()
+            .map(|item| {
+                item.parse::<IpNet>()
+                    .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
+                    .map(|net| net.trunc())
+                    .map_err(|_| format!("{item:?} is not a CIDR range like 10.0.0.0/8 or an IP address"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(TrustedProxies { nets })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.nets.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client's address: the peer's, unless the peer is a trusted proxy;
+    /// then the right-most address of `X-Forwarded-For` that is not itself a
+    /// trusted proxy (addresses left of it were written by the client and
+    /// prove nothing), or `X-Real-IP` when there is no `X-Forwarded-For`.
+    /// A malformed chain falls back to the peer: we never guess.
+    pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        let peer_ip = canonical(peer.ip());
+        if !self.contains(peer_ip) {
+            return peer_ip;
+        }
+        let mut forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .flat_map(|value| value.to_str().unwrap_or("\u{0}").split(','))
+            .map(str::trim)
+            .peekable();
+        if forwarded.peek().is_none() {
+            return headers
+                .get("x-real-ip")
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_forwarded)
+                .unwrap_or(peer_ip);
+        }
+        let hops: Vec<&str> = forwarded.collect();
+        let mut client = peer_ip;
+        for hop in hops.iter().rev() {
+            let Some(ip) = parse_forwarded(hop) else {
+                return peer_ip;
+            };
+            client = ip;
+            if !self.contains(ip) {
+                break;
+            }
+        }
+        client
+    }
+}
+
+/// An address from a forwarding header: `1.2.3.4`, `1.2.3.4:5678`,
+/// `2001:db8::1` or `[2001:db8::1]:443`.
+fn parse_forwarded(text: &str) -> Option<IpAddr> {
+    let text = text.trim();
+    text.parse::<IpAddr>()
+        .ok()
+        .or_else(|| text.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .map(canonical)
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) count as their IPv4 self,
+/// so a dual-stack listener does not give one client two identities.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Why admission refused a connection, with when to retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Limited {
+    /// The address opened connections faster than its bucket allows.
+    ConnectionRate { retry_after: Duration },
+    /// The address holds its maximum of concurrent connections.
+    AddressConnections { max: usize },
+    /// The user holds its maximum of concurrent connections.
+    UserConnections { max: usize },
+}
+
+impl Limited {
+    /// The stable reason for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Limited::ConnectionRate { .. } => "ip_rate",
+            Limited::AddressConnections { .. } => "ip_connections",
+            Limited::UserConnections { .. } => "user_connections",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Limited::ConnectionRate { .. } => {
+                "too many new connections from this address; retry later".to_owned()
+            }
+            Limited::AddressConnections { max } => {
+                format!("this address already holds {max} connections")
+            }
+            Limited::UserConnections { max } => {
+                format!("this user already holds {max} connections")
+            }
+        }
+    }
+
+    /// Whole seconds for `Retry-After`, at least one.
+    pub fn retry_after_secs(&self) -> u64 {
+        match self {
+            Limited::ConnectionRate { retry_after } => {
+                retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)
+            }
+            // Held connections free up when someone disconnects; a short
+            // wait with the client's own backoff is the best hint we have.
+            _ => 5,
+        }
+        .max(1)
+    }
+}
+
+/// Counts held per key; a [`Held`] guard gives its unit back when dropped.
+#[derive(Debug)]
+pub struct Counts<K: Eq + Hash> {
+    held: Mutex<HashMap<K, usize>>,
+}
+
+impl<K: Eq + Hash + Clone> Counts<K> {
+    fn new() -> Arc<Counts<K>> {
+        Arc::new(Counts {
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Takes one unit for `key` unless it already holds `max`.
+    fn try_hold(self: &Arc<Self>, key: K, max: usize) -> Option<Held<K>> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let count = held.entry(key.clone()).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Held {
+            counts: Arc::clone(self),
+            key,
+        })
+    }
+
+    /// How many units `key` holds.
+    pub fn held(&self, key: &K) -> usize {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.get(key).copied().unwrap_or(0)
+    }
+
+    /// Keys holding at least one unit (the map never keeps zeros).
+    pub fn keys(&self) -> usize {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// One unit of a [`Counts`], returned on drop.
+#[derive(Debug)]
+pub struct Held<K: Eq + Hash> {
+    counts: Arc<Counts<K>>,
+    key: K,
+}
+
+impl<K: Eq + Hash> Drop for Held<K> {
+    fn drop(&mut self) {
+        let mut held = self.counts.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = held.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What an admitted connection holds until it closes.
+#[derive(Debug)]
+pub struct Slots {
+    _address: Held<IpAddr>,
+    _user: Option<Held<Arc<str>>>,
+}
+
+/// How often idle addresses are dropped from the rate limiter's map.
+const FORGET_EVERY: Duration = Duration::from_secs(10);
+
+/// The node's admission limits.
+pub struct Admission {
+    config: LimitsConfig,
+    rate: DefaultKeyedRateLimiter<IpAddr>,
+    addresses: Arc<Counts<IpAddr>>,
+    users: Arc<Counts<Arc<str>>>,
+    started: Instant,
+    last_forget_ms: AtomicU64,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn non_zero(value: u32) -> NonZeroU32 {
+    NonZeroU32::new(value).unwrap_or(NonZeroU32::MIN)
+}
+
+impl Admission {
+    pub fn new(config: &LimitsConfig) -> Admission {
+        let quota = Quota::per_second(non_zero(config.conn_rate_per_ip))
+            .allow_burst(non_zero(config.conn_burst_per_ip));
+        Admission {
+            config: config.clone(),
+            rate: RateLimiter::keyed(quota),
+            addresses: Counts::new(),
+            users: Counts::new(),
+            started: Instant::now(),
+            last_forget_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The address checks: the connection-rate bucket, then the concurrent
+    /// cap. Runs before the token is even parsed.
+    pub fn admit_address(&self, ip: IpAddr) -> Result<Held<IpAddr>, Limited> {
+        self.forget_idle();
+        if let Err(not_until) = self.rate.check_key(&ip) {
+            let retry_after = not_until.wait_time_from(DefaultClock::default().now());
+            return Err(Limited::ConnectionRate { retry_after });
+        }
+        let max = self.config.max_connections_per_ip;
+        self.addresses
+            .try_hold(ip, max)
+            .ok_or(Limited::AddressConnections { max })
+    }
+
+    /// The user's cap on this node (the cluster-wide count is Redis's).
+    pub fn admit_user(&self, address: Held<IpAddr>, user: &Arc<str>) -> Result<Slots, Limited> {
+        let max = self.config.max_connections_per_user;
+        let user = self
+            .users
+            .try_hold(Arc::clone(user), max)
+            .ok_or(Limited::UserConnections { max })?;
+        Ok(Slots {
+            _address: address,
+            _user: Some(user),
+        })
+    }
+
+    pub fn max_connections_per_user(&self) -> usize {
+        self.config.max_connections_per_user
+    }
+
+    /// Connections held by one address on this node.
+    pub fn held_by_address(&self, ip: IpAddr) -> usize {
+        self.addresses.held(&ip)
+    }
+
+    /// Drops buckets that are full again (their addresses went quiet), at
+    /// most once per [`FORGET_EVERY`], so a scan of the whole internet does
+    /// not grow the map for ever.
+    fn forget_idle(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.last_forget_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < FORGET_EVERY.as_millis() as u64 {
+            return;
+        }
+        if self
+            .last_forget_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.rate.retain_recent();
+            self.rate.shrink_to_fit();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn proxies(items: &[&str]) -> TrustedProxies {
+        let items: Vec<String> = items.iter().map(|s| (*s).to_owned()).collect();
+        TrustedProxies::parse(&items).unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    fn peer(ip: &str) -> SocketAddr {
+        SocketAddr::new(ip.parse().unwrap(), 40000)
+    }
+
+    #[test]
+    fn parses_ranges_and_single_addresses() {
+        let trusted = proxies(&["10.0.0.0/8", "192.168.1.7", "fd00::/8"]);
+        assert!(trusted.contains("10.1.2.3".parse().unwrap()));
+        assert!(trusted.contains("192.168.1.7".parse().unwrap()));
+        assert!(!trusted.contains("192.168.1.8".parse().unwrap()));
+        assert!(trusted.contains("fd12::1".parse().unwrap()));
+        assert!(trusted.contains("::ffff:10.9.9.9".parse().unwrap()));
+        let error = TrustedProxies::parse(&["10.0.0.0/33".to_owned()]).unwrap_err();
+        assert!(error.contains("\"10.0.0.0/33\""), "{error}");
+        assert!(TrustedProxies::parse(&["nginx".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn untrusted_peers_headers_are_ignored() {
+        let trusted = proxies(&["10.0.0.0/8"]);
+        let spoofed = headers(&[("x-forwarded-for", "1.1.1.1"), ("x-real-ip", "2.2.2.2")]);
+        assert_eq!(
+            trusted.client_ip(peer("203.0.113.9"), &spoofed),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            TrustedProxies::default().client_ip(peer("10.0.0.1"), &spoofed),
+            "10.0.0.1".parse::<IpAddr>().unwrap(),
+            "no trusted proxies: only the peer counts"
+        );
+    }
+
+    #[test]
+    fn right_most_untrusted_forwarded_address_is_the_client() {
+        let trusted = proxies(&["10.0.0.0/8"]);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // The client wrote a fake first hop; nginx appended the real one.
+        let chain = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.4")]);
+        assert_eq!(trusted.client_ip(peer("10.0.0.2"), &chain), ip("198.51.100.4"));
+        // Two proxies in the chain.
+        let chain = headers(&[
+            ("x-forwarded-for", "198.51.100.4"),
+            ("x-forwarded-for", "10.0.0.7"),
+        ]);
+        assert_eq!(trusted.client_ip(peer("10.0.0.2"), &chain), ip("198.51.100.4"));
+        // Ports and brackets.
+        let chain = headers(&[("x-forwarded-for", "[2001:db8::5]:443")]);
+        assert_eq!(trusted.client_ip(peer("10.0.0.2"), &chain), ip("2001:db8::5"));
+        // Every hop trusted: the left-most is the best we know.
+        let chain = headers(&[("x-forwarded-for", "10.1.1.1, 10.2.2.2")]);
+        assert_eq!(trusted.client_ip(peer("10.0.0.2"), &chain), ip("10.1.1.1"));
+        // Garbage where an address must be: the peer, never a guess.
+        let chain = headers(&[("x-forwarded-for", "1.2.3.4, not-an-ip")]);
+        assert_eq!(trusted.client_ip(peer("10.0.0.2"), &chain), ip("10.0.0.2"));
+        // X-Real-IP only without X-Forwarded-For.
+        let real = headers(&[("x-real-ip", "198.51.100.9")]);
+        assert_eq!(trusted.client_ip(peer("10.0.0.2"), &real), ip("198.51.100.9"));
+        let bad_real = headers(&[("x-real-ip", "nope")]);
+        assert_eq!(trusted.client_ip(peer("10.0.0.2"), &bad_real), ip("10.0.0.2"));
+    }
+
+    fn limits(rate: u32, burst: u32, per_ip: usize, per_user: usize) -> LimitsConfig {
+        LimitsConfig {
+            conn_rate_per_ip: rate,
+            conn_burst_per_ip: burst,
+            max_connections_per_ip: per_ip,
+            max_connections_per_user: per_user,
+            msg_rate: 10,
+            msg_burst: 10,
+            msg_close_after: 10,
+        }
+    }
+
+    #[test]
+    fn connection_rate_bucket_per_address() {
+        let admission = Admission::new(&limits(1, 3, 100, 100));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let held: Vec<_> = (0..3).map(|_| admission.admit_address(a).unwrap()).collect();
+        match admission.admit_address(a) {
+            Err(limited @ Limited::ConnectionRate { .. }) => {
+                assert_eq!(limited.retry_after_secs(), 1);
+                assert_eq!(limited.reason(), "ip_rate");
+            }
+            other => panic!("expected a rate refusal, got {other:?}"),
+        }
+        assert!(admission.admit_address(b).is_ok(), "buckets are per address");
+        assert_eq!(admission.held_by_address(a), 3);
+        drop(held);
+        assert_eq!(admission.held_by_address(a), 0);
+    }
+
+    #[test]
+    fn concurrent_caps_release_on_drop() {
+        let admission = Admission::new(&limits(1000, 1000, 2, 1));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let alice: Arc<str> = Arc::from("alice");
+        let first = admission.admit_address(ip).unwrap();
+        let second = admission.admit_address(ip).unwrap();
+        assert_eq!(
+            admission.admit_address(ip).unwrap_err(),
+            Limited::AddressConnections { max: 2 }
+        );
+        let slots = admission.admit_user(first, &alice).unwrap();
+        assert_eq!(
+            admission.admit_user(second, &alice).unwrap_err(),
+            Limited::UserConnections { max: 1 }
+        );
+        // The refused user's address slot went back with it.
+        assert_eq!(admission.held_by_address(ip), 1);
+        drop(slots);
+        assert_eq!(admission.held_by_address(ip), 0);
+        assert_eq!(admission.users.keys(), 0, "no zero counts are kept");
+        let again = admission.admit_address(ip).unwrap();
+        assert!(admission.admit_user(again, &alice).is_ok());
+    }
+}
