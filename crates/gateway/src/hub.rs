@@ -54,10 +54,7 @@ pub struct SessionHandle {
 
 impl SessionHandle {
     /// A handle whose queue holds at most `max_bytes` of frames.
-    pub fn new(
-        id: u64,
-        max_bytes: usize,
-    ) -> (SessionHandle, mpsc::UnboundedReceiver<Outbound>) {
+    pub fn new(id: u64, max_bytes: usize) -> (SessionHandle, mpsc::UnboundedReceiver<Outbound>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = SessionHandle {
             id,
@@ -254,7 +251,10 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn session(id: u64, max_bytes: usize) -> (Arc<SessionHandle>, mpsc::UnboundedReceiver<Outbound>) {
+    fn session(
+        id: u64,
+        max_bytes: usize,
+    ) -> (Arc<SessionHandle>, mpsc::UnboundedReceiver<Outbound>) {
         let (handle, rx) = SessionHandle::new(id, max_bytes);
         (Arc::new(handle), rx)
     }

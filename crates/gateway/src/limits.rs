@@ -39,7 +39,9 @@ impl TrustedProxies {
                 item.parse::<IpNet>()
                     .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
                     .map(|net| net.trunc())
-                    .map_err(|_| format!("{item:?} is not a CIDR range like 10.0.0.0/8 or an IP address"))
+                    .map_err(|_| {
+                        format!("{item:?} is not a CIDR range like 10.0.0.0/8 or an IP address")
+                    })
             })
             .collect::<Result<_, _>>()?;
         Ok(TrustedProxies { nets })
@@ -376,16 +378,25 @@ mod tests {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         // The client wrote a fake first hop; nginx appended the real one.
         let chain = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.4")]);
-        assert_eq!(trusted.client_ip(peer("10.0.0.2"), &chain), ip("198.51.100.4"));
+        assert_eq!(
+            trusted.client_ip(peer("10.0.0.2"), &chain),
+            ip("198.51.100.4")
+        );
         // Two proxies in the chain.
         let chain = headers(&[
             ("x-forwarded-for", "198.51.100.4"),
             ("x-forwarded-for", "10.0.0.7"),
         ]);
-        assert_eq!(trusted.client_ip(peer("10.0.0.2"), &chain), ip("198.51.100.4"));
+        assert_eq!(
+            trusted.client_ip(peer("10.0.0.2"), &chain),
+            ip("198.51.100.4")
+        );
         // Ports and brackets.
         let chain = headers(&[("x-forwarded-for", "[2001:db8::5]:443")]);
-        assert_eq!(trusted.client_ip(peer("10.0.0.2"), &chain), ip("2001:db8::5"));
+        assert_eq!(
+            trusted.client_ip(peer("10.0.0.2"), &chain),
+            ip("2001:db8::5")
+        );
         // Every hop trusted: the left-most is the best we know.
         let chain = headers(&[("x-forwarded-for", "10.1.1.1, 10.2.2.2")]);
         assert_eq!(trusted.client_ip(peer("10.0.0.2"), &chain), ip("10.1.1.1"));
@@ -394,9 +405,15 @@ mod tests {
         assert_eq!(trusted.client_ip(peer("10.0.0.2"), &chain), ip("10.0.0.2"));
         // X-Real-IP only without X-Forwarded-For.
         let real = headers(&[("x-real-ip", "198.51.100.9")]);
-        assert_eq!(trusted.client_ip(peer("10.0.0.2"), &real), ip("198.51.100.9"));
+        assert_eq!(
+            trusted.client_ip(peer("10.0.0.2"), &real),
+            ip("198.51.100.9")
+        );
         let bad_real = headers(&[("x-real-ip", "nope")]);
-        assert_eq!(trusted.client_ip(peer("10.0.0.2"), &bad_real), ip("10.0.0.2"));
+        assert_eq!(
+            trusted.client_ip(peer("10.0.0.2"), &bad_real),
+            ip("10.0.0.2")
+        );
     }
 
     fn limits(rate: u32, burst: u32, per_ip: usize, per_user: usize) -> LimitsConfig {
@@ -416,7 +433,9 @@ mod tests {
         let admission = Admission::new(&limits(1, 3, 100, 100));
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let held: Vec<_> = (0..3).map(|_| admission.admit_address(a).unwrap()).collect();
+        let held: Vec<_> = (0..3)
+            .map(|_| admission.admit_address(a).unwrap())
+            .collect();
         match admission.admit_address(a) {
             Err(limited @ Limited::ConnectionRate { .. }) => {
                 assert_eq!(limited.retry_after_secs(), 1);
@@ -424,7 +443,10 @@ mod tests {
             }
             other => panic!("expected a rate refusal, got {other:?}"),
         }
-        assert!(admission.admit_address(b).is_ok(), "buckets are per address");
+        assert!(
+            admission.admit_address(b).is_ok(),
+            "buckets are per address"
+        );
         assert_eq!(admission.held_by_address(a), 3);
         drop(held);
         assert_eq!(admission.held_by_address(a), 0);

@@ -129,7 +129,10 @@ async fn upgrade(
     mut request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let client_ip = node.config.trusted_proxies.client_ip(peer, request.headers());
+    let client_ip = node
+        .config
+        .trusted_proxies
+        .client_ip(peer, request.headers());
     let admission = handshake::admit(
         &node,
         request.method(),

@@ -154,8 +154,11 @@ where
 }
 
 impl Session {
-    async fn drive<S>(&mut self, mut ws: WebSocketStream<S>, mut rx: mpsc::UnboundedReceiver<Outbound>)
-    where
+    async fn drive<S>(
+        &mut self,
+        mut ws: WebSocketStream<S>,
+        mut rx: mpsc::UnboundedReceiver<Outbound>,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let welcome = ServerFrame::Welcome {
