@@ -28,6 +28,11 @@ use crate::session;
 
 /// A client must send its request headers within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// hyper's connection buffer, which also bounds a request head: a head
+/// that does not fit (in practice somewhat over twice this) is refused with
+/// 414 or 431 before routing. Tokens are at most 8 KiB, and browsers' cookie
+/// headers stay well under this.
+const HTTP_BUFFER: usize = 16 * 1024;
 /// The socket read buffer of a session. Small, because idle connections
 /// dominate memory and tungstenite allocates it eagerly.
 const WS_READ_BUFFER: usize = 4 * 1024;
@@ -72,7 +77,7 @@ async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) 
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(64 * 1024)
+        .max_buf_size(HTTP_BUFFER)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
