@@ -124,10 +124,17 @@ struct RawCommand<'a> {
     id: Option<&'a RawValue>,
     #[serde(borrow)]
     channel: Option<&'a RawValue>,
-    #[serde(borrow)]
+    /// `null` is data like any other: present, unlike a missing field.
+    #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
     #[serde(borrow)]
     token: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue as Deserialize>::deserialize(deserializer).map(Some)
 }
 
 fn describe_json_error(error: &serde_json::Error) -> String {
