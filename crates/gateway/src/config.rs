@@ -20,6 +20,7 @@ use crate::origin::AllowedOrigins;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_secs(5);
 pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_CHANNELS: usize = 128;
@@ -131,6 +132,8 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     #[serde(default, with = "humantime_serde")]
     shutdown_grace: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    drain_window: Option<Duration>,
     #[serde(default)]
     jwt: FileJwt,
     trusted_proxies: Option<Vec<String>>,
@@ -235,6 +238,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
+    /// After SIGTERM, sessions are closed with 1012 at random moments
+    /// within this window, so their reconnects do not arrive as one herd.
+    pub drain_window: Duration,
     pub jwt: JwtConfig,
     pub session: SessionConfig,
     namespaces: BTreeMap<String, NamespaceConfig>,
@@ -271,6 +277,7 @@ const ALLOWED_ORIGINS: Key = key!("allowed_origins", "SWITCHBOARD_ALLOWED_ORIGIN
 const MAX_CONNECTIONS: Key = key!("max_connections", "SWITCHBOARD_MAX_CONNECTIONS");
 const LOG_FORMAT: Key = key!("log_format", "SWITCHBOARD_LOG_FORMAT");
 const SHUTDOWN_GRACE: Key = key!("shutdown_grace", "SWITCHBOARD_SHUTDOWN_GRACE");
+const DRAIN_WINDOW: Key = key!("drain_window", "SWITCHBOARD_DRAIN_WINDOW");
 const JWT_HS256_SECRET: Key = key!("jwt.hs256_secret", "SWITCHBOARD_JWT_HS256_SECRET");
 const JWT_PUBLIC_KEY_FILE: Key = key!("jwt.public_key_file", "SWITCHBOARD_JWT_PUBLIC_KEY_FILE");
 const JWT_AUDIENCE: Key = key!("jwt.audience", "SWITCHBOARD_JWT_AUDIENCE");
@@ -535,6 +542,15 @@ impl Config {
             Duration::from_secs(3600),
         )?;
 
+        let drain_window = check_duration(
+            &DRAIN_WINDOW,
+            env_duration(env, &DRAIN_WINDOW)?
+                .or(file.drain_window)
+                .unwrap_or(DEFAULT_DRAIN_WINDOW),
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        )?;
+
         let jwt = JwtConfig {
             hs256_secret: env_str(env, &JWT_HS256_SECRET).or(file.jwt.hs256_secret),
             public_key_file: env_str(env, &JWT_PUBLIC_KEY_FILE)
@@ -641,6 +657,7 @@ impl Config {
             limits,
             log_format,
             shutdown_grace,
+            drain_window,
             jwt,
             session,
             namespaces: file.namespaces,

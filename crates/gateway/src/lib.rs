@@ -46,11 +46,13 @@ pub fn start(config: Config) -> Result<Arc<Node>, String> {
     }
 }
 
-/// Serves a built node on a bound listener until shutdown completes.
+/// Serves a built node on a bound listener until shutdown completes: once
+/// `node.shutdown` is cancelled, sessions close over the drain window, and
+/// the grace period after it bounds how long their last writes may take.
 pub async fn serve(node: Arc<Node>, listener: TcpListener) {
     server::serve(Arc::clone(&node), listener).await;
     node.tasks.close();
-    let grace = node.config.shutdown_grace;
+    let grace = node.config.drain_window + node.config.shutdown_grace;
     if tokio::time::timeout(grace, node.tasks.wait())
         .await
         .is_err()

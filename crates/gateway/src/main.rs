@@ -147,9 +147,13 @@ fn serve(config: Config) -> ExitCode {
         };
         tracing::info!(message = "listening", addr = %addr, node_id = %node_id, broker = node.broker.kind());
         let shutdown = node.shutdown.clone();
+        let node_drain_ms = node.config.drain_window.as_millis() as u64;
         tokio::spawn(async move {
             wait_for_signal().await;
-            tracing::info!(message = "shutdown signal received; closing sessions");
+            tracing::info!(
+                message = "shutdown signal received; draining",
+                drain_window_ms = node_drain_ms
+            );
             shutdown.cancel();
         });
         switchboard_gateway::serve(node, listener).await;

@@ -37,12 +37,26 @@ const HTTP_BUFFER: usize = 16 * 1024;
 /// dominate memory and tungstenite allocates it eagerly.
 const WS_READ_BUFFER: usize = 4 * 1024;
 
-/// Accepts connections until the node shuts down.
+/// Accepts connections until the node has drained: after shutdown starts
+/// it keeps answering for the drain window, so probes see `/readyz` 503 and
+/// late clients get 503 `unavailable` with `Retry-After` rather than a
+/// refused connection, then stops.
 pub async fn serve(node: Arc<Node>, listener: TcpListener) {
     let mut backoff = Duration::from_millis(5);
+    let mut stop_at: Option<tokio::time::Instant> = None;
     loop {
+        let drained = async {
+            match stop_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let accepted = tokio::select! {
-            () = node.shutdown.cancelled() => break,
+            () = node.shutdown.cancelled(), if stop_at.is_none() => {
+                stop_at = Some(tokio::time::Instant::now() + node.config.drain_window);
+                continue;
+            }
+            () = drained => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {

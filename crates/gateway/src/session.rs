@@ -99,6 +99,8 @@ struct Session {
     expires_at: Instant,
     next_ping: Instant,
     pong_deadline: Option<Instant>,
+    /// When the node drains: the moment this session closes with 1012.
+    drain_at: Option<Instant>,
 }
 
 /// Runs a session on an upgraded connection until it closes.
@@ -131,6 +133,7 @@ where
             expires_at: now + lifetime,
             next_ping: now + node.config.session.ping_interval,
             pong_deadline: None,
+            drain_at: None,
             subscriptions: HashSet::new(),
             claims,
             node,
@@ -210,7 +213,10 @@ impl Session {
         loop {
             let result = tokio::select! {
                 biased;
-                () = node.shutdown.cancelled() => Err(End::Close(close::DRAINING, "node shutting down".into())),
+                () = node.shutdown.cancelled(), if self.drain_at.is_none() => {
+                    self.drain_at = Some(Instant::now() + drain_delay(node.config.drain_window));
+                    Ok(())
+                }
                 () = &mut timer => self.on_timer(ws).await,
                 item = rx.recv() => match item {
                     Some(Outbound::Frame(frame)) => {
@@ -238,6 +244,9 @@ impl Session {
         if let Some(pong) = self.pong_deadline {
             next = next.min(pong);
         }
+        if let Some(drain) = self.drain_at {
+            next = next.min(drain);
+        }
         next
     }
 
@@ -246,6 +255,9 @@ impl Session {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let now = Instant::now();
+        if self.drain_at.is_some_and(|d| now >= d) {
+            return Err(End::Close(close::DRAINING, "node shutting down".into()));
+        }
         if now >= self.expires_at {
             return Err(End::Close(close::TOKEN_EXPIRED, "token expired".into()));
         }
@@ -638,6 +650,15 @@ impl Session {
         self.claims = claims;
         Ok(json!({ "expires_in": lifetime.as_secs() }))
     }
+}
+
+/// A uniformly random moment within the drain window: reconnects spread
+/// over the window instead of arriving at the other nodes all at once.
+fn drain_delay(window: Duration) -> Duration {
+    if window.is_zero() {
+        return Duration::ZERO;
+    }
+    window.mul_f64(rand::random::<f64>())
 }
 
 fn ws_error_reason(error: &WsError) -> &'static str {

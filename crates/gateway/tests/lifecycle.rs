@@ -141,3 +141,63 @@ async fn sigterm_closes_sessions_with_1012_and_exits() {
     assert!(status.success(), "{status:?}");
     assert!(gateway.logs().iter().any(|e| e["message"] == "stopped"));
 }
+
+#[tokio::test]
+async fn sigterm_drains_sessions_over_the_window() {
+    let mut gateway = Gateway::builder()
+        .env("SWITCHBOARD_DRAIN_WINDOW", "3s")
+        .start();
+    let mut sessions = Vec::new();
+    for n in 0..10 {
+        let (conn, _) = gateway.connect(&format!("user{n}")).await;
+        sessions.push(conn);
+    }
+    wait_ready(&gateway, 200).await;
+    gateway.signal("TERM");
+    // At once: not ready, and new sessions are refused, while the listener
+    // still answers.
+    let ready = wait_ready(&gateway, 503).await;
+    assert_eq!(ready["reason"], "draining");
+    let refused = within(switchboard_client::Connection::connect(
+        &gateway.ws_url(&token("late")),
+    ))
+    .await;
+    match refused {
+        Err(ClientError::Refused {
+            status,
+            body,
+            retry_after,
+        }) => {
+            assert_eq!(status, 503);
+            assert_eq!(
+                body["message"],
+                "node is draining; reconnect to another node"
+            );
+            assert_eq!(retry_after.as_deref(), Some("1"));
+        }
+        Err(other) => panic!("expected 503, got {other}"),
+        Ok(_) => panic!("expected 503, got a session"),
+    }
+    // Every session gets its 1012 within the window (plus slack).
+    for conn in &mut sessions {
+        let closed = tokio::time::timeout(Duration::from_secs(10), conn.next_frame())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            closed,
+            Frame::Closed {
+                code: Some(1012),
+                reason: "node shutting down".to_owned()
+            }
+        );
+    }
+    let status = gateway.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status:?}");
+    let log = gateway
+        .logs()
+        .into_iter()
+        .find(|l| l["message"] == "shutdown signal received; draining")
+        .unwrap();
+    assert_eq!(log["drain_window_ms"], 3000);
+}

@@ -83,6 +83,8 @@ impl GatewayBuilder {
             .env("SWITCHBOARD_LOG_FORMAT", "json")
             .env("SWITCHBOARD_JWT_HS256_SECRET", SECRET)
             .env("SWITCHBOARD_SHUTDOWN_GRACE", "5s")
+            // Close at once on SIGTERM unless a test is about the drain.
+            .env("SWITCHBOARD_DRAIN_WINDOW", "0s")
             .env("RUST_LOG", "info,switchboard_gateway=debug")
             // Tests open many connections from one address in a burst; the
             // limits' own tests set these back to small values.
