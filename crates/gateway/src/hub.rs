@@ -14,6 +14,8 @@ use indexmap::IndexMap;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::metrics::Metrics;
+
 /// What the hub (or the server API) hands a session to write.
 #[derive(Debug, Clone)]
 pub enum Outbound {
@@ -81,11 +83,27 @@ pub struct Hub {
     channels: RwLock<HashMap<Box<str>, Subscribers>>,
     users: RwLock<HashMap<Arc<str>, Subscribers>>,
     dropped: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Hub {
     pub fn new() -> Hub {
         Hub::default()
+    }
+
+    /// A hub that counts into the node's metrics.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Hub {
+        Hub {
+            channels: RwLock::default(),
+            users: RwLock::default(),
+            dropped: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    /// The node's metrics (the brokers count through the hub they feed).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Adds a subscriber; true when it is the channel's first on this node
@@ -101,6 +119,7 @@ impl Hub {
                 let mut subscribers = Subscribers::with_capacity(1);
                 subscribers.insert(session.id, Arc::clone(session));
                 channels.insert(channel.into(), subscribers);
+                self.metrics.channel_opened(channel);
                 true
             }
         }
@@ -118,6 +137,7 @@ impl Hub {
         }
         if subscribers.is_empty() {
             channels.remove(channel);
+            self.metrics.channel_closed(channel);
             return true;
         }
         false
@@ -125,11 +145,13 @@ impl Hub {
 
     /// Queues one frame to every local subscriber of a channel.
     pub fn deliver(&self, channel: &str, frame: &Utf8Bytes) -> Fanout {
+        let timer = self.metrics.fanout();
         let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
         let mut fanout = Fanout::default();
         if let Some(subscribers) = channels.get(channel) {
             for session in subscribers.values() {
                 if session.offer(Outbound::Frame(frame.clone())) {
+                    timer.queued();
                     fanout.delivered += 1;
                 } else {
                     fanout.dropped += 1;
@@ -140,6 +162,7 @@ impl Hub {
             self.dropped
                 .fetch_add(fanout.dropped as u64, Ordering::Relaxed);
         }
+        timer.finish(channel, frame.len(), fanout.delivered, fanout.dropped);
         fanout
     }
 

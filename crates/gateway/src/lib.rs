@@ -12,6 +12,7 @@ pub mod broker;
 pub mod config;
 pub mod handshake;
 pub mod hub;
+pub mod metrics;
 pub mod node;
 pub mod origin;
 pub mod presence;

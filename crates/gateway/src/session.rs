@@ -28,6 +28,7 @@ use tracing::Instrument;
 
 use crate::auth::{AuthError, Claims};
 use crate::hub::{Outbound, SessionHandle};
+use crate::metrics::Closed;
 use crate::node::Node;
 use crate::presence::Member;
 
@@ -43,6 +44,17 @@ enum End {
     Close(u16, Cow<'static, str>),
     /// The client closed, or the socket broke: nothing more to send.
     Gone(&'static str),
+}
+
+impl End {
+    /// How the metrics count this end.
+    fn closed(&self) -> Closed {
+        match self {
+            End::Close(code, _) => Closed::Server(*code),
+            End::Gone("client closed") => Closed::Client,
+            End::Gone(_) => Closed::Lost,
+        }
+    }
 }
 
 struct Session {
@@ -88,6 +100,7 @@ pub async fn run<S>(
             expires_in_secs = lifetime.as_secs()
         );
         let node = Arc::clone(&session.node);
+        let _open = node.metrics.session_opened();
         node.hub.register(&session.claims.user, &session.handle);
         if let Err(error) = node
             .presence
@@ -122,6 +135,7 @@ impl Session {
             Ok(()) => self.serve(&mut ws, &mut rx).await,
             Err(end) => end,
         };
+        self.node.metrics.session_closed(end.closed());
         match &end {
             End::Close(code, reason) => {
                 if *code == close::DRAINING || *code == close::NORMAL {
@@ -139,7 +153,10 @@ impl Session {
                 })
                 .await;
             }
-            End::Gone(reason) => tracing::debug!(message = "session closed by client", reason),
+            End::Gone(reason @ "client closed") => {
+                tracing::debug!(message = "session closed by client", reason)
+            }
+            End::Gone(reason) => tracing::info!(message = "session lost", reason),
         }
         drop(ws);
         self.leave_all().await;
@@ -326,15 +343,18 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        self.node.metrics.client_message(text.len());
         let request = match decode_command(text) {
             Ok(request) => request,
             Err(error) => {
+                self.node.metrics.command("invalid", Some(error.code));
                 tracing::debug!(message = "bad frame", error = %error.message);
                 let frame = ServerFrame::failure(error.id, error.code, &error.message);
                 return self.send_text(ws, frame).await;
             }
         };
         let id = request.id;
+        let kind = request.command.kind();
         let result = match request.command {
             Command::Subscribe { channel } => self.subscribe(channel).await,
             Command::Unsubscribe { channel } => self.unsubscribe(&channel).await,
@@ -343,6 +363,9 @@ impl Session {
             Command::Refresh { token } => self.refresh(&token),
             Command::Ping => Ok(json!({})),
         };
+        self.node
+            .metrics
+            .command(kind, result.as_ref().err().map(|(code, _)| *code));
         let frame = match (&result, id) {
             (Ok(value), Some(id)) => ServerFrame::Reply {
                 id,
@@ -412,6 +435,7 @@ impl Session {
                 }
             }
         }
+        node.metrics.subscribed(channel.as_str());
         self.subscriptions.insert(channel);
         Ok(json!({}))
     }
@@ -426,6 +450,7 @@ impl Session {
     /// Drops one subscription: hub, broker, presence and the `leave` event.
     async fn leave(&self, channel: &ChannelName) {
         let node = &self.node;
+        node.metrics.unsubscribed(channel.as_str());
         if node.hub.unsubscribe(channel.as_str(), self.handle.id) {
             if let Err(error) = node.broker.unsubscribe(channel.as_str()).await {
                 tracing::warn!(message = "broker unsubscribe failed", channel = %channel, %error);
