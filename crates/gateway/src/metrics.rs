@@ -174,7 +174,7 @@ impl RedisLink {
 }
 
 /// The command label values: the protocol's command types, and `invalid`
-/// for frames that do not decode.
+/// for frames that do not decode (which is never `ok`).
 const COMMANDS: [&str; 7] = [
     "subscribe",
     "unsubscribe",
@@ -260,8 +260,9 @@ pub struct Metrics {
     draining: IntGauge,
     client_messages: IntCounter,
     client_bytes: IntCounter,
-    /// `[command][result]`, result 0 is `ok`, then [`ErrorCode::ALL`].
-    commands: Vec<Vec<IntCounter>>,
+    commands: IntCounterVec,
+    /// The `ok` child of each of [`COMMANDS`], resolved once (the hot path).
+    commands_ok: Vec<IntCounter>,
     commands_rate_limited: IntCounter,
     fanout_duration: Histogram,
     delivery_latency: Histogram,
@@ -427,20 +428,16 @@ impl Metrics {
         for refusal in Refusal::ALL {
             connections_refused.with_label_values(&[refusal.label()]);
         }
-        let commands_total = counter_vec(
+        let commands = counter_vec(
             r,
             "switchboard_commands_total",
             "Client commands by type and result (ok or the error code answered).",
             &["command", "result"],
         );
-        let commands = COMMANDS
+        // `invalid` is last and never `ok`.
+        let commands_ok = COMMANDS[..COMMANDS.len() - 1]
             .iter()
-            .map(|command| {
-                std::iter::once("ok")
-                    .chain(ErrorCode::ALL.iter().map(|c| c.as_str()))
-                    .map(|result| commands_total.with_label_values(&[command, result]))
-                    .collect()
-            })
+            .map(|command| commands.with_label_values(&[command, "ok"]))
             .collect();
 
         let build_info = gauge_vec(
@@ -502,6 +499,7 @@ impl Metrics {
                 "Bytes of the text frames received from clients.",
             ),
             commands,
+            commands_ok,
             commands_rate_limited: counter(
                 r,
                 "switchboard_commands_rate_limited_total",
@@ -680,19 +678,19 @@ impl Metrics {
     /// A client command of type `command` (a protocol command type, or
     /// `invalid`) was answered with `error` (None: success).
     pub fn command(&self, command: &str, error: Option<ErrorCode>) {
-        let Some(row) = COMMANDS
-            .iter()
-            .position(|c| *c == command)
-            .and_then(|i| self.commands.get(i))
-        else {
+        let Some(index) = COMMANDS.iter().position(|c| *c == command) else {
             return;
         };
-        let column = match error {
-            None => 0,
-            Some(code) => 1 + ErrorCode::ALL.iter().position(|c| *c == code).unwrap_or(0),
-        };
-        if let Some(counter) = row.get(column) {
-            counter.inc();
+        match error {
+            None => {
+                if let Some(ok) = self.commands_ok.get(index) {
+                    ok.inc();
+                }
+            }
+            Some(code) => self
+                .commands
+                .with_label_values(&[COMMANDS[index], code.as_str()])
+                .inc(),
         }
     }
 
