@@ -1,6 +1,7 @@
 //! `/metrics` against the real binary: real traffic moves the counters by
 //! the expected amounts, the exposition passes `promtool check metrics`, the
-//! alert rules pass `promtool check rules`, the separate metrics listener
+//! alert rules pass `promtool check rules` and their unit tests (`promtool
+//! test rules`), the separate metrics listener
 //! serves only metrics, and in cluster mode the Redis metrics follow a real
 //! redis-server going away and coming back.
 
@@ -442,6 +443,23 @@ fn the_alert_rules_pass_promtool() {
         output.status.success(),
         "promtool check rules {}: {}{}",
         rules.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_alert_rules_fire_as_intended() {
+    let tests = repo_file("deploy/prometheus/alerts.test.yml");
+    let output = promtool()
+        .args(["test", "rules"])
+        .arg(&tests)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "promtool test rules {}: {}{}",
+        tests.display(),
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
