@@ -405,7 +405,8 @@ async fn the_exposition_passes_promtool() {
     api(&gateway, "GET", "/api/presence/chat:a", "").await;
     let (status, _, _) = http_get(gateway.addr, "/ws", &[]).await;
     assert_eq!(status, 400);
-    let m = scrape(gateway.addr).await;
+    within(conn.close()).await.unwrap();
+    let m = scrape_until(gateway.addr, |m| m.has("switchboard_sessions_closed_total")).await;
     assert!(m.has("switchboard_redis_publish_duration_seconds_bucket"));
 
     let mut child = promtool()
@@ -428,6 +429,82 @@ async fn the_exposition_passes_promtool() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr),
         m.text
+    );
+
+    // Everything the dashboard and the alerts query is really exposed.
+    for file in [
+        "deploy/grafana/switchboard.json",
+        "deploy/prometheus/alerts.yml",
+    ] {
+        let text = std::fs::read_to_string(repo_file(file)).unwrap();
+        for name in metric_names(&text) {
+            assert!(
+                m.has(&name),
+                "{file} uses {name}, which /metrics does not expose"
+            );
+        }
+    }
+}
+
+/// The `switchboard_*` and `process_*` metric names a text mentions, with a
+/// histogram's `_bucket`, `_count` and `_sum` series under its own name.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| {
+            (word.starts_with("switchboard_") || word.starts_with("process_"))
+                && !word.starts_with("switchboard_expr_")
+        })
+        .map(|word| word.to_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() > 10, "{names:?}");
+    names
+}
+
+#[test]
+fn the_dashboard_is_importable_and_its_queries_parse() {
+    let path = repo_file("deploy/grafana/switchboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(dashboard["uid"], "switchboard-gateway");
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    assert!(variables
+        .iter()
+        .any(|v| v["name"] == "DS_PROMETHEUS" && v["type"] == "datasource"));
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    let mut count = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            assert_eq!(target["datasource"]["uid"], "${DS_PROMETHEUS}", "{panel}");
+            // Grafana's variables, as Grafana would fill them in.
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m")
+                .replace("$instance", ".*");
+            rules.push_str(&format!(
+                "      - record: switchboard_expr_{count}\n        expr: {}\n",
+                serde_json::to_string(&expr).unwrap()
+            ));
+            count += 1;
+        }
+    }
+    assert!(count > 20, "{count} queries");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dashboard-queries.yml");
+    std::fs::write(&file, rules).unwrap();
+    let output = promtool()
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "a dashboard query is not valid PromQL: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
     );
 }
 
