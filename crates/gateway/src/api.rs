@@ -145,6 +145,7 @@ impl Refusal {
 
 /// Serves one request under `/api/`.
 pub async fn handle(node: &Node, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let started = std::time::Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let route = Route::of(&path);
@@ -176,6 +177,8 @@ pub async fn handle(node: &Node, request: Request<Incoming>, peer: SocketAddr) -
         route = route.label(),
         status = response.status().as_u16()
     );
+    node.metrics
+        .api_request(route.label(), response.status(), started.elapsed());
     response
 }
 

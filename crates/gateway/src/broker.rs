@@ -60,6 +60,7 @@ impl MemoryBroker {
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn publish(&self, channel: &str, frame: Utf8Bytes) -> Result<(), BrokerError> {
+        self.hub.metrics().published(channel, frame.len());
         self.hub.deliver(channel, &frame);
         Ok(())
     }

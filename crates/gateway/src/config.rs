@@ -124,6 +124,7 @@ impl Default for NamespaceConfig {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<String>,
+    metrics_listen: Option<String>,
     node_id: Option<String>,
     redis_url: Option<String>,
     api_key: Option<String>,
@@ -226,6 +227,8 @@ pub struct SessionConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// A second listener serving only `/metrics` and `/healthz`, if set.
+    pub metrics_listen: Option<SocketAddr>,
     pub node_id: String,
     /// Cluster mode when set; a single in-memory node when not.
     pub redis_url: Option<String>,
@@ -268,6 +271,7 @@ macro_rules! key {
 }
 
 const LISTEN: Key = key!("listen", "SWITCHBOARD_LISTEN");
+const METRICS_LISTEN: Key = key!("metrics_listen", "SWITCHBOARD_METRICS_LISTEN");
 const NODE_ID: Key = key!("node_id", "SWITCHBOARD_NODE_ID");
 const REDIS_URL: Key = key!("redis_url", "SWITCHBOARD_REDIS_URL");
 const API_KEY: Key = key!("api_key", "SWITCHBOARD_API_KEY");
@@ -411,6 +415,25 @@ impl Config {
                 format!("{listen_text:?} is not an address like 127.0.0.1:8080"),
             )
         })?;
+
+        let metrics_listen = match env_str(env, &METRICS_LISTEN).or(file.metrics_listen) {
+            None => None,
+            Some(text) => {
+                let addr: SocketAddr = text.trim().parse().map_err(|_| {
+                    ConfigError::new(
+                        METRICS_LISTEN.name(),
+                        format!("{text:?} is not an address like 127.0.0.1:9090"),
+                    )
+                })?;
+                if addr.port() != 0 && addr.port() == SocketAddr::port(&listen) {
+                    return Err(ConfigError::new(
+                        METRICS_LISTEN.name(),
+                        format!("{addr} uses the port of listen ({listen}); /metrics is served there already, so leave metrics_listen unset or pick another port"),
+                    ));
+                }
+                Some(addr)
+            }
+        };
 
         let node_id = env_str(env, &NODE_ID)
             .or(file.node_id)
@@ -648,6 +671,7 @@ impl Config {
 
         Ok(Config {
             listen,
+            metrics_listen,
             node_id,
             redis_url,
             api_key,
@@ -667,6 +691,11 @@ impl Config {
     /// The settings of a channel's namespace (defaults when not listed).
     pub fn namespace(&self, namespace: &str) -> NamespaceConfig {
         self.namespaces.get(namespace).copied().unwrap_or_default()
+    }
+
+    /// The namespaces listed in `[namespaces.*]` (the metrics' namespace labels).
+    pub fn namespace_names(&self) -> impl Iterator<Item = &str> {
+        self.namespaces.keys().map(String::as_str)
     }
 }
 
@@ -723,6 +752,31 @@ mod tests {
         assert_eq!(config.namespace("other"), NamespaceConfig::default());
     }
 
+    #[test]
+    fn metrics_listener_is_optional() {
+        let config = Config::from_toml("", &base()).unwrap();
+        assert_eq!(config.metrics_listen, None, "off by default");
+        let config = Config::from_toml("metrics_listen = \"127.0.0.1:9100\"", &base()).unwrap();
+        assert_eq!(
+            config.metrics_listen.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9100")
+        );
+        let mut e = base();
+        e.insert("SWITCHBOARD_METRICS_LISTEN".into(), " [::1]:9200 ".into());
+        let config = Config::from_toml("metrics_listen = \"127.0.0.1:9100\"", &e).unwrap();
+        assert_eq!(
+            config.metrics_listen.map(|a| a.to_string()).as_deref(),
+            Some("[::1]:9200"),
+            "the environment wins over the file"
+        );
+        e.insert("SWITCHBOARD_LISTEN".into(), "127.0.0.1:0".into());
+        e.insert("SWITCHBOARD_METRICS_LISTEN".into(), "127.0.0.1:0".into());
+        assert!(
+            Config::from_toml("", &e).is_ok(),
+            "two ephemeral ports never clash"
+        );
+    }
+
     fn error(text: &str, pairs: &[(&str, &str)]) -> ConfigError {
         let mut e = base();
         e.extend(env(pairs));
@@ -773,6 +827,18 @@ mod tests {
             )
             .key,
             "namespaces.chat.join_leave"
+        );
+        assert_eq!(
+            error("", &[("SWITCHBOARD_METRICS_LISTEN", "metrics")]).key,
+            "SWITCHBOARD_METRICS_LISTEN (metrics_listen)"
+        );
+        assert_eq!(
+            error(
+                "listen = \"0.0.0.0:8080\"",
+                &[("SWITCHBOARD_METRICS_LISTEN", "127.0.0.1:8080")]
+            )
+            .key,
+            "SWITCHBOARD_METRICS_LISTEN (metrics_listen)"
         );
         let none = Config::from_toml("", &HashMap::new()).unwrap_err();
         assert!(none.message.starts_with("no JWT key configured"));

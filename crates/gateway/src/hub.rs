@@ -15,8 +15,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use indexmap::IndexMap;
+use prometheus::IntGauge;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::metrics::Metrics;
 
 /// What the hub (or the server API) hands a session to write.
 #[derive(Debug, Clone)]
@@ -50,6 +53,8 @@ pub struct SessionHandle {
     queued: AtomicUsize,
     max_bytes: usize,
     slow: AtomicBool,
+    /// The node-wide `switchboard_send_queue_bytes` gauge, when counted.
+    gauge: Option<IntGauge>,
 }
 
 impl SessionHandle {
@@ -62,8 +67,15 @@ impl SessionHandle {
             queued: AtomicUsize::new(0),
             max_bytes,
             slow: AtomicBool::new(false),
+            gauge: None,
         };
         (handle, rx)
+    }
+
+    /// Also moves a node-wide gauge by the bytes this queue holds.
+    pub fn counted_in(mut self, gauge: IntGauge) -> SessionHandle {
+        self.gauge = Some(gauge);
+        self
     }
 
     /// Queues a frame without waiting. A frame that would take the queue
@@ -84,13 +96,19 @@ impl SessionHandle {
             self.queued.fetch_sub(cost, Ordering::Relaxed);
             return false;
         }
+        if let Some(gauge) = &self.gauge {
+            gauge.add(cost as i64);
+        }
         true
     }
 
     /// The session took a frame off its queue.
     pub fn taken(&self, frame: &Utf8Bytes) {
-        self.queued
-            .fetch_sub(frame.len() + QUEUE_ENTRY_OVERHEAD, Ordering::Relaxed);
+        let cost = frame.len() + QUEUE_ENTRY_OVERHEAD;
+        self.queued.fetch_sub(cost, Ordering::Relaxed);
+        if let Some(gauge) = &self.gauge {
+            gauge.sub(cost as i64);
+        }
     }
 
     /// Bytes waiting in the queue.
@@ -110,6 +128,15 @@ impl SessionHandle {
     }
 }
 
+impl Drop for SessionHandle {
+    /// Frames still queued when the session is gone leave the gauge too.
+    fn drop(&mut self) {
+        if let Some(gauge) = &self.gauge {
+            gauge.sub(*self.queued.get_mut() as i64);
+        }
+    }
+}
+
 /// How one fan-out went.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Fanout {
@@ -125,11 +152,27 @@ pub struct Hub {
     channels: RwLock<HashMap<Box<str>, Subscribers>>,
     users: RwLock<HashMap<Arc<str>, Subscribers>>,
     dropped: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Hub {
     pub fn new() -> Hub {
         Hub::default()
+    }
+
+    /// A hub that counts into the node's metrics.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Hub {
+        Hub {
+            channels: RwLock::default(),
+            users: RwLock::default(),
+            dropped: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    /// The node's metrics (the brokers count through the hub they feed).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Adds a subscriber; true when it is the channel's first on this node
@@ -145,6 +188,7 @@ impl Hub {
                 let mut subscribers = Subscribers::with_capacity(1);
                 subscribers.insert(session.id, Arc::clone(session));
                 channels.insert(channel.into(), subscribers);
+                self.metrics.channel_opened(channel);
                 true
             }
         }
@@ -162,6 +206,7 @@ impl Hub {
         }
         if subscribers.is_empty() {
             channels.remove(channel);
+            self.metrics.channel_closed(channel);
             return true;
         }
         false
@@ -169,11 +214,13 @@ impl Hub {
 
     /// Queues one frame to every local subscriber of a channel.
     pub fn deliver(&self, channel: &str, frame: &Utf8Bytes) -> Fanout {
+        let timer = self.metrics.fanout();
         let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
         let mut fanout = Fanout::default();
         if let Some(subscribers) = channels.get(channel) {
             for session in subscribers.values() {
                 if session.offer(Outbound::Frame(frame.clone())) {
+                    timer.queued();
                     fanout.delivered += 1;
                 } else {
                     fanout.dropped += 1;
@@ -184,6 +231,7 @@ impl Hub {
             self.dropped
                 .fetch_add(fanout.dropped as u64, Ordering::Relaxed);
         }
+        timer.finish(channel, frame.len(), fanout.delivered, fanout.dropped);
         fanout
     }
 

@@ -4,7 +4,8 @@
 //! Map: `config` (file + environment), `server` (HTTP routes and the accept
 //! loop), `handshake` (refusals before the upgrade), `auth` (JWT), `origin`, `limits` (admission limits),
 //! `session` (one task per WebSocket), `hub` (local fan-out), `broker`
-//! (cross-node delivery), `presence`, `node` (shared state), `response`.
+//! (cross-node delivery), `presence`, `node` (shared state), `metrics`
+//! (Prometheus), `response`.
 
 pub mod api;
 pub mod auth;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod handshake;
 pub mod hub;
 pub mod limits;
+pub mod metrics;
 pub mod node;
 pub mod origin;
 pub mod presence;

@@ -1,9 +1,12 @@
 //! The `switchboard` binary: parse the command line, load and validate the
-//! configuration (exiting with a message naming a bad key), set up logging,
-//! and run one gateway node until SIGTERM or SIGINT.
+//! configuration (exiting with a message naming a bad key), set up logging
+//! (human-readable by default, JSON with `log_format = "json"`; levels from
+//! `RUST_LOG`, `info` when unset), and run one gateway node (and its
+//! optional metrics listener) until SIGTERM or SIGINT.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -137,6 +140,16 @@ fn serve(config: Config) -> ExitCode {
             }
         };
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let metrics_listener = match config.metrics_listen {
+            None => None,
+            Some(metrics_addr) => match tokio::net::TcpListener::bind(metrics_addr).await {
+                Ok(listener) => Some(listener),
+                Err(error) => {
+                    eprintln!("switchboard: cannot listen on {metrics_addr} (metrics_listen): {error}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
         let node_id = config.node_id.clone();
         let node = match switchboard_gateway::start(config) {
             Ok(node) => node,
@@ -146,6 +159,11 @@ fn serve(config: Config) -> ExitCode {
             }
         };
         tracing::info!(message = "listening", addr = %addr, node_id = %node_id, broker = node.broker.kind());
+        if let Some(metrics_listener) = metrics_listener {
+            let metrics_addr = metrics_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(message = "metrics listening", addr = %metrics_addr);
+            tokio::spawn(switchboard_gateway::server::serve_metrics(Arc::clone(&node), metrics_listener));
+        }
         let shutdown = node.shutdown.clone();
         let node_drain_ms = node.config.drain_window.as_millis() as u64;
         tokio::spawn(async move {

@@ -14,7 +14,8 @@ use crate::broker::{Broker, MemoryBroker};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::limits::Admission;
-use crate::presence::{MemoryPresence, Presence};
+use crate::metrics::Metrics;
+use crate::presence::{CountedPresence, MemoryPresence, Presence};
 use crate::redis_broker::{self, RedisBroker, RedisHealth};
 use crate::redis_presence::RedisPresence;
 
@@ -27,6 +28,8 @@ pub struct Node {
     pub presence: Arc<dyn Presence>,
     /// Per-address and per-user admission limits.
     pub admission: Admission,
+    /// This node's Prometheus metrics (shared with the hub).
+    pub metrics: Arc<Metrics>,
     /// One permit per open session (`max_connections`).
     pub capacity: Arc<Semaphore>,
     /// Cancelled when the node starts shutting down.
@@ -64,7 +67,7 @@ fn instance_id(node_id: &str) -> String {
 impl Node {
     /// A single node on the in-memory broker and presence.
     pub fn in_memory(config: Config) -> Result<Arc<Node>, String> {
-        let hub = Arc::new(Hub::new());
+        let hub = Arc::new(Hub::with_metrics(Metrics::for_config(&config)));
         let broker = Arc::new(MemoryBroker::new(Arc::clone(&hub)));
         Node::new(config, hub, broker, Arc::new(MemoryPresence::new()))
     }
@@ -72,8 +75,8 @@ impl Node {
     /// A cluster node on Redis. Starts the Pub/Sub and lease tasks, so it
     /// must be called inside the runtime.
     pub fn cluster(config: Config, url: &str) -> Result<Arc<Node>, String> {
-        let hub = Arc::new(Hub::new());
-        let health = Arc::new(RedisHealth::default());
+        let hub = Arc::new(Hub::with_metrics(Metrics::for_config(&config)));
+        let health = Arc::new(RedisHealth::new(Arc::clone(hub.metrics())));
         let pool = redis_broker::pool(url)?;
         let background = CancellationToken::new();
         let broker = RedisBroker::start(
@@ -121,6 +124,7 @@ impl Node {
         redis_presence: Option<Arc<RedisPresence>>,
     ) -> Result<Arc<Node>, String> {
         let verifier = TokenVerifier::new(&config.jwt)?;
+        let metrics = Arc::clone(hub.metrics());
         Ok(Arc::new(Node {
             instance: redis_presence
                 .as_ref()
@@ -132,7 +136,8 @@ impl Node {
             verifier,
             hub,
             broker,
-            presence,
+            presence: Arc::new(CountedPresence::new(presence, Arc::clone(&metrics))),
+            metrics,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             next_session: AtomicU64::new(1),

@@ -3,15 +3,21 @@
 //!
 //! [`MemoryPresence`] serves a single node; the Redis presence (cluster mode)
 //! implements the same trait so `presence` answers for the whole cluster.
+//! [`CountedPresence`] wraps either and counts every operation in the
+//! node's metrics.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use indexmap::IndexMap;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use thiserror::Error;
+
+use crate::metrics::{Metrics, PresenceOp};
 
 /// One connection present in a channel.
 #[derive(Debug, Clone, Serialize)]
@@ -93,5 +99,67 @@ impl Presence for MemoryPresence {
             .get(channel)
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default())
+    }
+}
+
+/// A presence that counts and times every operation of the one it wraps.
+pub struct CountedPresence {
+    inner: Arc<dyn Presence>,
+    metrics: Arc<Metrics>,
+}
+
+impl CountedPresence {
+    pub fn new(inner: Arc<dyn Presence>, metrics: Arc<Metrics>) -> CountedPresence {
+        CountedPresence { inner, metrics }
+    }
+
+    async fn count<T>(
+        &self,
+        op: PresenceOp,
+        work: impl Future<Output = Result<T, PresenceError>>,
+    ) -> Result<T, PresenceError> {
+        let started = Instant::now();
+        let result = work.await;
+        self.metrics.presence(op, started.elapsed(), result.is_ok());
+        result
+    }
+}
+
+#[async_trait]
+impl Presence for CountedPresence {
+    async fn join(&self, channel: &str, member: &Member) -> Result<(), PresenceError> {
+        self.count(PresenceOp::Join, self.inner.join(channel, member))
+            .await
+    }
+
+    async fn leave(&self, channel: &str, connection_id: &str) -> Result<(), PresenceError> {
+        self.count(PresenceOp::Leave, self.inner.leave(channel, connection_id))
+            .await
+    }
+
+    async fn members(&self, channel: &str) -> Result<Vec<Member>, PresenceError> {
+        self.count(PresenceOp::Members, self.inner.members(channel))
+            .await
+    }
+
+    async fn connected(
+        &self,
+        connection_id: &Arc<str>,
+        user: &Arc<str>,
+        max_per_user: usize,
+    ) -> Result<bool, PresenceError> {
+        self.count(
+            PresenceOp::Connected,
+            self.inner.connected(connection_id, user, max_per_user),
+        )
+        .await
+    }
+
+    async fn disconnected(&self, connection_id: &Arc<str>) -> Result<(), PresenceError> {
+        self.count(
+            PresenceOp::Disconnected,
+            self.inner.disconnected(connection_id),
+        )
+        .await
     }
 }

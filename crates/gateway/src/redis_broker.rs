@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, BrokerError, Health};
 use crate::hub::Hub;
+use crate::metrics::{Metrics, RedisLink};
 
 /// The Pub/Sub channel carrying a Switchboard channel's frames.
 pub const CHANNEL_PREFIX: &str = "sb:ch:";
@@ -38,21 +39,37 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often an idle Pub/Sub connection is pinged to find half-open sockets.
 const PUBSUB_PING: Duration = Duration::from_secs(5);
 
-/// Connectivity shared by the broker and presence, for `/readyz`.
-#[derive(Debug, Default)]
+/// Connectivity shared by the broker and presence, for `/readyz` and the
+/// `switchboard_redis_connected` gauges.
+#[derive(Debug)]
 pub struct RedisHealth {
     pubsub_up: AtomicBool,
     lease_ok: AtomicBool,
     last_error: Mutex<String>,
+    metrics: Arc<Metrics>,
 }
 
 impl RedisHealth {
+    /// Both links down until they are shown to work.
+    pub fn new(metrics: Arc<Metrics>) -> RedisHealth {
+        metrics.redis_link(RedisLink::PubSub, false);
+        metrics.redis_link(RedisLink::Commands, false);
+        RedisHealth {
+            pubsub_up: AtomicBool::new(false),
+            lease_ok: AtomicBool::new(false),
+            last_error: Mutex::default(),
+            metrics,
+        }
+    }
+
     pub fn set_pubsub(&self, up: bool) {
         self.pubsub_up.store(up, Ordering::Relaxed);
+        self.metrics.redis_link(RedisLink::PubSub, up);
     }
 
     pub fn set_lease(&self, ok: bool) {
         self.lease_ok.store(ok, Ordering::Relaxed);
+        self.metrics.redis_link(RedisLink::Commands, ok);
     }
 
     pub fn record_error(&self, error: impl std::fmt::Display) {
@@ -193,13 +210,17 @@ impl Broker for RedisBroker {
         command
             .arg(format!("{CHANNEL_PREFIX}{channel}"))
             .arg(frame.as_bytes());
-        query::<i64>(&self.pool, &command)
-            .await
-            .map(drop)
-            .map_err(|error| {
-                self.health.record_error(&error);
-                BrokerError::Unavailable(error)
-            })
+        let started = std::time::Instant::now();
+        let published = query::<i64>(&self.pool, &command).await;
+        let metrics = self.hub.metrics();
+        metrics.redis_published(started.elapsed(), published.is_ok());
+        if published.is_ok() {
+            metrics.published(channel, frame.len());
+        }
+        published.map(drop).map_err(|error| {
+            self.health.record_error(&error);
+            BrokerError::Unavailable(error)
+        })
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
@@ -254,6 +275,7 @@ impl Subscriber {
         shutdown: CancellationToken,
     ) {
         let mut backoff = BACKOFF_MIN;
+        let mut first = true;
         loop {
             let connected = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -263,6 +285,9 @@ impl Subscriber {
                 Ok(Ok((sink, stream))) => {
                     let since = tokio::time::Instant::now();
                     self.health.set_pubsub(true);
+                    if !std::mem::take(&mut first) {
+                        self.hub.metrics().redis_reconnected();
+                    }
                     tracing::info!(
                         message = "redis pub/sub connected",
                         channels = self.hub.channel_count()

@@ -1,10 +1,14 @@
-//! The HTTP listener: accepts TCP connections, serves `/ws`, `/healthz` and
-//! `/readyz` over HTTP/1.1 with hyper, and hands upgraded connections to
-//! sessions. The accept loop stops on shutdown; every connection task is
-//! tracked so shutdown can wait for them.
+//! The HTTP listener: accepts TCP connections, serves `/ws`, `/healthz`,
+//! `/readyz` and `/metrics` over HTTP/1.1 with hyper, and hands upgraded
+//! connections to sessions. The accept loop stops on shutdown; every
+//! connection task is tracked so shutdown can wait for them.
+//!
+//! The optional metrics listener ([`serve_metrics`]) serves only `/metrics`
+//! and `/healthz`, so the metrics can stay on a private address; it keeps
+//! answering while the node drains.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +26,7 @@ use tracing::Instrument;
 use crate::broker::Health;
 use crate::handshake::{self, Refusal};
 use crate::limits::Limited;
+use crate::metrics;
 use crate::node::Node;
 use crate::response::{self, Body};
 use crate::session;
@@ -114,13 +119,78 @@ async fn route(node: Arc<Node>, request: Request<Incoming>, peer: SocketAddr) ->
         (_, path) if path.starts_with("/api/") => crate::api::handle(&node, request, peer).await,
         (&Method::GET, "/healthz") => response::json(StatusCode::OK, &json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => readiness(&node),
-        (_, "/healthz" | "/readyz") => response::error(
+        (&Method::GET, "/metrics") => exposition(&node),
+        (_, "/healthz" | "/readyz" | "/metrics") => response::error(
             StatusCode::METHOD_NOT_ALLOWED,
             "bad_request",
             "use GET",
             None,
         ),
         _ => response::error(StatusCode::NOT_FOUND, "not_found", "no such route", None),
+    }
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+fn exposition(node: &Node) -> Response<Body> {
+    let mut response = Response::new(Body::new(node.metrics.render(node.is_draining()).into()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
+    );
+    response
+}
+
+/// Serves `/metrics` and `/healthz` on a second listener until the node's
+/// background tasks stop (after the sessions are gone).
+pub async fn serve_metrics(node: Arc<Node>, listener: TcpListener) {
+    let stop = node.background.clone();
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, _) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(message = "metrics accept failed", %error);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let node = Arc::clone(&node);
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let node = Arc::clone(&node);
+                async move {
+                    let response = match (request.method(), request.uri().path()) {
+                        (&Method::GET, "/metrics") => exposition(&node),
+                        (&Method::GET, "/healthz") => {
+                            response::json(StatusCode::OK, &json!({ "status": "ok" }))
+                        }
+                        (_, "/metrics" | "/healthz") => response::error(
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            "bad_request",
+                            "use GET",
+                            None,
+                        ),
+                        _ => response::error(
+                            StatusCode::NOT_FOUND,
+                            "not_found",
+                            "this listener serves only /metrics and /healthz",
+                            None,
+                        ),
+                    };
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = connection.await {
+                tracing::debug!(message = "metrics connection error", %error);
+            }
+        });
     }
 }
 
@@ -143,6 +213,16 @@ fn readiness(node: &Node) -> Response<Body> {
     }
 }
 
+/// Logs, counts and answers a refused handshake.
+fn refuse(node: &Node, peer: SocketAddr, client_ip: IpAddr, refusal: Refusal) -> Response<Body> {
+    handshake::log_refusal(peer, client_ip, &refusal);
+    let reason = refusal.reason();
+    let response = refusal.into_response();
+    node.metrics
+        .refused(metrics::Refusal::from_status(response.status(), reason));
+    response
+}
+
 async fn upgrade(
     node: Arc<Node>,
     mut request: Request<Incoming>,
@@ -162,8 +242,7 @@ async fn upgrade(
     let admission = match admission {
         Ok(admission) => admission,
         Err(refusal) => {
-            handshake::log_refusal(peer, client_ip, &refusal);
-            return refusal.into_response();
+            return refuse(&node, peer, client_ip, refusal);
         }
     };
     let id = node.next_session_id();
@@ -179,11 +258,11 @@ async fn upgrade(
         Ok(true) => {}
         Ok(false) => {
             let refusal = Refusal::Limited(Limited::UserConnections { max: max_per_user });
-            handshake::log_refusal(peer, client_ip, &refusal);
-            return refusal.into_response();
+            return refuse(&node, peer, client_ip, refusal);
         }
         Err(error) => tracing::warn!(message = "connection not recorded", %peer, %error),
     }
+    node.metrics.accepted();
     let accept_key = admission.accept_key.clone();
     let on_upgrade = hyper::upgrade::on(&mut request);
     let session_node = Arc::clone(&node);

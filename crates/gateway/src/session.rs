@@ -30,6 +30,7 @@ use switchboard_protocol::{close, ChannelName, Command, ErrorCode, ServerFrame};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -39,6 +40,7 @@ use tracing::Instrument;
 use crate::auth::{AuthError, Claims};
 use crate::handshake::Admission;
 use crate::hub::{Outbound, SessionHandle};
+use crate::metrics::Closed;
 use crate::node::Node;
 use crate::presence::Member;
 
@@ -89,6 +91,17 @@ impl Rate {
     }
 }
 
+impl End {
+    /// How the metrics count this end.
+    fn closed(&self) -> Closed {
+        match self {
+            End::Close(code, _) => Closed::Server(*code),
+            End::Gone("client closed") => Closed::Client,
+            End::Gone(_) => Closed::Lost,
+        }
+    }
+}
+
 struct Session {
     node: Arc<Node>,
     rate: Rate,
@@ -124,6 +137,7 @@ where
     let span = tracing::info_span!("session", %peer, client = %client_ip, node = %node.config.node_id, user = %claims.user, connection_id = %connection_id);
     async move {
         let (handle, rx) = SessionHandle::new(id, node.config.session.send_queue_bytes);
+        let handle = handle.counted_in(node.metrics.send_queue_gauge());
         let now = Instant::now();
         let lifetime = claims.lifetime(SystemTime::now(), node.verifier.leeway());
         let mut session = Session {
@@ -143,6 +157,7 @@ where
             expires_in_secs = lifetime.as_secs()
         );
         let node = Arc::clone(&session.node);
+        let _open = node.metrics.session_opened();
         node.hub.register(&session.claims.user, &session.handle);
         session.drive(ws, rx).await;
         node.hub.unregister(&session.claims.user, id);
@@ -174,6 +189,7 @@ impl Session {
             Ok(()) => self.serve(&mut ws, &mut rx).await,
             Err(end) => end,
         };
+        self.node.metrics.session_closed(end.closed());
         match &end {
             End::Close(code, reason) => {
                 if *code == close::DRAINING || *code == close::NORMAL {
@@ -191,7 +207,10 @@ impl Session {
                 })
                 .await;
             }
-            End::Gone(reason) => tracing::debug!(message = "session closed by client", reason),
+            End::Gone(reason @ "client closed") => {
+                tracing::debug!(message = "session closed by client", reason)
+            }
+            End::Gone(reason) => tracing::info!(message = "session lost", reason),
         }
         drop(ws);
         self.leave_all().await;
@@ -388,6 +407,11 @@ impl Session {
                 close::INVALID_DATA,
                 "text frame is not valid UTF-8".into(),
             )),
+            // The client's socket went away without a close frame: lost,
+            // not a protocol violation worth a 1002.
+            Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
+                Err(End::Gone("connection lost"))
+            }
             Some(Err(WsError::Protocol(error))) => {
                 tracing::debug!(message = "websocket protocol error", %error);
                 Err(End::Close(1002, "websocket protocol error".into()))
@@ -408,6 +432,7 @@ impl Session {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let per_second = self.rate.per_second;
+        self.node.metrics.command_rate_limited();
         if self.rate.refusals.check().is_err() {
             return Err(End::Close(
                 close::POLICY,
@@ -434,15 +459,18 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        self.node.metrics.client_message(text.len());
         let request = match decode_command(text) {
             Ok(request) => request,
             Err(error) => {
+                self.node.metrics.command("invalid", Some(error.code));
                 tracing::debug!(message = "bad frame", error = %error.message);
                 let frame = ServerFrame::failure(error.id, error.code, &error.message);
                 return self.send_text(ws, frame).await;
             }
         };
         let id = request.id;
+        let kind = request.command.kind();
         let result = match request.command {
             Command::Subscribe { channel } => self.subscribe(channel).await,
             Command::Unsubscribe { channel } => self.unsubscribe(&channel).await,
@@ -451,6 +479,9 @@ impl Session {
             Command::Refresh { token } => self.refresh(&token),
             Command::Ping => Ok(json!({})),
         };
+        self.node
+            .metrics
+            .command(kind, result.as_ref().err().map(|(code, _)| *code));
         let frame = match (&result, id) {
             (Ok(value), Some(id)) => ServerFrame::Reply {
                 id,
@@ -520,6 +551,7 @@ impl Session {
                 }
             }
         }
+        node.metrics.subscribed(channel.as_str());
         self.subscriptions.insert(channel);
         Ok(json!({}))
     }
@@ -534,6 +566,7 @@ impl Session {
     /// Drops one subscription: hub, broker, presence and the `leave` event.
     async fn leave(&self, channel: &ChannelName) {
         let node = &self.node;
+        node.metrics.unsubscribed(channel.as_str());
         if node.hub.unsubscribe(channel.as_str(), self.handle.id) {
             if let Err(error) = node.broker.unsubscribe(channel.as_str()).await {
                 tracing::warn!(message = "broker unsubscribe failed", channel = %channel, %error);
