@@ -252,7 +252,12 @@ async fn publish(node: &Node, body: Incoming) -> Result<Value, ApiError> {
     struct PublishBody<'a> {
         #[serde(borrow)]
         channel: Option<&'a RawValue>,
-        #[serde(borrow)]
+        /// `null` is data, as in the WebSocket `publish`.
+        #[serde(
+            borrow,
+            default,
+            deserialize_with = "switchboard_protocol::frame::present"
+        )]
         data: Option<&'a RawValue>,
     }
 

@@ -111,6 +111,8 @@ struct Mirror {
     pending_leaves: HashSet<(String, Arc<str>)>,
     /// connection id → user.
     pending_disconnects: HashMap<Arc<str>, Arc<str>>,
+    /// Connections admitted while Redis was away, written when it is back.
+    pending_connects: HashSet<Arc<str>>,
 }
 
 /// Presence of a node in cluster mode.
@@ -230,13 +232,33 @@ impl RedisPresence {
     }
 
     async fn retry_pending(&self) -> Result<(), String> {
-        let (leaves, disconnects) = {
+        let (leaves, disconnects, connects) = {
             let mut mirror = self.mirror();
+            let connects: Vec<(Arc<str>, Arc<str>)> = std::mem::take(&mut mirror.pending_connects)
+                .into_iter()
+                .filter_map(|id| {
+                    let user = mirror.connections.get(&id).cloned()?;
+                    Some((id, user))
+                })
+                .collect();
             (
                 std::mem::take(&mut mirror.pending_leaves),
                 std::mem::take(&mut mirror.pending_disconnects),
+                connects,
             )
         };
+        if !connects.is_empty() {
+            let mut pipe = redis::pipe();
+            for (connection_id, user) in &connects {
+                self.add_connection(&mut pipe, connection_id, user);
+            }
+            if let Err(error) = query_pipe::<()>(&self.pool, &pipe).await {
+                self.mirror()
+                    .pending_connects
+                    .extend(connects.into_iter().map(|(id, _)| id));
+                return Err(error);
+            }
+        }
         for (channel, connection_id) in &leaves {
             if let Err(error) = self.remove_entry(channel, connection_id).await {
                 self.mirror().pending_leaves.extend(leaves.iter().cloned());
@@ -523,7 +545,8 @@ impl Presence for RedisPresence {
         max_per_user: usize,
     ) -> Result<bool, PresenceError> {
         // Mirrored first: if Redis is away the connection is admitted on the
-        // local cap alone, and the lease task rewrites it when Redis is back.
+        // local cap alone, and the lease task writes it when Redis is back
+        // (without re-checking the cap: the client is already connected).
         self.mirror()
             .connections
             .insert(Arc::clone(connection_id), Arc::clone(user));
@@ -543,7 +566,12 @@ impl Presence for RedisPresence {
                 self.mirror().connections.remove(connection_id);
                 Ok(false)
             }
-            Err(error) => Err(unavailable(error)),
+            Err(error) => {
+                self.mirror()
+                    .pending_connects
+                    .insert(Arc::clone(connection_id));
+                Err(unavailable(error))
+            }
         }
     }
 

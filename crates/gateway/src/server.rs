@@ -35,7 +35,7 @@ use crate::session;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// hyper's connection buffer, which also bounds a request head: a head
 /// that does not fit (in practice somewhat over twice this) is refused with
-/// 414 or 431 before routing. Tokens are at most 8 KiB, and browsers' cookie
+/// 431 before routing. Tokens are at most 8 KiB, and browsers' cookie
 /// headers stay well under this.
 const HTTP_BUFFER: usize = 16 * 1024;
 /// The socket read buffer of a session. Small, because idle connections
@@ -106,7 +106,12 @@ async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) 
                 tracing::debug!(message = "http connection error", %error);
             }
         }
-        () = node.shutdown.cancelled() => {
+        // Requests keep being answered through the drain window (503s and
+        // probes), then the connection finishes what it is doing and closes.
+        () = async {
+            node.shutdown.cancelled().await;
+            tokio::time::sleep(node.config.drain_window).await;
+        } => {
             connection.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
         }

@@ -131,7 +131,10 @@ struct RawCommand<'a> {
     token: Option<&'a RawValue>,
 }
 
-fn present<'de, D: serde::Deserializer<'de>>(
+/// Deserializes an optional raw field so that `null` counts as present
+/// (`Some("null")`), unlike serde's default where it reads as absent. For
+/// `#[serde(default, deserialize_with = "...")]` on `Option<&RawValue>`.
+pub fn present<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<&'de RawValue>, D::Error> {
     <&'de RawValue as Deserialize>::deserialize(deserializer).map(Some)
