@@ -249,8 +249,8 @@ async fn three_nodes_behind_nginx_stick_deliver_and_drain() {
         .expect("the drained node did not close its client");
     assert_eq!(code, Some(1012));
     let n = moved.source.octets()[2];
-    let mut reconnected = within(async {
-        // As a real client would: retry briefly if the first attempt fails.
+    let reconnect = async {
+        // As a real client would: retry briefly if an attempt fails.
         let mut attempts = 0;
         loop {
             let token = token("moved");
@@ -264,8 +264,11 @@ async fn three_nodes_behind_nginx_stick_deliver_and_drain() {
                 Err(error) => panic!("no reconnect through nginx: {error}"),
             }
         }
-    })
-    .await;
+    };
+    let mut reconnected = tokio::time::timeout(WAIT, reconnect).await.expect(
+        "reconnect through nginx hung: a draining node must refuse connections \
+         (close its listener) or answer 503, so that nginx tries the next node",
+    );
     assert_ne!(reconnected.node_id, "gw-2");
     within(reconnected.subscribe("news:deploy")).await;
     within(
