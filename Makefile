@@ -5,7 +5,7 @@
 CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: run test lint fmt build test-deps
+.PHONY: run test lint fmt build test-deps cluster cluster-down
 
 ## run: build and start one in-memory node on $(LISTEN); prints a dev token.
 run:
@@ -29,3 +29,13 @@ fmt:
 
 build:
 	$(CARGO) build --workspace --release
+
+## cluster: redis-server, three nodes and nginx (ip_hash) as local processes,
+## no Docker; prints the URL and a token; Ctrl-C stops them all.
+cluster:
+	$(CARGO) build --release -p switchboard-gateway -p switchboard-client
+	scripts/cluster.sh up
+
+## cluster-down: stop whatever a cluster run left behind (pid files in target/cluster).
+cluster-down:
+	scripts/cluster.sh down
