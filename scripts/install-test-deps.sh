@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the programs the test suite starts or calls for real (Debian):
-# redis-server and nginx for the integration tests, promtool to lint the
+# redis-server and nginx for the integration tests (openssl for their TLS
+# certificate), promtool to lint the
 # metrics exposition and alert rules, docker-compose to validate the compose
 # file without an engine, and kubernetes-validate (PyPI) to check the
 # Kubernetes manifests offline. Idempotent: does nothing when everything is
@@ -13,6 +14,7 @@ declare -A needed=(
   [nginx]=nginx
   [promtool]=prometheus
   [docker-compose]=docker-compose
+  [openssl]=openssl
 )
 
 missing=()

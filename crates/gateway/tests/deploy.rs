@@ -197,6 +197,26 @@ async fn three_nodes_behind_nginx_stick_deliver_and_drain() {
     let placement: Vec<_> = clients.iter().map(|(n, c)| (n, c.source)).collect();
     assert_eq!(clients.len(), 3, "clients reached only {placement:?}");
 
+    // The gateways trust NGINX's X-Real-IP / X-Forwarded-For: a refusal is
+    // logged with the real client address, not NGINX's.
+    let refused = within(Client::connect(source(99, 7), &nginx, "not-a-jwt")).await;
+    assert!(refused.is_err());
+    let refusals = within(async {
+        loop {
+            let found: Vec<Value> = nodes
+                .values()
+                .flat_map(|g| g.logs())
+                .filter(|l| l["message"] == "handshake refused")
+                .collect();
+            if !found.is_empty() {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(refusals[0]["client"], "127.0.99.7", "{refusals:?}");
+
     // The same client address (same first three octets, another port or
     // host byte) lands on the same node every time.
     for (node_id, client) in &clients {
