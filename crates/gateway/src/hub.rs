@@ -368,6 +368,31 @@ mod tests {
     }
 
     #[test]
+    fn the_node_gauge_follows_every_queue_and_forgets_a_closed_one() {
+        let gauge = IntGauge::new("queue_bytes", "test").unwrap();
+        let (a, _ra) = SessionHandle::new(1, 10_000);
+        let a = a.counted_in(gauge.clone());
+        let (b, _rb) = SessionHandle::new(2, 10_000);
+        let b = b.counted_in(gauge.clone());
+        let frame = Utf8Bytes::from("x".repeat(100));
+        let cost = (frame.len() + QUEUE_ENTRY_OVERHEAD) as i64;
+        assert!(a.offer(Outbound::Frame(frame.clone())));
+        assert!(a.offer(Outbound::Frame(frame.clone())));
+        assert!(b.offer(Outbound::Frame(frame.clone())));
+        assert_eq!(gauge.get(), 3 * cost);
+        a.taken(&frame);
+        assert_eq!(gauge.get(), 2 * cost);
+        drop(a);
+        assert_eq!(
+            gauge.get(),
+            cost,
+            "a closed session's backlog leaves the gauge"
+        );
+        drop(b);
+        assert_eq!(gauge.get(), 0);
+    }
+
+    #[test]
     fn a_byte_bound_holds_whatever_the_frame_size() {
         let (handle, _rx) = session(1, 10_000);
         let big = Utf8Bytes::from("x".repeat(6_000));
