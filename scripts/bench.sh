@@ -142,14 +142,14 @@ latency_row() {
 }
 
 # ---------------------------------------------------------------- scenario 1
-# idle NODES CONNS_PER_NODE SHAPE: per-node RSS per connection.
+# idle KEY NODES CONNS_PER_NODE SHAPE LABEL: per-node RSS per connection.
 idle() {
-    local nodes=$1 per_node=$2 shape=$3 label=$4
+    local key=$1 nodes=$2 per_node=$3 shape=$4 label=$5
     local ports=() pids=() bases=() loads=()
     for n in $(seq 1 "$nodes"); do
         local port
         port=$(free_port)
-        start_node "idle-$n" "$port"
+        start_node "$key-node-$n" "$port"
         ports+=("$port")
         pids+=("$NODE_PID")
     done
@@ -158,7 +158,7 @@ idle() {
         bases+=("$(rss_kb "${pids[$n]}")")
     done
     for n in $(seq 0 $((nodes - 1))); do
-        load "idle-$label-$n" --target "127.0.0.1:${ports[$n]}" --connections "$per_node" \
+        load "$key-load-$n" --target "127.0.0.1:${ports[$n]}" --connections "$per_node" \
             --shape "$shape" --room-size 100 --publishers 0 --ramp 4000 --sources 4 \
             --source-first $((2 + 4 * n)) --duration 20s &
         loads+=("$!")
@@ -198,9 +198,9 @@ idle() {
 }
 
 echo "scenario 1: idle connections"
-idle 1 10000 idle "idle, 10k connections, 1 node"
-idle 3 16667 idle "idle, 50k connections, 3 nodes x 16.7k"
-idle 1 10000 rooms "10k connections each subscribed to a room of 100, 1 node"
+idle idle-10k 1 10000 idle "idle, 10k connections, 1 node"
+idle idle-50k 3 16667 idle "idle, 50k connections, 3 nodes x 16.7k"
+idle rooms-10k 1 10000 rooms "10k connections each subscribed to a room of 100, 1 node"
 
 # ---------------------------------------------------------------- scenario 2
 echo "scenario 2: fan-out, one channel, 10k subscribers on one node"
