@@ -229,6 +229,8 @@ start_node node-b "$PORT_B" "redis://127.0.0.1:$REDIS_PORT/"
 CROSS=(--target "127.0.0.1:$PORT_B" --publish-target "127.0.0.1:$PORT_A" --shape one --ramp 4000)
 load cross-1k "${CROSS[@]}" --connections 1000 --rate 100 --duration 20s --warmup 3s
 latency_row "cross-node latency, 1k subscribers x 100 msg/s = 100k deliveries/s" cross-1k
+load cross-100 "${CROSS[@]}" --connections 100 --rate 1000 --duration 20s --warmup 3s
+latency_row "cross-node latency, 100 subscribers x 1000 msg/s = 100k deliveries/s" cross-100
 load cross-10k "${CROSS[@]}" --connections 10000 --rate 10 --duration 20s --warmup 3s
 latency_row "cross-node latency, 10k subscribers x 10 msg/s = 100k deliveries/s" cross-10k
 
