@@ -172,7 +172,7 @@ pub async fn run(ctx: Arc<Context>, i: usize, permit: OwnedSemaphorePermit) -> O
             }
             Some(Ok(_)) => continue,
             Some(Err(error)) => {
-                ctx.stats.lost(format!("{}", error_kind(&error)));
+                ctx.stats.lost(error_kind(&error).to_owned());
                 return received;
             }
             None => {
