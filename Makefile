@@ -5,7 +5,7 @@
 CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: run test lint fmt build test-deps cluster cluster-down
+.PHONY: run test lint fmt build test-deps cluster cluster-down bench
 
 ## run: build and start one in-memory node on $(LISTEN); prints a dev token.
 run:
@@ -18,6 +18,11 @@ test: test-deps lint
 
 test-deps:
 	scripts/install-test-deps.sh
+
+## bench: build release, start redis and gateway nodes, run the benchmark
+## scenarios (a few minutes each) and print one table (docs/benchmarks.md).
+bench:
+	CARGO=$(CARGO) scripts/bench.sh
 
 ## lint: formatting and clippy, warnings are errors.
 lint:

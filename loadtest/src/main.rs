@@ -1,0 +1,224 @@
+//! `switchboard-loadtest`: opens many WebSocket connections to one or more
+//! Switchboard nodes, publishes timestamped messages and reports connections
+//! held, deliveries per second, latency percentiles, errors and disconnects.
+//! Every run is bounded in connections and time and ends by itself.
+//!
+//! ```text
+//! switchboard-loadtest --target 127.0.0.1:8080 --secret "$SECRET" --api-key "$KEY" \
+//!     --connections 10000 --shape one --rate 20 --duration 30s
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use switchboard_loadtest::{raise_open_files, run, Plan, PublishVia, Shape};
+
+/// The longest run the tool accepts.
+const MAX_DURATION: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ShapeArg {
+    /// Connect and subscribe to nothing.
+    Idle,
+    /// Everyone on one channel (`bench:all`).
+    One,
+    /// Rooms of --room-size connections.
+    Rooms,
+    /// A room each, plus `bench:all`.
+    Mix,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ViaArg {
+    /// POST /api/publish with the API key.
+    Api,
+    /// `publish` commands from WebSocket clients.
+    Client,
+}
+
+/// Load generator for Switchboard gateways.
+#[derive(Debug, Parser)]
+#[command(name = "switchboard-loadtest", version)]
+struct Args {
+    /// Gateway address host:port; repeat (or comma-separate) to spread
+    /// subscribers over several nodes.
+    #[arg(long = "target", required = true, value_delimiter = ',')]
+    targets: Vec<SocketAddr>,
+    /// The node publishers talk to (default: the first --target).
+    #[arg(long)]
+    publish_target: Option<SocketAddr>,
+    /// The gateway's HS256 secret, to mint tokens.
+    #[arg(long, env = "SWITCHBOARD_JWT_HS256_SECRET", hide_env_values = true)]
+    secret: String,
+    /// The gateway's server API key (for --via api).
+    #[arg(long, env = "SWITCHBOARD_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Subscriber connections to open.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// New connections per second while ramping up.
+    #[arg(long, default_value_t = 2000.0)]
+    ramp: f64,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 128)]
+    connect_concurrency: usize,
+    /// Last octet of the first source address (127.0.0.N).
+    #[arg(long, default_value_t = 2)]
+    source_first: u8,
+    /// How many consecutive source addresses to spread connections over.
+    #[arg(long, default_value_t = 4)]
+    sources: u8,
+    /// How subscribers are spread over channels.
+    #[arg(long, value_enum, default_value_t = ShapeArg::One)]
+    shape: ShapeArg,
+    /// Connections per room (rooms, mix).
+    #[arg(long, default_value_t = 10)]
+    room_size: usize,
+    /// How messages are published.
+    #[arg(long, value_enum, default_value_t = ViaArg::Api)]
+    via: ViaArg,
+    /// Publisher connections working in parallel.
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// Messages per second over all channels; 0 = as fast as the window allows.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Messages in flight per subscription before publishing pauses.
+    #[arg(long, default_value_t = 64)]
+    window: u64,
+    /// Extra payload bytes per message.
+    #[arg(long, default_value_t = 0)]
+    payload: usize,
+    /// How long to publish (or hold connections when nothing is published).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Deliveries of the first part of publishing are not measured.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    warmup: Duration,
+    /// How long to wait for the last deliveries after publishing.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    drain: Duration,
+    /// The ramp must finish within this time.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "120s")]
+    ramp_timeout: Duration,
+    /// Check that every subscriber received every accepted message exactly once.
+    #[arg(long)]
+    exactly_once: bool,
+    /// Exit 1 on any error, disconnect or failed connection.
+    #[arg(long)]
+    strict: bool,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn plan(args: &Args) -> Result<Plan, String> {
+    for (name, value) in [
+        ("--duration", args.duration),
+        ("--warmup", args.warmup),
+        ("--drain", args.drain),
+        ("--ramp-timeout", args.ramp_timeout),
+    ] {
+        if value > MAX_DURATION {
+            return Err(format!("{name} must be at most 1h"));
+        }
+    }
+    if args.warmup >= args.duration && args.shape != ShapeArg::Idle && args.publishers > 0 {
+        return Err("--warmup must be shorter than --duration".into());
+    }
+    if matches!(args.via, ViaArg::Api) && args.api_key.is_none() && args.publishers > 0 {
+        return Err("--via api needs --api-key (or SWITCHBOARD_API_KEY)".into());
+    }
+    let limit = raise_open_files().map_err(|e| format!("cannot raise the open-file limit: {e}"))?;
+    let needed = (args.connections + args.publishers * 2 + 64) as u64;
+    if needed > limit {
+        return Err(format!(
+            "{} connections need about {needed} open files; this process may have {limit}: \
+             run several load processes",
+            args.connections
+        ));
+    }
+    if args.sources == 0 || usize::from(args.source_first) + usize::from(args.sources) > 255 {
+        return Err("--source-first + --sources must stay within 127.0.0.1-254".into());
+    }
+    let mut plan = Plan::new(args.targets[0], &args.secret);
+    plan.targets.clone_from(&args.targets);
+    plan.publish_target = args.publish_target;
+    plan.api_key.clone_from(&args.api_key);
+    plan.connections = args.connections;
+    plan.ramp_rate = args.ramp;
+    plan.connect_concurrency = args.connect_concurrency;
+    plan.source_first = args.source_first;
+    plan.source_count = args.sources;
+    plan.shape = match args.shape {
+        ShapeArg::Idle => Shape::Idle,
+        ShapeArg::One => Shape::OneChannel,
+        ShapeArg::Rooms => Shape::Rooms {
+            size: args.room_size.max(1),
+        },
+        ShapeArg::Mix => Shape::Mix {
+            size: args.room_size.max(1),
+        },
+    };
+    plan.via = match args.via {
+        ViaArg::Api => PublishVia::Api,
+        ViaArg::Client => PublishVia::Client,
+    };
+    plan.publishers = args.publishers;
+    plan.rate = args.rate;
+    plan.window = args.window;
+    plan.payload = args.payload;
+    plan.duration = args.duration;
+    plan.warmup = args.warmup;
+    plan.drain = args.drain;
+    plan.ramp_timeout = args.ramp_timeout;
+    plan.exactly_once = args.exactly_once;
+    plan.progress = !args.quiet;
+    Ok(plan)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let plan = match plan(&args) {
+        Ok(plan) => plan,
+        Err(message) => {
+            eprintln!("switchboard-loadtest: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("switchboard-loadtest: cannot start the runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = runtime.block_on(run(plan));
+    println!("{report}");
+    if let Some(path) = &args.json {
+        let written = serde_json::to_vec_pretty(&report)
+            .map_err(|e| e.to_string())
+            .and_then(|json| std::fs::write(path, json).map_err(|e| e.to_string()));
+        if let Err(error) = written {
+            eprintln!(
+                "switchboard-loadtest: cannot write {}: {error}",
+                path.display()
+            );
+            return ExitCode::from(2);
+        }
+    }
+    let failed_check = report.exactly_once.as_ref().is_some_and(|l| !l.ok());
+    if failed_check || (args.strict && !report.clean()) {
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}

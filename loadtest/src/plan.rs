@@ -1,0 +1,195 @@
+//! What a load run does: where to connect, how many connections and how fast,
+//! which channels they subscribe to, how messages are published, and for how
+//! long. A `Plan` is plain data so the CLI and the tests build it the same way.
+//!
+//! Channels are named `bench:all` (the broadcast channel) and `bench:room.<n>`
+//! (rooms). Message `k` of a run goes to channel `k % channels`, so every
+//! subscriber can tell from `k` alone which channel it belongs to and which
+//! sequence number it has there.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+/// How subscribers are spread over channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Connections hold the socket and subscribe to nothing.
+    Idle,
+    /// Every connection subscribes to one channel, `bench:all`.
+    OneChannel,
+    /// Connections are grouped in rooms of `size`, one channel per room.
+    Rooms { size: usize },
+    /// Every connection subscribes to its room and to `bench:all`.
+    Mix { size: usize },
+}
+
+/// How messages are published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishVia {
+    /// `POST /api/publish` with the API key, over keep-alive HTTP/1.1.
+    Api,
+    /// `publish` commands from WebSocket clients granted publishing.
+    Client,
+}
+
+/// One bounded load run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Gateway nodes (`host:port`); subscriber connections are spread over them.
+    pub targets: Vec<SocketAddr>,
+    /// The node publishers talk to; the first target when unset.
+    pub publish_target: Option<SocketAddr>,
+    /// The gateway's HS256 secret, to mint tokens.
+    pub secret: String,
+    /// The gateway's API key (needed for `PublishVia::Api`).
+    pub api_key: Option<String>,
+    /// Subscriber connections to open.
+    pub connections: usize,
+    /// New connections per second while ramping up.
+    pub ramp_rate: f64,
+    /// Handshakes in flight at once.
+    pub connect_concurrency: usize,
+    /// Source addresses 127.0.0.<first>, <first+1>, ... connections bind to,
+    /// each good for about 28k ephemeral ports.
+    pub source_first: u8,
+    pub source_count: u8,
+    pub shape: Shape,
+    pub via: PublishVia,
+    /// Publisher connections (HTTP or WebSocket), working in parallel.
+    pub publishers: usize,
+    /// Messages per second over all channels; 0 publishes as fast as the
+    /// in-flight window allows (saturation).
+    pub rate: f64,
+    /// At most this many messages per subscriber published but not yet
+    /// received (keeps a saturating run from overflowing send queues).
+    pub window: u64,
+    /// Extra payload bytes per message.
+    pub payload: usize,
+    /// Publishing starts after the ramp and lasts this long (connections are
+    /// held this long when nothing is published).
+    pub duration: Duration,
+    /// Deliveries in the first `warmup` of publishing are not measured.
+    pub warmup: Duration,
+    /// How long after publishing stops to wait for the last deliveries.
+    pub drain: Duration,
+    /// The ramp must finish within this time; connections not open by then
+    /// are counted as failed.
+    pub ramp_timeout: Duration,
+    /// Keep a ledger per subscriber and report missing and duplicate messages.
+    pub exactly_once: bool,
+    /// Print a progress line every second (to stderr).
+    pub progress: bool,
+}
+
+impl Plan {
+    /// A small plan against `target` with sensible defaults.
+    pub fn new(target: SocketAddr, secret: &str) -> Plan {
+        Plan {
+            targets: vec![target],
+            publish_target: None,
+            secret: secret.to_owned(),
+            api_key: None,
+            connections: 100,
+            ramp_rate: 2000.0,
+            connect_concurrency: 128,
+            source_first: 2,
+            source_count: 1,
+            shape: Shape::OneChannel,
+            via: PublishVia::Api,
+            publishers: 4,
+            rate: 100.0,
+            window: 64,
+            payload: 0,
+            duration: Duration::from_secs(5),
+            warmup: Duration::ZERO,
+            drain: Duration::from_secs(3),
+            ramp_timeout: Duration::from_secs(120),
+            exactly_once: false,
+            progress: false,
+        }
+    }
+
+    /// The channels messages are published to, in order: message `k` goes to
+    /// `channels()[k % len]`.
+    pub fn channels(&self) -> Vec<String> {
+        match self.shape {
+            Shape::Idle => Vec::new(),
+            Shape::OneChannel => vec![BROADCAST.to_owned()],
+            Shape::Rooms { size } => (0..rooms(self.connections, size)).map(room).collect(),
+            Shape::Mix { size } => std::iter::once(BROADCAST.to_owned())
+                .chain((0..rooms(self.connections, size)).map(room))
+                .collect(),
+        }
+    }
+
+    /// Indexes (into `channels()`) of the channels connection `i` subscribes to.
+    pub fn subscriptions(&self, i: usize) -> Vec<usize> {
+        match self.shape {
+            Shape::Idle => Vec::new(),
+            Shape::OneChannel => vec![0],
+            Shape::Rooms { size } => vec![i / size.max(1)],
+            Shape::Mix { size } => vec![0, 1 + i / size.max(1)],
+        }
+    }
+
+    /// How many subscribers each channel has when every connection is open.
+    pub fn subscribers_per_channel(&self) -> Vec<u64> {
+        let mut counts = vec![0u64; self.channels().len()];
+        for i in 0..self.connections {
+            for c in self.subscriptions(i) {
+                counts[c] += 1;
+            }
+        }
+        counts
+    }
+
+    /// The gateway connection `i` talks to.
+    pub fn target(&self, i: usize) -> SocketAddr {
+        self.targets[i % self.targets.len()]
+    }
+
+    pub fn publish_target(&self) -> SocketAddr {
+        self.publish_target.unwrap_or(self.targets[0])
+    }
+
+    /// The local address connection `i` binds to.
+    pub fn source(&self, i: usize) -> Ipv4Addr {
+        let offset = (i % usize::from(self.source_count.max(1))) as u8;
+        Ipv4Addr::new(127, 0, 0, self.source_first.saturating_add(offset))
+    }
+}
+
+/// The channel of `Shape::OneChannel` and `Shape::Mix`.
+pub const BROADCAST: &str = "bench:all";
+
+fn room(n: usize) -> String {
+    format!("bench:room.{n}")
+}
+
+fn rooms(connections: usize, size: usize) -> usize {
+    connections.div_ceil(size.max(1)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_assign_channels() {
+        let mut plan = Plan::new(
+            "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!()),
+            "s",
+        );
+        plan.connections = 25;
+        plan.shape = Shape::Rooms { size: 10 };
+        assert_eq!(plan.channels().len(), 3);
+        assert_eq!(plan.subscriptions(24), vec![2]);
+        assert_eq!(plan.subscribers_per_channel(), vec![10, 10, 5]);
+        plan.shape = Shape::Mix { size: 10 };
+        assert_eq!(plan.channels()[0], BROADCAST);
+        assert_eq!(plan.subscriptions(11), vec![0, 2]);
+        assert_eq!(plan.subscribers_per_channel(), vec![25, 10, 10, 5]);
+        plan.source_count = 3;
+        assert_eq!(plan.source(4), Ipv4Addr::new(127, 0, 0, 3));
+    }
+}

@@ -1,0 +1,267 @@
+//! A run from start to end: ramp up the subscriber connections, publish for
+//! the planned duration, wait for the last deliveries, close everything and
+//! report. Every phase has a deadline, so a run always ends by itself.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::{sleep, sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::plan::{Plan, PublishVia};
+use crate::publisher;
+use crate::stats::{now_us, Ledger, Percentiles, Report, Stats};
+use crate::subscriber::{self, Received};
+use crate::token;
+
+/// What every task of a run shares.
+pub struct Context {
+    pub plan: Plan,
+    pub stats: Stats,
+    pub channels: Vec<String>,
+    pub subscribers_per_channel: Vec<u64>,
+    /// Sum of `subscribers_per_channel`.
+    pub subscriptions_total: u64,
+    /// The next message number to publish.
+    pub next_k: AtomicU64,
+    /// Deliveries owed for the messages accepted so far.
+    pub expected: AtomicU64,
+    /// Accepted message numbers (bit set), kept for the exactly-once check.
+    pub acks: Option<Mutex<Vec<u64>>>,
+    /// Cancelled when the run is over: subscribers close.
+    pub stop: CancellationToken,
+    /// Errors already printed, so a failure storm prints a few lines only.
+    printed: AtomicU64,
+}
+
+/// At most this many individual error lines per run.
+const PRINTED_ERRORS: u64 = 10;
+
+impl Context {
+    pub fn subscriber_token(&self, i: usize) -> Result<String, String> {
+        token::mint(&self.plan.secret, &format!("load-{i}"), &["bench:*"], &[])
+    }
+
+    pub fn publisher_token(&self, n: usize) -> Result<String, String> {
+        token::mint(
+            &self.plan.secret,
+            &format!("load-publisher-{n}"),
+            &[],
+            &["bench:*"],
+        )
+    }
+
+    pub fn connect_failed(&self, i: usize, error: &str) {
+        self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
+        self.print_error(&format!("connection {i}: {error}"));
+    }
+
+    pub fn publish_failed(&self, error: &str) {
+        self.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+        self.print_error(error);
+    }
+
+    fn print_error(&self, line: &str) {
+        let n = self.printed.fetch_add(1, Ordering::Relaxed);
+        if n < PRINTED_ERRORS {
+            eprintln!("error: {line}");
+        } else if n == PRINTED_ERRORS {
+            eprintln!("error: (more errors are counted, not printed)");
+        }
+    }
+}
+
+/// Runs a plan to its end and reports what it measured.
+pub async fn run(plan: Plan) -> Report {
+    let channels = plan.channels();
+    let subscribers_per_channel = plan.subscribers_per_channel();
+    let ctx = Arc::new(Context {
+        subscriptions_total: subscribers_per_channel.iter().sum(),
+        acks: plan.exactly_once.then(|| Mutex::new(Vec::new())),
+        stats: Stats::default(),
+        channels,
+        subscribers_per_channel,
+        next_k: AtomicU64::new(0),
+        expected: AtomicU64::new(0),
+        stop: CancellationToken::new(),
+        printed: AtomicU64::new(0),
+        plan,
+    });
+    let started = Instant::now();
+    let progress = CancellationToken::new();
+    if ctx.plan.progress {
+        tokio::spawn(show_progress(
+            Arc::clone(&ctx),
+            started,
+            progress.child_token(),
+        ));
+    }
+
+    let subscribers = ramp(&ctx, started).await;
+    if ctx.plan.progress {
+        eprintln!(
+            "ramp done in {:.1}s: {} open, {} failed",
+            started.elapsed().as_secs_f64(),
+            ctx.stats.open.load(Ordering::Relaxed),
+            ctx.stats.connect_errors.load(Ordering::Relaxed)
+        );
+    }
+
+    let measured = publish(&ctx).await;
+    drain(&ctx).await;
+    progress.cancel();
+    ctx.stop.cancel();
+    let received: Vec<Received> = subscribers.join_all().await.into_iter().flatten().collect();
+    let ledger = ctx.acks.as_ref().map(|acks| {
+        let acks = acks.lock().unwrap_or_else(|e| e.into_inner());
+        check_exactly_once(&ctx, &acks, &received)
+    });
+    ctx.stats.report(measured, ledger)
+}
+
+/// Opens the subscriber connections at the planned rate; returns once every
+/// attempt has finished (opened or failed) or the ramp deadline passed.
+async fn ramp(ctx: &Arc<Context>, started: Instant) -> JoinSet<Option<Received>> {
+    let plan = &ctx.plan;
+    let deadline = started + plan.ramp_timeout;
+    let concurrency = plan.connect_concurrency.max(1);
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let mut subscribers = JoinSet::new();
+    for i in 0..plan.connections {
+        if plan.ramp_rate > 0.0 {
+            sleep_until(started + Duration::from_secs_f64(i as f64 / plan.ramp_rate)).await;
+        }
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => permit.ok(),
+            () = sleep_until(deadline) => None,
+        };
+        let Some(permit) = permit else {
+            let left = (plan.connections - i) as u64;
+            ctx.stats.connect_errors.fetch_add(left, Ordering::Relaxed);
+            eprintln!("error: ramp deadline passed; {left} connections not attempted");
+            break;
+        };
+        subscribers.spawn(subscriber::run(Arc::clone(ctx), i, permit));
+    }
+    // Every permit back means every handshake finished.
+    let all = u32::try_from(concurrency).unwrap_or(u32::MAX);
+    tokio::select! {
+        _ = permits.acquire_many(all) => {}
+        () = sleep_until(deadline) => eprintln!("error: ramp deadline passed with handshakes in flight"),
+    }
+    subscribers
+}
+
+/// Publishes for the planned duration; returns how long deliveries were measured.
+async fn publish(ctx: &Arc<Context>) -> Duration {
+    let plan = &ctx.plan;
+    let start = Instant::now();
+    let end = start + plan.duration;
+    ctx.stats
+        .measure_from_us
+        .store(now_us() + plan.warmup.as_micros() as u64, Ordering::Relaxed);
+    if ctx.channels.is_empty() || plan.publishers == 0 {
+        // Nothing to publish: hold the connections.
+        tokio::select! {
+            () = sleep_until(end) => {}
+            () = ctx.stop.cancelled() => {}
+        }
+        return Duration::ZERO;
+    }
+    let mut workers = JoinSet::new();
+    for n in 0..plan.publishers {
+        let ctx = Arc::clone(ctx);
+        match plan.via {
+            PublishVia::Api => workers.spawn(publisher::api(ctx, start, end)),
+            PublishVia::Client => workers.spawn(publisher::client(ctx, n, start, end)),
+        };
+    }
+    workers.join_all().await;
+    plan.duration.saturating_sub(plan.warmup)
+}
+
+/// Waits until every owed delivery arrived, nothing arrived for half a
+/// second, or the drain time is up.
+async fn drain(ctx: &Context) {
+    let deadline = Instant::now() + ctx.plan.drain;
+    let mut last = ctx.stats.deliveries.load(Ordering::Relaxed);
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline {
+        let now = ctx.stats.deliveries.load(Ordering::Relaxed);
+        let owed = ctx.expected.load(Ordering::Relaxed);
+        if now >= owed {
+            return;
+        }
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() > Duration::from_millis(500) {
+            return;
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Compares what every subscriber received with what the gateway accepted.
+fn check_exactly_once(ctx: &Context, acks: &[u64], received: &[Received]) -> Ledger {
+    let channels = ctx.channels.len().max(1) as u64;
+    let published = acks.len() as u64 * 64;
+    let mut ledger = Ledger::default();
+    for subscriber in received {
+        ledger.duplicates += subscriber.duplicates;
+        for (channel, bits) in &subscriber.channels {
+            ledger.streams += 1;
+            let mut k = *channel as u64;
+            while k < published.max(bits.len() as u64 * 64 * channels) {
+                let acked = Received::has(acks, k);
+                let got = Received::has(bits, k / channels);
+                match (acked, got) {
+                    (true, false) => ledger.missing += 1,
+                    (false, true) => ledger.unacknowledged += 1,
+                    _ => {}
+                }
+                k += channels;
+            }
+        }
+    }
+    ledger
+}
+
+/// Prints one line a second: connections, publish and delivery rates, and
+/// the latency of the last second.
+async fn show_progress(ctx: Arc<Context>, started: Instant, done: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let (mut published, mut delivered) = (0, 0);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = done.cancelled() => return,
+        }
+        let stats = &ctx.stats;
+        let now_published = stats.published.load(Ordering::Relaxed);
+        let now_delivered = stats.deliveries.load(Ordering::Relaxed);
+        let latency = Percentiles::of(&stats.take_interval());
+        eprintln!(
+            "[{:>4.0}s] open {}/{} failed {} lost {} | published {} ({}/s) | delivered {} ({}/s) | p50 {:.2}ms p99 {:.2}ms max {:.2}ms | errors {}",
+            started.elapsed().as_secs_f64(),
+            stats.open.load(Ordering::Relaxed),
+            ctx.plan.connections,
+            stats.connect_errors.load(Ordering::Relaxed),
+            stats.disconnects.load(Ordering::Relaxed),
+            now_published,
+            now_published - published,
+            now_delivered,
+            now_delivered - delivered,
+            latency.p50 as f64 / 1000.0,
+            latency.p99 as f64 / 1000.0,
+            latency.max as f64 / 1000.0,
+            stats.errors.load(Ordering::Relaxed) + stats.publish_errors.load(Ordering::Relaxed),
+        );
+        published = now_published;
+        delivered = now_delivered;
+    }
+}

@@ -1,0 +1,309 @@
+//! Counters and latency histograms shared by every connection task, and the
+//! report a run ends with.
+//!
+//! Latency goes into HDR histograms (microseconds, 3 significant digits).
+//! One histogram per connection would cost tens of KiB each, so connections
+//! share a few mutex-guarded shards; a lock is held for one `record`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+const SHARDS: usize = 16;
+/// Latencies above this (60 s, in µs) are clamped.
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// Microseconds since the Unix epoch; every process on the machine agrees on it.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+struct Shard {
+    /// Every measured delivery of the run.
+    total: Histogram<u64>,
+    /// Deliveries since the last progress line.
+    interval: Histogram<u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // The bounds are constants that `new_with_bounds` accepts.
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).unwrap_or_else(|_| unreachable!())
+}
+
+/// Live counters of a run.
+pub struct Stats {
+    /// Subscriber connections open now (welcomed and subscribed).
+    pub open: AtomicU64,
+    /// Most subscriber connections open at once.
+    pub peak_open: AtomicU64,
+    /// Connections that failed to open (refused, timed out, closed early).
+    pub connect_errors: AtomicU64,
+    /// Connections the server closed (or that broke) while the run went on.
+    pub disconnects: AtomicU64,
+    /// Error replies and frames that could not be understood.
+    pub errors: AtomicU64,
+    /// Messages the gateway accepted (API 200 or a positive reply).
+    pub published: AtomicU64,
+    /// Publish attempts that failed.
+    pub publish_errors: AtomicU64,
+    /// Messages received by subscribers.
+    pub deliveries: AtomicU64,
+    /// Messages received on a channel the connection did not subscribe to.
+    pub strays: AtomicU64,
+    /// Deliveries of messages sent before this time (µs) are not measured.
+    pub measure_from_us: AtomicU64,
+    close_codes: Mutex<BTreeMap<String, u64>>,
+    shards: Vec<Mutex<Shard>>,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            open: AtomicU64::new(0),
+            peak_open: AtomicU64::new(0),
+            connect_errors: AtomicU64::new(0),
+            disconnects: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            publish_errors: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
+            strays: AtomicU64::new(0),
+            measure_from_us: AtomicU64::new(u64::MAX),
+            close_codes: Mutex::new(BTreeMap::new()),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        total: histogram(),
+                        interval: histogram(),
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Stats {
+    /// Records one delivery seen by connection `conn`, sent at `sent_us`.
+    pub fn delivered(&self, conn: usize, sent_us: u64, now_us: u64) {
+        self.deliveries.fetch_add(1, Ordering::Relaxed);
+        if sent_us < self.measure_from_us.load(Ordering::Relaxed) {
+            return;
+        }
+        let latency = now_us.saturating_sub(sent_us).clamp(1, MAX_LATENCY_US);
+        let mut shard = self.shards[conn % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        shard.total.saturating_record(latency);
+        shard.interval.saturating_record(latency);
+    }
+
+    pub fn opened(&self) {
+        let now = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak_open.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// A connection lost while the run went on, with why (a close code or
+    /// "reset").
+    pub fn lost(&self, why: String) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.disconnects.fetch_add(1, Ordering::Relaxed);
+        *self
+            .close_codes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(why)
+            .or_default() += 1;
+    }
+
+    /// Merges and clears the per-interval histograms.
+    pub fn take_interval(&self) -> Histogram<u64> {
+        let mut merged = histogram();
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = merged.add(&shard.interval);
+            shard.interval.reset();
+        }
+        merged
+    }
+
+    fn total(&self) -> Histogram<u64> {
+        let mut merged = histogram();
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = merged.add(&shard.total);
+        }
+        merged
+    }
+
+    /// The final report; `measured` is how long deliveries were measured.
+    pub fn report(&self, measured: Duration, exactly_once: Option<Ledger>) -> Report {
+        let latency = self.total();
+        let measured_deliveries = latency.len();
+        let secs = measured.as_secs_f64().max(1e-9);
+        Report {
+            connections_open: self.open.load(Ordering::Relaxed),
+            connections_peak: self.peak_open.load(Ordering::Relaxed),
+            connect_errors: self.connect_errors.load(Ordering::Relaxed),
+            disconnects: self.disconnects.load(Ordering::Relaxed),
+            disconnect_reasons: self
+                .close_codes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            errors: self.errors.load(Ordering::Relaxed),
+            published: self.published.load(Ordering::Relaxed),
+            publish_errors: self.publish_errors.load(Ordering::Relaxed),
+            deliveries: self.deliveries.load(Ordering::Relaxed),
+            strays: self.strays.load(Ordering::Relaxed),
+            measured_secs: measured.as_secs_f64(),
+            measured_deliveries,
+            deliveries_per_sec: measured_deliveries as f64 / secs,
+            latency_us: Percentiles::of(&latency),
+            exactly_once,
+        }
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        Percentiles {
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}ms", us as f64 / 1000.0)
+}
+
+impl fmt::Display for Percentiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "p50 {} p90 {} p99 {} p999 {} max {}",
+            ms(self.p50),
+            ms(self.p90),
+            ms(self.p99),
+            ms(self.p999),
+            ms(self.max)
+        )
+    }
+}
+
+/// The exactly-once check over every subscriber.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Ledger {
+    /// (subscriber, channel) pairs checked.
+    pub streams: u64,
+    /// Accepted messages a subscriber of their channel never received.
+    pub missing: u64,
+    /// Messages a subscriber received more than once.
+    pub duplicates: u64,
+    /// Messages received that the gateway never acknowledged (a failed
+    /// publish that went out anyway); not an error.
+    pub unacknowledged: u64,
+}
+
+impl Ledger {
+    pub fn ok(&self) -> bool {
+        self.missing == 0 && self.duplicates == 0
+    }
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub connections_open: u64,
+    pub connections_peak: u64,
+    pub connect_errors: u64,
+    pub disconnects: u64,
+    pub disconnect_reasons: BTreeMap<String, u64>,
+    pub errors: u64,
+    pub published: u64,
+    pub publish_errors: u64,
+    pub deliveries: u64,
+    pub strays: u64,
+    pub measured_secs: f64,
+    pub measured_deliveries: u64,
+    pub deliveries_per_sec: f64,
+    pub latency_us: Percentiles,
+    pub exactly_once: Option<Ledger>,
+}
+
+impl Report {
+    /// True when nothing went wrong that the run can see.
+    pub fn clean(&self) -> bool {
+        self.connect_errors == 0
+            && self.disconnects == 0
+            && self.errors == 0
+            && self.publish_errors == 0
+            && self.strays == 0
+            && self.exactly_once.as_ref().is_none_or(Ledger::ok)
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "connections   open {} (peak {}), failed to open {}, lost {} {:?}",
+            self.connections_open,
+            self.connections_peak,
+            self.connect_errors,
+            self.disconnects,
+            self.disconnect_reasons
+        )?;
+        writeln!(
+            f,
+            "published     {} accepted, {} failed",
+            self.published, self.publish_errors
+        )?;
+        writeln!(
+            f,
+            "deliveries    {} in all; {} measured over {:.1}s = {:.0}/s",
+            self.deliveries, self.measured_deliveries, self.measured_secs, self.deliveries_per_sec
+        )?;
+        writeln!(f, "latency       {}", self.latency_us)?;
+        write!(
+            f,
+            "errors        {} error frames, {} on unsubscribed channels",
+            self.errors, self.strays
+        )?;
+        if let Some(ledger) = &self.exactly_once {
+            write!(
+                f,
+                "\nexactly-once  {} streams: {} missing, {} duplicates, {} unacknowledged received -> {}",
+                ledger.streams,
+                ledger.missing,
+                ledger.duplicates,
+                ledger.unacknowledged,
+                if ledger.ok() { "OK" } else { "FAILED" }
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,255 @@
+//! One subscriber connection: bind a loopback source address, upgrade to a
+//! WebSocket, wait for the welcome, subscribe, then read message frames until
+//! the run stops, recording each message's latency from the timestamp the
+//! publisher put in its payload.
+//!
+//! A connection is one task with one small read buffer; nothing else is kept
+//! per connection unless the exactly-once ledger is on.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{client_async_with_config, WebSocketStream};
+
+use crate::run::Context;
+use crate::stats::now_us;
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// The socket read buffer of a load connection (frames here are small).
+const READ_BUFFER: usize = 4 * 1024;
+/// Opening and subscribing one connection may take this long.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A frame from the gateway, with only the fields the load tool reads.
+#[derive(Deserialize)]
+pub struct ServerFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: &'a str,
+    #[serde(default, borrow)]
+    pub channel: Option<&'a str>,
+    #[serde(default)]
+    pub id: Option<u64>,
+    #[serde(default, borrow)]
+    pub data: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    pub error: Option<&'a RawValue>,
+}
+
+/// What the publisher puts in `data`: message number and send time (µs).
+#[derive(Deserialize)]
+pub struct Payload {
+    pub k: u64,
+    pub ts: u64,
+}
+
+/// Opens a WebSocket to `target` from `source`, authenticated by `token`.
+pub async fn connect(source: SocketAddr, target: SocketAddr, token: &str) -> Result<Ws, String> {
+    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    socket
+        .bind(source)
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    let stream = socket
+        .connect(target)
+        .await
+        .map_err(|e| format!("connect {target}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0);
+    let url = format!("ws://{target}/ws?token={token}");
+    let (ws, _) = client_async_with_config(url, stream, Some(config))
+        .await
+        .map_err(|e| match e {
+            WsError::Http(response) => format!("refused: HTTP {}", response.status()),
+            other => format!("handshake: {other}"),
+        })?;
+    Ok(ws)
+}
+
+/// Reads the next text frame, skipping pings and pongs.
+pub async fn next_text(ws: &mut Ws) -> Result<String, String> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
+            Some(Ok(Message::Close(frame))) => {
+                return Err(close_reason(frame.map(|f| u16::from(f.code))))
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(error)) => return Err(format!("read: {error}")),
+            None => return Err("closed".into()),
+        }
+    }
+}
+
+fn close_reason(code: Option<u16>) -> String {
+    code.map_or_else(|| "close".to_owned(), |c| format!("close {c}"))
+}
+
+/// Waits for the welcome frame.
+pub async fn welcome(ws: &mut Ws) -> Result<(), String> {
+    let text = next_text(ws).await?;
+    match serde_json::from_str::<ServerFrame<'_>>(&text) {
+        Ok(frame) if frame.kind == "welcome" => Ok(()),
+        _ => Err(format!("expected a welcome, got {text}")),
+    }
+}
+
+/// The messages one subscriber received, per subscribed channel, by
+/// sequence number on that channel.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// (channel index, bit set of sequence numbers).
+    pub channels: Vec<(usize, Vec<u64>)>,
+    pub duplicates: u64,
+}
+
+impl Received {
+    fn record(&mut self, channel: usize, seq: u64) {
+        let Some((_, bits)) = self.channels.iter_mut().find(|(c, _)| *c == channel) else {
+            return;
+        };
+        let word = (seq / 64) as usize;
+        if bits.len() <= word {
+            bits.resize(word + 1, 0);
+        }
+        let bit = 1u64 << (seq % 64);
+        if bits[word] & bit != 0 {
+            self.duplicates += 1;
+        }
+        bits[word] |= bit;
+    }
+
+    pub fn has(bits: &[u64], seq: u64) -> bool {
+        bits.get((seq / 64) as usize)
+            .is_some_and(|w| w & (1u64 << (seq % 64)) != 0)
+    }
+}
+
+/// Runs subscriber `i` until the run stops. The permit is held while the
+/// connection opens, bounding handshakes in flight.
+pub async fn run(ctx: Arc<Context>, i: usize, permit: OwnedSemaphorePermit) -> Option<Received> {
+    let subscriptions = ctx.plan.subscriptions(i);
+    let opened = tokio::time::timeout(OPEN_TIMEOUT, open(&ctx, i, &subscriptions)).await;
+    let mut ws = match opened {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(error)) => {
+            ctx.connect_failed(i, &error);
+            return None;
+        }
+        Err(_) => {
+            ctx.connect_failed(i, "timed out opening");
+            return None;
+        }
+    };
+    ctx.stats.opened();
+    drop(permit);
+    let mut received = ctx.plan.exactly_once.then(|| Received {
+        channels: subscriptions.iter().map(|&c| (c, Vec::new())).collect(),
+        duplicates: 0,
+    });
+    let channel_count = ctx.channels.len() as u64;
+    loop {
+        let message = tokio::select! {
+            () = ctx.stop.cancelled() => break,
+            message = ws.next() => message,
+        };
+        let text = match message {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(frame))) => {
+                ctx.stats
+                    .lost(close_reason(frame.map(|f| u16::from(f.code))));
+                return received;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(error)) => {
+                ctx.stats.lost(error_kind(&error).to_owned());
+                return received;
+            }
+            None => {
+                ctx.stats.lost("eof".into());
+                return received;
+            }
+        };
+        let now = now_us();
+        let Ok(frame) = serde_json::from_str::<ServerFrame<'_>>(text.as_str()) else {
+            ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        if frame.kind != "message" {
+            if frame.error.is_some() {
+                ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            continue;
+        }
+        let payload = frame
+            .data
+            .and_then(|d| serde_json::from_str::<Payload>(d.get()).ok());
+        let (Some(channel), Some(payload)) = (frame.channel, payload) else {
+            ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let index = (payload.k % channel_count.max(1)) as usize;
+        let mine = subscriptions.contains(&index) && ctx.channels[index] == channel;
+        if !mine {
+            ctx.stats.strays.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        ctx.stats.delivered(i, payload.ts, now);
+        if let Some(received) = &mut received {
+            received.record(index, payload.k / channel_count);
+        }
+    }
+    ctx.stats.open.fetch_sub(1, Ordering::Relaxed);
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+    received
+}
+
+fn error_kind(error: &WsError) -> &'static str {
+    match error {
+        WsError::Io(_) | WsError::ConnectionClosed | WsError::AlreadyClosed => "reset",
+        WsError::Protocol(_) => "protocol error",
+        _ => "read error",
+    }
+}
+
+/// Connects, waits for the welcome and subscribes to every channel in
+/// `subscriptions`, waiting for each reply.
+async fn open(ctx: &Context, i: usize, subscriptions: &[usize]) -> Result<Ws, String> {
+    let source = SocketAddr::new(ctx.plan.source(i).into(), 0);
+    let token = ctx.subscriber_token(i)?;
+    let mut ws = connect(source, ctx.plan.target(i), &token).await?;
+    welcome(&mut ws).await?;
+    for (n, &channel) in subscriptions.iter().enumerate() {
+        let command = serde_json::json!({
+            "type": "subscribe",
+            "channel": ctx.channels[channel],
+            "id": n + 1,
+        });
+        ws.send(Message::text(command.to_string()))
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+    }
+    let mut pending = subscriptions.len();
+    while pending > 0 {
+        let text = next_text(&mut ws).await?;
+        let frame = serde_json::from_str::<ServerFrame<'_>>(&text)
+            .map_err(|_| format!("unexpected frame {text}"))?;
+        if frame.kind == "reply" {
+            if let Some(error) = frame.error {
+                return Err(format!("subscribe refused: {}", error.get()));
+            }
+            pending -= 1;
+        }
+    }
+    Ok(ws)
+}

@@ -1,0 +1,246 @@
+#!/usr/bin/env bash
+# `make bench`: the three benchmark scenarios of docs/benchmarks.md, each
+# bounded to a few minutes on a 2-core machine, ending with one table.
+#
+#   1. idle connections: gateway resident memory (VmRSS) per connection at
+#      10k connections on one node and 50k over three nodes (a process may
+#      hold 20,000 open files here, so 50k needs three nodes and three load
+#      processes);
+#   2. fan-out: one channel, 10k subscribers on one node: deliveries per
+#      second at saturation, and latency at fixed rates;
+#   3. cross-node: two nodes through Redis, subscribers on node B, the
+#      publisher on node A: latency at 100k deliveries per second.
+#
+# It starts everything it needs (redis-server and gateway nodes on free
+# loopback ports, in a temp dir) and stops all of it on exit. Logs and the
+# JSON reports are kept in target/bench/. The load tool runs on the same
+# cores as the gateway; see docs/benchmarks.md for how to read the figures.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+CARGO=${CARGO:-cargo}
+OUT=target/bench
+GATEWAY=target/release/switchboard
+LOAD=target/release/switchboard-loadtest
+SECRET=bench-secret-bench-secret-bench-secret
+API_KEY=bench-api-key-0123456789
+
+# Each connection is a descriptor: take the whole hard limit (20,000 here).
+ulimit -n "$(ulimit -Hn)"
+
+echo "building release binaries..."
+$CARGO build --release -p switchboard-gateway -p switchboard-loadtest
+
+rm -rf "$OUT"
+mkdir -p "$OUT"
+TMP=$(mktemp -d)
+PIDS=()
+
+cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+rss_kb() {
+    awk '/^VmRSS:/ {print $2}' "/proc/$1/status"
+}
+
+# sessions PORT: open sessions on a node, from /readyz.
+sessions() {
+    curl -sf "http://127.0.0.1:$1/readyz" | jq -r '.sessions // 0' 2>/dev/null || echo 0
+}
+
+# start_node NAME PORT [REDIS_URL]: starts a gateway, waits until ready; sets NODE_PID.
+start_node() {
+    local name=$1 port=$2 redis=${3:-}
+    env -i PATH="$PATH" \
+        SWITCHBOARD_LISTEN="127.0.0.1:$port" \
+        SWITCHBOARD_NODE_ID="$name" \
+        SWITCHBOARD_JWT_HS256_SECRET="$SECRET" \
+        SWITCHBOARD_API_KEY="$API_KEY" \
+        SWITCHBOARD_ALLOWED_ORIGINS='*' \
+        SWITCHBOARD_MAX_CONNECTIONS=19500 \
+        SWITCHBOARD_CONN_RATE_PER_IP=1000000 \
+        SWITCHBOARD_MAX_CONNECTIONS_PER_IP=1000000 \
+        SWITCHBOARD_MSG_RATE=1000000 \
+        ${redis:+SWITCHBOARD_REDIS_URL="$redis"} \
+        RUST_LOG=warn \
+        "$GATEWAY" >"$OUT/$name.log" 2>&1 &
+    NODE_PID=$!
+    PIDS+=("$NODE_PID")
+    for _ in $(seq 1 100); do
+        if curl -sf "http://127.0.0.1:$port/readyz" >/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "gateway $name did not become ready; see $OUT/$name.log" >&2
+    exit 1
+}
+
+stop_pid() {
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+start_redis() {
+    REDIS_PORT=$(free_port)
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+        --dir "$TMP" >"$OUT/redis.log" 2>&1 &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID")
+    for _ in $(seq 1 100); do
+        if [ "$(redis-cli -p "$REDIS_PORT" PING 2>/dev/null)" = PONG ]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "redis-server did not start" >&2
+    exit 1
+}
+
+# load NAME ARGS...: runs the load tool, report in $OUT/NAME.json, log in $OUT/NAME.log.
+load() {
+    local name=$1
+    shift
+    "$LOAD" --secret "$SECRET" --api-key "$API_KEY" --json "$OUT/$name.json" "$@" \
+        >"$OUT/$name.log" 2>&1
+}
+
+# field NAME JQ: a figure from a report.
+field() {
+    jq -r "$2" "$OUT/$1.json"
+}
+
+ms() {
+    awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'
+}
+
+ROWS=()
+row() {
+    ROWS+=("$(printf '| %s | %s | %s |' "$1" "$2" "$3")")
+    echo "  $1: $2 ($3)"
+}
+
+# latency_row LABEL REPORT: a latency row from a fixed-rate run.
+latency_row() {
+    local name=$2
+    row "$1" \
+        "p50 $(ms "$(field "$name" .latency_us.p50)") / p90 $(ms "$(field "$name" .latency_us.p90)") / p99 $(ms "$(field "$name" .latency_us.p99)") / p999 $(ms "$(field "$name" .latency_us.p999)") / max $(ms "$(field "$name" .latency_us.max)") ms" \
+        "$(printf '%.0f' "$(field "$name" .deliveries_per_sec)") deliveries/s measured; $(field "$name" .disconnects) disconnects, $(field "$name" '.errors + .publish_errors + .connect_errors') errors"
+}
+
+# ---------------------------------------------------------------- scenario 1
+# idle KEY NODES CONNS_PER_NODE SHAPE LABEL: per-node RSS per connection.
+idle() {
+    local key=$1 nodes=$2 per_node=$3 shape=$4 label=$5
+    local ports=() pids=() bases=() loads=()
+    for n in $(seq 1 "$nodes"); do
+        local port
+        port=$(free_port)
+        start_node "$key-node-$n" "$port"
+        ports+=("$port")
+        pids+=("$NODE_PID")
+    done
+    sleep 1
+    for n in $(seq 0 $((nodes - 1))); do
+        bases+=("$(rss_kb "${pids[$n]}")")
+    done
+    for n in $(seq 0 $((nodes - 1))); do
+        load "$key-load-$n" --target "127.0.0.1:${ports[$n]}" --connections "$per_node" \
+            --shape "$shape" --room-size 100 --publishers 0 --ramp 4000 --sources 4 \
+            --source-first $((2 + 4 * n)) --duration 20s &
+        loads+=("$!")
+        PIDS+=("$!")
+    done
+    # Wait until every node holds all its sessions, then let allocations settle.
+    local deadline=$((SECONDS + 180))
+    for n in $(seq 0 $((nodes - 1))); do
+        while [ "$(sessions "${ports[$n]}")" -lt "$per_node" ]; do
+            if [ "$SECONDS" -gt "$deadline" ]; then
+                echo "node $n holds only $(sessions "${ports[$n]}") sessions" >&2
+                break
+            fi
+            sleep 0.5
+        done
+    done
+    sleep 3
+    local worst=0 sum=0 held=0
+    for n in $(seq 0 $((nodes - 1))); do
+        local now open per
+        now=$(rss_kb "${pids[$n]}")
+        open=$(sessions "${ports[$n]}")
+        held=$((held + open))
+        per=$(awk -v a="$now" -v b="${bases[$n]}" -v c="$open" 'BEGIN { printf "%.0f", (a - b) * 1024 / (c > 0 ? c : 1) }')
+        echo "  node $n: ${bases[$n]} KiB before, $now KiB with $open connections: $per B/connection"
+        sum=$((sum + per))
+        [ "$per" -gt "$worst" ] && worst=$per
+    done
+    for pid in "${loads[@]}"; do
+        wait "$pid" || true
+    done
+    for pid in "${pids[@]}"; do
+        stop_pid "$pid"
+    done
+    row "$label" "$((sum / nodes)) B per connection (worst node $worst B)" \
+        "$held connections held on $nodes node(s); RSS after minus RSS before, per node"
+}
+
+echo "scenario 1: idle connections"
+idle idle-10k 1 10000 idle "idle, 10k connections, 1 node"
+idle idle-50k 3 16667 idle "idle, 50k connections, 3 nodes x 16.7k"
+idle rooms-10k 1 10000 rooms "10k connections each subscribed to a room of 100, 1 node"
+
+# ---------------------------------------------------------------- scenario 2
+echo "scenario 2: fan-out, one channel, 10k subscribers on one node"
+PORT=$(free_port)
+start_node fanout "$PORT"
+FANOUT_PID=$NODE_PID
+FANOUT=(--target "127.0.0.1:$PORT" --connections 10000 --shape one --ramp 5000)
+load fanout-saturation "${FANOUT[@]}" --rate 0 --window 32 --publishers 2 \
+    --duration 20s --warmup 5s
+row "fan-out saturation, 10k subscribers, 1 channel, 1 node" \
+    "$(printf '%.0f' "$(field fanout-saturation .deliveries_per_sec)") deliveries/s" \
+    "$(field fanout-saturation .published) messages; at most 32 in flight per subscriber; p50 $(ms "$(field fanout-saturation .latency_us.p50)") ms (queueing); $(field fanout-saturation .disconnects) disconnects"
+load fanout-100k "${FANOUT[@]}" --rate 10 --duration 20s --warmup 3s
+latency_row "fan-out latency at 10 msg/s x 10k = 100k deliveries/s, 1 node" fanout-100k
+load fanout-300k "${FANOUT[@]}" --rate 30 --duration 20s --warmup 3s
+latency_row "fan-out latency at 30 msg/s x 10k = 300k deliveries/s, 1 node" fanout-300k
+stop_pid "$FANOUT_PID"
+
+# ---------------------------------------------------------------- scenario 3
+echo "scenario 3: cross-node through Redis, subscribers on B, publisher on A"
+start_redis
+PORT_A=$(free_port)
+PORT_B=$(free_port)
+start_node node-a "$PORT_A" "redis://127.0.0.1:$REDIS_PORT/"
+start_node node-b "$PORT_B" "redis://127.0.0.1:$REDIS_PORT/"
+CROSS=(--target "127.0.0.1:$PORT_B" --publish-target "127.0.0.1:$PORT_A" --shape one --ramp 4000)
+load cross-1k "${CROSS[@]}" --connections 1000 --rate 100 --duration 20s --warmup 3s
+latency_row "cross-node latency, 1k subscribers x 100 msg/s = 100k deliveries/s" cross-1k
+load cross-100 "${CROSS[@]}" --connections 100 --rate 1000 --duration 20s --warmup 3s
+latency_row "cross-node latency, 100 subscribers x 1000 msg/s = 100k deliveries/s" cross-100
+load cross-10k "${CROSS[@]}" --connections 10000 --rate 10 --duration 20s --warmup 3s
+latency_row "cross-node latency, 10k subscribers x 10 msg/s = 100k deliveries/s" cross-10k
+
+# -------------------------------------------------------------------- table
+{
+    echo
+    echo "Switchboard benchmarks ($(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
+    echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name:[[:space:]]*//p'), $(free -g | awk '/^Mem:/ {print $2}') GiB, Linux $(uname -r); load average before the table: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo
+    echo "| scenario | result | notes |"
+    echo "|---|---|---|"
+    printf '%s\n' "${ROWS[@]}"
+} | tee "$OUT/table.md"
