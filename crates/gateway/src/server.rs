@@ -246,7 +246,7 @@ async fn upgrade(
         request.headers(),
         client_ip,
     );
-    let admission = match admission {
+    let mut admission = match admission {
         Ok(admission) => admission,
         Err(refusal) => {
             return refuse(&node, peer, client_ip, refusal);
@@ -270,7 +270,8 @@ async fn upgrade(
         Err(error) => tracing::warn!(message = "connection not recorded", %peer, %error),
     }
     node.metrics.accepted();
-    let accept_key = admission.accept_key.clone();
+    // Taken, not cloned: the session keeps the admission for its lifetime.
+    let accept_key = std::mem::take(&mut admission.accept_key);
     let on_upgrade = hyper::upgrade::on(&mut request);
     let session_node = Arc::clone(&node);
     node.tasks.spawn(async move {
