@@ -152,7 +152,7 @@ pub fn admit(
     let accept_key = derive_accept_key(key.as_bytes());
 
     let address = node
-        .admission
+        .limits
         .admit_address(client_ip)
         .map_err(Refusal::Limited)?;
 
@@ -175,7 +175,7 @@ pub fn admit(
         .verify(&token)
         .map_err(Refusal::Unauthorized)?;
     let slots = node
-        .admission
+        .limits
         .admit_user(address, &claims.user)
         .map_err(Refusal::Limited)?;
     Ok(Admission {

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use indexmap::IndexMap;
-use prometheus::IntGauge;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -53,8 +52,6 @@ pub struct SessionHandle {
     queued: AtomicUsize,
     max_bytes: usize,
     slow: AtomicBool,
-    /// The node-wide `switchboard_send_queue_bytes` gauge, when counted.
-    gauge: Option<IntGauge>,
 }
 
 impl SessionHandle {
@@ -67,15 +64,8 @@ impl SessionHandle {
             queued: AtomicUsize::new(0),
             max_bytes,
             slow: AtomicBool::new(false),
-            gauge: None,
         };
         (handle, rx)
-    }
-
-    /// Also moves a node-wide gauge by the bytes this queue holds.
-    pub fn counted_in(mut self, gauge: IntGauge) -> SessionHandle {
-        self.gauge = Some(gauge);
-        self
     }
 
     /// Queues a frame without waiting. A frame that would take the queue
@@ -96,19 +86,13 @@ impl SessionHandle {
             self.queued.fetch_sub(cost, Ordering::Relaxed);
             return false;
         }
-        if let Some(gauge) = &self.gauge {
-            gauge.add(cost as i64);
-        }
         true
     }
 
     /// The session took a frame off its queue.
     pub fn taken(&self, frame: &Utf8Bytes) {
-        let cost = frame.len() + QUEUE_ENTRY_OVERHEAD;
-        self.queued.fetch_sub(cost, Ordering::Relaxed);
-        if let Some(gauge) = &self.gauge {
-            gauge.sub(cost as i64);
-        }
+        self.queued
+            .fetch_sub(frame.len() + QUEUE_ENTRY_OVERHEAD, Ordering::Relaxed);
     }
 
     /// Bytes waiting in the queue.
@@ -125,15 +109,6 @@ impl SessionHandle {
     /// Whether a frame was dropped because the queue was full.
     pub fn is_slow(&self) -> bool {
         self.slow.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for SessionHandle {
-    /// Frames still queued when the session is gone leave the gauge too.
-    fn drop(&mut self) {
-        if let Some(gauge) = &self.gauge {
-            gauge.sub(*self.queued.get_mut() as i64);
-        }
     }
 }
 
@@ -275,6 +250,17 @@ impl Hub {
             .contains_key(channel)
     }
 
+    /// Bytes waiting in the send queues of every open session (for the
+    /// metrics scrape; O(sessions), never on the per-frame path).
+    pub fn queued_bytes(&self) -> usize {
+        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+        users
+            .values()
+            .flat_map(|sessions| sessions.values())
+            .map(|session| session.queued_bytes())
+            .sum()
+    }
+
     /// Channels with at least one local subscriber.
     pub fn channel_count(&self) -> usize {
         self.channels
@@ -368,28 +354,29 @@ mod tests {
     }
 
     #[test]
-    fn the_node_gauge_follows_every_queue_and_forgets_a_closed_one() {
-        let gauge = IntGauge::new("queue_bytes", "test").unwrap();
-        let (a, _ra) = SessionHandle::new(1, 10_000);
-        let a = a.counted_in(gauge.clone());
-        let (b, _rb) = SessionHandle::new(2, 10_000);
-        let b = b.counted_in(gauge.clone());
+    fn the_node_total_follows_every_queue_and_forgets_a_closed_one() {
+        let hub = Hub::new();
+        let (a, _ra) = session(1, 10_000);
+        let (b, _rb) = session(2, 10_000);
+        let user: Arc<str> = Arc::from("u");
+        hub.register(&user, &a);
+        hub.register(&user, &b);
         let frame = Utf8Bytes::from("x".repeat(100));
-        let cost = (frame.len() + QUEUE_ENTRY_OVERHEAD) as i64;
+        let cost = frame.len() + QUEUE_ENTRY_OVERHEAD;
         assert!(a.offer(Outbound::Frame(frame.clone())));
         assert!(a.offer(Outbound::Frame(frame.clone())));
         assert!(b.offer(Outbound::Frame(frame.clone())));
-        assert_eq!(gauge.get(), 3 * cost);
+        assert_eq!(hub.queued_bytes(), 3 * cost);
         a.taken(&frame);
-        assert_eq!(gauge.get(), 2 * cost);
-        drop(a);
+        assert_eq!(hub.queued_bytes(), 2 * cost);
+        hub.unregister(&user, 1);
         assert_eq!(
-            gauge.get(),
+            hub.queued_bytes(),
             cost,
-            "a closed session's backlog leaves the gauge"
+            "a closed session's backlog leaves the total"
         );
-        drop(b);
-        assert_eq!(gauge.get(), 0);
+        hub.unregister(&user, 2);
+        assert_eq!(hub.queued_bytes(), 0);
     }
 
     #[test]

@@ -231,7 +231,7 @@ pub struct Slots {
 const FORGET_EVERY: Duration = Duration::from_secs(10);
 
 /// The node's admission limits.
-pub struct Admission {
+pub struct ConnectionLimits {
     config: LimitsConfig,
     rate: DefaultKeyedRateLimiter<IpAddr>,
     addresses: Arc<Counts<IpAddr>>,
@@ -240,9 +240,9 @@ pub struct Admission {
     last_forget_ms: AtomicU64,
 }
 
-impl std::fmt::Debug for Admission {
+impl std::fmt::Debug for ConnectionLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Admission")
+        f.debug_struct("ConnectionLimits")
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -252,11 +252,11 @@ fn non_zero(value: u32) -> NonZeroU32 {
     NonZeroU32::new(value).unwrap_or(NonZeroU32::MIN)
 }
 
-impl Admission {
-    pub fn new(config: &LimitsConfig) -> Admission {
+impl ConnectionLimits {
+    pub fn new(config: &LimitsConfig) -> ConnectionLimits {
         let quota = Quota::per_second(non_zero(config.conn_rate_per_ip))
             .allow_burst(non_zero(config.conn_burst_per_ip));
-        Admission {
+        ConnectionLimits {
             config: config.clone(),
             rate: RateLimiter::keyed(quota),
             addresses: Counts::new(),
@@ -430,7 +430,7 @@ mod tests {
 
     #[test]
     fn connection_rate_bucket_per_address() {
-        let admission = Admission::new(&limits(1, 3, 100, 100));
+        let admission = ConnectionLimits::new(&limits(1, 3, 100, 100));
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         let held: Vec<_> = (0..3)
@@ -454,7 +454,7 @@ mod tests {
 
     #[test]
     fn concurrent_caps_release_on_drop() {
-        let admission = Admission::new(&limits(1000, 1000, 2, 1));
+        let admission = ConnectionLimits::new(&limits(1000, 1000, 2, 1));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let alice: Arc<str> = Arc::from("alice");
         let first = admission.admit_address(ip).unwrap();

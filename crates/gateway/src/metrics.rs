@@ -715,20 +715,10 @@ impl Metrics {
         }
     }
 
-    /// `bytes` were added to a session's send queue.
-    pub fn queue_bytes_add(&self, bytes: usize) {
-        self.send_queue_bytes.add(bytes as i64);
-    }
-
-    /// `bytes` left a session's send queue (written, or dropped at close).
-    pub fn queue_bytes_sub(&self, bytes: usize) {
-        self.send_queue_bytes.sub(bytes as i64);
-    }
-
-    /// The send-queue gauge itself, for the session handles that move it on
-    /// every queued and written frame (a clone shares the same value).
-    pub fn send_queue_gauge(&self) -> IntGauge {
-        self.send_queue_bytes.clone()
+    /// The bytes waiting in every session's send queue, read from the hub
+    /// at scrape time (so the per-frame path touches no shared counter).
+    pub fn set_send_queue_bytes(&self, bytes: usize) {
+        self.send_queue_bytes.set(bytes as i64);
     }
 
     // Redis.

@@ -13,7 +13,7 @@ use crate::auth::TokenVerifier;
 use crate::broker::{Broker, MemoryBroker};
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::limits::Admission;
+use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
 use crate::presence::{CountedPresence, MemoryPresence, Presence};
 use crate::redis_broker::{self, RedisBroker, RedisHealth};
@@ -27,7 +27,7 @@ pub struct Node {
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn Presence>,
     /// Per-address and per-user admission limits.
-    pub admission: Admission,
+    pub limits: ConnectionLimits,
     /// This node's Prometheus metrics (shared with the hub).
     pub metrics: Arc<Metrics>,
     /// One permit per open session (`max_connections`).
@@ -132,7 +132,7 @@ impl Node {
             background,
             redis_presence,
             capacity: Arc::new(Semaphore::new(config.max_connections)),
-            admission: Admission::new(&config.limits),
+            limits: ConnectionLimits::new(&config.limits),
             verifier,
             hub,
             broker,

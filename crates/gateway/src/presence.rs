@@ -43,7 +43,7 @@ pub trait Presence: Send + Sync {
     async fn members(&self, channel: &str) -> Result<Vec<Member>, PresenceError>;
     /// Records an open connection unless its user already holds
     /// `max_per_user` connections in the cluster; false when at the cap.
-    /// (A single node's cap is checked by `limits::Admission`; cluster mode
+    /// (A single node's cap is checked by `limits::ConnectionLimits`; cluster mode
     /// counts every node's connections in Redis.)
     async fn connected(
         &self,

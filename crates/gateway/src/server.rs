@@ -139,6 +139,7 @@ async fn route(node: Arc<Node>, request: Request<Incoming>, peer: SocketAddr) ->
 
 /// `GET /metrics`: the Prometheus text exposition.
 fn exposition(node: &Node) -> Response<Body> {
+    node.metrics.set_send_queue_bytes(node.hub.queued_bytes());
     let mut response = Response::new(Body::new(node.metrics.render(node.is_draining()).into()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -256,7 +257,7 @@ async fn upgrade(
     let connection_id: Arc<str> = Arc::from(format!("{}.{id}", node.instance));
     // The cluster-wide per-user cap, and the connection's record in cluster
     // state. With Redis away the local cap (already passed) is the check.
-    let max_per_user = node.admission.max_connections_per_user();
+    let max_per_user = node.limits.max_connections_per_user();
     match node
         .presence
         .connected(&connection_id, &admission.claims.user, max_per_user)

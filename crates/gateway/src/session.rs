@@ -137,7 +137,6 @@ where
     let span = tracing::info_span!("session", %peer, client = %client_ip, node = %node.config.node_id, user = %claims.user, connection_id = %connection_id);
     async move {
         let (handle, rx) = SessionHandle::new(id, node.config.session.send_queue_bytes);
-        let handle = handle.counted_in(node.metrics.send_queue_gauge());
         let now = Instant::now();
         let lifetime = claims.lifetime(SystemTime::now(), node.verifier.leeway());
         let mut session = Session {
