@@ -7,7 +7,7 @@ use std::io::ErrorKind;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::Value;
-use switchboard_protocol::{close, ErrorBody, Incoming, Outgoing};
+use switchboard_protocol::{close, ErrorBody, Incoming, Outgoing, Position};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -25,6 +25,8 @@ pub struct Welcome {
     pub connection_id: String,
     pub node_id: String,
     pub user: String,
+    /// Seconds until the connection's token expires; `refresh` before then.
+    pub expires_in: Option<u64>,
 }
 
 /// One member in a `presence` reply.
@@ -147,10 +149,12 @@ impl Connection {
                 connection_id,
                 node_id,
                 user,
+                expires_in,
             }) => Welcome {
                 connection_id,
                 node_id,
                 user,
+                expires_in,
             },
             Frame::Incoming(other) => {
                 return Err(ClientError::Protocol(format!(
@@ -164,54 +168,100 @@ impl Connection {
 
     /// Subscribes to `channel`; returns the reply's `result`.
     pub async fn subscribe(&mut self, channel: &str) -> Result<Value, ClientError> {
-        self.request("subscribe", Some(channel), None, None).await
+        self.subscribe_since(channel, None).await
+    }
+
+    /// Subscribes to `channel`, resuming after `since` when given; returns
+    /// the reply's `result` (`{"offset", "epoch"}` on channels with history,
+    /// plus `"recovered"` when `since` was sent).
+    pub async fn subscribe_since(
+        &mut self,
+        channel: &str,
+        since: Option<&Position>,
+    ) -> Result<Value, ClientError> {
+        self.request(Outgoing {
+            channel: Some(channel),
+            since,
+            ..Outgoing::new("subscribe")
+        })
+        .await
     }
 
     /// Unsubscribes from `channel`; returns the reply's `result`.
     pub async fn unsubscribe(&mut self, channel: &str) -> Result<Value, ClientError> {
-        self.request("unsubscribe", Some(channel), None, None).await
+        self.request(Outgoing {
+            channel: Some(channel),
+            ..Outgoing::new("unsubscribe")
+        })
+        .await
     }
 
-    /// Publishes `data` to `channel`; returns the reply's `result`.
+    /// Publishes `data` to `channel`; returns the reply's `result`
+    /// (`{"offset", "epoch"}` on channels with history).
     pub async fn publish(&mut self, channel: &str, data: &Value) -> Result<Value, ClientError> {
-        self.request("publish", Some(channel), Some(data), None)
-            .await
+        self.request(Outgoing {
+            channel: Some(channel),
+            data: Some(data),
+            ..Outgoing::new("publish")
+        })
+        .await
+    }
+
+    /// Reads `channel`'s stored messages: those after `since`, or the newest
+    /// ones, at most `limit`. Returns the reply's `result`:
+    /// `{"offset", "epoch", "messages": [<message frames>]}`, plus
+    /// `"recovered"` when `since` was sent.
+    pub async fn history(
+        &mut self,
+        channel: &str,
+        since: Option<&Position>,
+        limit: Option<usize>,
+    ) -> Result<Value, ClientError> {
+        self.request(Outgoing {
+            channel: Some(channel),
+            since,
+            limit,
+            ..Outgoing::new("history")
+        })
+        .await
     }
 
     /// Lists the members present in `channel`.
     pub async fn presence(&mut self, channel: &str) -> Result<Vec<Member>, ClientError> {
-        parse_members(self.request("presence", Some(channel), None, None).await?)
+        let result = self
+            .request(Outgoing {
+                channel: Some(channel),
+                ..Outgoing::new("presence")
+            })
+            .await?;
+        parse_members(result)
     }
 
-    /// Replaces the connection's token; returns the reply's `result`.
+    /// Replaces the connection's token; returns the reply's `result`
+    /// (`{"expires_in": <seconds>}`).
     pub async fn refresh(&mut self, token: &str) -> Result<Value, ClientError> {
-        self.request("refresh", None, None, Some(token)).await
+        self.request(Outgoing {
+            token: Some(token),
+            ..Outgoing::new("refresh")
+        })
+        .await
     }
 
     /// Sends an application-level `ping`; returns the reply's `result`.
     pub async fn ping(&mut self) -> Result<Value, ClientError> {
-        self.request("ping", None, None, None).await
+        self.request(Outgoing::new("ping")).await
     }
 
-    /// Sends a command with the next id and waits for the reply with that id.
+    /// Sends `command` with the next id and waits for the reply with that id.
     /// Other frames read meanwhile are buffered for [`Connection::next_frame`].
     /// Not cancel-safe in the sense that a reply arriving after the caller gave
     /// up is later returned by `next_frame` like any other frame.
-    async fn request(
-        &mut self,
-        kind: &str,
-        channel: Option<&str>,
-        data: Option<&Value>,
-        token: Option<&str>,
-    ) -> Result<Value, ClientError> {
+    async fn request(&mut self, command: Outgoing<'_>) -> Result<Value, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         let command = Outgoing {
-            kind,
             id: Some(id),
-            channel,
-            data,
-            token,
+            ..command
         };
         self.send_text(command.encode()).await?;
         loop {
@@ -263,11 +313,12 @@ impl Connection {
     }
 
     /// The next frame, which must be a `message` push: returns its channel and
-    /// data. Any other frame (join, leave, error, ...) is a
-    /// [`ClientError::Protocol`] naming it; it is consumed, not skipped.
+    /// data (see [`Connection::next_event`] for its offset). Any other frame
+    /// (join, leave, reset, error, ...) is a [`ClientError::Protocol`] naming
+    /// it; it is consumed, not skipped.
     pub async fn expect_message(&mut self) -> Result<(String, Value), ClientError> {
         match self.next_event().await? {
-            Incoming::Message { channel, data } => Ok((channel, data)),
+            Incoming::Message { channel, data, .. } => Ok((channel, data)),
             other => Err(ClientError::Protocol(format!(
                 "expected a message push, got {other:?}"
             ))),

@@ -12,8 +12,9 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `POST /api/publish` `{"channel", "data"}` | `{"ok": true}` |
+//! | `POST /api/publish` `{"channel", "data"}` | `{"ok": true}`, with `offset` and `epoch` on channels with history |
 //! | `GET /api/presence/{channel}` | `{"members": [{"user", "connection_id", "info"}]}` |
+//! | `GET /api/history/{channel}?limit=&since=&epoch=` | `{"offset", "epoch", "messages", "recovered"?}` |
 //! | `POST /api/disconnect` `{"user"}` | `{"ok": true}` |
 //!
 //! Failures use the contract's body `{"error": "<code>", "message": "..."}`.
@@ -29,11 +30,14 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use subtle::{Choice, ConstantTimeEq};
 use switchboard_protocol::frame::{nesting_depth, MAX_DATA_DEPTH};
-use switchboard_protocol::{ChannelName, ServerFrame};
+use switchboard_protocol::position::{valid_epoch, MAX_EPOCH_LEN, MAX_HISTORY_LIMIT};
+use switchboard_protocol::{ChannelName, MessageParts, Position, ServerFrame};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::history::{HistoryQuery, DEFAULT_HISTORY_LIMIT};
 use crate::node::Node;
 use crate::response::{self, Body};
+use crate::session;
 
 /// The routes under `/api/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +45,7 @@ enum Route<'a> {
     Publish,
     /// The channel as it appears in the path, still percent-encoded.
     Presence(&'a str),
+    History(&'a str),
     Disconnect,
     Unknown,
 }
@@ -50,9 +55,15 @@ impl<'a> Route<'a> {
         match path {
             "/api/publish" => Route::Publish,
             "/api/disconnect" => Route::Disconnect,
-            _ => path
-                .strip_prefix("/api/presence/")
-                .map_or(Route::Unknown, Route::Presence),
+            _ => {
+                if let Some(channel) = path.strip_prefix("/api/presence/") {
+                    Route::Presence(channel)
+                } else if let Some(channel) = path.strip_prefix("/api/history/") {
+                    Route::History(channel)
+                } else {
+                    Route::Unknown
+                }
+            }
         }
     }
 
@@ -61,6 +72,7 @@ impl<'a> Route<'a> {
         match self {
             Route::Publish => "publish",
             Route::Presence(_) => "presence",
+            Route::History(_) => "history",
             Route::Disconnect => "disconnect",
             Route::Unknown => "unknown",
         }
@@ -191,9 +203,14 @@ async fn dispatch(
     match (route, method) {
         (Route::Publish, Method::POST) => publish(node, request.into_body()).await,
         (Route::Presence(channel), Method::GET) => presence(node, channel).await,
+        (Route::History(channel), Method::GET) => {
+            history(node, channel, request.uri().query().unwrap_or("")).await
+        }
         (Route::Disconnect, Method::POST) => disconnect(node, request.into_body()).await,
         (Route::Publish | Route::Disconnect, _) => Err(ApiError::method_not_allowed(Method::POST)),
-        (Route::Presence(_), _) => Err(ApiError::method_not_allowed(Method::GET)),
+        (Route::Presence(_) | Route::History(_), _) => {
+            Err(ApiError::method_not_allowed(Method::GET))
+        }
         (Route::Unknown, _) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -272,17 +289,27 @@ async fn publish(node: &Node, body: Incoming) -> Result<Value, ApiError> {
             "data is nested deeper than {MAX_DATA_DEPTH} levels"
         )));
     }
-    let frame = ServerFrame::Message {
-        channel: channel.as_str(),
-        data,
-    }
-    .encode();
-    match node
-        .broker
-        .publish(channel.as_str(), Utf8Bytes::from(frame))
-        .await
-    {
-        Ok(()) => Ok(json!({ "ok": true })),
+    let policy = node.config.namespace(channel.namespace()).history();
+    let published = if policy.enabled() {
+        let message = MessageParts::new(channel.as_str(), data);
+        node.broker
+            .publish_stored(channel.as_str(), &message, policy)
+            .await
+            .map(|p| json!({ "ok": true, "offset": p.offset, "epoch": p.epoch }))
+    } else {
+        let frame = ServerFrame::Message {
+            channel: channel.as_str(),
+            offset: None,
+            data,
+        }
+        .encode();
+        node.broker
+            .publish(channel.as_str(), Utf8Bytes::from(frame))
+            .await
+            .map(|()| json!({ "ok": true }))
+    };
+    match published {
+        Ok(result) => Ok(result),
         Err(error) => {
             tracing::warn!(message = "server API publish failed", channel = %channel, %error);
             Err(ApiError::unavailable(
@@ -294,11 +321,7 @@ async fn publish(node: &Node, body: Incoming) -> Result<Value, ApiError> {
 
 /// `GET /api/presence/{channel}`; the channel may be percent-encoded.
 async fn presence(node: &Node, encoded: &str) -> Result<Value, ApiError> {
-    let name = percent_decode(encoded).ok_or_else(|| {
-        ApiError::bad_request("channel in the path is not valid percent-encoding")
-    })?;
-    let channel = ChannelName::parse(&name)
-        .map_err(|e| ApiError::bad_request(format!("invalid channel: {e}")))?;
+    let channel = path_channel(encoded)?;
     if !node.config.namespace(channel.namespace()).presence {
         return Err(ApiError::bad_request(format!(
             "presence is disabled for namespace {:?}",
@@ -312,6 +335,79 @@ async fn presence(node: &Node, encoded: &str) -> Result<Value, ApiError> {
             Err(ApiError::unavailable("presence unavailable"))
         }
     }
+}
+
+/// `GET /api/history/{channel}?limit=N&since=OFFSET&epoch=EPOCH`: the newest
+/// `limit` messages (default 100, at most 1000), or those after
+/// `{since, epoch}` (both or neither).
+async fn history(node: &Node, encoded: &str, query: &str) -> Result<Value, ApiError> {
+    let channel = path_channel(encoded)?;
+    if !node
+        .config
+        .namespace(channel.namespace())
+        .history()
+        .enabled()
+    {
+        let (_, message) = session::history_disabled(&channel);
+        return Err(ApiError::bad_request(message));
+    }
+    let (mut limit, mut offset, mut epoch) = (None, None, None);
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match key.as_ref() {
+            "limit" => {
+                limit = Some(
+                    value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=MAX_HISTORY_LIMIT).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::bad_request(format!(
+                                "limit must be a whole number from 1 to {MAX_HISTORY_LIMIT}"
+                            ))
+                        })?,
+                )
+            }
+            "since" => {
+                offset = Some(value.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request("since must be a non-negative integer (an offset)")
+                })?)
+            }
+            "epoch" => {
+                if !valid_epoch(&value) {
+                    return Err(ApiError::bad_request(format!(
+                        "epoch must be 1 to {MAX_EPOCH_LEN} letters, digits, '-' or '_'"
+                    )));
+                }
+                epoch = Some(value.into_owned())
+            }
+            _ => {}
+        }
+    }
+    let since = match (offset, epoch) {
+        (Some(offset), Some(epoch)) => Some(Position { offset, epoch }),
+        (None, None) => None,
+        _ => return Err(ApiError::bad_request("since and epoch go together")),
+    };
+    let query = HistoryQuery {
+        since,
+        limit: limit.unwrap_or(DEFAULT_HISTORY_LIMIT),
+    };
+    let policy = node.config.namespace(channel.namespace()).history();
+    let page = node.broker.history(channel.as_str(), policy, &query).await;
+    node.metrics.history_read("api", page.is_ok());
+    let page = page.map_err(|error| {
+        tracing::warn!(message = "server API history read failed", channel = %channel, %error);
+        ApiError::unavailable("history unavailable")
+    })?;
+    session::history_result(&query, page).map_err(|(_, message)| ApiError::bad_request(message))
+}
+
+/// A channel named in the path, percent-decoded and validated.
+fn path_channel(encoded: &str) -> Result<ChannelName, ApiError> {
+    let name = percent_decode(encoded).ok_or_else(|| {
+        ApiError::bad_request("channel in the path is not valid percent-encoding")
+    })?;
+    ChannelName::parse(&name).map_err(|e| ApiError::bad_request(format!("invalid channel: {e}")))
 }
 
 /// `POST /api/disconnect` `{"user": "..."}`: closes every connection of the
@@ -452,6 +548,7 @@ mod tests {
         );
         assert_eq!(Route::of("/api/presence/"), Route::Presence(""));
         assert_eq!(Route::of("/api/presence"), Route::Unknown);
+        assert_eq!(Route::of("/api/history/chat:a"), Route::History("chat:a"));
         assert_eq!(Route::of("/api/publish/"), Route::Unknown);
     }
 

@@ -3,17 +3,24 @@
 //! subscription per channel per node, refcounted by the hub) and hands
 //! received frames to the hub.
 //!
+//! Messages of channels with history go through [`Broker::publish_stored`]:
+//! the broker assigns the next offset, stores the frame and publishes it as
+//! one step, so an acknowledgement means stored and published, and every
+//! node relays a channel's messages in offset order. [`Broker::history`]
+//! reads what is stored (recovery, `history`, the node's own gap repair).
+//!
 //! [`MemoryBroker`] serves a single node; the Redis broker (cluster mode)
 //! implements the same trait.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use switchboard_protocol::close;
+use switchboard_protocol::{close, MessageParts, Position};
 use thiserror::Error;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::hub::Hub;
+use crate::history::{HistoryPage, HistoryPolicy, HistoryQuery, MemoryHistory};
+use crate::hub::{Delivery, Hub};
 
 /// A broker operation that failed; the frame was not published.
 #[derive(Debug, Clone, Error)]
@@ -31,8 +38,29 @@ pub enum Health {
 
 #[async_trait]
 pub trait Broker: Send + Sync {
-    /// Publishes an encoded frame to every subscriber of `channel` on every node.
+    /// Publishes an encoded frame to every subscriber of `channel` on every
+    /// node, outside history (join/leave events, channels without history).
     async fn publish(&self, channel: &str, frame: Utf8Bytes) -> Result<(), BrokerError>;
+    /// Stores a message in the channel's history under the next offset and
+    /// publishes it, as one step; returns its position.
+    async fn publish_stored(
+        &self,
+        channel: &str,
+        message: &MessageParts,
+        policy: HistoryPolicy,
+    ) -> Result<Position, BrokerError>;
+    /// Reads the channel's history. A channel never published gets its
+    /// stream (and epoch) now, so a client may resume from offset 0.
+    async fn history(
+        &self,
+        channel: &str,
+        policy: HistoryPolicy,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, BrokerError>;
+    /// A session of this node read `channel` at `position` after subscribing:
+    /// every later message must reach it (the cluster broker tracks this to
+    /// repair gaps in its feed).
+    fn holding(&self, _channel: &str, _position: &Position) {}
     /// Starts receiving `channel` on this node (its first local subscriber).
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError>;
     /// Stops receiving `channel` on this node (its last local subscriber left).
@@ -45,15 +73,20 @@ pub trait Broker: Send + Sync {
     fn kind(&self) -> &'static str;
 }
 
-/// The single-node broker: publishing is delivering to the local hub.
+/// The single-node broker: publishing is delivering to the local hub, and
+/// history is a ring per channel in memory.
 #[derive(Debug)]
 pub struct MemoryBroker {
     hub: Arc<Hub>,
+    history: MemoryHistory,
 }
 
 impl MemoryBroker {
     pub fn new(hub: Arc<Hub>) -> MemoryBroker {
-        MemoryBroker { hub }
+        MemoryBroker {
+            hub,
+            history: MemoryHistory::default(),
+        }
     }
 }
 
@@ -61,8 +94,37 @@ impl MemoryBroker {
 impl Broker for MemoryBroker {
     async fn publish(&self, channel: &str, frame: Utf8Bytes) -> Result<(), BrokerError> {
         self.hub.metrics().published(channel, frame.len());
-        self.hub.deliver(channel, &frame);
+        self.hub.deliver(&Delivery::plain(channel, frame));
         Ok(())
+    }
+
+    async fn publish_stored(
+        &self,
+        channel: &str,
+        message: &MessageParts,
+        policy: HistoryPolicy,
+    ) -> Result<Position, BrokerError> {
+        let hub = &self.hub;
+        let position = self.history.append(
+            channel,
+            policy,
+            |offset| message.with_offset(offset),
+            |offset, epoch, frame| {
+                hub.metrics().published(channel, frame.len());
+                hub.deliver(&Delivery::at(channel, offset, epoch, frame.clone()));
+            },
+        );
+        hub.metrics().history_appended();
+        Ok(position)
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        policy: HistoryPolicy,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, BrokerError> {
+        Ok(self.history.read(channel, policy, query))
     }
 
     async fn subscribe(&self, _channel: &str) -> Result<(), BrokerError> {

@@ -14,6 +14,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::history::{
+    HistoryPolicy, DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL, HISTORY_META_TTL, MAX_HISTORY_SIZE,
+};
 use crate::limits::TrustedProxies;
 use crate::origin::AllowedOrigins;
 
@@ -104,10 +107,25 @@ pub struct NamespaceConfig {
     /// Subscribers get `join`/`leave` frames (needs `presence`).
     #[serde(default)]
     pub join_leave: bool,
+    /// Messages kept per channel for recovery and `history`; 0 turns
+    /// history (and offsets) off.
+    #[serde(default = "default_history_size")]
+    pub history_size: usize,
+    /// How long a channel's messages are kept after its last publish.
+    #[serde(default = "default_history_ttl", with = "humantime_serde")]
+    pub history_ttl: Duration,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn default_history_size() -> usize {
+    DEFAULT_HISTORY_SIZE
+}
+
+fn default_history_ttl() -> Duration {
+    DEFAULT_HISTORY_TTL
 }
 
 impl Default for NamespaceConfig {
@@ -115,6 +133,18 @@ impl Default for NamespaceConfig {
         NamespaceConfig {
             presence: true,
             join_leave: false,
+            history_size: DEFAULT_HISTORY_SIZE,
+            history_ttl: DEFAULT_HISTORY_TTL,
+        }
+    }
+}
+
+impl NamespaceConfig {
+    /// The namespace's history settings.
+    pub fn history(&self) -> HistoryPolicy {
+        HistoryPolicy {
+            size: self.history_size,
+            ttl: self.history_ttl,
         }
     }
 }
@@ -667,6 +697,27 @@ impl Config {
                     "join_leave needs presence = true",
                 ));
             }
+            if ns.history_size > MAX_HISTORY_SIZE {
+                return Err(ConfigError::new(
+                    format!("namespaces.{name}.history_size"),
+                    format!(
+                        "{} is outside 0..={MAX_HISTORY_SIZE} (0 turns history off)",
+                        ns.history_size
+                    ),
+                ));
+            }
+            let (min, max) = (Duration::from_secs(1), HISTORY_META_TTL);
+            if ns.history_ttl < min || ns.history_ttl > max {
+                return Err(ConfigError::new(
+                    format!("namespaces.{name}.history_ttl"),
+                    format!(
+                        "{} is outside {}..={}",
+                        humantime::format_duration(ns.history_ttl),
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                ));
+            }
         }
 
         Ok(Config {
@@ -732,6 +783,11 @@ mod tests {
             ping_interval = "2s"
             [namespaces.chat]
             join_leave = true
+            [namespaces.quiet]
+            history_size = 0
+            [namespaces.feed]
+            history_size = 500
+            history_ttl = "10m"
         "#;
         let mut e = base();
         e.insert("SWITCHBOARD_MAX_CONNECTIONS".into(), "7".into());
@@ -745,11 +801,27 @@ mod tests {
         assert_eq!(
             config.namespace("chat"),
             NamespaceConfig {
-                presence: true,
-                join_leave: true
+                join_leave: true,
+                ..NamespaceConfig::default()
             }
         );
         assert_eq!(config.namespace("other"), NamespaceConfig::default());
+        assert_eq!(
+            config.namespace("other").history(),
+            HistoryPolicy {
+                size: 100,
+                ttl: Duration::from_secs(120)
+            },
+            "history is on by default"
+        );
+        assert!(!config.namespace("quiet").history().enabled());
+        assert_eq!(
+            config.namespace("feed").history(),
+            HistoryPolicy {
+                size: 500,
+                ttl: Duration::from_secs(600)
+            }
+        );
     }
 
     #[test]
@@ -827,6 +899,23 @@ mod tests {
             )
             .key,
             "namespaces.chat.join_leave"
+        );
+        let e = error("[namespaces.chat]\nhistory_size = 10001", &[]);
+        assert_eq!(
+            (e.key.as_str(), e.message.as_str()),
+            (
+                "namespaces.chat.history_size",
+                "10001 is outside 0..=10000 (0 turns history off)"
+            )
+        );
+        let e = error("[namespaces.chat]\nhistory_ttl = \"0s\"", &[]);
+        assert_eq!(
+            (e.key.as_str(), e.message.as_str()),
+            ("namespaces.chat.history_ttl", "0s is outside 1s..=1day")
+        );
+        assert_eq!(
+            error("[namespaces.chat]\nhistory_ttl = \"soon\"", &[]).key,
+            "--config"
         );
         assert_eq!(
             error("", &[("SWITCHBOARD_METRICS_LISTEN", "metrics")]).key,

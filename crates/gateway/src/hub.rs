@@ -20,11 +20,41 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::metrics::Metrics;
 
+/// One frame for every local subscriber of a channel, shared by all of them.
+#[derive(Debug)]
+pub struct Delivery {
+    pub channel: Box<str>,
+    /// `(offset, epoch)` of a history message or of a `reset` frame: what
+    /// lets a session drop what it already sent while resuming.
+    pub position: Option<(u64, Arc<str>)>,
+    pub frame: Utf8Bytes,
+}
+
+impl Delivery {
+    /// A frame outside history (join, leave, a channel without history).
+    pub fn plain(channel: &str, frame: Utf8Bytes) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            channel: channel.into(),
+            position: None,
+            frame,
+        })
+    }
+
+    /// A frame at `offset` of the stream `epoch`.
+    pub fn at(channel: &str, offset: u64, epoch: &Arc<str>, frame: Utf8Bytes) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            channel: channel.into(),
+            position: Some((offset, Arc::clone(epoch))),
+            frame,
+        })
+    }
+}
+
 /// What the hub (or the server API) hands a session to write.
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    /// A text frame, shared with every other recipient.
-    Frame(Utf8Bytes),
+    /// A frame shared with every other recipient.
+    Frame(Arc<Delivery>),
     /// Close the connection with this code and reason.
     Close(u16, &'static str),
 }
@@ -37,7 +67,7 @@ impl Outbound {
     /// Bytes charged to a queue while this item waits in it.
     pub fn cost(&self) -> usize {
         match self {
-            Outbound::Frame(frame) => frame.len() + QUEUE_ENTRY_OVERHEAD,
+            Outbound::Frame(delivery) => delivery.frame.len() + QUEUE_ENTRY_OVERHEAD,
             Outbound::Close(..) => 0,
         }
     }
@@ -90,9 +120,11 @@ impl SessionHandle {
     }
 
     /// The session took a frame off its queue.
-    pub fn taken(&self, frame: &Utf8Bytes) {
-        self.queued
-            .fetch_sub(frame.len() + QUEUE_ENTRY_OVERHEAD, Ordering::Relaxed);
+    pub fn taken(&self, delivery: &Delivery) {
+        self.queued.fetch_sub(
+            delivery.frame.len() + QUEUE_ENTRY_OVERHEAD,
+            Ordering::Relaxed,
+        );
     }
 
     /// Bytes waiting in the queue.
@@ -187,14 +219,15 @@ impl Hub {
         false
     }
 
-    /// Queues one frame to every local subscriber of a channel.
-    pub fn deliver(&self, channel: &str, frame: &Utf8Bytes) -> Fanout {
+    /// Queues one frame to every local subscriber of its channel.
+    pub fn deliver(&self, delivery: &Arc<Delivery>) -> Fanout {
         let timer = self.metrics.fanout();
+        let channel = &*delivery.channel;
         let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
         let mut fanout = Fanout::default();
         if let Some(subscribers) = channels.get(channel) {
             for session in subscribers.values() {
-                if session.offer(Outbound::Frame(frame.clone())) {
+                if session.offer(Outbound::Frame(Arc::clone(delivery))) {
                     timer.queued();
                     fanout.delivered += 1;
                 } else {
@@ -206,7 +239,12 @@ impl Hub {
             self.dropped
                 .fetch_add(fanout.dropped as u64, Ordering::Relaxed);
         }
-        timer.finish(channel, frame.len(), fanout.delivered, fanout.dropped);
+        timer.finish(
+            channel,
+            delivery.frame.len(),
+            fanout.delivered,
+            fanout.dropped,
+        );
         fanout
     }
 
@@ -313,21 +351,21 @@ mod tests {
     #[test]
     fn fanout_shares_bytes_and_drops_for_full_queues_only() {
         let hub = Hub::new();
-        let frame = Utf8Bytes::from_static("{\"type\":\"message\"}");
-        let one = frame.len() + QUEUE_ENTRY_OVERHEAD;
+        let frame = Delivery::plain("c", Utf8Bytes::from_static("{\"type\":\"message\"}"));
+        let one = frame.frame.len() + QUEUE_ENTRY_OVERHEAD;
         let (fast, mut fast_rx) = session(1, 8 * one);
         let (slow, _slow_rx) = session(2, one);
         hub.subscribe("c", &fast);
         hub.subscribe("c", &slow);
         assert_eq!(
-            hub.deliver("c", &frame),
+            hub.deliver(&frame),
             Fanout {
                 delivered: 2,
                 dropped: 0
             }
         );
         assert_eq!(
-            hub.deliver("c", &frame),
+            hub.deliver(&frame),
             Fanout {
                 delivered: 1,
                 dropped: 1
@@ -339,9 +377,9 @@ mod tests {
         assert_eq!(fast.queued_bytes(), 2 * one);
         for _ in 0..2 {
             match fast_rx.try_recv() {
-                Ok(Outbound::Frame(bytes)) => {
-                    fast.taken(&bytes);
-                    assert_eq!(bytes.as_str().as_ptr(), frame.as_str().as_ptr())
+                Ok(Outbound::Frame(delivery)) => {
+                    fast.taken(&delivery);
+                    assert!(Arc::ptr_eq(&delivery, &frame))
                 }
                 other => panic!("unexpected {other:?}"),
             }
@@ -349,8 +387,9 @@ mod tests {
         assert_eq!(fast.queued_bytes(), 0);
         // Once slow, a session gets nothing more but a close still reaches it.
         slow.close(1013, "slow");
-        assert_eq!(hub.deliver("c", &frame).dropped, 1);
-        assert_eq!(hub.deliver("nobody", &frame), Fanout::default());
+        assert_eq!(hub.deliver(&frame).dropped, 1);
+        let elsewhere = Delivery::plain("nobody", frame.frame.clone());
+        assert_eq!(hub.deliver(&elsewhere), Fanout::default());
     }
 
     #[test]
@@ -361,8 +400,8 @@ mod tests {
         let user: Arc<str> = Arc::from("u");
         hub.register(&user, &a);
         hub.register(&user, &b);
-        let frame = Utf8Bytes::from("x".repeat(100));
-        let cost = frame.len() + QUEUE_ENTRY_OVERHEAD;
+        let frame = Delivery::plain("c", Utf8Bytes::from("x".repeat(100)));
+        let cost = frame.frame.len() + QUEUE_ENTRY_OVERHEAD;
         assert!(a.offer(Outbound::Frame(frame.clone())));
         assert!(a.offer(Outbound::Frame(frame.clone())));
         assert!(b.offer(Outbound::Frame(frame.clone())));
@@ -382,7 +421,7 @@ mod tests {
     #[test]
     fn a_byte_bound_holds_whatever_the_frame_size() {
         let (handle, _rx) = session(1, 10_000);
-        let big = Utf8Bytes::from("x".repeat(6_000));
+        let big = Delivery::plain("c", Utf8Bytes::from("x".repeat(6_000)));
         assert!(handle.offer(Outbound::Frame(big.clone())));
         assert!(!handle.offer(Outbound::Frame(big)), "12 KB > 10 KB");
         assert!(handle.is_slow());

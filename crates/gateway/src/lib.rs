@@ -4,14 +4,16 @@
 //! Map: `config` (file + environment), `server` (HTTP routes and the accept
 //! loop), `handshake` (refusals before the upgrade), `auth` (JWT), `origin`, `limits` (admission limits),
 //! `session` (one task per WebSocket), `hub` (local fan-out), `broker`
-//! (cross-node delivery), `presence`, `node` (shared state), `metrics`
-//! (Prometheus), `response`.
+//! (cross-node delivery), `history` (offsets, recovery, gap detection; its
+//! Redis keys and scripts in `redis_history`), `presence`, `node` (shared
+//! state), `metrics` (Prometheus), `response`.
 
 pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod handshake;
+pub mod history;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
@@ -19,6 +21,7 @@ pub mod node;
 pub mod origin;
 pub mod presence;
 pub mod redis_broker;
+pub mod redis_history;
 pub mod redis_presence;
 pub mod response;
 pub mod server;

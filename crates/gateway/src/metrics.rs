@@ -175,12 +175,13 @@ impl RedisLink {
 
 /// The command label values: the protocol's command types, and `invalid`
 /// for frames that do not decode (which is never `ok`).
-const COMMANDS: [&str; 7] = [
+const COMMANDS: [&str; 8] = [
     "subscribe",
     "unsubscribe",
     "publish",
     "presence",
     "refresh",
+    "history",
     "ping",
     "invalid",
 ];
@@ -270,6 +271,13 @@ pub struct Metrics {
     redis_publish_duration: Histogram,
     redis_publish_errors: IntCounter,
     redis_reconnects: IntCounter,
+    history_appends: IntCounter,
+    history_reads: IntCounterVec,
+    recoveries: IntCounterVec,
+    replayed: IntCounterVec,
+    gaps_repaired: IntCounter,
+    stream_resets: IntCounter,
+    relay_duplicates: IntCounter,
     redis_connected: IntGaugeVec,
     presence_ops: IntCounterVec,
     presence_duration: HistogramVec,
@@ -538,6 +546,44 @@ impl Metrics {
                 "switchboard_redis_pubsub_reconnects_total",
                 "Times the Pub/Sub connection was re-established after it was lost.",
             ),
+            history_appends: counter(
+                r,
+                "switchboard_history_appends_total",
+                "Messages this node stored in a channel's history (each with its offset) and published.",
+            ),
+            history_reads: counter_vec(
+                r,
+                "switchboard_history_reads_total",
+                "History reads by reason (subscribe, history, api, repair) and result (ok or error).",
+                &["reason", "result"],
+            ),
+            recoveries: counter_vec(
+                r,
+                "switchboard_recoveries_total",
+                "Subscribes with since, by outcome: recovered (every missed message replayed) or not_recovered (the client was told to reload).",
+                &["outcome"],
+            ),
+            replayed: counter_vec(
+                r,
+                "switchboard_messages_replayed_total",
+                "Messages delivered from history instead of Pub/Sub: by session (a client's recovery) or node (gap repair, per node, before fan-out).",
+                &["by"],
+            ),
+            gaps_repaired: counter(
+                r,
+                "switchboard_gaps_repaired_total",
+                "Gaps in this node's Pub/Sub feed (a skipped offset, or a reconnect) filled from history.",
+            ),
+            stream_resets: counter(
+                r,
+                "switchboard_stream_resets_total",
+                "Times this node told a channel's subscribers with a reset frame that messages may be lost (epoch changed, or a gap history could not fill).",
+            ),
+            relay_duplicates: counter(
+                r,
+                "switchboard_relay_duplicates_total",
+                "Pub/Sub messages dropped because a gap repair had already delivered them.",
+            ),
             redis_connected: gauge_vec(
                 r,
                 "switchboard_redis_connected",
@@ -734,6 +780,52 @@ impl Metrics {
     /// The Pub/Sub connection came back after being lost.
     pub fn redis_reconnected(&self) {
         self.redis_reconnects.inc();
+    }
+
+    // History and recovery.
+
+    /// A message was stored in history and published.
+    pub fn history_appended(&self) {
+        self.history_appends.inc();
+    }
+
+    /// A history read for `reason` (subscribe, history, api, repair) succeeded or not.
+    pub fn history_read(&self, reason: &'static str, ok: bool) {
+        self.history_reads
+            .with_label_values(&[reason, if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// A subscribe with `since` recovered or not.
+    pub fn recovery(&self, recovered: bool) {
+        let outcome = if recovered {
+            "recovered"
+        } else {
+            "not_recovered"
+        };
+        self.recoveries.with_label_values(&[outcome]).inc();
+    }
+
+    /// `count` messages were delivered from history, `by` a session or the node.
+    pub fn replayed(&self, by: &'static str, count: usize) {
+        if count > 0 {
+            self.replayed.with_label_values(&[by]).inc_by(count as u64);
+        }
+    }
+
+    /// A gap in the Pub/Sub feed was filled from history.
+    pub fn gap_repaired(&self) {
+        self.gaps_repaired.inc();
+    }
+
+    /// Subscribers of a channel were sent a reset frame.
+    pub fn stream_reset(&self) {
+        self.stream_resets.inc();
+    }
+
+    /// A Pub/Sub message was already delivered by a repair.
+    pub fn relay_duplicate(&self) {
+        self.relay_duplicates.inc();
     }
 
     /// Sets whether a Redis link works.

@@ -10,6 +10,16 @@
 //! When the Pub/Sub connection drops, the node turns not-ready, reconnects
 //! with backoff and resubscribes every channel the hub still needs; local
 //! clients stay connected meanwhile.
+//!
+//! Gap repair: messages of channels with history arrive as
+//! `<offset>:<epoch>:<frame>` (see `redis_history`). The node remembers the
+//! last offset it relayed per channel ([`Tracker`]); when Pub/Sub hands it a
+//! later offset than the next one, or the link comes back after a drop, it
+//! reads the missing range from history and delivers it, in order, before
+//! anything newer, so local subscribers never see the gap. When history
+//! cannot fill it (the epoch changed: Redis lost its data), the channel's
+//! local subscribers get a `reset` frame with the new position instead of a
+//! silent loss.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,9 +34,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
+use switchboard_protocol::{MessageParts, Position, ServerFrame};
+
 use crate::broker::{Broker, BrokerError, Health};
-use crate::hub::Hub;
+use crate::history::{HistoryPage, HistoryPolicy, HistoryQuery, Relay, Tracker, MAX_HISTORY_SIZE};
+use crate::hub::{Delivery, Hub};
 use crate::metrics::{Metrics, RedisLink};
+use crate::redis_history::{self, Payload};
 
 /// The Pub/Sub channel carrying a Switchboard channel's frames.
 pub const CHANNEL_PREFIX: &str = "sb:ch:";
@@ -169,6 +183,7 @@ pub struct RedisBroker {
     hub: Arc<Hub>,
     health: Arc<RedisHealth>,
     ops: mpsc::UnboundedSender<SubscriptionOp>,
+    tracker: Arc<Mutex<Tracker>>,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -188,10 +203,13 @@ impl RedisBroker {
     ) -> Result<RedisBroker, String> {
         let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
         let (ops, rx) = mpsc::unbounded_channel();
+        let tracker = Arc::new(Mutex::new(Tracker::default()));
         let subscriber = Subscriber {
             client,
+            pool: pool.clone(),
             hub: Arc::clone(&hub),
             health: Arc::clone(&health),
+            tracker: Arc::clone(&tracker),
         };
         tokio::spawn(subscriber.run(rx, shutdown));
         Ok(RedisBroker {
@@ -199,6 +217,7 @@ impl RedisBroker {
             hub,
             health,
             ops,
+            tracker,
         })
     }
 }
@@ -221,6 +240,46 @@ impl Broker for RedisBroker {
             self.health.record_error(&error);
             BrokerError::Unavailable(error)
         })
+    }
+
+    async fn publish_stored(
+        &self,
+        channel: &str,
+        message: &MessageParts,
+        policy: HistoryPolicy,
+    ) -> Result<Position, BrokerError> {
+        let started = std::time::Instant::now();
+        let stored = redis_history::append(&self.pool, channel, message, policy).await;
+        let metrics = self.hub.metrics();
+        metrics.redis_published(started.elapsed(), stored.is_ok());
+        match stored {
+            Ok(position) => {
+                metrics.history_appended();
+                metrics.published(channel, message.frame_len(position.offset));
+                Ok(position)
+            }
+            Err(error) => {
+                self.health.record_error(&error);
+                Err(BrokerError::Unavailable(error))
+            }
+        }
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        _policy: HistoryPolicy,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, BrokerError> {
+        redis_history::read(&self.pool, channel, query)
+            .await
+            .map_err(BrokerError::Unavailable)
+    }
+
+    fn holding(&self, channel: &str, position: &Position) {
+        if self.hub.has_subscribers(channel) {
+            lock(&self.tracker).seed(channel, position);
+        }
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
@@ -261,11 +320,18 @@ impl Broker for RedisBroker {
     }
 }
 
+fn lock(tracker: &Mutex<Tracker>) -> std::sync::MutexGuard<'_, Tracker> {
+    tracker.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The task that owns the node's Pub/Sub connection.
 struct Subscriber {
     client: redis::Client,
+    /// For gap repair reads.
+    pool: Pool,
     hub: Arc<Hub>,
     health: Arc<RedisHealth>,
+    tracker: Arc<Mutex<Tracker>>,
 }
 
 impl Subscriber {
@@ -292,6 +358,10 @@ impl Subscriber {
                         message = "redis pub/sub connected",
                         channels = self.hub.channel_count()
                     );
+                    // Messages published while the link was down are in
+                    // history; they go out before anything newer (the
+                    // stream buffers what arrives meanwhile).
+                    self.repair_all().await;
                     let error = self.serve(sink, stream, &mut ops, &shutdown).await;
                     self.health.set_pubsub(false);
                     // A connection that held for a while earns a quick retry;
@@ -368,7 +438,7 @@ impl Subscriber {
             tokio::select! {
                 () = shutdown.cancelled() => return None,
                 message = stream.next() => match message {
-                    Some(message) => self.on_message(&message),
+                    Some(message) => self.on_message(&message).await,
                     None => return Some("pub/sub connection closed".into()),
                 },
                 op = ops.recv() => match op {
@@ -394,6 +464,7 @@ impl Subscriber {
                         // Decided now, not when asked: a subscriber may have
                         // arrived since, and then the subscription stays.
                         if !self.hub.has_subscribers(&channel) {
+                            lock(&self.tracker).forget(&channel);
                             let key = format!("{CHANNEL_PREFIX}{channel}");
                             match tokio::time::timeout(REDIS_TIMEOUT, sink.unsubscribe(&key)).await {
                                 Ok(Ok(())) => {}
@@ -414,15 +485,21 @@ impl Subscriber {
         }
     }
 
-    fn on_message(&self, message: &redis::Msg) {
+    async fn on_message(&self, message: &redis::Msg) {
         let name = message.get_channel_name();
         let payload = message.get_payload_bytes();
         if let Some(channel) = name.strip_prefix(CHANNEL_PREFIX) {
-            match std::str::from_utf8(payload) {
-                Ok(text) => {
-                    self.hub.deliver(channel, &Utf8Bytes::from(text));
+            match redis_history::parse_payload(payload) {
+                Some(Payload::Plain(text)) => {
+                    self.hub
+                        .deliver(&Delivery::plain(channel, Utf8Bytes::from(text)));
                 }
-                Err(_) => tracing::warn!(message = "dropped a non-UTF-8 frame from redis", channel),
+                Some(Payload::Stored {
+                    offset,
+                    epoch,
+                    frame,
+                }) => self.relay(channel, offset, epoch, frame).await,
+                None => tracing::warn!(message = "dropped a malformed payload from redis", channel),
             }
         } else if name == CONTROL_CHANNEL {
             match serde_json::from_slice::<Control>(payload) {
@@ -435,6 +512,121 @@ impl Subscriber {
                     tracing::info!(message = "disconnect by server API", closed);
                 }
                 Err(error) => tracing::warn!(message = "unknown control message", %error),
+            }
+        }
+    }
+
+    /// Delivers a stored message in offset order, repairing a gap first.
+    async fn relay(&self, channel: &str, offset: u64, epoch: &str, frame: &str) {
+        let relay = lock(&self.tracker).check(channel, offset, epoch);
+        match relay {
+            Relay::Next => {}
+            Relay::Duplicate => {
+                self.hub.metrics().relay_duplicate();
+                return;
+            }
+            Relay::Gap { .. } | Relay::NewEpoch => {
+                if self.repair(channel).await.is_err() {
+                    // History is out of reach: say so, then go on from here.
+                    self.reset(channel, offset.saturating_sub(1), epoch);
+                }
+                if lock(&self.tracker).check(channel, offset, epoch) != Relay::Next {
+                    // The repair delivered it (it was stored before published).
+                    self.hub.metrics().relay_duplicate();
+                    return;
+                }
+            }
+        }
+        let epoch = lock(&self.tracker).advance(channel, offset, epoch);
+        self.hub.deliver(&Delivery::at(
+            channel,
+            offset,
+            &epoch,
+            Utf8Bytes::from(frame),
+        ));
+    }
+
+    /// Delivers what history holds after the last position relayed for
+    /// `channel`. When that does not continue the stream (a new epoch, or
+    /// messages trimmed or expired before they could be read), the channel's
+    /// subscribers get a `reset` first. Errs when history cannot be read.
+    async fn repair(&self, channel: &str) -> Result<(), ()> {
+        let Some(known) = lock(&self.tracker).position(channel) else {
+            return Ok(());
+        };
+        let query = HistoryQuery {
+            since: Some(known.clone()),
+            limit: MAX_HISTORY_SIZE,
+        };
+        let metrics = self.hub.metrics();
+        let page = match redis_history::read(&self.pool, channel, &query).await {
+            Ok(page) => page,
+            Err(error) => {
+                metrics.history_read("repair", false);
+                tracing::warn!(message = "gap repair failed", channel, %error);
+                return Err(());
+            }
+        };
+        metrics.history_read("repair", true);
+        if page.continues(&known) {
+            if !page.messages.is_empty() {
+                metrics.gap_repaired();
+            }
+        } else {
+            let base = page
+                .messages
+                .first()
+                .map_or(page.top.offset, |(offset, _)| offset - 1);
+            tracing::warn!(
+                message = "messages lost from history; subscribers told to reload",
+                channel,
+                known_offset = known.offset,
+                known_epoch = %known.epoch,
+                epoch = %page.top.epoch,
+                offset = base
+            );
+            self.reset(channel, base, &page.top.epoch);
+        }
+        metrics.replayed("node", page.messages.len());
+        for (offset, frame) in page.messages {
+            let epoch = lock(&self.tracker).advance(channel, offset, &page.top.epoch);
+            self.hub
+                .deliver(&Delivery::at(channel, offset, &epoch, frame));
+        }
+        Ok(())
+    }
+
+    /// Tells the channel's local subscribers that messages up to `offset` of
+    /// `epoch` may be lost; the stream continues after it.
+    fn reset(&self, channel: &str, offset: u64, epoch: &str) {
+        let frame = ServerFrame::Reset {
+            channel,
+            offset,
+            epoch,
+        }
+        .encode();
+        let epoch = lock(&self.tracker).advance(channel, offset, epoch);
+        self.hub.metrics().stream_reset();
+        self.hub.deliver(&Delivery::at(
+            channel,
+            offset,
+            &epoch,
+            Utf8Bytes::from(frame),
+        ));
+    }
+
+    /// After a reconnect: repairs every channel the node still holds.
+    async fn repair_all(&self) {
+        let positions = lock(&self.tracker).positions();
+        for (channel, _) in positions {
+            if !self.hub.has_subscribers(&channel) {
+                lock(&self.tracker).forget(&channel);
+                continue;
+            }
+            if self.repair(&channel).await.is_err() {
+                // The link is likely down again; the next message or
+                // reconnect retries.
+                return;
             }
         }
     }

@@ -14,6 +14,13 @@
 //! one timer (the nearest of ping, pong deadline and token expiry), its
 //! outbound queue and the socket. Commands run one at a time, so the frames
 //! one connection publishes reach the broker in the order it sent them.
+//!
+//! Recovery: a `subscribe` on a channel with history joins the hub first,
+//! then reads the channel's history, answers with the position it read and
+//! (with `since`) writes the missed messages right after the reply. Live
+//! frames queued meanwhile that the reply's position already covers are
+//! dropped when they come off the queue ([`Resume`]), so the client sees
+//! every message after its `since` exactly once, in order.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -26,7 +33,10 @@ use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{json, Value};
 use switchboard_protocol::frame::decode_command;
-use switchboard_protocol::{close, ChannelName, Command, ErrorCode, ServerFrame};
+use switchboard_protocol::position::MAX_HISTORY_LIMIT;
+use switchboard_protocol::{
+    close, ChannelName, Command, ErrorCode, MessageParts, Position, ServerFrame,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
@@ -38,8 +48,10 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
 use crate::auth::{AuthError, Claims};
+use crate::broker::BrokerError;
 use crate::handshake::Admission;
-use crate::hub::{Outbound, SessionHandle};
+use crate::history::{HistoryPage, HistoryQuery, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_SIZE};
+use crate::hub::{Delivery, Outbound, SessionHandle};
 use crate::metrics::Closed;
 use crate::node::Node;
 use crate::presence::Member;
@@ -102,6 +114,18 @@ impl End {
     }
 }
 
+/// A channel this session just (re)subscribed to with history: live frames
+/// queued before its reply that the reply's position already covers.
+#[derive(Debug)]
+struct Resume {
+    channel: Box<str>,
+    offset: u64,
+    epoch: Box<str>,
+}
+
+/// A command's result, and frames to write right after its reply.
+type Done = (Value, Vec<Utf8Bytes>);
+
 struct Session {
     node: Arc<Node>,
     rate: Rate,
@@ -109,6 +133,8 @@ struct Session {
     connection_id: Arc<str>,
     claims: Claims,
     subscriptions: HashSet<ChannelName>,
+    /// Usually empty; see [`Resume`].
+    resumed: Vec<Resume>,
     expires_at: Instant,
     next_ping: Instant,
     pong_deadline: Option<Instant>,
@@ -148,6 +174,7 @@ where
             pong_deadline: None,
             drain_at: None,
             subscriptions: HashSet::new(),
+            resumed: Vec::new(),
             claims,
             node,
         };
@@ -182,6 +209,10 @@ impl Session {
             connection_id: &self.connection_id,
             node_id: &self.node.config.node_id,
             user: &self.claims.user,
+            expires_in: self
+                .expires_at
+                .saturating_duration_since(Instant::now())
+                .as_secs(),
         }
         .encode();
         let end = match self.write(&mut ws, Message::text(welcome)).await {
@@ -237,9 +268,9 @@ impl Session {
                 }
                 () = &mut timer => self.on_timer(ws).await,
                 item = rx.recv() => match item {
-                    Some(Outbound::Frame(frame)) => {
-                        self.handle.taken(&frame);
-                        self.write_batch(ws, rx, frame).await
+                    Some(Outbound::Frame(delivery)) => {
+                        self.handle.taken(&delivery);
+                        self.write_batch(ws, rx, delivery).await
                     }
                     Some(Outbound::Close(code, reason)) => Err(End::Close(code, reason.into())),
                     None => Err(End::Close(close::INTERNAL, "session queue closed".into())),
@@ -296,24 +327,52 @@ impl Session {
         Ok(())
     }
 
+    /// Whether a queued delivery goes out: false for what a recovery or the
+    /// reply of a subscribe already covered. Costs nothing unless a
+    /// subscribe just happened; an entry lives until the first frame of its
+    /// channel beyond the position it recorded.
+    fn admit(resumed: &mut Vec<Resume>, delivery: &Delivery) -> bool {
+        if resumed.is_empty() {
+            return true;
+        }
+        let Some((offset, epoch)) = &delivery.position else {
+            return true;
+        };
+        let Some(i) = resumed.iter().position(|r| r.channel == delivery.channel) else {
+            return true;
+        };
+        let resume = &resumed[i];
+        if *resume.epoch == **epoch && *offset <= resume.offset {
+            return false;
+        }
+        resumed.swap_remove(i);
+        true
+    }
+
     /// Writes one frame and whatever else is already queued, then flushes once.
     async fn write_batch<S>(
         &mut self,
         ws: &mut WebSocketStream<S>,
         rx: &mut mpsc::UnboundedReceiver<Outbound>,
-        first: Utf8Bytes,
+        first: Arc<Delivery>,
     ) -> Result<(), End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let mut close_after = None;
+        let resumed = &mut self.resumed;
+        let handle = &self.handle;
         let write = async {
-            ws.feed(Message::Text(first)).await?;
+            if Session::admit(resumed, &first) {
+                ws.feed(Message::Text(first.frame.clone())).await?;
+            }
             for _ in 1..WRITE_BATCH {
                 match rx.try_recv() {
-                    Ok(Outbound::Frame(frame)) => {
-                        self.handle.taken(&frame);
-                        ws.feed(Message::Text(frame)).await?
+                    Ok(Outbound::Frame(delivery)) => {
+                        handle.taken(&delivery);
+                        if Session::admit(resumed, &delivery) {
+                            ws.feed(Message::Text(delivery.frame.clone())).await?
+                        }
                     }
                     Ok(Outbound::Close(code, reason)) => {
                         close_after = Some(End::Close(code, reason.into()));
@@ -324,7 +383,7 @@ impl Session {
             }
             ws.flush().await
         };
-        self.bounded_write(write).await?;
+        bounded_write(self.node.config.session.pong_timeout, write).await?;
         if self.handle.is_slow() {
             return Err(End::Close(
                 close::SLOW_CONSUMER,
@@ -338,23 +397,7 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        self.bounded_write(ws.send(message)).await
-    }
-
-    /// A client that cannot take a write within the pong timeout is as dead
-    /// as one that does not answer pings.
-    async fn bounded_write(
-        &self,
-        write: impl std::future::Future<Output = Result<(), WsError>>,
-    ) -> Result<(), End> {
-        match timeout(self.node.config.session.pong_timeout, write).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(End::Gone(ws_error_reason(&error))),
-            Err(_) => Err(End::Close(
-                close::SLOW_CONSUMER,
-                "slow consumer: write timed out".into(),
-            )),
-        }
+        bounded_write(self.node.config.session.pong_timeout, ws.send(message)).await
     }
 
     async fn send_text<S>(&mut self, ws: &mut WebSocketStream<S>, text: String) -> Result<(), End>
@@ -471,30 +514,62 @@ impl Session {
         let id = request.id;
         let kind = request.command.kind();
         let result = match request.command {
-            Command::Subscribe { channel } => self.subscribe(channel).await,
-            Command::Unsubscribe { channel } => self.unsubscribe(&channel).await,
-            Command::Publish { channel, data } => self.publish(&channel, data).await,
-            Command::Presence { channel } => self.presence(&channel).await,
-            Command::Refresh { token } => self.refresh(&token),
-            Command::Ping => Ok(json!({})),
+            Command::Subscribe { channel, since } => self.subscribe(channel, since).await,
+            Command::Unsubscribe { channel } => self.unsubscribe(&channel).await.map(none),
+            Command::Publish { channel, data } => self.publish(&channel, data).await.map(none),
+            Command::Presence { channel } => self.presence(&channel).await.map(none),
+            Command::Refresh { token } => self.refresh(&token).map(none),
+            Command::History {
+                channel,
+                since,
+                limit,
+            } => self.history(&channel, since, limit).await.map(none),
+            Command::Ping => Ok(none(json!({}))),
         };
         self.node
             .metrics
             .command(kind, result.as_ref().err().map(|(code, _)| *code));
-        let frame = match (&result, id) {
-            (Ok(value), Some(id)) => ServerFrame::Reply {
-                id,
-                result: Some(value),
-                error: None,
+        let (frame, replay) = match (result, id) {
+            (Ok((value, replay)), Some(id)) => (
+                Some(
+                    ServerFrame::Reply {
+                        id,
+                        result: Some(&value),
+                        error: None,
+                    }
+                    .encode(),
+                ),
+                replay,
+            ),
+            (Ok((_, replay)), None) => (None, replay),
+            (Err((code, message)), id) => {
+                (Some(ServerFrame::failure(id, code, &message)), Vec::new())
             }
-            .encode(),
-            (Ok(_), None) => return Ok(()),
-            (Err((code, message)), id) => ServerFrame::failure(id, *code, message),
         };
-        self.send_text(ws, frame).await
+        if replay.is_empty() {
+            return match frame {
+                Some(frame) => self.send_text(ws, frame).await,
+                None => Ok(()),
+            };
+        }
+        // The reply, then every replayed message, in one flush.
+        let write = async {
+            if let Some(frame) = frame {
+                ws.feed(Message::text(frame)).await?;
+            }
+            for message in replay {
+                ws.feed(Message::Text(message)).await?;
+            }
+            ws.flush().await
+        };
+        bounded_write(self.node.config.session.pong_timeout, write).await
     }
 
-    async fn subscribe(&mut self, channel: ChannelName) -> Result<Value, (ErrorCode, String)> {
+    async fn subscribe(
+        &mut self,
+        channel: ChannelName,
+        since: Option<Position>,
+    ) -> Result<Done, (ErrorCode, String)> {
         if !self.claims.channels.allows(channel.as_str()) {
             return Err((
                 ErrorCode::Forbidden,
@@ -502,7 +577,7 @@ impl Session {
             ));
         }
         if self.subscriptions.contains(&channel) {
-            return Ok(json!({}));
+            return Ok(none(json!({})));
         }
         let max = self.node.config.session.max_channels;
         if self.subscriptions.len() >= max {
@@ -515,15 +590,31 @@ impl Session {
         if node.hub.subscribe(channel.as_str(), &self.handle) {
             if let Err(error) = node.broker.subscribe(channel.as_str()).await {
                 tracing::warn!(message = "broker subscribe failed", channel = %channel, %error);
-                if node.hub.unsubscribe(channel.as_str(), self.handle.id) {
-                    let _ = node.broker.unsubscribe(channel.as_str()).await;
-                }
+                self.undo_subscribe(&channel).await;
                 return Err((
                     ErrorCode::Internal,
                     "subscription failed: broker unavailable".into(),
                 ));
             }
         }
+        let namespace = node.config.namespace(channel.namespace());
+        // Read after joining the hub and the broker: every message after the
+        // position read here reaches this session, live or from history.
+        let (result, replay) = if namespace.history().enabled() {
+            match self.recover(&channel, since).await {
+                Ok(done) => done,
+                Err(error) => {
+                    self.undo_subscribe(&channel).await;
+                    return Err(error);
+                }
+            }
+        } else {
+            let result = match since {
+                Some(_) => json!({ "recovered": false }),
+                None => json!({}),
+            };
+            (result, Vec::new())
+        };
         let namespace = node.config.namespace(channel.namespace());
         if namespace.presence {
             let member = Member {
@@ -552,11 +643,113 @@ impl Session {
         }
         node.metrics.subscribed(channel.as_str());
         self.subscriptions.insert(channel);
-        Ok(json!({}))
+        Ok((result, replay))
+    }
+
+    /// Leaves the hub (and the broker) after a subscribe that failed midway.
+    async fn undo_subscribe(&mut self, channel: &ChannelName) {
+        let node = &self.node;
+        if node.hub.unsubscribe(channel.as_str(), self.handle.id) {
+            let _ = node.broker.unsubscribe(channel.as_str()).await;
+        }
+        self.resumed.retain(|r| *r.channel != *channel.as_str());
+    }
+
+    /// Reads the channel's position (and, with `since`, what the client
+    /// missed) for a subscribe; records what queued frames to drop.
+    async fn recover(
+        &mut self,
+        channel: &ChannelName,
+        since: Option<Position>,
+    ) -> Result<Done, (ErrorCode, String)> {
+        let query = HistoryQuery {
+            since: since.clone(),
+            limit: MAX_HISTORY_SIZE,
+        };
+        let page = self.read_history(channel, &query, "subscribe").await?;
+        let node = &self.node;
+        node.broker.holding(channel.as_str(), &page.top);
+        let (recovered, replay) = match &since {
+            None => (None, Vec::new()),
+            Some(since) if page.is_beyond_top(since) => {
+                return Err(beyond_top(since, &page));
+            }
+            Some(since) => {
+                let recovered = page.continues(since);
+                node.metrics.recovery(recovered);
+                let replay: Vec<Utf8Bytes> = if recovered {
+                    page.messages.into_iter().map(|(_, frame)| frame).collect()
+                } else {
+                    Vec::new()
+                };
+                node.metrics.replayed("session", replay.len());
+                (Some(recovered), replay)
+            }
+        };
+        self.resumed.retain(|r| *r.channel != *channel.as_str());
+        self.resumed.push(Resume {
+            channel: channel.as_str().into(),
+            offset: page.top.offset,
+            epoch: page.top.epoch.as_str().into(),
+        });
+        let mut result = json!({ "offset": page.top.offset, "epoch": page.top.epoch });
+        if let Some(recovered) = recovered {
+            result["recovered"] = json!(recovered);
+        }
+        Ok((result, replay))
+    }
+
+    async fn read_history(
+        &self,
+        channel: &ChannelName,
+        query: &HistoryQuery,
+        reason: &'static str,
+    ) -> Result<HistoryPage, (ErrorCode, String)> {
+        let node = &self.node;
+        let policy = node.config.namespace(channel.namespace()).history();
+        let page = node.broker.history(channel.as_str(), policy, query).await;
+        node.metrics.history_read(reason, page.is_ok());
+        page.map_err(|BrokerError::Unavailable(error)| {
+            tracing::warn!(message = "history read failed", channel = %channel, %error);
+            (ErrorCode::Internal, "history unavailable".into())
+        })
+    }
+
+    /// The `history` command: stored messages, newest `limit` or after `since`.
+    async fn history(
+        &mut self,
+        channel: &ChannelName,
+        since: Option<Position>,
+        limit: Option<usize>,
+    ) -> Result<Value, (ErrorCode, String)> {
+        if !self.claims.channels.allows(channel.as_str()) {
+            return Err((
+                ErrorCode::Forbidden,
+                format!("token does not grant access to {channel}"),
+            ));
+        }
+        if !self
+            .node
+            .config
+            .namespace(channel.namespace())
+            .history()
+            .enabled()
+        {
+            return Err(history_disabled(channel));
+        }
+        let query = HistoryQuery {
+            since,
+            limit: limit
+                .unwrap_or(DEFAULT_HISTORY_LIMIT)
+                .min(MAX_HISTORY_LIMIT),
+        };
+        let page = self.read_history(channel, &query, "history").await?;
+        history_result(&query, page)
     }
 
     async fn unsubscribe(&mut self, channel: &ChannelName) -> Result<Value, (ErrorCode, String)> {
         if self.subscriptions.remove(channel) {
+            self.resumed.retain(|r| *r.channel != *channel.as_str());
             self.leave(channel).await;
         }
         Ok(json!({}))
@@ -617,18 +810,28 @@ impl Session {
                 format!("token does not grant publishing to {channel}"),
             ));
         }
-        let frame = ServerFrame::Message {
-            channel: channel.as_str(),
-            data,
-        }
-        .encode();
-        match self
-            .node
-            .broker
-            .publish(channel.as_str(), Utf8Bytes::from(frame))
-            .await
-        {
-            Ok(()) => Ok(json!({})),
+        let node = &self.node;
+        let policy = node.config.namespace(channel.namespace()).history();
+        let published = if policy.enabled() {
+            let message = MessageParts::new(channel.as_str(), data);
+            node.broker
+                .publish_stored(channel.as_str(), &message, policy)
+                .await
+                .map(|position| json!({ "offset": position.offset, "epoch": position.epoch }))
+        } else {
+            let frame = ServerFrame::Message {
+                channel: channel.as_str(),
+                offset: None,
+                data,
+            }
+            .encode();
+            node.broker
+                .publish(channel.as_str(), Utf8Bytes::from(frame))
+                .await
+                .map(|()| json!({}))
+        };
+        match published {
+            Ok(result) => Ok(result),
             Err(error) => {
                 tracing::warn!(message = "publish failed", channel = %channel, %error);
                 Err((
@@ -682,6 +885,84 @@ impl Session {
         self.claims = claims;
         Ok(json!({ "expires_in": lifetime.as_secs() }))
     }
+}
+
+/// A result with nothing to write after its reply.
+fn none(value: Value) -> Done {
+    (value, Vec::new())
+}
+
+/// A client that cannot take a write within the pong timeout is as dead as
+/// one that does not answer pings.
+async fn bounded_write(
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<(), WsError>>,
+) -> Result<(), End> {
+    match timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(End::Gone(ws_error_reason(&error))),
+        Err(_) => Err(End::Close(
+            close::SLOW_CONSUMER,
+            "slow consumer: write timed out".into(),
+        )),
+    }
+}
+
+/// The error for a `since` ahead of the channel's stream.
+pub fn beyond_top(since: &Position, page: &HistoryPage) -> (ErrorCode, String) {
+    (
+        ErrorCode::BadRequest,
+        format!(
+            "since.offset {} is beyond the channel's latest offset {}",
+            since.offset, page.top.offset
+        ),
+    )
+}
+
+/// The error for history on a namespace without it.
+pub fn history_disabled(channel: &ChannelName) -> (ErrorCode, String) {
+    (
+        ErrorCode::BadRequest,
+        format!(
+            "history is disabled for namespace {:?}",
+            channel.namespace()
+        ),
+    )
+}
+
+/// The result of a `history` command or `GET /api/history`:
+/// `{offset, epoch, messages, recovered?}`. With `since`, `recovered`
+/// says whether `messages` continue right after it; when not, the
+/// messages are what history still holds.
+pub fn history_result(
+    query: &HistoryQuery,
+    page: HistoryPage,
+) -> Result<Value, (ErrorCode, String)> {
+    let recovered = match &query.since {
+        Some(since) if page.is_beyond_top(since) => return Err(beyond_top(since, &page)),
+        Some(since) => Some(page.continues(since)),
+        None => None,
+    };
+    // Stored frames are the `message` frames subscribers got; a bounded
+    // read (at most MAX_HISTORY_LIMIT) is parsed back to sit in the reply.
+    let messages = page
+        .messages
+        .iter()
+        .map(|(_, frame)| serde_json::from_str::<Value>(frame))
+        .collect::<Result<Vec<Value>, _>>()
+        .map_err(|error| {
+            tracing::warn!(message = "stored frames are not JSON", %error);
+            (ErrorCode::Internal, "history unavailable".to_owned())
+        })?;
+    let mut result = json!({
+        "offset": page.top.offset,
+        "epoch": page.top.epoch,
+        "messages": messages,
+    });
+    if let Some(recovered) = recovered {
+        result["recovered"] = json!(recovered);
+    }
+    Ok(result)
 }
 
 /// A uniformly random moment within the drain window: reconnects spread

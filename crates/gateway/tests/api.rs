@@ -37,6 +37,19 @@ impl Reply {
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
     }
 
+    /// Asserts a 200 publish acknowledgement with the message's offset (the
+    /// channel has history) and an epoch.
+    fn assert_published(&self, offset: u64) {
+        let body = self.json();
+        assert_eq!(self.status, 200, "{}", self.body);
+        assert_eq!(
+            (&body["ok"], &body["offset"]),
+            (&json!(true), &json!(offset)),
+            "{body}"
+        );
+        assert!(body["epoch"].is_string(), "{body}");
+    }
+
     /// Asserts the status and the exact JSON body.
     fn assert(&self, status: u16, body: Value) {
         assert_eq!((self.status, self.json()), (status, body), "{}", self.body);
@@ -158,7 +171,7 @@ async fn publish_reaches_websocket_subscribers_and_no_one_else() {
     let data = json!({ "text": "from the backend", "n": [1, 2.5, null, "x"] });
     let body = json!({ "channel": "chat:lobby", "data": data }).to_string();
     let reply = post(&gateway, "/api/publish", &body).await;
-    reply.assert(200, json!({ "ok": true }));
+    reply.assert_published(1);
     assert_eq!(reply.headers["content-type"], "application/json");
 
     for conn in [&mut a, &mut b] {
@@ -174,7 +187,7 @@ async fn publish_reaches_websocket_subscribers_and_no_one_else() {
         r#"{"channel":"empty","data":"x"}"#,
     )
     .await
-    .assert(200, json!({ "ok": true }));
+    .assert_published(1);
     gateway
         .wait_log(|e| {
             e["message"] == "server API request" && e["route"] == "publish" && e["status"] == 200
@@ -251,7 +264,7 @@ async fn publish_refuses_bodies_over_the_frame_limit() {
     assert_eq!(at_limit.len(), 1024);
     post(&gateway, "/api/publish", &at_limit)
         .await
-        .assert(200, json!({ "ok": true }));
+        .assert_published(1);
     let (_, data) = within(conn.expect_message()).await.unwrap();
     assert_eq!(data.as_str().map(str::len), Some(1024 - 27));
 

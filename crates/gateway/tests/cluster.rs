@@ -216,6 +216,14 @@ async fn redis_outage_is_visible_and_delivery_resumes() {
     redis.restart();
     wait_ready(&a, 200).await;
     within(publisher.publish("room", &json!(3))).await.unwrap();
+    // Redis came back empty: the channel's past is gone, and the subscriber
+    // is told so before the stream goes on in its new epoch.
+    match within(subscriber.next_event()).await.unwrap() {
+        Incoming::Reset {
+            channel, offset, ..
+        } => assert_eq!((channel.as_str(), offset), ("room", 0)),
+        other => panic!("expected a reset frame, got {other:?}"),
+    }
     assert_eq!(
         within(subscriber.expect_message()).await.unwrap().1,
         json!(3),

@@ -52,7 +52,10 @@ async fn publish_reaches_every_subscriber_and_no_one_else() {
     let (mut b, _) = gateway.connect("b").await;
     let (mut other, _) = gateway.connect("c").await;
     let (mut publisher, _) = gateway.connect("p").await;
-    assert_eq!(within(a.subscribe("chat:lobby")).await.unwrap(), json!({}));
+    // History is on by default: the reply names the channel's position.
+    let reply = within(a.subscribe("chat:lobby")).await.unwrap();
+    assert_eq!(reply["offset"], 0, "{reply}");
+    let epoch = reply["epoch"].clone();
     within(b.subscribe("chat:lobby")).await.unwrap();
     within(other.subscribe("chat:other")).await.unwrap();
 
@@ -61,7 +64,7 @@ async fn publish_reaches_every_subscriber_and_no_one_else() {
         within(publisher.publish("chat:lobby", &data))
             .await
             .unwrap(),
-        json!({})
+        json!({ "offset": 1, "epoch": epoch })
     );
     for conn in [&mut a, &mut b] {
         let (channel, got) = within(conn.expect_message()).await.unwrap();

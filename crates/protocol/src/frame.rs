@@ -13,6 +13,7 @@ use thiserror::Error;
 
 use crate::channel::ChannelName;
 use crate::codes::ErrorCode;
+use crate::position::{valid_epoch, Position, MAX_EPOCH_LEN, MAX_HISTORY_LIMIT};
 
 /// A decoded client command with its optional `id`.
 #[derive(Debug, Clone)]
@@ -24,8 +25,11 @@ pub struct Request<'a> {
 /// What a client asks for. `data` borrows from the frame it was decoded from.
 #[derive(Debug, Clone)]
 pub enum Command<'a> {
+    /// With `since`, the client resumes from that position of the channel's
+    /// stream (recovery).
     Subscribe {
         channel: ChannelName,
+        since: Option<Position>,
     },
     Unsubscribe {
         channel: ChannelName,
@@ -40,6 +44,12 @@ pub enum Command<'a> {
     Refresh {
         token: String,
     },
+    /// Reads stored messages: the newest `limit`, or those after `since`.
+    History {
+        channel: ChannelName,
+        since: Option<Position>,
+        limit: Option<usize>,
+    },
     Ping,
 }
 
@@ -52,6 +62,7 @@ impl Command<'_> {
             Command::Publish { .. } => "publish",
             Command::Presence { .. } => "presence",
             Command::Refresh { .. } => "refresh",
+            Command::History { .. } => "history",
             Command::Ping => "ping",
         }
     }
@@ -129,6 +140,10 @@ struct RawCommand<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow)]
     token: Option<&'a RawValue>,
+    #[serde(borrow)]
+    since: Option<&'a RawValue>,
+    #[serde(borrow)]
+    limit: Option<&'a RawValue>,
 }
 
 /// Deserializes an optional raw field so that `null` counts as present
@@ -179,6 +194,12 @@ pub fn decode_command(text: &str) -> Result<Request<'_>, CommandError> {
     let command = match kind.as_str() {
         "subscribe" => Command::Subscribe {
             channel: channel()?,
+            since: raw.since.map(|v| parse_since(id, v)).transpose()?,
+        },
+        "history" => Command::History {
+            channel: channel()?,
+            since: raw.since.map(|v| parse_since(id, v)).transpose()?,
+            limit: raw.limit.map(|v| parse_limit(id, v)).transpose()?,
         },
         "unsubscribe" => Command::Unsubscribe {
             channel: channel()?,
@@ -219,6 +240,51 @@ pub fn decode_command(text: &str) -> Result<Request<'_>, CommandError> {
     Ok(Request { id, command })
 }
 
+/// Reads `since: {"offset": <u64>, "epoch": "<epoch>"}`; `null` counts as absent
+/// for `serde`, so it never reaches here.
+pub fn parse_since(id: Option<u64>, raw: &RawValue) -> Result<Position, CommandError> {
+    #[derive(Deserialize)]
+    struct RawSince<'a> {
+        #[serde(borrow)]
+        offset: Option<&'a RawValue>,
+        #[serde(borrow)]
+        epoch: Option<&'a RawValue>,
+    }
+    let fields: RawSince<'_> = serde_json::from_str(raw.get())
+        .map_err(|_| CommandError::bad(id, "since must be an object {\"offset\", \"epoch\"}"))?;
+    let offset = fields
+        .offset
+        .ok_or_else(|| CommandError::bad(id, "missing field since.offset"))?;
+    let offset: u64 = serde_json::from_str(offset.get())
+        .map_err(|_| CommandError::bad(id, "since.offset must be a non-negative integer"))?;
+    let epoch = fields
+        .epoch
+        .ok_or_else(|| CommandError::bad(id, "missing field since.epoch"))?;
+    let epoch: String = serde_json::from_str(epoch.get())
+        .ok()
+        .filter(|e: &String| valid_epoch(e))
+        .ok_or_else(|| {
+            CommandError::bad(
+                id,
+                format!("since.epoch must be a string of 1 to {MAX_EPOCH_LEN} letters, digits, '-' or '_'"),
+            )
+        })?;
+    Ok(Position { offset, epoch })
+}
+
+/// Reads `limit`: a whole number from 1 to [`MAX_HISTORY_LIMIT`].
+fn parse_limit(id: Option<u64>, raw: &RawValue) -> Result<usize, CommandError> {
+    serde_json::from_str::<usize>(raw.get())
+        .ok()
+        .filter(|n| (1..=MAX_HISTORY_LIMIT).contains(n))
+        .ok_or_else(|| {
+            CommandError::bad(
+                id,
+                format!("limit must be a whole number from 1 to {MAX_HISTORY_LIMIT}"),
+            )
+        })
+}
+
 /// An error as it appears inside a frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -234,6 +300,8 @@ pub enum ServerFrame<'a> {
         connection_id: &'a str,
         node_id: &'a str,
         user: &'a str,
+        /// Seconds until the token expires (send `refresh` before then).
+        expires_in: u64,
     },
     Reply {
         id: u64,
@@ -244,8 +312,11 @@ pub enum ServerFrame<'a> {
     },
     /// An error for a frame that had no usable `id`.
     Error { error: ErrorBody },
+    /// `offset` is set on channels with history.
     Message {
         channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
         data: &'a RawValue,
     },
     Join {
@@ -260,6 +331,53 @@ pub enum ServerFrame<'a> {
         user: &'a str,
         connection_id: &'a str,
     },
+    /// The channel's stream lost messages this subscriber may not have seen
+    /// (its epoch changed, or a gap could not be repaired from history): the
+    /// application should reload its state. The stream continues after
+    /// `{offset, epoch}`.
+    Reset {
+        channel: &'a str,
+        offset: u64,
+        epoch: &'a str,
+    },
+}
+
+/// A `message` frame of a channel with history, split around its offset:
+/// `head + offset + tail` is the frame. The offset is assigned where the
+/// message is stored (in Redis, inside the publish script), so the frame is
+/// encoded once here and completed there without re-encoding `data`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageParts {
+    pub head: String,
+    pub tail: String,
+}
+
+impl MessageParts {
+    pub fn new(channel: &str, data: &RawValue) -> MessageParts {
+        // A channel name is validated ASCII without quotes or backslashes,
+        // but encode it through serde anyway so this stays correct for any
+        // string.
+        let channel = serde_json::to_string(channel).unwrap_or_else(|_| "\"\"".to_owned());
+        MessageParts {
+            head: format!("{{\"type\":\"message\",\"channel\":{channel},\"offset\":"),
+            tail: format!(",\"data\":{}}}", data.get()),
+        }
+    }
+
+    /// The length of the frame with `offset`, in bytes.
+    pub fn frame_len(&self, offset: u64) -> usize {
+        let digits = offset.checked_ilog10().map_or(1, |d| d as usize + 1);
+        self.head.len() + digits + self.tail.len()
+    }
+
+    /// The frame with its offset.
+    pub fn with_offset(&self, offset: u64) -> String {
+        let mut frame = String::with_capacity(self.head.len() + 20 + self.tail.len());
+        frame.push_str(&self.head);
+        frame.push_str(&offset.to_string());
+        frame.push_str(&self.tail);
+        frame
+    }
 }
 
 impl ServerFrame<'_> {
@@ -298,6 +416,8 @@ pub enum Incoming {
         connection_id: String,
         node_id: String,
         user: String,
+        #[serde(default)]
+        expires_in: Option<u64>,
     },
     Reply {
         id: u64,
@@ -311,6 +431,8 @@ pub enum Incoming {
     },
     Message {
         channel: String,
+        #[serde(default)]
+        offset: Option<u64>,
         data: Value,
     },
     Join {
@@ -324,6 +446,11 @@ pub enum Incoming {
         channel: String,
         user: String,
         connection_id: String,
+    },
+    Reset {
+        channel: String,
+        offset: u64,
+        epoch: String,
     },
 }
 
@@ -346,6 +473,25 @@ pub struct Outgoing<'a> {
     pub data: Option<&'a Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<&'a Position>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+impl<'a> Outgoing<'a> {
+    /// A command of `kind` with nothing else set.
+    pub fn new(kind: &'a str) -> Outgoing<'a> {
+        Outgoing {
+            kind,
+            id: None,
+            channel: None,
+            data: None,
+            token: None,
+            since: None,
+            limit: None,
+        }
+    }
 }
 
 impl Outgoing<'_> {
@@ -436,6 +582,7 @@ mod tests {
         let data = RawValue::from_string(r#"{"text":"hi"}"#.into()).unwrap();
         let m = ServerFrame::Message {
             channel: "chat:lobby",
+            offset: None,
             data: &data,
         }
         .encode();
@@ -458,6 +605,122 @@ mod tests {
             r#"{"type":"error","error":{"code":"bad_request","message":"x"}}"#
         );
         let incoming = Incoming::decode(&m).unwrap();
-        assert!(matches!(incoming, Incoming::Message { .. }));
+        assert!(matches!(incoming, Incoming::Message { offset: None, .. }));
+        let reset = ServerFrame::Reset {
+            channel: "a",
+            offset: 4,
+            epoch: "e1",
+        }
+        .encode();
+        assert_eq!(
+            reset,
+            r#"{"type":"reset","channel":"a","offset":4,"epoch":"e1"}"#
+        );
+    }
+
+    #[test]
+    fn message_parts_make_the_same_frame_as_the_encoder() {
+        let data = RawValue::from_string(r#"{"text":"hi"}"#.into()).unwrap();
+        let parts = MessageParts::new("chat:lobby", &data);
+        let whole = ServerFrame::Message {
+            channel: "chat:lobby",
+            offset: Some(42),
+            data: &data,
+        }
+        .encode();
+        assert_eq!(parts.with_offset(42), whole);
+        for offset in [0, 9, 10, 42, 999, 1000, u64::MAX] {
+            assert_eq!(parts.frame_len(offset), parts.with_offset(offset).len());
+        }
+        assert_eq!(
+            whole,
+            r#"{"type":"message","channel":"chat:lobby","offset":42,"data":{"text":"hi"}}"#
+        );
+        match Incoming::decode(&whole).unwrap() {
+            Incoming::Message { offset, .. } => assert_eq!(offset, Some(42)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn since_and_limit() {
+        let r = decode_command(
+            r#"{"type":"subscribe","channel":"a","since":{"offset":7,"epoch":"e-1"},"id":1}"#,
+        )
+        .unwrap();
+        match r.command {
+            Command::Subscribe { since, .. } => assert_eq!(since, Some(Position::new(7, "e-1"))),
+            other => panic!("unexpected {other:?}"),
+        }
+        let r = decode_command(r#"{"type":"subscribe","channel":"a","since":null}"#).unwrap();
+        assert!(matches!(r.command, Command::Subscribe { since: None, .. }));
+        let r = decode_command(r#"{"type":"history","channel":"a","limit":5,"id":2}"#).unwrap();
+        assert!(matches!(
+            r.command,
+            Command::History {
+                limit: Some(5),
+                since: None,
+                ..
+            }
+        ));
+        let cases = [
+            (
+                r#""since":5"#,
+                "since must be an object {\"offset\", \"epoch\"}",
+            ),
+            (r#""since":{"epoch":"e"}"#, "missing field since.offset"),
+            (r#""since":{"offset":1}"#, "missing field since.epoch"),
+            (
+                r#""since":{"offset":-1,"epoch":"e"}"#,
+                "since.offset must be a non-negative integer",
+            ),
+            (
+                r#""since":{"offset":"3","epoch":"e"}"#,
+                "since.offset must be a non-negative integer",
+            ),
+            (
+                r#""since":{"offset":1.5,"epoch":"e"}"#,
+                "since.offset must be a non-negative integer",
+            ),
+            (
+                r#""since":{"offset":1,"epoch":""}"#,
+                "since.epoch must be a string of 1 to 64 letters, digits, '-' or '_'",
+            ),
+            (
+                r#""since":{"offset":1,"epoch":7}"#,
+                "since.epoch must be a string of 1 to 64 letters, digits, '-' or '_'",
+            ),
+        ];
+        for (field, message) in cases {
+            let e = err(&format!(
+                r#"{{"type":"subscribe","channel":"a",{field},"id":4}}"#
+            ));
+            assert_eq!((e.id, e.message.as_str()), (Some(4), message), "{field}");
+        }
+        for limit in ["0", "1001", "-1", "\"5\"", "2.5"] {
+            let e = err(&format!(
+                r#"{{"type":"history","channel":"a","limit":{limit},"id":5}}"#
+            ));
+            assert_eq!(
+                (e.id, e.message.as_str()),
+                (Some(5), "limit must be a whole number from 1 to 1000"),
+                "{limit}"
+            );
+        }
+    }
+
+    #[test]
+    fn outgoing_since() {
+        let since = Position::new(3, "ep");
+        let command = Outgoing {
+            id: Some(1),
+            channel: Some("a"),
+            since: Some(&since),
+            ..Outgoing::new("subscribe")
+        };
+        assert_eq!(
+            command.encode(),
+            r#"{"type":"subscribe","id":1,"channel":"a","since":{"offset":3,"epoch":"ep"}}"#
+        );
     }
 }

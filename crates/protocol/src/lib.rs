@@ -9,9 +9,12 @@
 pub mod channel;
 pub mod codes;
 pub mod frame;
+pub mod position;
 
 pub use channel::{ChannelError, ChannelName, Pattern, PatternSet};
 pub use codes::{close, ErrorCode};
 pub use frame::{
-    decode_command, Command, CommandError, ErrorBody, Incoming, Outgoing, Request, ServerFrame,
+    decode_command, Command, CommandError, ErrorBody, Incoming, MessageParts, Outgoing, Request,
+    ServerFrame,
 };
+pub use position::Position;

@@ -54,7 +54,12 @@ async fn main() -> ExitCode {
     };
     println!(
         "{}",
-        json!({"type": "welcome", "connection_id": welcome.connection_id, "node_id": welcome.node_id, "user": welcome.user})
+        to_json(Incoming::Welcome {
+            connection_id: welcome.connection_id,
+            node_id: welcome.node_id,
+            user: welcome.user,
+            expires_in: welcome.expires_in,
+        })
     );
 
     // `None` after end of input: keep printing frames until the server closes.
@@ -110,8 +115,13 @@ fn to_json(frame: Incoming) -> Value {
             connection_id,
             node_id,
             user,
+            expires_in,
         } => {
-            json!({"type": "welcome", "connection_id": connection_id, "node_id": node_id, "user": user})
+            let mut welcome = json!({"type": "welcome", "connection_id": connection_id, "node_id": node_id, "user": user});
+            if let Some(expires_in) = expires_in {
+                welcome["expires_in"] = json!(expires_in);
+            }
+            welcome
         }
         Incoming::Reply { id, result, error } => {
             let mut reply = json!({"type": "reply", "id": id});
@@ -124,9 +134,23 @@ fn to_json(frame: Incoming) -> Value {
             reply
         }
         Incoming::Error { error } => json!({"type": "error", "error": error}),
-        Incoming::Message { channel, data } => {
-            json!({"type": "message", "channel": channel, "data": data})
+        Incoming::Message {
+            channel,
+            offset,
+            data,
+        } => {
+            let mut message = json!({"type": "message", "channel": channel});
+            if let Some(offset) = offset {
+                message["offset"] = json!(offset);
+            }
+            message["data"] = data;
+            message
         }
+        Incoming::Reset {
+            channel,
+            offset,
+            epoch,
+        } => json!({"type": "reset", "channel": channel, "offset": offset, "epoch": epoch}),
         Incoming::Join {
             channel,
             user,
