@@ -9,7 +9,12 @@
 #   2. fan-out: one channel, 10k subscribers on one node: deliveries per
 #      second at saturation, and latency at fixed rates;
 #   3. cross-node: two nodes through Redis, subscribers on node B, the
-#      publisher on node A: latency at 100k deliveries per second.
+#      publisher on node A: latency at 100k deliveries per second and
+#      throughput at saturation, with history on (the default) and off, so
+#      the cost of the history script is a measured figure.
+#
+# BENCH_SCENARIOS (default "1 2 3") picks scenarios, e.g.
+# `BENCH_SCENARIOS=3 make bench` for the cross-node ones alone.
 #
 # It starts everything it needs (redis-server and gateway nodes on free
 # loopback ports, in a temp dir) and stops all of it on exit. Logs and the
@@ -24,6 +29,7 @@ GATEWAY=target/release/switchboard
 LOAD=target/release/switchboard-loadtest
 SECRET=bench-secret-bench-secret-bench-secret
 API_KEY=bench-api-key-0123456789
+SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3} "
 
 # Each connection is a descriptor: take the whole hard limit (20,000 here).
 ulimit -n "$(ulimit -Hn)"
@@ -61,9 +67,10 @@ sessions() {
     curl -sf "http://127.0.0.1:$1/readyz" | jq -r '.sessions // 0' 2>/dev/null || echo 0
 }
 
-# start_node NAME PORT [REDIS_URL]: starts a gateway, waits until ready; sets NODE_PID.
+# start_node NAME PORT [REDIS_URL] [CONFIG]: starts a gateway, waits until
+# ready; sets NODE_PID.
 start_node() {
-    local name=$1 port=$2 redis=${3:-}
+    local name=$1 port=$2 redis=${3:-} config=${4:-}
     env -i PATH="$PATH" \
         SWITCHBOARD_LISTEN="127.0.0.1:$port" \
         SWITCHBOARD_NODE_ID="$name" \
@@ -78,7 +85,7 @@ start_node() {
         SWITCHBOARD_MSG_BURST=1000000 \
         ${redis:+SWITCHBOARD_REDIS_URL="$redis"} \
         RUST_LOG=warn \
-        "$GATEWAY" >"$OUT/$name.log" 2>&1 &
+        "$GATEWAY" ${config:+--config "$config"} >"$OUT/$name.log" 2>&1 &
     NODE_PID=$!
     PIDS+=("$NODE_PID")
     for _ in $(seq 1 100); do
@@ -199,12 +206,15 @@ idle() {
         "$held connections held on $nodes node(s); RSS after minus RSS before, per node"
 }
 
+if [[ $SCENARIOS == *" 1 "* ]]; then
 echo "scenario 1: idle connections"
 idle idle-10k 1 10000 idle "idle, 10k connections, 1 node"
 idle idle-50k 3 16667 idle "idle, 50k connections, 3 nodes x 16.7k"
 idle rooms-10k 1 10000 rooms "10k connections each subscribed to a room of 100, 1 node"
+fi
 
 # ---------------------------------------------------------------- scenario 2
+if [[ $SCENARIOS == *" 2 "* ]]; then
 echo "scenario 2: fan-out, one channel, 10k subscribers on one node"
 PORT=$(free_port)
 start_node fanout "$PORT"
@@ -220,21 +230,47 @@ latency_row "fan-out latency at 10 msg/s x 10k = 100k deliveries/s, 1 node" fano
 load fanout-300k "${FANOUT[@]}" --rate 30 --duration 20s --warmup 3s
 latency_row "fan-out latency at 30 msg/s x 10k = 300k deliveries/s, 1 node" fanout-300k
 stop_pid "$FANOUT_PID"
+fi
 
 # ---------------------------------------------------------------- scenario 3
+# cross HISTORY CONFIG: the cross-node runs on two fresh nodes; HISTORY
+# ("on" or "off") labels the rows, CONFIG is the nodes' config file.
+cross() {
+    local history=$1 config=$2
+    local port_a port_b pid_a pid_b
+    port_a=$(free_port)
+    port_b=$(free_port)
+    start_node "node-a-$history" "$port_a" "redis://127.0.0.1:$REDIS_PORT/" "$config"
+    pid_a=$NODE_PID
+    start_node "node-b-$history" "$port_b" "redis://127.0.0.1:$REDIS_PORT/" "$config"
+    pid_b=$NODE_PID
+    local cross=(--target "127.0.0.1:$port_b" --publish-target "127.0.0.1:$port_a" --shape one --ramp 4000)
+    load "cross-1k-$history" "${cross[@]}" --connections 1000 --rate 100 --duration 20s --warmup 3s
+    latency_row "cross-node latency, history $history, 1k subscribers x 100 msg/s = 100k deliveries/s" "cross-1k-$history"
+    load "cross-100-$history" "${cross[@]}" --connections 100 --rate 1000 --duration 20s --warmup 3s
+    latency_row "cross-node latency, history $history, 100 subscribers x 1000 msg/s = 100k deliveries/s" "cross-100-$history"
+    load "cross-sat-$history" "${cross[@]}" --connections 1000 --rate 0 --window 32 --publishers 2 \
+        --duration 20s --warmup 5s
+    row "cross-node saturation, history $history, 1k subscribers, 1 channel" \
+        "$(printf '%.0f' "$(field "cross-sat-$history" .deliveries_per_sec)") deliveries/s" \
+        "$(field "cross-sat-$history" .published) messages; at most 32 in flight per subscriber; p99 $(ms "$(field "cross-sat-$history" .latency_us.p99)") ms; $(field "cross-sat-$history" .disconnects) disconnects, $(field "cross-sat-$history" '.errors + .publish_errors + .connect_errors') errors"
+    if [ "$history" = on ]; then
+        load cross-10k "${cross[@]}" --connections 10000 --rate 10 --duration 20s --warmup 3s
+        latency_row "cross-node latency, history on, 10k subscribers x 10 msg/s = 100k deliveries/s" cross-10k
+    fi
+    stop_pid "$pid_a"
+    stop_pid "$pid_b"
+}
+
+if [[ $SCENARIOS == *" 3 "* ]]; then
 echo "scenario 3: cross-node through Redis, subscribers on B, publisher on A"
 start_redis
-PORT_A=$(free_port)
-PORT_B=$(free_port)
-start_node node-a "$PORT_A" "redis://127.0.0.1:$REDIS_PORT/"
-start_node node-b "$PORT_B" "redis://127.0.0.1:$REDIS_PORT/"
-CROSS=(--target "127.0.0.1:$PORT_B" --publish-target "127.0.0.1:$PORT_A" --shape one --ramp 4000)
-load cross-1k "${CROSS[@]}" --connections 1000 --rate 100 --duration 20s --warmup 3s
-latency_row "cross-node latency, 1k subscribers x 100 msg/s = 100k deliveries/s" cross-1k
-load cross-100 "${CROSS[@]}" --connections 100 --rate 1000 --duration 20s --warmup 3s
-latency_row "cross-node latency, 100 subscribers x 1000 msg/s = 100k deliveries/s" cross-100
-load cross-10k "${CROSS[@]}" --connections 10000 --rate 10 --duration 20s --warmup 3s
-latency_row "cross-node latency, 10k subscribers x 10 msg/s = 100k deliveries/s" cross-10k
+# The load tool's channels are in the `bench` namespace.
+printf '[namespaces.bench]\nhistory_size = 100\n' >"$TMP/history-on.toml"
+printf '[namespaces.bench]\nhistory_size = 0\n' >"$TMP/history-off.toml"
+cross on "$TMP/history-on.toml"
+cross off "$TMP/history-off.toml"
+fi
 
 # -------------------------------------------------------------------- table
 {

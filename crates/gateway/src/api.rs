@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 use subtle::{Choice, ConstantTimeEq};
 use switchboard_protocol::frame::{nesting_depth, MAX_DATA_DEPTH};
 use switchboard_protocol::position::{valid_epoch, MAX_EPOCH_LEN, MAX_HISTORY_LIMIT};
-use switchboard_protocol::{ChannelName, MessageParts, Position, ServerFrame};
+use switchboard_protocol::{ChannelName, ErrorCode, MessageParts, Position, ServerFrame};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::history::{HistoryQuery, DEFAULT_HISTORY_LIMIT};
@@ -399,7 +399,10 @@ async fn history(node: &Node, encoded: &str, query: &str) -> Result<Value, ApiEr
         tracing::warn!(message = "server API history read failed", channel = %channel, %error);
         ApiError::unavailable("history unavailable")
     })?;
-    session::history_result(&query, page).map_err(|(_, message)| ApiError::bad_request(message))
+    session::history_result(&query, page).map_err(|(code, message)| match code {
+        ErrorCode::BadRequest => ApiError::bad_request(message),
+        _ => ApiError::unavailable(&message),
+    })
 }
 
 /// A channel named in the path, percent-decoded and validated.

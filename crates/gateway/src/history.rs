@@ -111,6 +111,9 @@ struct Stream {
     frames: VecDeque<Utf8Bytes>,
     policy: HistoryPolicy,
     last_publish: Instant,
+    /// The last publish or read: a stream never published is kept for
+    /// `policy.ttl` after it was last read, so its readers can resume.
+    last_used: Instant,
 }
 
 impl Stream {
@@ -121,6 +124,7 @@ impl Stream {
             frames: VecDeque::new(),
             policy,
             last_publish: now,
+            last_used: now,
         }
     }
 
@@ -195,6 +199,7 @@ impl MemoryHistory {
         stream.expire(now);
         stream.policy = policy;
         stream.last_publish = now;
+        stream.last_used = now;
         stream.top += 1;
         let offset = stream.top;
         let frame = Utf8Bytes::from(build(offset));
@@ -213,11 +218,13 @@ impl MemoryHistory {
         let stream = self.stream(channel, policy, now);
         let mut stream = stream.lock().unwrap_or_else(|e| e.into_inner());
         stream.expire(now);
+        stream.last_used = now;
         stream.page(query)
     }
 
-    /// Drops streams whose position expired, and the messages of idle ones,
-    /// every [`SWEEP_EVERY`] publishes: memory stays bounded by live channels.
+    /// Drops streams whose position expired, streams never published and not
+    /// read for their TTL, and the messages of idle ones, every
+    /// [`SWEEP_EVERY`] publishes: memory stays bounded by live channels.
     fn maybe_sweep(&self, now: Instant) {
         let n = self
             .publishes
@@ -229,7 +236,7 @@ impl MemoryHistory {
         streams.retain(|_, stream| {
             let mut stream = stream.lock().unwrap_or_else(|e| e.into_inner());
             stream.expire(now);
-            stream.top > 0 || !stream.frames.is_empty()
+            stream.top > 0 || now.saturating_duration_since(stream.last_used) < stream.policy.ttl
         });
     }
 
@@ -459,6 +466,21 @@ mod tests {
         let page = history.read("c", POLICY, &query(None, 10));
         assert_ne!(page.top.epoch, epoch);
         assert_eq!(page.top.offset, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_forgets_streams_nobody_published_to() {
+        let history = MemoryHistory::default();
+        history.read("ghost", POLICY, &query(None, 10));
+        publish(&history, "live", 1);
+        assert_eq!(history.len(), 2);
+        tokio::time::advance(POLICY.ttl).await;
+        for n in 2..=SWEEP_EVERY {
+            publish(&history, "live", n);
+        }
+        assert_eq!(history.len(), 1, "a read-only stream goes after its TTL");
+        let page = history.read("live", POLICY, &query(None, 10));
+        assert_eq!(page.top.offset, SWEEP_EVERY, "a published one stays");
     }
 
     #[test]

@@ -37,7 +37,9 @@ use tokio_util::sync::CancellationToken;
 use switchboard_protocol::{MessageParts, Position, ServerFrame};
 
 use crate::broker::{Broker, BrokerError, Health};
-use crate::history::{HistoryPage, HistoryPolicy, HistoryQuery, Relay, Tracker, MAX_HISTORY_SIZE};
+use crate::history::{
+    HistoryPage, HistoryPolicy, HistoryQuery, Relay, Tracker, DEFAULT_HISTORY_TTL, MAX_HISTORY_SIZE,
+};
 use crate::hub::{Delivery, Hub};
 use crate::metrics::{Metrics, RedisLink};
 use crate::redis_history::{self, Payload};
@@ -268,10 +270,10 @@ impl Broker for RedisBroker {
     async fn history(
         &self,
         channel: &str,
-        _policy: HistoryPolicy,
+        policy: HistoryPolicy,
         query: &HistoryQuery,
     ) -> Result<HistoryPage, BrokerError> {
-        redis_history::read(&self.pool, channel, query)
+        redis_history::read(&self.pool, channel, query, policy.ttl)
             .await
             .map_err(BrokerError::Unavailable)
     }
@@ -559,7 +561,10 @@ impl Subscriber {
             limit: MAX_HISTORY_SIZE,
         };
         let metrics = self.hub.metrics();
-        let page = match redis_history::read(&self.pool, channel, &query).await {
+        // The channel was read (or published) before, so its position
+        // exists; should it have vanished, the default TTL bounds the new one.
+        let page = match redis_history::read(&self.pool, channel, &query, DEFAULT_HISTORY_TTL).await
+        {
             Ok(page) => page,
             Err(error) => {
                 metrics.history_read("repair", false);

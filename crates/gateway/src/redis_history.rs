@@ -2,7 +2,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `sb:hist:{<channel>}:meta` | hash | `epoch`, `top` (the latest offset); expires [`HISTORY_META_TTL`] after the last publish |
+//! | `sb:hist:{<channel>}:meta` | hash | `epoch`, `top` (the latest offset); expires [`HISTORY_META_TTL`] after the last publish (`history_ttl` after a read created it, for a channel never published) |
 //! | `sb:hist:{<channel>}:list` | list | the newest `history_size` frames, oldest first; expires `history_ttl` after the last publish |
 //!
 //! Both keys carry the channel in a hash tag, so each script touches one
@@ -64,7 +64,9 @@ return {offset, epoch}
 });
 
 /// KEYS: meta, list. ARGV: since offset (-1: none), since epoch, limit,
-/// epoch to start if none, meta ttl ms. Returns {top, epoch, first, frames}
+/// epoch to start if none, ttl ms of a meta created here (a channel never
+/// published: kept as long as its messages would be, so reads of random
+/// names cannot pile up keys for a day). Returns {top, epoch, first, frames}
 /// with the same selection as [`crate::history::select`].
 static READ: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
@@ -127,8 +129,14 @@ pub async fn append(
     Ok(Position { offset, epoch })
 }
 
-/// Reads a page of a channel's history.
-pub async fn read(pool: &Pool, channel: &str, query: &HistoryQuery) -> Result<HistoryPage, String> {
+/// Reads a page of a channel's history; a channel never published gets its
+/// position now, kept for `created_ttl` unless a publish extends it.
+pub async fn read(
+    pool: &Pool,
+    channel: &str,
+    query: &HistoryQuery,
+    created_ttl: std::time::Duration,
+) -> Result<HistoryPage, String> {
     let (since_offset, since_epoch) = match &query.since {
         // Offsets beyond i64 cannot exist in Redis; such a `since` reads as
         // "beyond the top" once compared with the page.
@@ -146,7 +154,7 @@ pub async fn read(pool: &Pool, channel: &str, query: &HistoryQuery) -> Result<Hi
         .arg(since_epoch)
         .arg(query.limit.max(1))
         .arg(new_epoch())
-        .arg(millis(HISTORY_META_TTL));
+        .arg(millis(created_ttl));
     let (top, epoch, first, frames): (u64, String, u64, Vec<String>) =
         run_script(pool, &invocation).await?;
     // The script selected with the same rule; recompute where it started.
