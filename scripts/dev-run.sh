@@ -23,6 +23,11 @@ cat <<MSG
   Connect from another terminal, then type commands such as
     {"type":"subscribe","channel":"chat:lobby","id":1}
     {"type":"publish","channel":"chat:lobby","data":{"text":"hi"},"id":2}
+    {"type":"history","channel":"chat:lobby","limit":10,"id":3}
+
+  Channels keep their last 100 messages for 2 minutes: reconnect and resume
+  with the offset and epoch of the last message you saw, e.g.
+    {"type":"subscribe","channel":"chat:lobby","since":{"offset":1,"epoch":"<epoch>"},"id":4}
 
     ${bin}/switchboard-cli '${url}'
 

@@ -662,9 +662,11 @@ impl Session {
         channel: &ChannelName,
         since: Option<Position>,
     ) -> Result<Done, (ErrorCode, String)> {
+        // Without `since` only the position is needed: read one message,
+        // not the whole history, on every plain subscribe.
         let query = HistoryQuery {
+            limit: if since.is_some() { MAX_HISTORY_SIZE } else { 1 },
             since: since.clone(),
-            limit: MAX_HISTORY_SIZE,
         };
         let page = self.read_history(channel, &query, "subscribe").await?;
         let node = &self.node;
