@@ -31,9 +31,9 @@ use serde_json::{json, Value};
 use subtle::{Choice, ConstantTimeEq};
 use switchboard_protocol::frame::{nesting_depth, MAX_DATA_DEPTH};
 use switchboard_protocol::position::{valid_epoch, MAX_EPOCH_LEN, MAX_HISTORY_LIMIT};
-use switchboard_protocol::{ChannelName, ErrorCode, MessageParts, Position, ServerFrame};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use switchboard_protocol::{ChannelName, ErrorCode, Position};
 
+use crate::broker;
 use crate::history::{HistoryQuery, DEFAULT_HISTORY_LIMIT};
 use crate::node::Node;
 use crate::response::{self, Body};
@@ -290,24 +290,12 @@ async fn publish(node: &Node, body: Incoming) -> Result<Value, ApiError> {
         )));
     }
     let policy = node.config.namespace(channel.namespace()).history();
-    let published = if policy.enabled() {
-        let message = MessageParts::new(channel.as_str(), data);
-        node.broker
-            .publish_stored(channel.as_str(), &message, policy)
-            .await
-            .map(|p| json!({ "ok": true, "offset": p.offset, "epoch": p.epoch }))
-    } else {
-        let frame = ServerFrame::Message {
-            channel: channel.as_str(),
-            offset: None,
-            data,
-        }
-        .encode();
-        node.broker
-            .publish(channel.as_str(), Utf8Bytes::from(frame))
-            .await
-            .map(|()| json!({ "ok": true }))
-    };
+    let published = broker::publish_message(&*node.broker, channel.as_str(), data, policy)
+        .await
+        .map(|position| match position {
+            Some(p) => json!({ "ok": true, "offset": p.offset, "epoch": p.epoch }),
+            None => json!({ "ok": true }),
+        });
     match published {
         Ok(result) => Ok(result),
         Err(error) => {

@@ -15,7 +15,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use switchboard_protocol::{close, MessageParts, Position};
+use serde_json::value::RawValue;
+use switchboard_protocol::{close, MessageParts, Position, ServerFrame};
 use thiserror::Error;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -71,6 +72,34 @@ pub trait Broker: Send + Sync {
     fn health(&self) -> Health;
     /// A short name for logs.
     fn kind(&self) -> &'static str;
+}
+
+/// Publishes a client's or the server API's message: stored under the next
+/// offset when the channel's namespace keeps history (its position is
+/// returned), as a plain frame otherwise.
+pub async fn publish_message(
+    broker: &dyn Broker,
+    channel: &str,
+    data: &RawValue,
+    policy: HistoryPolicy,
+) -> Result<Option<Position>, BrokerError> {
+    if policy.enabled() {
+        let message = MessageParts::new(channel, data);
+        return broker
+            .publish_stored(channel, &message, policy)
+            .await
+            .map(Some);
+    }
+    let frame = ServerFrame::Message {
+        channel,
+        offset: None,
+        data,
+    }
+    .encode();
+    broker
+        .publish(channel, Utf8Bytes::from(frame))
+        .await
+        .map(|()| None)
 }
 
 /// The single-node broker: publishing is delivering to the local hub, and

@@ -34,9 +34,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{json, Value};
 use switchboard_protocol::frame::decode_command;
 use switchboard_protocol::position::MAX_HISTORY_LIMIT;
-use switchboard_protocol::{
-    close, ChannelName, Command, ErrorCode, MessageParts, Position, ServerFrame,
-};
+use switchboard_protocol::{close, ChannelName, Command, ErrorCode, Position, ServerFrame};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
@@ -48,7 +46,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
 use crate::auth::{AuthError, Claims};
-use crate::broker::BrokerError;
+use crate::broker::{self, BrokerError};
 use crate::handshake::Admission;
 use crate::history::{HistoryPage, HistoryQuery, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_SIZE};
 use crate::hub::{Delivery, Outbound, SessionHandle};
@@ -814,24 +812,12 @@ impl Session {
         }
         let node = &self.node;
         let policy = node.config.namespace(channel.namespace()).history();
-        let published = if policy.enabled() {
-            let message = MessageParts::new(channel.as_str(), data);
-            node.broker
-                .publish_stored(channel.as_str(), &message, policy)
-                .await
-                .map(|position| json!({ "offset": position.offset, "epoch": position.epoch }))
-        } else {
-            let frame = ServerFrame::Message {
-                channel: channel.as_str(),
-                offset: None,
-                data,
-            }
-            .encode();
-            node.broker
-                .publish(channel.as_str(), Utf8Bytes::from(frame))
-                .await
-                .map(|()| json!({}))
-        };
+        let published = broker::publish_message(&*node.broker, channel.as_str(), data, policy)
+            .await
+            .map(|position| match position {
+                Some(p) => json!({ "offset": p.offset, "epoch": p.epoch }),
+                None => json!({}),
+            });
         match published {
             Ok(result) => Ok(result),
             Err(error) => {
