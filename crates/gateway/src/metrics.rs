@@ -619,6 +619,11 @@ impl Metrics {
             registry,
         };
         metrics.connections_max.set(max_connections as i64);
+        // Exposed at 0 from the start, so rates and the recovery alert work
+        // before the first resume.
+        for outcome in ["recovered", "not_recovered"] {
+            metrics.recoveries.with_label_values(&[outcome]);
+        }
         #[cfg(target_os = "linux")]
         {
             let process = prometheus::process_collector::ProcessCollector::for_self();
