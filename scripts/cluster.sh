@@ -170,14 +170,21 @@ up() {
     NGINX_WORKER_CONNECTIONS=4096 \
     NGINX_WORKER_RLIMIT_NOFILE=8192 \
     scripts/nginx-conf.sh >"$conf"
+  # Also on [::1] where the machine has IPv6: ip_hash tells 127.0.0.1 and ::1
+  # apart, so two browser tabs can reach two different nodes for the demo.
+  if python3 -c 'import socket; socket.socket(socket.AF_INET6).bind(("::1", 0))' 2>/dev/null; then
+    sed -i "s|listen 127.0.0.1:$http_port;|listen 127.0.0.1:$http_port;\n        listen [::1]:$http_port;|" "$conf"
+  fi
   "$nginx" -t -q -p "$PWD/$state/nginx" -c "$PWD/$conf" -e "$PWD/$state/logs/nginx-error.log" \
     || die "nginx -t refused $conf"
   start nginx "$state/logs/nginx.log" nginx "$nginx" -p "$PWD/$state/nginx" -c "$PWD/$conf" \
     -e "$PWD/$state/logs/nginx-error.log" -g "daemon off;"
   wait_for "[ \"\$(http_status $http_port /healthz)\" = 200 ]" "nginx on port $http_port" nginx
 
-  local token
+  local token alice bob
   token=$(SWITCHBOARD_JWT_HS256_SECRET="$secret" "$bin" --config config/dev.toml token --user dev --ttl 1h --info '{"name":"Dev"}')
+  alice=$(SWITCHBOARD_JWT_HS256_SECRET="$secret" "$bin" --config config/dev.toml token --user alice --ttl 1h --info '{"name":"Alice"}')
+  bob=$(SWITCHBOARD_JWT_HS256_SECRET="$secret" "$bin" --config config/dev.toml token --user bob --ttl 1h --info '{"name":"Bob"}')
   cat <<MSG
 
   Switchboard cluster: redis-server, gw-1..gw-$nodes and NGINX (ip_hash). Ctrl-C stops it all.
@@ -186,6 +193,11 @@ up() {
     wss://127.0.0.1:$https_port/ws?token=...   TLS, self-signed ($state/certs/tls.crt)
     gateways   127.0.0.1:$((gateway_port + 1))-$((gateway_port + nodes))   metrics 127.0.0.1:$((metrics_port + 1))-$((metrics_port + nodes))
     redis      127.0.0.1:$redis_port          logs in $state/logs/
+
+  Demo chat through NGINX (ip_hash: tabs on one machine share a node; the
+  [::1] address hashes differently, so the second link may land elsewhere):
+    alice: http://127.0.0.1:$http_port/demo/#token=$alice
+    bob:   http://[::1]:$http_port/demo/#token=$bob
 
   Token for user "dev", valid 1 hour:
     $token

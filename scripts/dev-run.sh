@@ -12,10 +12,16 @@ export SWITCHBOARD_NODE_ID="${SWITCHBOARD_NODE_ID:-dev-1}"
 bin=target/release
 
 token=$("$bin/switchboard" --config config/dev.toml token --user dev --ttl 1h --info '{"name":"Dev"}')
+alice=$("$bin/switchboard" --config config/dev.toml token --user alice --ttl 1h --info '{"name":"Alice"}')
+bob=$("$bin/switchboard" --config config/dev.toml token --user bob --ttl 1h --info '{"name":"Bob"}')
 url="ws://${SWITCHBOARD_LISTEN}/ws?token=${token}"
 cat <<MSG
 
   Switchboard dev node on http://${SWITCHBOARD_LISTEN}  (in-memory, dev secret; Ctrl-C stops it)
+
+  Demo chat in the browser (open both, in two tabs or windows):
+    alice: http://${SWITCHBOARD_LISTEN}/demo/#token=${alice}
+    bob:   http://${SWITCHBOARD_LISTEN}/demo/#token=${bob}
 
   Token for user "dev", valid 1 hour (may subscribe and publish anywhere):
     ${token}

@@ -174,6 +174,7 @@ struct FileConfig {
     session: FileSession,
     #[serde(default)]
     namespaces: BTreeMap<String, NamespaceConfig>,
+    demo_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -277,6 +278,10 @@ pub struct Config {
     pub jwt: JwtConfig,
     pub session: SessionConfig,
     namespaces: BTreeMap<String, NamespaceConfig>,
+    /// Development only: the SDK folder (`sdk/js`) whose demo page the node
+    /// serves under `/demo/`. Unset (the default) in every production
+    /// configuration: `/demo/` is then a 404.
+    pub demo_dir: Option<PathBuf>,
 }
 
 /// One setting's two names, for overlaying and for error messages.
@@ -336,6 +341,7 @@ const MSG_BURST: Key = key!("limits.msg_burst", "SWITCHBOARD_MSG_BURST");
 const MSG_CLOSE_AFTER: Key = key!("limits.msg_close_after", "SWITCHBOARD_MSG_CLOSE_AFTER");
 const PING_INTERVAL: Key = key!("session.ping_interval", "SWITCHBOARD_PING_INTERVAL");
 const PONG_TIMEOUT: Key = key!("session.pong_timeout", "SWITCHBOARD_PONG_TIMEOUT");
+const DEMO_DIR: Key = key!("demo_dir", "SWITCHBOARD_DEMO_DIR");
 
 /// Reads one variable, if set (an empty value counts as unset).
 fn env_str(env: &dyn Env, key: &Key) -> Option<String> {
@@ -720,6 +726,19 @@ impl Config {
             }
         }
 
+        let demo_dir = env_str(env, &DEMO_DIR).map(PathBuf::from).or(file.demo_dir);
+        if let Some(dir) = &demo_dir {
+            if !dir.join("demo/index.html").is_file() || !dir.join("src/switchboard.js").is_file() {
+                return Err(ConfigError::new(
+                    DEMO_DIR.name(),
+                    format!(
+                        "{} does not hold demo/index.html and src/switchboard.js (the SDK folder, sdk/js, is expected)",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+
         Ok(Config {
             listen,
             metrics_listen,
@@ -736,6 +755,7 @@ impl Config {
             jwt,
             session,
             namespaces: file.namespaces,
+            demo_dir,
         })
     }
 
@@ -916,6 +936,14 @@ mod tests {
         assert_eq!(
             error("[namespaces.chat]\nhistory_ttl = \"soon\"", &[]).key,
             "--config"
+        );
+        let e = error("", &[("SWITCHBOARD_DEMO_DIR", "/nonexistent")]);
+        assert_eq!(
+            (e.key.as_str(), e.message.as_str()),
+            (
+                "SWITCHBOARD_DEMO_DIR (demo_dir)",
+                "/nonexistent does not hold demo/index.html and src/switchboard.js (the SDK folder, sdk/js, is expected)"
+            )
         );
         assert_eq!(
             error("", &[("SWITCHBOARD_METRICS_LISTEN", "metrics")]).key,

@@ -4,7 +4,8 @@
 //! Cheap checks run first so a flood of bad requests costs little: no JWT
 //! work happens for an address over its limits. A refusal is a plain HTTP
 //! response with the contract's JSON body, and is logged with the peer and
-//! client addresses.
+//! client addresses. [`probe`] runs the same checks for a client that
+//! cannot see why its handshake failed (a browser).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -160,20 +161,8 @@ pub fn admit(
         .try_acquire_owned()
         .map_err(|_| Refusal::Unavailable("capacity"))?;
 
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let allowed = origin
-            .to_str()
-            .is_ok_and(|o| node.config.allowed_origins.allows(o));
-        if !allowed {
-            return Err(Refusal::ForbiddenOrigin);
-        }
-    }
-
-    let token = token_from(query, headers).ok_or(Refusal::Unauthorized(AuthError::Missing))?;
-    let claims = node
-        .verifier
-        .verify(&token)
-        .map_err(Refusal::Unauthorized)?;
+    check_origin(node, headers)?;
+    let claims = verify_token(node, query, headers)?;
     let slots = node
         .limits
         .admit_user(address, &claims.user)
@@ -185,6 +174,62 @@ pub fn admit(
         client_ip,
         accept_key,
     })
+}
+
+fn check_origin(node: &Node, headers: &HeaderMap) -> Result<(), Refusal> {
+    match headers.get(header::ORIGIN) {
+        Some(origin)
+            if !origin
+                .to_str()
+                .is_ok_and(|o| node.config.allowed_origins.allows(o)) =>
+        {
+            Err(Refusal::ForbiddenOrigin)
+        }
+        _ => Ok(()),
+    }
+}
+
+fn verify_token(node: &Node, query: Option<&str>, headers: &HeaderMap) -> Result<Claims, Refusal> {
+    let token = token_from(query, headers).ok_or(Refusal::Unauthorized(AuthError::Missing))?;
+    node.verifier.verify(&token).map_err(Refusal::Unauthorized)
+}
+
+/// Whether a request is a handshake probe: `GET /ws?probe=1` without an
+/// upgrade.
+pub fn is_probe(method: &Method, query: Option<&str>, headers: &HeaderMap) -> bool {
+    method == Method::GET
+        && !header_is(headers, header::UPGRADE, "websocket")
+        && query.is_some_and(|q| {
+            form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "probe" && v == "1")
+        })
+}
+
+/// Answers a probe: the checks of an upgrade, in the same order, without
+/// holding a slot. Browsers hide the HTTP status of a refused WebSocket
+/// handshake, so a client whose connection failed before opening asks this
+/// to learn why (a bad token, a forbidden origin, a limit) and reacts
+/// rightly instead of retrying blind. A probe costs a token of the address's
+/// connection bucket, like a handshake, so it cannot be used to make the
+/// node verify JWTs faster than handshakes could. The per-user cap, which
+/// needs Redis, is not checked.
+pub fn probe(
+    node: &Node,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    client_ip: IpAddr,
+) -> Result<(), Refusal> {
+    if node.is_draining() {
+        return Err(Refusal::Unavailable("draining"));
+    }
+    let _address = node
+        .limits
+        .admit_address(client_ip)
+        .map_err(Refusal::Limited)?;
+    if node.capacity.available_permits() == 0 {
+        return Err(Refusal::Unavailable("capacity"));
+    }
+    check_origin(node, headers)?;
+    verify_token(node, query, headers).map(drop)
 }
 
 /// Logs a refusal with the peer and client addresses (never the token).

@@ -122,7 +122,15 @@ async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) 
 
 async fn route(node: Arc<Node>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     match (request.method(), request.uri().path()) {
+        (method, "/ws")
+            if handshake::is_probe(method, request.uri().query(), request.headers()) =>
+        {
+            probe(&node, &request, peer)
+        }
         (_, "/ws") => upgrade(node, request, peer).await,
+        (&Method::GET, path) if path == "/demo" || path.starts_with("/demo/") => {
+            crate::demo::serve(&node, path).await
+        }
         (_, path) if path.starts_with("/api/") => crate::api::handle(&node, request, peer).await,
         (&Method::GET, "/healthz") => response::json(StatusCode::OK, &json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => readiness(&node),
@@ -228,6 +236,45 @@ fn refuse(node: &Node, peer: SocketAddr, client_ip: IpAddr, refusal: Refusal) ->
     let response = refusal.into_response();
     node.metrics
         .refused(metrics::Refusal::from_status(response.status(), reason));
+    response
+}
+
+/// `GET /ws?probe=1`: 204 when an upgrade would be admitted now, else the
+/// refusal it would get. Readable from any origin (the body holds only the
+/// contract's error code and message), so a page's script can read why.
+fn probe(node: &Node, request: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let client_ip = node
+        .config
+        .trusted_proxies
+        .client_ip(peer, request.headers());
+    let mut response = match handshake::probe(
+        node,
+        request.uri().query(),
+        request.headers(),
+        client_ip,
+    ) {
+        Ok(()) => {
+            let mut response = Response::new(Body::default());
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(refusal) => {
+            tracing::debug!(message = "handshake probe refused", %peer, client = %client_ip, reason = refusal.reason());
+            refusal.into_response()
+        }
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Retry-After"),
+    );
     response
 }
 

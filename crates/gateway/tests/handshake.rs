@@ -321,3 +321,112 @@ async fn plain_http_routes() {
     let (status, _, _) = http_get(gateway.addr, "/nope", &[]).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn a_probe_tells_a_browser_why_its_handshake_would_fail() {
+    let gateway = Gateway::builder()
+        .env("SWITCHBOARD_ALLOWED_ORIGINS", "https://app.example.com")
+        .env("SWITCHBOARD_JWT_LEEWAY", "0s")
+        .start();
+    let probe = |token: &str| format!("/ws?probe=1&token={token}");
+    let good = token("ann");
+
+    let (status, headers, body) = http_get(gateway.addr, &probe(&good), &[]).await;
+    assert_eq!((status, body.as_str()), (204, ""), "would be admitted");
+    assert_eq!(headers["access-control-allow-origin"], "*");
+    let (status, _, _) = http_get(
+        gateway.addr,
+        &probe(&good),
+        &[("Origin", "https://app.example.com")],
+    )
+    .await;
+    assert_eq!(status, 204);
+
+    let (status, headers, body) = http_get(
+        gateway.addr,
+        &probe(&good),
+        &[("Origin", "https://evil.example.com")],
+    )
+    .await;
+    assert_eq!(
+        (status, serde_json::from_str::<Value>(&body).unwrap()),
+        (
+            403,
+            json!({ "error": "forbidden_origin", "message": "origin is not allowed" })
+        )
+    );
+    assert_eq!(headers["access-control-allow-origin"], "*");
+    assert_eq!(headers["access-control-expose-headers"], "Retry-After");
+
+    let expired = sign(&json!({ "sub": "ann", "exp": now() - 10 }));
+    let (status, _, body) = http_get(gateway.addr, &probe(&expired), &[]).await;
+    assert_eq!(
+        (status, serde_json::from_str::<Value>(&body).unwrap()),
+        unauthorized("token has expired")
+    );
+    let (status, _, body) = http_get(gateway.addr, "/ws?probe=1", &[]).await;
+    assert_eq!(
+        (
+            status,
+            serde_json::from_str::<Value>(&body).unwrap()["error"].clone()
+        ),
+        (401, json!("unauthorized"))
+    );
+    // Without probe=1 a plain GET is still not a WebSocket.
+    let (status, _, _) = http_get(gateway.addr, &format!("/ws?token={good}"), &[]).await;
+    assert_eq!(status, 400);
+    // A probe opens no session.
+    let (_, _, body) = http_get(gateway.addr, "/readyz", &[]).await;
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["sessions"], 0);
+}
+
+#[tokio::test]
+async fn probes_take_from_the_address_bucket_like_handshakes() {
+    let gateway = Gateway::builder()
+        .env("SWITCHBOARD_CONN_RATE_PER_IP", "1")
+        .env("SWITCHBOARD_CONN_BURST_PER_IP", "2")
+        .start();
+    let path = format!("/ws?probe=1&token={}", token("ann"));
+    for _ in 0..2 {
+        assert_eq!(http_get(gateway.addr, &path, &[]).await.0, 204);
+    }
+    let (status, headers, body) = http_get(gateway.addr, &path, &[]).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(headers.contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn the_demo_page_is_served_only_when_configured() {
+    let off = Gateway::start();
+    let (status, _, _) = http_get(off.addr, "/demo/", &[]).await;
+    assert_eq!(status, 404, "off by default");
+
+    let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/js");
+    let on = Gateway::builder()
+        .env("SWITCHBOARD_DEMO_DIR", sdk.to_str().unwrap())
+        .start();
+    let (status, headers, body) = http_get(on.addr, "/demo/", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(
+        body,
+        std::fs::read_to_string(sdk.join("demo/index.html")).unwrap()
+    );
+    let (status, headers, body) = http_get(on.addr, "/demo/switchboard.js", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/javascript; charset=utf-8");
+    assert_eq!(
+        body,
+        std::fs::read_to_string(sdk.join("src/switchboard.js")).unwrap()
+    );
+    let (status, headers, _) = http_get(on.addr, "/demo", &[]).await;
+    assert_eq!((status, headers["location"].as_str()), (308, "/demo/"));
+    for path in [
+        "/demo/../Cargo.toml",
+        "/demo/%2e%2e/package.json",
+        "/demo/nothing.js",
+        "/demo/x.rs",
+    ] {
+        assert_eq!(http_get(on.addr, path, &[]).await.0, 404, "{path}");
+    }
+}
