@@ -5,16 +5,22 @@
 CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: run test lint fmt build test-deps cluster cluster-down bench
+.PHONY: run test test-js lint fmt build test-deps cluster cluster-down bench
 
 ## run: build and start one in-memory node on $(LISTEN); prints a dev token.
 run:
 	$(CARGO) build --release -p switchboard-gateway -p switchboard-client
 	LISTEN=$(LISTEN) scripts/dev-run.sh
 
-## test: install what the tests need, then lint and run every test.
+## test: install what the tests need, then lint and run every test: the
+## Rust workspace, then the JS SDK (node tests, types, headless Chromium).
 test: test-deps lint
 	$(CARGO) test --workspace --all-targets
+	CARGO=$(CARGO) scripts/test-js.sh
+
+## test-js: only the JS SDK's tests (after make test-deps).
+test-js:
+	CARGO=$(CARGO) scripts/test-js.sh
 
 test-deps:
 	scripts/install-test-deps.sh

@@ -3,9 +3,11 @@
 # redis-server and nginx for the integration tests (openssl for their TLS
 # certificate), promtool to lint the
 # metrics exposition and alert rules, docker-compose to validate the compose
-# file without an engine, and kubernetes-validate (PyPI) to check the
-# Kubernetes manifests offline. Idempotent: does nothing when everything is
-# present. Needs root or sudo only when something is missing.
+# file without an engine, kubernetes-validate (PyPI) to check the
+# Kubernetes manifests offline, chromium for the JS SDK's browser tests, and
+# the SDK's npm dev dependencies (playwright-core, typescript) from its
+# lockfile. Idempotent: does nothing when everything is present. Needs root
+# or sudo only when a system package is missing; needs Node 20+ and npm.
 set -euo pipefail
 
 # command -> Debian package
@@ -15,6 +17,7 @@ declare -A needed=(
   [promtool]=prometheus
   [docker-compose]=docker-compose
   [openssl]=openssl
+  [chromium]=chromium
 )
 
 missing=()
@@ -46,4 +49,19 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
   echo "install-test-deps: installing kubernetes-validate (PyPI)" >&2
   python3 -m pip install --quiet --disable-pip-version-check 'kubernetes-validate>=1.31' >&2
   command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+fi
+
+# The JS SDK's dev dependencies, exactly as locked (playwright-core drives the
+# system's chromium; it never downloads a browser). `npm ci` replaces
+# node_modules, so it runs only when node_modules is missing or older than
+# the lockfile (npm writes node_modules/.package-lock.json on every install).
+sdk="$(dirname "$0")/../sdk/js"
+if [ ! -f "$sdk/node_modules/.package-lock.json" ] \
+  || [ "$sdk/package-lock.json" -nt "$sdk/node_modules/.package-lock.json" ]; then
+  command -v npm >/dev/null 2>&1 || {
+    echo "install-test-deps: npm is missing; install Node.js 20 or later with npm" >&2
+    exit 1
+  }
+  echo "install-test-deps: installing the JS SDK's dev dependencies (npm ci in sdk/js)" >&2
+  (cd "$sdk" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error >&2)
 fi

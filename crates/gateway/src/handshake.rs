@@ -228,7 +228,21 @@ pub fn probe(
     if node.capacity.available_permits() == 0 {
         return Err(Refusal::Unavailable("capacity"));
     }
-    check_origin(node, headers)?;
+    // A browser sends no Origin on a same-origin GET, but always does on the
+    // WebSocket handshake itself: the SDK names its page's origin in the
+    // query instead. A false one only misleads the client that sent it: a
+    // probe admits nothing.
+    let named = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "origin")
+            .map(|(_, v)| v.into_owned())
+    });
+    match (headers.get(header::ORIGIN), named) {
+        (None, Some(origin)) if !node.config.allowed_origins.allows(&origin) => {
+            return Err(Refusal::ForbiddenOrigin);
+        }
+        _ => check_origin(node, headers)?,
+    }
     verify_token(node, query, headers).map(drop)
 }
 

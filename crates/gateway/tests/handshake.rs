@@ -358,6 +358,22 @@ async fn a_probe_tells_a_browser_why_its_handshake_would_fail() {
     assert_eq!(headers["access-control-allow-origin"], "*");
     assert_eq!(headers["access-control-expose-headers"], "Retry-After");
 
+    // A same-origin fetch carries no Origin: the page names it in the query.
+    let (status, _, _) = http_get(
+        gateway.addr,
+        &format!("{}&origin=https%3A%2F%2Fevil.example.com", probe(&good)),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _, _) = http_get(
+        gateway.addr,
+        &format!("{}&origin=https%3A%2F%2Fapp.example.com", probe(&good)),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 204);
+
     let expired = sign(&json!({ "sub": "ann", "exp": now() - 10 }));
     let (status, _, body) = http_get(gateway.addr, &probe(&expired), &[]).await;
     assert_eq!(

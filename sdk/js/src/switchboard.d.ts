@@ -1,0 +1,261 @@
+// Type declarations for switchboard-client (hand-written; checked by
+// `npm run test:types` against test/types-check.ts).
+
+/** Connection states. "stopped": will not reconnect until connect() is called. */
+export type ConnectionState = "connecting" | "connected" | "disconnected" | "stopped";
+
+/**
+ * `SwitchboardError.code`: the server's error codes, the handshake refusals,
+ * and the SDK's own. Other strings may come from newer servers.
+ */
+export type ErrorCode =
+  // server replies
+  | "bad_request"
+  | "unauthorized"
+  | "forbidden"
+  | "rate_limited"
+  | "too_large"
+  | "token_expired"
+  | "internal"
+  // handshake refusals (learnt from the probe)
+  | "forbidden_origin"
+  | "unavailable"
+  // the SDK's own
+  | "bad_url"
+  | "bad_options"
+  | "bad_token"
+  | "offline"
+  | "timeout"
+  | "disconnected"
+  | "overloaded"
+  | "unsubscribed"
+  | "already_subscribed"
+  | "disconnected_by_server"
+  | "policy_violation"
+  | "handler_error"
+  | (string & {});
+
+export class SwitchboardError extends Error {
+  constructor(code: ErrorCode, message: string, details?: { status?: number; retryAfter?: number; closeCode?: number; cause?: unknown });
+  readonly name: "SwitchboardError";
+  readonly code: ErrorCode;
+  /** The HTTP status of a handshake refusal (from the probe). */
+  readonly status?: number;
+  /** Seconds the server asked to wait (429, 503). */
+  readonly retryAfter?: number;
+  /** The WebSocket close code that caused the error. */
+  readonly closeCode?: number;
+}
+
+/** Time and randomness, injectable so tests need no sleeps. Partial overrides are merged with the defaults. */
+export interface Clock {
+  now(): number;
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+  /** A number in [0, 1), as Math.random(). */
+  random(): number;
+}
+
+/** The part of the WebSocket API the SDK uses. */
+export interface WebSocketLike {
+  readonly bufferedAmount?: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  // Event parameters are `any` so the DOM's and Node's WebSocket both fit;
+  // the SDK reads `data` of message events and `code`/`reason` of close events.
+  onopen: ((ev: any) => any) | null;
+  onmessage: ((ev: any) => any) | null;
+  onclose: ((ev: any) => any) | null;
+  onerror: ((ev: any) => any) | null;
+}
+
+export type WebSocketConstructorLike = new (url: string | URL) => WebSocketLike;
+
+export interface BackoffOptions {
+  /** ms; the first retry waits random() * min. Default 250. */
+  min?: number;
+  /** ms; no retry waits longer (except Retry-After). Default 10000. */
+  max?: number;
+}
+
+export interface SwitchboardOptions {
+  /**
+   * Returns the JWT (or a promise of it). Called before a connect without a
+   * usable token, before expiry (the SDK then sends `refresh`), after a 401
+   * and after a 4001 close. Reject (or throw) when no token can be had.
+   */
+  getToken: () => string | Promise<string>;
+  /** Exponential backoff with full jitter: delay = random() * min(max, min * 2^attempt). */
+  backoff?: BackoffOptions;
+  /** ms between application-level pings while connected; 0 turns them off. Default 20000. */
+  pingInterval?: number;
+  /** ms a command waits for its reply (also bounds getToken, the handshake and the probe). Default 10000. */
+  requestTimeout?: number;
+  /** Consecutive token failures (getToken errors, 401s) before the client stops. Default 3. */
+  maxAuthFailures?: number;
+  /** Commands waiting for replies at most; beyond, commands reject "overloaded". Default 1000. */
+  maxPending?: number;
+  /** Frames larger than this are refused locally with "too_large". Default 65536 (the gateway's default). */
+  maxFrameBytes?: number;
+  /** Commands reject "overloaded" while the socket holds more unsent bytes than this. Default 1 MiB. */
+  maxBufferedBytes?: number;
+  /** Default: globalThis.WebSocket. */
+  WebSocket?: WebSocketConstructorLike;
+  /** Used for the handshake probe. Default: globalThis.fetch. */
+  fetch?: (url: string, init?: any) => Promise<{
+    status: number;
+    headers: { get(name: string): string | null };
+    json(): Promise<any>;
+  }>;
+  clock?: Partial<Clock>;
+}
+
+export interface StateEvent {
+  state: ConnectionState;
+  /** The close code, on "disconnected" and "stopped" after a close. */
+  code?: number;
+  reason?: string;
+  /** Why the client stopped, or the token failure before a retry. */
+  error?: SwitchboardError;
+}
+
+export interface Welcome {
+  connection_id: string;
+  node_id: string;
+  user: string;
+  /** Seconds until the gateway closes with 4001 unless the token is refreshed. */
+  expires_in?: number;
+}
+
+export interface SwitchboardEvents {
+  state: StateEvent;
+  error: SwitchboardError;
+  welcome: Welcome;
+}
+
+export interface SwitchboardStats {
+  /** Welcome frames received. */
+  connects: number;
+  /** Welcome frames after the first. */
+  reconnects: number;
+  /** Server frames ignored: invalid JSON, binary, unknown type, missing fields. */
+  unknownFrames: number;
+  /** Messages delivered to onMessage. */
+  messages: number;
+  /** Messages dropped because their offset was at or below the known position. */
+  duplicates: number;
+  /** Replies that came after their command timed out. */
+  staleReplies: number;
+}
+
+/** A position in a channel's stream: the last message seen. */
+export interface Position {
+  offset: number;
+  epoch: string;
+}
+
+export interface MessageContext {
+  channel: string;
+  /** Present on channels with history. */
+  offset?: number;
+}
+
+export interface Member {
+  user: string;
+  connection_id: string;
+  /** The token's `info` claim, or null. */
+  info: Record<string, unknown> | null;
+}
+
+export interface RecoverEvent {
+  /**
+   * false: messages may have been lost while away; reload the channel's
+   * state. Always true for the first subscribe.
+   */
+  recovered: boolean;
+  /** Absent on channels without history. */
+  offset?: number;
+  epoch?: string;
+}
+
+export interface SubscriptionHandlers<T = unknown> {
+  onMessage?(data: T, context: MessageContext): void;
+  /** `join` events, where the namespace enables join_leave. */
+  onJoin?(member: Member): void;
+  onLeave?(member: Member): void;
+  /** After every successful (re)subscribe on a channel with history, and after a resubscribe on one without. */
+  onRecover?(event: RecoverEvent): void;
+  /** A `reset` frame: messages may be lost; reload the channel's state. */
+  onReset?(position: Position): void;
+  /** A (re)subscribe failed. Transient failures (internal, rate_limited) are retried. */
+  onError?(error: SwitchboardError): void;
+}
+
+/** The subscribe reply: {offset, epoch} on channels with history, else {}. */
+export interface SubscribeResult {
+  offset?: number;
+  epoch?: string;
+  recovered?: boolean;
+}
+
+/** {offset, epoch} on channels with history, else {}. */
+export interface PublishResult {
+  offset?: number;
+  epoch?: string;
+}
+
+export interface HistoryMessage<T = unknown> {
+  type: "message";
+  channel: string;
+  offset: number;
+  data: T;
+}
+
+export interface HistoryResult<T = unknown> {
+  offset: number;
+  epoch: string;
+  messages: HistoryMessage<T>[];
+  /** Present when `since` was given. */
+  recovered?: boolean;
+}
+
+export interface HistoryOptions {
+  /** 1 to 1000; the server's default is 100. */
+  limit?: number;
+  since?: Position;
+}
+
+export type SubscriptionState = "subscribing" | "subscribed" | "unsubscribed" | "failed";
+
+export class Subscription<T = unknown> {
+  private constructor();
+  readonly channel: string;
+  /** Settles with the first subscribe reply; rejects if it fails, or if the client stops or unsubscribes first. */
+  readonly ready: Promise<SubscribeResult>;
+  readonly state: SubscriptionState;
+  /** The last position seen (a copy), or null on channels without history. */
+  readonly position: Position | null;
+  publish(data: T): Promise<PublishResult>;
+  presence(): Promise<Member[]>;
+  history(options?: HistoryOptions): Promise<HistoryResult<T>>;
+  unsubscribe(): Promise<void>;
+}
+
+export class Switchboard {
+  /** Throws SwitchboardError "bad_url" or "bad_options" synchronously. */
+  constructor(url: string | URL, options: SwitchboardOptions);
+  readonly state: ConnectionState;
+  readonly stats: Readonly<SwitchboardStats>;
+  /** Returns a function that removes the listener. */
+  on<E extends keyof SwitchboardEvents>(event: E, listener: (payload: SwitchboardEvents[E]) => void): () => void;
+  off<E extends keyof SwitchboardEvents>(event: E, listener: (payload: SwitchboardEvents[E]) => void): void;
+  connect(): void;
+  disconnect(): void;
+  /** Throws "already_subscribed" if the channel already has a subscription. */
+  subscribe<T = unknown>(channel: string, handlers?: SubscriptionHandlers<T>): Subscription<T>;
+  publish<T = unknown>(channel: string, data: T): Promise<PublishResult>;
+  presence(channel: string): Promise<Member[]>;
+  history<T = unknown>(channel: string, options?: HistoryOptions): Promise<HistoryResult<T>>;
+  /** Resolves with the round trip in milliseconds. */
+  ping(): Promise<number>;
+}

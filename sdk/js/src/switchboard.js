@@ -1,0 +1,1120 @@
+// switchboard-client: the browser and Node (20+) client for Switchboard.
+//
+// One WebSocket per Switchboard instance. The SDK owns what every
+// application would otherwise get wrong by hand: reconnect with exponential
+// backoff and full jitter, resubscribe with recovery (`since` positions),
+// token refresh before expiry, request/reply bookkeeping with timeouts, and
+// an application-level ping for browsers. No runtime dependencies; every
+// buffer is bounded. The wire protocol is docs/protocol.md of the gateway.
+
+/** Error codes the SDK itself produces (the server's codes pass through). */
+const CODES = Object.freeze({
+  badUrl: "bad_url",
+  badOptions: "bad_options",
+  badToken: "bad_token",
+  offline: "offline",
+  timeout: "timeout",
+  disconnected: "disconnected",
+  overloaded: "overloaded",
+  tooLarge: "too_large",
+  unauthorized: "unauthorized",
+  forbiddenOrigin: "forbidden_origin",
+  rateLimited: "rate_limited",
+  unavailable: "unavailable",
+  unsubscribed: "unsubscribed",
+  alreadySubscribed: "already_subscribed",
+  disconnectedByServer: "disconnected_by_server",
+  policyViolation: "policy_violation",
+  handlerError: "handler_error",
+});
+
+/** Close codes with a meaning of their own (docs/protocol.md, "Close codes"). */
+const CLOSE = Object.freeze({
+  normal: 1000,
+  abnormal: 1006, // no close frame: network failure, killed node
+  policy: 1008,
+  draining: 1012,
+  slowConsumer: 1013,
+  tokenExpired: 4001,
+  kicked: 4003,
+  clientGaveUp: 4000, // ours: a connection we abandoned (ping or connect timeout)
+});
+
+/** Subscribe failures worth retrying on the same connection. */
+const TRANSIENT_SUBSCRIBE_ERRORS = new Set(["internal", "rate_limited", "overloaded"]);
+
+const DEFAULTS = Object.freeze({
+  backoff: { min: 250, max: 10_000 },
+  pingInterval: 20_000,
+  requestTimeout: 10_000,
+  maxAuthFailures: 3,
+  maxPending: 1000,
+  maxFrameBytes: 65_536, // the gateway's default session.max_frame_bytes
+  maxBufferedBytes: 1_048_576,
+});
+
+// setTimeout silently fires at once for delays above 2^31-1 ms (~24.8 days);
+// a token valid for a month must not trigger a refresh storm.
+const MAX_TIMER_MS = 2_147_483_647;
+// 2^30 already exceeds any sane backoff.max / backoff.min ratio.
+const MAX_BACKOFF_EXPONENT = 30;
+
+export class SwitchboardError extends Error {
+  /**
+   * @param {string} code a server error code or one of the SDK's own
+   * @param {string} message
+   * @param {object} [details] status, retryAfter, closeCode, cause
+   */
+  constructor(code, message, details = {}) {
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    this.name = "SwitchboardError";
+    this.code = code;
+    if (details.status !== undefined) this.status = details.status;
+    if (details.retryAfter !== undefined) this.retryAfter = details.retryAfter;
+    if (details.closeCode !== undefined) this.closeCode = details.closeCode;
+  }
+}
+
+const defaultClock = Object.freeze({
+  now: () => Date.now(),
+  setTimeout: (fn, ms) => globalThis.setTimeout(fn, ms),
+  clearTimeout: (handle) => globalThis.clearTimeout(handle),
+  random: () => Math.random(),
+});
+
+/**
+ * A pub/sub connection to a Switchboard gateway. See README.md.
+ *
+ * States: "disconnected" (idle, or waiting to reconnect), "connecting",
+ * "connected" (the welcome frame arrived), "stopped" (will not reconnect by
+ * itself: disconnect() was called, or a refusal that retrying cannot fix).
+ */
+export class Switchboard {
+  constructor(url, options = {}) {
+    this._url = parseUrl(url);
+    this._opts = normalizeOptions(options);
+    this._clock = this._opts.clock;
+
+    this._listeners = new Map(); // event name -> Set of listeners
+    this._state = "disconnected";
+    this._started = false; // connect() or disconnect() was called at least once
+    this._active = false; // connecting, connected or waiting to reconnect
+
+    // Everything that belongs to one connection attempt checks `_gen` after
+    // each await: disconnect(), stop and a new attempt bump it, so late
+    // continuations of an old attempt do nothing.
+    this._gen = 0;
+    this._ws = null;
+    this._opened = false; // the current socket fired `open`
+    this._welcomed = false; // ...and the welcome frame arrived
+    this._connectedAt = 0;
+
+    this._token = null; // the token the next connect uses; null: ask getToken
+    this._tokenExpiresAt = 0; // clock time the server closes with 4001
+    this._tokenPromise = null; // the getToken call in flight, shared
+    this._authFailures = 0; // consecutive; reset by a welcome
+    this._attempt = 0; // backoff exponent
+    this._attemptAtConnect = 0; // its value when the last welcome reset it
+    this._refreshAttempt = 0;
+
+    this._timers = { reconnect: null, connect: null, ping: null, refresh: null };
+    this._pending = new Map(); // reply id -> {resolve, reject, timer}
+    this._nextId = 1;
+    this._subs = new Map(); // channel -> Subscription, in subscribe order
+
+    this.stats = {
+      connects: 0, // welcomes received
+      reconnects: 0, // welcomes after the first
+      unknownFrames: 0, // server frames ignored: invalid JSON, unknown type, missing fields
+      messages: 0, // message frames delivered to onMessage
+      duplicates: 0, // message frames dropped: offset at or below the known position
+      staleReplies: 0, // replies whose command already timed out
+    };
+  }
+
+  /** The current connection state. */
+  get state() {
+    return this._state;
+  }
+
+  /** Adds a listener; returns a function that removes it. */
+  on(event, listener) {
+    if (typeof listener !== "function") throw new TypeError("listener must be a function");
+    let set = this._listeners.get(event);
+    if (!set) this._listeners.set(event, (set = new Set()));
+    set.add(listener);
+    return () => this.off(event, listener);
+  }
+
+  off(event, listener) {
+    this._listeners.get(event)?.delete(listener);
+  }
+
+  /**
+   * Starts connecting (no-op while connecting, connected or waiting to
+   * reconnect). After a stop it starts afresh: auth failures and backoff are
+   * forgotten, subscriptions are kept and resume from their positions.
+   */
+  connect() {
+    this._started = true;
+    if (this._active) return;
+    this._active = true;
+    this._authFailures = 0;
+    this._attempt = 0;
+    this._startAttempt();
+  }
+
+  /**
+   * Closes with 1000 and stays stopped. Pending commands reject with code
+   * "disconnected". Subscriptions are kept with their positions: a later
+   * connect() resumes them with `since`.
+   */
+  disconnect() {
+    this._started = true;
+    this._stop({
+      code: CLOSE.normal,
+      reason: "disconnect() called",
+      rejectWith: new SwitchboardError(CODES.disconnected, "disconnect() was called"),
+    });
+  }
+
+  /**
+   * Subscribes to a channel; the subscription lives until unsubscribe(),
+   * across reconnects. The first subscribe also starts the connection.
+   */
+  subscribe(channel, handlers = {}) {
+    if (typeof channel !== "string" || channel === "") {
+      throw new SwitchboardError("bad_request", "channel must be a non-empty string");
+    }
+    if (this._subs.has(channel)) {
+      throw new SwitchboardError(
+        CODES.alreadySubscribed,
+        `already subscribed to ${channel}; use the existing subscription or unsubscribe first`,
+      );
+    }
+    const sub = new Subscription(this, channel, handlers);
+    this._subs.set(channel, sub);
+    if (this._welcomed) this._sendSubscribe(sub);
+    else if (!this._started) this.connect();
+    return sub;
+  }
+
+  /** Publishes without subscribing (the `publish` grant is enough). */
+  publish(channel, data) {
+    return this._command({ type: "publish", channel, data });
+  }
+
+  /** Resolves with the channel's members: [{user, connection_id, info}]. */
+  presence(channel) {
+    return this._command({ type: "presence", channel }).then((r) => r.members);
+  }
+
+  /** Reads stored messages: {offset, epoch, messages, recovered?}. */
+  history(channel, options) {
+    const { limit, since } = options ?? {};
+    const frame = { type: "history", channel };
+    if (limit !== undefined) frame.limit = limit;
+    if (since !== undefined && since !== null) frame.since = since;
+    return this._command(frame);
+  }
+
+  /** Application-level ping; resolves with the round trip in milliseconds. */
+  ping() {
+    const started = this._clock.now();
+    return this._command({ type: "ping" }).then(() => this._clock.now() - started);
+  }
+
+  /**
+   * Test hook, not part of the API: drops the socket as a network failure
+   * would (the server may not even notice), so reconnect and recovery can be
+   * exercised without killing the gateway.
+   */
+  _dropConnection() {
+    if (this._ws) this._abandon(this._ws, "connection dropped (test hook)", { handshakeFailed: false });
+  }
+
+  // ---- connection lifecycle ------------------------------------------------
+
+  async _startAttempt() {
+    const gen = ++this._gen;
+    this._timers.reconnect = null;
+    this._setState("connecting");
+    if (gen !== this._gen) return; // a state listener called disconnect()
+    let token;
+    try {
+      token = await this._usableToken();
+    } catch (err) {
+      if (gen === this._gen) this._onAuthFailure(err);
+      return;
+    }
+    if (gen === this._gen) this._openSocket(token);
+  }
+
+  _openSocket(token) {
+    let ws;
+    try {
+      ws = new this._opts.WebSocket(withParams(this._url, { token }).href);
+    } catch (err) {
+      // Browsers throw synchronously for blocked ports, mixed content, CSP:
+      // retrying cannot help.
+      this._stop({ error: new SwitchboardError(CODES.badUrl, `cannot open a WebSocket: ${err.message}`, { cause: err }) });
+      return;
+    }
+    this._ws = ws;
+    this._opened = false;
+    this._welcomed = false;
+    // A connection that neither opens nor fails (a black-holed address, a
+    // silent proxy) would otherwise wait for the OS's TCP timeout.
+    // No probe then: it would hang the same way.
+    this._timers.connect = this._clock.setTimeout(
+      () => this._abandon(ws, "no welcome within requestTimeout", { handshakeFailed: false }),
+      this._opts.requestTimeout,
+    );
+    ws.onopen = () => {
+      if (this._ws === ws) this._opened = true;
+    };
+    ws.onmessage = (ev) => {
+      if (this._ws === ws) this._onFrame(ev.data);
+    };
+    ws.onclose = (ev) => {
+      if (this._ws === ws) this._onClosed(ev.code, ev.reason);
+    };
+    ws.onerror = () => {
+      // Browsers follow an error with a close event, but Node 20's WebSocket
+      // fires only `error` when the handshake fails, and never closes. So a
+      // failure before `open` ends the attempt here; after `open` the close
+      // event (or the ping timeout) does.
+      if (this._ws === ws && !this._opened) this._abandon(ws, "the WebSocket handshake failed");
+    };
+  }
+
+  /**
+   * Forgets a socket we no longer trust and handles it as a close without a
+   * close frame. Its later events are ignored (`_ws` no longer points to it).
+   */
+  _abandon(ws, reason, { handshakeFailed = !this._opened } = {}) {
+    if (this._ws !== ws) return;
+    detach(ws);
+    try {
+      ws.close(CLOSE.clientGaveUp, reason.slice(0, 120));
+    } catch {
+      // Already closed or closing: nothing to release.
+    }
+    this._onClosed(CLOSE.abnormal, reason, { handshakeFailed });
+  }
+
+  /**
+   * The one place a socket ends: decide between reconnect and stop.
+   * `handshakeFailed`: it never opened, so the HTTP refusal (if any) is
+   * unknown and worth a probe.
+   */
+  _onClosed(code, reason = "", { handshakeFailed = !this._opened } = {}) {
+    const ws = this._ws;
+    const welcomed = this._welcomed;
+    const gen = ++this._gen; // late replies and token calls of this socket are void
+    if (ws) detach(ws);
+    this._ws = null;
+    this._opened = false;
+    this._welcomed = false;
+    this._clearConnectionTimers();
+    this._rejectPending(
+      new SwitchboardError(CODES.disconnected, `the connection closed (code ${code}) before the reply`, { closeCode: code }),
+    );
+    for (const sub of this._subs.values()) sub._connectionLost();
+
+    if (code === CLOSE.kicked) {
+      this._stop({ code, reason, error: new SwitchboardError(CODES.disconnectedByServer, reason || "disconnected by the server", { closeCode: code }) });
+      return;
+    }
+    if (code === CLOSE.policy) {
+      this._stop({ code, reason, error: new SwitchboardError(CODES.policyViolation, reason || "closed for a policy violation", { closeCode: code }) });
+      return;
+    }
+    if (welcomed) this._settleBackoffAfterSession(code);
+    if (code === CLOSE.tokenExpired) this._token = null; // get a new one first
+    this._setState("disconnected", { code, reason });
+    if (gen !== this._gen) return; // a state listener called disconnect()
+
+    if (code === CLOSE.draining) {
+      // The node asked us to go elsewhere and spreads its own closes over
+      // its drain window: come back soon, still jittered.
+      this._scheduleReconnect(this._clock.random() * this._opts.backoff.min);
+    } else if (handshakeFailed) {
+      // The handshake failed and browsers hide the HTTP status: ask why.
+      this._probeThenRetry(gen);
+    } else {
+      this._scheduleReconnect(this._nextDelay());
+    }
+  }
+
+  /**
+   * A welcome resets the backoff, but a session that ends soon after (a
+   * crash loop, an immediate slow-consumer close) must not let every client
+   * reconnect at once again: then the backoff continues where it was.
+   */
+  _settleBackoffAfterSession(code) {
+    const lived = this._clock.now() - this._connectedAt;
+    if (code === CLOSE.slowConsumer) {
+      this._attempt = Math.max(this._attemptAtConnect, 1);
+    } else if (lived < this._opts.backoff.max) {
+      this._attempt = this._attemptAtConnect;
+    }
+  }
+
+  /** Full jitter: random() * min(max, min * 2^attempt), then attempt++. */
+  _nextDelay() {
+    const { min, max } = this._opts.backoff;
+    const exponent = Math.min(this._attempt, MAX_BACKOFF_EXPONENT);
+    this._attempt = exponent + 1;
+    return this._clock.random() * Math.min(max, min * 2 ** exponent);
+  }
+
+  _scheduleReconnect(delay) {
+    this._clearTimer("reconnect");
+    this._timers.reconnect = this._clock.setTimeout(() => this._startAttempt(), clampDelay(delay));
+  }
+
+  /**
+   * Asks the gateway (GET /ws?probe=1) why the handshake failed and reacts:
+   * 401 → new token, 403 → stop, 429/503 → wait Retry-After, else backoff.
+   */
+  async _probeThenRetry(gen) {
+    const token = this._token;
+    const answer = token === null ? null : await this._probe(token);
+    if (gen !== this._gen) return;
+    const status = answer?.status;
+    if (status === 401) {
+      this._token = null;
+      this._onAuthFailure(answer.error);
+    } else if (status === 403) {
+      this._stop({ error: answer.error });
+    } else if (status === 429 || status === 503) {
+      this._emit("error", answer.error);
+      if (gen !== this._gen) return; // an error listener called disconnect()
+      // Retry-After plus jitter: every client refused at once must not
+      // come back at the same second.
+      this._scheduleReconnect(answer.retryAfter * 1000 + this._nextDelay());
+    } else {
+      this._scheduleReconnect(this._nextDelay());
+    }
+  }
+
+  /** Resolves with {status, error, retryAfter} or null when unknown. */
+  async _probe(token) {
+    const fetchFn = this._opts.fetch;
+    if (typeof fetchFn !== "function") return null;
+    const params = { probe: "1", token };
+    // A same-origin GET carries no Origin header, but the failed handshake
+    // did: name the page's origin so the probe checks the same thing.
+    const origin = globalThis.location?.origin;
+    if (typeof origin === "string") params.origin = origin;
+    const url = withParams(this._url, params);
+    url.protocol = url.protocol === "wss:" ? "https:" : "http:";
+    const abort = typeof AbortController === "function" ? new AbortController() : null;
+    const timer = this._clock.setTimeout(() => abort?.abort(), this._opts.requestTimeout);
+    try {
+      const res = await fetchFn(url.href, { cache: "no-store", signal: abort?.signal });
+      if (res.status === 204) return { status: 204 };
+      const body = await res.json().catch(() => ({}));
+      const retryAfter = parseRetryAfter(res.headers?.get?.("retry-after"));
+      const code = typeof body?.error === "string" ? body.error : statusCode(res.status);
+      const message = typeof body?.message === "string" ? body.message : `handshake refused with HTTP ${res.status}`;
+      return {
+        status: res.status,
+        retryAfter,
+        error: new SwitchboardError(code, message, { status: res.status, retryAfter }),
+      };
+    } catch {
+      return null; // the probe failed too: the node is down or unreachable
+    } finally {
+      this._clock.clearTimeout(timer);
+    }
+  }
+
+  /**
+   * Counts a token that could not be had or was refused; gives up after
+   * maxAuthFailures in a row, so a broken getToken or a revoked key cannot
+   * turn into a retry storm.
+   */
+  _onAuthFailure(error) {
+    this._authFailures += 1;
+    if (this._authFailures >= this._opts.maxAuthFailures) {
+      this._stop({ error });
+      return;
+    }
+    const gen = this._gen;
+    this._emit("error", error);
+    // After a probed 401 the socket's close already said "disconnected".
+    if (this._state !== "disconnected") this._setState("disconnected", { error });
+    if (gen === this._gen) this._scheduleReconnect(this._nextDelay());
+  }
+
+  /**
+   * Ends the connection for good (until connect()): closes the socket,
+   * cancels every timer, rejects pending commands and unsettled `ready`s.
+   */
+  _stop({ code, reason, error, rejectWith }) {
+    this._gen += 1;
+    this._active = false;
+    const ws = this._ws;
+    this._ws = null;
+    this._opened = false;
+    this._welcomed = false;
+    if (ws) {
+      detach(ws);
+      try {
+        ws.close(CLOSE.normal, "client stopped");
+      } catch {
+        // Already closed.
+      }
+    }
+    this._clearTimer("reconnect");
+    this._clearConnectionTimers();
+    const rejection = rejectWith ?? error;
+    this._rejectPending(rejection);
+    for (const sub of this._subs.values()) {
+      sub._connectionLost();
+      sub._rejectReady(rejection);
+    }
+    if (error) this._emit("error", error);
+    this._setState("stopped", { code, reason, error });
+  }
+
+  _clearConnectionTimers() {
+    this._clearTimer("connect");
+    this._clearTimer("ping");
+    this._clearTimer("refresh");
+  }
+
+  _clearTimer(name) {
+    if (this._timers[name] !== null) this._clock.clearTimeout(this._timers[name]);
+    this._timers[name] = null;
+  }
+
+  _setState(state, details = {}) {
+    this._state = state;
+    const event = { state };
+    for (const key of ["code", "reason", "error"]) {
+      if (details[key] !== undefined) event[key] = details[key];
+    }
+    this._emit("state", event);
+  }
+
+  // ---- tokens -----------------------------------------------------------------
+
+  /** The cached token while it is good, else a fresh one from getToken. */
+  _usableToken() {
+    const expired = this._tokenExpiresAt !== 0 && this._clock.now() >= this._tokenExpiresAt;
+    if (this._token !== null && !expired) return Promise.resolve(this._token);
+    return this._fetchToken().then((token) => {
+      this._token = token;
+      this._tokenExpiresAt = 0; // unknown until the welcome says
+      return token;
+    });
+  }
+
+  /**
+   * Calls getToken once at a time, with a deadline (a hung token endpoint
+   * must not freeze the client), and checks what comes back.
+   */
+  _fetchToken() {
+    if (this._tokenPromise) return this._tokenPromise;
+    const call = new Promise((resolve, reject) => {
+      const timer = this._clock.setTimeout(
+        () => reject(new SwitchboardError(CODES.badToken, `getToken did not settle within ${this._opts.requestTimeout} ms`)),
+        this._opts.requestTimeout,
+      );
+      Promise.resolve()
+        .then(() => this._opts.getToken())
+        .then(
+          (token) => {
+            if (typeof token !== "string" || token.trim() === "") {
+              reject(new SwitchboardError(CODES.badToken, `getToken must resolve with a non-empty string, got ${describe(token)}`));
+            } else {
+              resolve(token);
+            }
+          },
+          (err) => {
+            reject(
+              err instanceof SwitchboardError
+                ? err
+                : new SwitchboardError(CODES.badToken, `getToken failed: ${err?.message ?? String(err)}`, { cause: err }),
+            );
+          },
+        )
+        .finally(() => this._clock.clearTimeout(timer));
+    });
+    this._tokenPromise = call;
+    const clear = () => {
+      if (this._tokenPromise === call) this._tokenPromise = null;
+    };
+    call.then(clear, clear);
+    return call;
+  }
+
+  /** Refresh at 80% of the lifetime the server announced. */
+  _scheduleRefresh(expiresIn) {
+    this._clearTimer("refresh");
+    this._refreshAttempt = 0;
+    if (typeof expiresIn !== "number" || !(expiresIn >= 0)) {
+      this._tokenExpiresAt = 0; // unknown: no refresh, 4001 leads to a new token
+      return;
+    }
+    this._tokenExpiresAt = this._clock.now() + expiresIn * 1000;
+    this._timers.refresh = this._clock.setTimeout(() => this._refresh(), clampDelay(expiresIn * 800));
+  }
+
+  async _refresh() {
+    this._timers.refresh = null;
+    const gen = this._gen;
+    let token;
+    try {
+      token = await this._fetchToken();
+      if (gen !== this._gen) return;
+      const expiresAt = this._tokenExpiresAt;
+      const result = await this._command({ type: "refresh", token });
+      if (gen !== this._gen) return;
+      this._token = token;
+      // A getToken that hands out the same short-lived token again would
+      // make every refresh due at once: a loop. Back off instead.
+      if (this._clock.now() + result.expires_in * 1000 <= expiresAt) {
+        throw new SwitchboardError(CODES.badToken, "getToken returned a token that expires no later than the current one");
+      }
+      this._scheduleRefresh(result.expires_in);
+    } catch (err) {
+      if (gen !== this._gen) return;
+      this._emit("error", err);
+      this._retryRefresh();
+    }
+  }
+
+  /** Retries with backoff while the session lives; after expiry 4001 takes over. */
+  _retryRefresh() {
+    if (!this._welcomed) return;
+    const { min, max } = this._opts.backoff;
+    const exponent = Math.min(this._refreshAttempt++, MAX_BACKOFF_EXPONENT);
+    const delay = this._clock.random() * Math.min(max, min * 2 ** exponent);
+    if (this._clock.now() + delay >= this._tokenExpiresAt) return;
+    this._timers.refresh = this._clock.setTimeout(() => this._refresh(), clampDelay(delay));
+  }
+
+  // ---- frames ------------------------------------------------------------------
+
+  _onFrame(raw) {
+    const frame = parseFrame(raw);
+    if (!frame) {
+      this.stats.unknownFrames += 1;
+      return;
+    }
+    switch (frame.type) {
+      case "welcome":
+        return this._onWelcome(frame);
+      case "reply":
+        return this._onReply(frame);
+      case "error":
+        return this._onErrorFrame(frame);
+      case "message":
+      case "join":
+      case "leave":
+      case "reset":
+        return this._onChannelFrame(frame);
+      default:
+        this.stats.unknownFrames += 1;
+    }
+  }
+
+  _onWelcome(frame) {
+    if (this._welcomed || typeof frame.connection_id !== "string") {
+      this.stats.unknownFrames += 1;
+      return;
+    }
+    const ws = this._ws;
+    this._welcomed = true;
+    this._clearTimer("connect");
+    this._authFailures = 0;
+    this._attemptAtConnect = this._attempt;
+    this._attempt = 0;
+    this._connectedAt = this._clock.now();
+    this.stats.connects += 1;
+    if (this.stats.connects > 1) this.stats.reconnects += 1;
+    this._scheduleRefresh(frame.expires_in);
+    this._schedulePing();
+    for (const sub of this._subs.values()) this._sendSubscribe(sub);
+    const welcome = { connection_id: frame.connection_id, node_id: frame.node_id, user: frame.user };
+    if (frame.expires_in !== undefined) welcome.expires_in = frame.expires_in;
+    this._emit("welcome", welcome);
+    // A welcome listener may have called disconnect().
+    if (this._ws === ws) this._setState("connected");
+  }
+
+  _onReply(frame) {
+    const pending = this._pending.get(frame.id);
+    if (!pending) {
+      this.stats.staleReplies += 1;
+      return;
+    }
+    this._pending.delete(frame.id);
+    this._clock.clearTimeout(pending.timer);
+    if (frame.error && typeof frame.error === "object") {
+      pending.reject(new SwitchboardError(String(frame.error.code ?? "internal"), String(frame.error.message ?? "")));
+    } else {
+      pending.resolve(frame.result ?? {});
+    }
+  }
+
+  _onErrorFrame(frame) {
+    const err = frame.error && typeof frame.error === "object" ? frame.error : {};
+    this._emit("error", new SwitchboardError(String(err.code ?? "internal"), String(err.message ?? "error frame from the server")));
+  }
+
+  _onChannelFrame(frame) {
+    if (typeof frame.channel !== "string") {
+      this.stats.unknownFrames += 1;
+      return;
+    }
+    // Frames for a channel we left (an unsubscribe in flight) are dropped.
+    this._subs.get(frame.channel)?._onFrame(frame);
+  }
+
+  // ---- commands ----------------------------------------------------------------
+
+  /**
+   * Sends a command with a fresh id; the promise settles with its reply, or
+   * rejects "offline" at once when not connected, "timeout" after
+   * requestTimeout, "disconnected" if the socket closes first.
+   */
+  _command(frame) {
+    if (!this._welcomed) {
+      return Promise.reject(new SwitchboardError(CODES.offline, `not connected (state: ${this._state}); the command was not sent`));
+    }
+    if (this._pending.size >= this._opts.maxPending) {
+      return Promise.reject(new SwitchboardError(CODES.overloaded, `${this._pending.size} commands are already waiting for replies`));
+    }
+    const id = this._nextId++;
+    const text = encode({ ...frame, id });
+    const problem = text instanceof SwitchboardError ? text : this._checkSendable(text);
+    if (problem) return Promise.reject(problem);
+    return new Promise((resolve, reject) => {
+      const timer = this._clock.setTimeout(() => {
+        this._pending.delete(id);
+        reject(new SwitchboardError(CODES.timeout, `no reply to ${frame.type} within ${this._opts.requestTimeout} ms`));
+      }, this._opts.requestTimeout);
+      this._pending.set(id, { resolve, reject, timer });
+      try {
+        this._ws.send(text);
+      } catch (err) {
+        this._pending.delete(id);
+        this._clock.clearTimeout(timer);
+        reject(new SwitchboardError(CODES.disconnected, `send failed: ${err.message}`, { cause: err }));
+      }
+    });
+  }
+
+  /** The gateway closes the connection (1009) for an oversized frame: refuse it here. */
+  _checkSendable(text) {
+    if (exceedsBytes(text, this._opts.maxFrameBytes)) {
+      return new SwitchboardError(CODES.tooLarge, `the frame exceeds ${this._opts.maxFrameBytes} bytes`);
+    }
+    // The socket's own send buffer is unbounded; a stalled network must not
+    // grow it forever.
+    if (this._ws.bufferedAmount > this._opts.maxBufferedBytes) {
+      return new SwitchboardError(CODES.overloaded, `${this._ws.bufferedAmount} bytes are waiting to be sent`);
+    }
+    return null;
+  }
+
+  _rejectPending(error) {
+    const pending = [...this._pending.values()];
+    this._pending.clear();
+    for (const p of pending) {
+      this._clock.clearTimeout(p.timer);
+      p.reject(error);
+    }
+  }
+
+  _sendSubscribe(sub) {
+    const frame = { type: "subscribe", channel: sub.channel };
+    const since = sub._position;
+    if (since) frame.since = { offset: since.offset, epoch: since.epoch };
+    const gen = this._gen;
+    sub._subscribing();
+    this._command(frame).then(
+      (result) => {
+        if (gen === this._gen) sub._onSubscribed(result, since);
+      },
+      (err) => {
+        if (gen === this._gen) this._onSubscribeFailed(sub, err);
+      },
+    );
+  }
+
+  _onSubscribeFailed(sub, err) {
+    if (err.code === CODES.disconnected || err.code === CODES.offline) return; // resubscribed on reconnect
+    if (this._subs.get(sub.channel) !== sub) return; // unsubscribed meanwhile
+    if (err.code === CODES.timeout) {
+      // The server answers commands in order, so a missing reply means the
+      // connection is unhealthy; and a blind retry could meet a subscription
+      // the server did make. Start over: reconnect and resubscribe with since.
+      if (this._ws) this._abandon(this._ws, "subscribe timed out", { handshakeFailed: false });
+      return;
+    }
+    if (TRANSIENT_SUBSCRIBE_ERRORS.has(err.code)) {
+      sub._notifyError(err);
+      sub._retryTimer = this._clock.setTimeout(() => {
+        sub._retryTimer = null;
+        if (this._welcomed && this._subs.get(sub.channel) === sub) this._sendSubscribe(sub);
+      }, clampDelay(sub._nextRetryDelay(this._opts.backoff, this._clock.random())));
+      return;
+    }
+    // forbidden, bad_request, ...: retrying cannot help.
+    this._subs.delete(sub.channel);
+    sub._fail(err);
+  }
+
+  _unsubscribe(sub) {
+    if (this._subs.get(sub.channel) === sub) this._subs.delete(sub.channel);
+    if (!this._welcomed) return Promise.resolve();
+    return this._command({ type: "unsubscribe", channel: sub.channel }).then(
+      () => undefined,
+      (err) => {
+        // The connection ended first: the server dropped the subscription
+        // with it, and the SDK will not resubscribe. Done either way.
+        if (err.code !== CODES.disconnected && err.code !== CODES.offline) throw err;
+      },
+    );
+  }
+
+  _schedulePing() {
+    if (!(this._opts.pingInterval > 0)) return;
+    this._timers.ping = this._clock.setTimeout(() => {
+      this._timers.ping = null;
+      const ws = this._ws;
+      this.ping().then(
+        () => {
+          if (this._ws === ws) this._schedulePing();
+        },
+        (err) => {
+          // No reply in time: the socket is dead even if it looks open (a
+          // proxy or NAT dropped it silently).
+          if (err.code === CODES.timeout && ws) this._abandon(ws, "ping timeout");
+          else if (this._ws === ws && ws) this._schedulePing();
+        },
+      );
+    }, clampDelay(this._opts.pingInterval));
+  }
+
+  // ---- events --------------------------------------------------------------------
+
+  _emit(event, payload) {
+    const set = this._listeners.get(event);
+    if (!set) return;
+    for (const listener of [...set]) {
+      try {
+        listener(payload);
+      } catch (err) {
+        if (event !== "error") this._emit("error", handlerError(err));
+        // A throwing error listener is swallowed: no loop, no crash.
+      }
+    }
+  }
+
+  /** Calls an application callback; its exception becomes an `error` event. */
+  _callHandler(fn, ...args) {
+    if (typeof fn !== "function") return;
+    try {
+      fn(...args);
+    } catch (err) {
+      this._emit("error", handlerError(err));
+    }
+  }
+}
+
+/**
+ * One channel's subscription. It survives reconnects: the SDK resubscribes
+ * with `since` set to the last position it saw and drops duplicates.
+ */
+export class Subscription {
+  constructor(client, channel, handlers) {
+    this._client = client;
+    this.channel = channel;
+    this._handlers = handlers ?? {};
+    this._state = "subscribing"; // | "subscribed" | "unsubscribed" | "failed"
+    this._position = null; // {offset, epoch} of the last message seen
+    this._everSubscribed = false;
+    this._retryAttempt = 0;
+    this._retryTimer = null;
+    this._readySettled = false;
+    this.ready = new Promise((resolve, reject) => {
+      this._resolveReady = resolve;
+      this._rejectReadyFn = reject;
+    });
+    // An application that never awaits `ready` must not get an unhandled
+    // rejection (which ends a Node process).
+    this.ready.catch(() => {});
+  }
+
+  /** "subscribing" | "subscribed" | "unsubscribed" | "failed" */
+  get state() {
+    return this._state;
+  }
+
+  /** The last position seen, {offset, epoch}, or null (no history, or not yet). */
+  get position() {
+    return this._position ? { ...this._position } : null;
+  }
+
+  publish(data) {
+    return this._client.publish(this.channel, data);
+  }
+
+  presence() {
+    return this._client.presence(this.channel);
+  }
+
+  history(options) {
+    return this._client.history(this.channel, options);
+  }
+
+  /** Ends the subscription; resolves once the server confirmed (at once when offline). */
+  unsubscribe() {
+    if (this._state === "unsubscribed" || this._state === "failed") return Promise.resolve();
+    this._state = "unsubscribed";
+    this._cancelRetry();
+    this._rejectReady(new SwitchboardError(CODES.unsubscribed, `unsubscribed from ${this.channel}`));
+    return this._client._unsubscribe(this);
+  }
+
+  // ---- driven by the client ----
+
+  _subscribing() {
+    this._cancelRetry();
+    if (this._state === "subscribed") this._state = "subscribing";
+  }
+
+  _connectionLost() {
+    this._cancelRetry();
+    this._retryAttempt = 0;
+    if (this._state === "subscribed") this._state = "subscribing";
+  }
+
+  _onSubscribed(result, since) {
+    if (this._state !== "subscribing") return;
+    this._state = "subscribed";
+    this._retryAttempt = 0;
+    const resumed = this._everSubscribed;
+    this._everSubscribed = true;
+    const hasPosition = typeof result.offset === "number" && typeof result.epoch === "string";
+    // recovered:true → the missed messages follow and advance the position
+    // from `since`; otherwise the reply's position is where we stand.
+    if (hasPosition && !(since && result.recovered === true)) {
+      this._position = { offset: result.offset, epoch: result.epoch };
+    }
+    if (!this._readySettled) {
+      this._readySettled = true;
+      this._resolveReady(result);
+    }
+    if (hasPosition) {
+      this._client._callHandler(this._handlers.onRecover, {
+        recovered: since ? result.recovered === true : true,
+        offset: result.offset,
+        epoch: result.epoch,
+      });
+    } else if (resumed) {
+      // A channel without history cannot replay what was published while
+      // we were away: tell the application to reload.
+      this._client._callHandler(this._handlers.onRecover, { recovered: false });
+    }
+  }
+
+  _onFrame(frame) {
+    if (this._state === "unsubscribed" || this._state === "failed") return;
+    const client = this._client;
+    switch (frame.type) {
+      case "message": {
+        if (typeof frame.offset === "number" && this._position) {
+          if (frame.offset <= this._position.offset) {
+            client.stats.duplicates += 1;
+            return;
+          }
+          this._position.offset = frame.offset;
+        }
+        client.stats.messages += 1;
+        client._callHandler(this._handlers.onMessage, frame.data, { channel: this.channel, offset: frame.offset });
+        return;
+      }
+      case "join":
+      case "leave": {
+        const member = { user: frame.user, connection_id: frame.connection_id, info: frame.info ?? null };
+        client._callHandler(frame.type === "join" ? this._handlers.onJoin : this._handlers.onLeave, member);
+        return;
+      }
+      case "reset": {
+        if (typeof frame.offset !== "number" || typeof frame.epoch !== "string") {
+          client.stats.unknownFrames += 1;
+          return;
+        }
+        this._position = { offset: frame.offset, epoch: frame.epoch };
+        client._callHandler(this._handlers.onReset, { offset: frame.offset, epoch: frame.epoch });
+        return;
+      }
+    }
+  }
+
+  _notifyError(err) {
+    this._client._callHandler(this._handlers.onError, err);
+  }
+
+  _fail(err) {
+    this._state = "failed";
+    this._cancelRetry();
+    this._notifyError(err);
+    this._rejectReady(err);
+  }
+
+  _rejectReady(err) {
+    if (this._readySettled) return;
+    this._readySettled = true;
+    this._rejectReadyFn(err);
+  }
+
+  _nextRetryDelay({ min, max }, random) {
+    const exponent = Math.min(this._retryAttempt++, MAX_BACKOFF_EXPONENT);
+    return random * Math.min(max, min * 2 ** exponent);
+  }
+
+  _cancelRetry() {
+    if (this._retryTimer !== null) this._client._clock.clearTimeout(this._retryTimer);
+    this._retryTimer = null;
+  }
+}
+
+// ---- helpers ----------------------------------------------------------------------
+
+function parseUrl(url) {
+  let parsed;
+  try {
+    // Absolute URLs only: resolving against the page would turn a typo
+    // ("ws//host/ws") into a path on the page's own host.
+    parsed = new URL(String(url));
+  } catch {
+    throw new SwitchboardError(CODES.badUrl, `not a valid URL: ${describe(url)}`);
+  }
+  const schemes = { "ws:": "ws:", "wss:": "wss:", "http:": "ws:", "https:": "wss:" };
+  if (!(parsed.protocol in schemes)) {
+    throw new SwitchboardError(CODES.badUrl, `the URL must use ws:, wss:, http: or https:, got ${parsed.protocol}`);
+  }
+  if (parsed.hash !== "") {
+    throw new SwitchboardError(CODES.badUrl, "the URL must not have a #fragment");
+  }
+  parsed.protocol = schemes[parsed.protocol];
+  return parsed;
+}
+
+function normalizeOptions(options) {
+  if (typeof options?.getToken !== "function") {
+    throw new SwitchboardError(CODES.badOptions, "options.getToken must be a function returning (a promise of) a JWT");
+  }
+  const WebSocketImpl = options.WebSocket ?? globalThis.WebSocket;
+  if (typeof WebSocketImpl !== "function") {
+    throw new SwitchboardError(
+      CODES.badOptions,
+      "no WebSocket implementation: pass options.WebSocket, or run Node 20 with --experimental-websocket",
+    );
+  }
+  const backoff = { ...DEFAULTS.backoff, ...options.backoff };
+  const opts = {
+    getToken: options.getToken,
+    WebSocket: WebSocketImpl,
+    fetch: options.fetch ?? (typeof globalThis.fetch === "function" ? globalThis.fetch.bind(globalThis) : undefined),
+    clock: { ...defaultClock, ...options.clock },
+    backoff,
+  };
+  for (const key of ["pingInterval", "requestTimeout", "maxAuthFailures", "maxPending", "maxFrameBytes", "maxBufferedBytes"]) {
+    opts[key] = options[key] ?? DEFAULTS[key];
+  }
+  const positive = {
+    "backoff.min": backoff.min,
+    "backoff.max": backoff.max,
+    requestTimeout: opts.requestTimeout,
+    maxAuthFailures: opts.maxAuthFailures,
+    maxPending: opts.maxPending,
+    maxFrameBytes: opts.maxFrameBytes,
+    maxBufferedBytes: opts.maxBufferedBytes,
+  };
+  for (const [key, value] of Object.entries(positive)) {
+    if (typeof value !== "number" || !(value > 0)) {
+      throw new SwitchboardError(CODES.badOptions, `options.${key} must be a positive number, got ${describe(value)}`);
+    }
+  }
+  if (backoff.max < backoff.min) {
+    throw new SwitchboardError(CODES.badOptions, "options.backoff.max must not be below backoff.min");
+  }
+  if (typeof opts.pingInterval !== "number" || opts.pingInterval < 0) {
+    throw new SwitchboardError(CODES.badOptions, "options.pingInterval must be a number of milliseconds, 0 for off");
+  }
+  // Timers beyond 2^31-1 ms would fire at once.
+  opts.requestTimeout = clampDelay(opts.requestTimeout);
+  opts.pingInterval = clampDelay(opts.pingInterval);
+  return opts;
+}
+
+/** A copy of `url` with query parameters set (URL-encoded). */
+function withParams(url, params) {
+  const copy = new URL(url.href);
+  for (const [key, value] of Object.entries(params)) copy.searchParams.set(key, value);
+  return copy;
+}
+
+function parseFrame(raw) {
+  if (typeof raw !== "string") return null; // the gateway sends text frames only
+  let frame;
+  try {
+    frame = JSON.parse(raw);
+  } catch {
+    return null;
+  }
+  if (frame === null || typeof frame !== "object" || Array.isArray(frame) || typeof frame.type !== "string") return null;
+  return frame;
+}
+
+function encode(frame) {
+  try {
+    return JSON.stringify(frame);
+  } catch (err) {
+    return new SwitchboardError("bad_request", `the command cannot be encoded as JSON: ${err.message}`, { cause: err });
+  }
+}
+
+function exceedsBytes(text, limit) {
+  // Each UTF-16 unit is at most 3 UTF-8 bytes: skip the encoding when it cannot matter.
+  if (text.length * 3 <= limit) return false;
+  return new TextEncoder().encode(text).length > limit;
+}
+
+function parseRetryAfter(value) {
+  const seconds = Number.parseInt(value ?? "", 10);
+  return Number.isFinite(seconds) && seconds > 0 ? seconds : 1;
+}
+
+function statusCode(status) {
+  return { 401: CODES.unauthorized, 403: CODES.forbiddenOrigin, 429: CODES.rateLimited, 503: CODES.unavailable }[status] ?? "bad_request";
+}
+
+function clampDelay(ms) {
+  return Math.min(Math.max(0, ms), MAX_TIMER_MS);
+}
+
+function detach(ws) {
+  ws.onopen = ws.onmessage = ws.onclose = null;
+  ws.onerror = () => {}; // some implementations throw on unhandled error events
+}
+
+function handlerError(err) {
+  return new SwitchboardError(CODES.handlerError, `an application callback threw: ${err?.message ?? String(err)}`, { cause: err });
+}
+
+function describe(value) {
+  if (typeof value === "string") return value === "" ? "an empty string" : JSON.stringify(value.slice(0, 40));
+  if (value === null) return "null";
+  return typeof value === "object" ? "an object" : `${typeof value} ${String(value)}`;
+}
