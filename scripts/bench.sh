@@ -84,7 +84,7 @@ start_node() {
         SWITCHBOARD_MSG_RATE=1000000 \
         SWITCHBOARD_MSG_BURST=1000000 \
         ${redis:+SWITCHBOARD_REDIS_URL="$redis"} \
-        RUST_LOG=warn \
+        RUST_LOG="${NODE_LOG:-warn}" \
         "$GATEWAY" ${config:+--config "$config"} >"$OUT/$name.log" 2>&1 &
     NODE_PID=$!
     PIDS+=("$NODE_PID")
@@ -206,11 +206,57 @@ idle() {
         "$held connections held on $nodes node(s); RSS after minus RSS before, per node"
 }
 
+# idle_burst KEY CONNS MESSAGES BYTES LABEL: per-connection RSS of CONNS
+# idle subscribers of one channel, then again after a burst of MESSAGES
+# messages of BYTES each (POST /api/publish) once things settle: buffers
+# grown for the burst must be given back.
+idle_burst() {
+    local key=$1 conns=$2 messages=$3 bytes=$4 label=$5
+    local port pid base idle after open_idle open_after
+    port=$(free_port)
+    start_node "$key-node" "$port"
+    pid=$NODE_PID
+    sleep 1
+    base=$(rss_kb "$pid")
+    load "$key-load" --target "127.0.0.1:$port" --connections "$conns" \
+        --shape one --publishers 0 --ramp 4000 --sources 4 --source-first 2 --duration 40s &
+    local loader=$!
+    PIDS+=("$loader")
+    local deadline=$((SECONDS + 180))
+    while [ "$(sessions "$port")" -lt "$conns" ] && [ "$SECONDS" -le "$deadline" ]; do
+        sleep 0.5
+    done
+    sleep 3
+    idle=$(rss_kb "$pid")
+    open_idle=$(sessions "$port")
+    python3 -c "import json,sys; print(json.dumps({'channel': 'bench:all', 'data': 'x' * int(sys.argv[1])}))" \
+        "$bytes" >"$TMP/burst.json"
+    for _ in $(seq 1 "$messages"); do
+        curl -sf -X POST -H "Authorization: Bearer $API_KEY" -H 'Content-Type: application/json' \
+            --data-binary @"$TMP/burst.json" "http://127.0.0.1:$port/api/publish" >/dev/null
+    done
+    sleep 8
+    after=$(rss_kb "$pid")
+    open_after=$(sessions "$port")
+    local per_idle per_after ratio
+    per_idle=$(awk -v a="$idle" -v b="$base" -v c="$open_idle" 'BEGIN { printf "%.0f", (a - b) * 1024 / (c > 0 ? c : 1) }')
+    per_after=$(awk -v a="$after" -v b="$base" -v c="$open_after" 'BEGIN { printf "%.0f", (a - b) * 1024 / (c > 0 ? c : 1) }')
+    ratio=$(awk -v a="$per_after" -v b="$per_idle" 'BEGIN { printf "%.2f", a / (b > 0 ? b : 1) }')
+    echo "  $per_idle B/connection idle, $per_after B/connection after the burst (${ratio}x)"
+    wait "$loader" || true
+    stop_pid "$pid"
+    row "$label" "$per_after B per connection (${ratio}x the $per_idle B before the burst)" \
+        "$open_after of $conns subscribers still connected; RSS 8 s after the burst minus RSS before connecting"
+}
+
 if [[ $SCENARIOS == *" 1 "* ]]; then
-echo "scenario 1: idle connections"
+echo "scenario 1: idle connections (nodes at the default log level, info)"
+NODE_LOG=info
 idle idle-10k 1 10000 idle "idle, 10k connections, 1 node"
 idle idle-50k 3 16667 idle "idle, 50k connections, 3 nodes x 16.7k"
 idle rooms-10k 1 10000 rooms "10k connections each subscribed to a room of 100, 1 node"
+idle_burst burst-10k 10000 20 32768 "idle after a burst of 20 x 32 KiB messages to 10k subscribers of one channel, 1 node"
+NODE_LOG=warn
 fi
 
 # ---------------------------------------------------------------- scenario 2

@@ -5,8 +5,9 @@
 //! token: HS256 needs the shared secret, RS256/ES256 the PEM public key, and
 //! anything else (`none`, HS256 against a public key, ...) is refused.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -74,10 +75,11 @@ pub struct Claims {
     pub user: Arc<str>,
     /// Seconds since the epoch at which the token expires (`exp`).
     pub exp: u64,
-    /// Channels the user may subscribe to (and read presence of).
-    pub channels: PatternSet,
-    /// Channels the user may publish to.
-    pub publish: PatternSet,
+    /// Channels the user may subscribe to (and read presence of); shared
+    /// between tokens granting the same list.
+    pub channels: Arc<PatternSet>,
+    /// Channels the user may publish to; shared likewise.
+    pub publish: Arc<PatternSet>,
     /// The `info` object shown in presence, as JSON text.
     pub info: Option<Arc<RawValue>>,
 }
@@ -106,6 +108,35 @@ pub struct TokenVerifier {
     audience: Option<String>,
     issuer: Option<String>,
     leeway: Duration,
+    grants: Arc<Grants>,
+}
+
+/// Grant lists shared between the connections whose tokens list the same
+/// patterns (typically every token of an application grants the same few),
+/// so each session holds a pointer instead of its own parsed copy.
+#[derive(Default)]
+struct Grants(Mutex<HashMap<Vec<String>, Weak<PatternSet>>>);
+
+/// Lists longer than this are parsed per token, not shared.
+const SHARED_GRANT_MAX: usize = 16;
+
+impl Grants {
+    fn get(&self, list: &[String]) -> Result<Arc<PatternSet>, ChannelError> {
+        if list.len() > SHARED_GRANT_MAX {
+            return PatternSet::parse(list).map(Arc::new);
+        }
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(set) = map.get(list).and_then(Weak::upgrade) {
+            return Ok(set);
+        }
+        let set = Arc::new(PatternSet::parse(list)?);
+        // Forget lists no session holds any more, once they pile up.
+        if map.len() >= 1024 && map.len().is_power_of_two() {
+            map.retain(|_, set| set.strong_count() > 0);
+        }
+        map.insert(list.to_vec(), Arc::downgrade(&set));
+        Ok(set)
+    }
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -163,6 +194,7 @@ impl TokenVerifier {
             audience: config.audience.clone(),
             issuer: config.issuer.clone(),
             leeway: config.leeway,
+            grants: Arc::default(),
         })
     }
 
@@ -249,7 +281,8 @@ impl TokenVerifier {
                     "{name} lists more than 1024 patterns"
                 )));
             }
-            PatternSet::parse(list)
+            self.grants
+                .get(list)
                 .map_err(|e: ChannelError| AuthError::InvalidClaims(format!("{name}: {e}")))
         };
         let info = match claims.info {

@@ -17,6 +17,7 @@ use thiserror::Error;
 use crate::history::{
     HistoryPolicy, DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL, HISTORY_META_TTL, MAX_HISTORY_SIZE,
 };
+use crate::hub::QUEUE_ENTRY_OVERHEAD;
 use crate::limits::TrustedProxies;
 use crate::origin::AllowedOrigins;
 
@@ -28,6 +29,9 @@ pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_CHANNELS: usize = 128;
 pub const DEFAULT_SEND_QUEUE_BYTES: usize = 1 << 20;
+/// A bound on what a `message` frame adds to its data: the type, the
+/// longest channel name and an offset (see the test below).
+pub const MESSAGE_ENVELOPE_BYTES: usize = 512;
 pub const DEFAULT_CONN_RATE_PER_IP: u32 = 20;
 pub const DEFAULT_CONN_BURST_PER_IP: u32 = 40;
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
@@ -688,6 +692,20 @@ impl Config {
             )?,
         };
 
+        // A frame that can never fit is dropped for every subscriber.
+        let needed = session.max_frame_bytes + MESSAGE_ENVELOPE_BYTES + QUEUE_ENTRY_OVERHEAD;
+        if session.send_queue_bytes < needed {
+            return Err(ConfigError::new(
+                SEND_QUEUE_BYTES.name(),
+                format!(
+                    "{} bytes cannot hold one maximum-size message: {} = {} bytes of data, plus {MESSAGE_ENVELOPE_BYTES} of message envelope and {QUEUE_ENTRY_OVERHEAD} of queue overhead, needs at least {needed}; raise the queue or lower the frame size",
+                    session.send_queue_bytes,
+                    MAX_FRAME_BYTES.name(),
+                    session.max_frame_bytes,
+                ),
+            ));
+        }
+
         for name in file.namespaces.keys() {
             if name.contains(':') || name.contains('*') {
                 return Err(ConfigError::new(
@@ -873,6 +891,49 @@ mod tests {
         let mut e = base();
         e.extend(env(pairs));
         Config::from_toml(text, &e).unwrap_err()
+    }
+
+    #[test]
+    fn a_send_queue_that_cannot_hold_one_message_is_refused() {
+        let refused = error(
+            "",
+            &[
+                ("SWITCHBOARD_SEND_QUEUE_BYTES", "8192"),
+                ("SWITCHBOARD_MAX_FRAME_BYTES", "9000"),
+            ],
+        );
+        assert_eq!(
+            refused.to_string(),
+            "invalid configuration: SWITCHBOARD_SEND_QUEUE_BYTES (session.send_queue_bytes): \
+             8192 bytes cannot hold one maximum-size message: \
+             SWITCHBOARD_MAX_FRAME_BYTES (session.max_frame_bytes) = 9000 bytes of data, \
+             plus 512 of message envelope and 64 of queue overhead, needs at least 9576; \
+             raise the queue or lower the frame size"
+        );
+        let fits = [
+            ("SWITCHBOARD_SEND_QUEUE_BYTES", "9576"),
+            ("SWITCHBOARD_MAX_FRAME_BYTES", "9000"),
+        ];
+        let mut pairs = base();
+        pairs.extend(env(&fits));
+        assert!(Config::from_toml("", &pairs).is_ok());
+        // The defaults fit.
+        assert!(Config::from_toml("", &base()).is_ok());
+    }
+
+    #[test]
+    fn the_message_envelope_bound_holds() {
+        use switchboard_protocol::channel::MAX_CHANNEL_LEN;
+        use switchboard_protocol::ServerFrame;
+        let channel = "c".repeat(MAX_CHANNEL_LEN);
+        let data = serde_json::value::RawValue::from_string("0".into()).unwrap();
+        let frame = ServerFrame::Message {
+            channel: &channel,
+            offset: Some(u64::MAX),
+            data: &data,
+        }
+        .encode();
+        assert!(frame.len() - 1 <= MESSAGE_ENVELOPE_BYTES, "{}", frame.len());
     }
 
     #[test]

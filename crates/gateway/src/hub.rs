@@ -10,12 +10,15 @@
 //! charged in full to every queue it sits in, so the bound holds even for a
 //! queue that outlives the other recipients' copies.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use indexmap::IndexMap;
-use tokio::sync::mpsc;
+use switchboard_protocol::close::SLOW_CONSUMER;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::metrics::Metrics;
@@ -57,50 +60,88 @@ pub enum Outbound {
     Frame(Arc<Delivery>),
     /// Close the connection with this code and reason.
     Close(u16, &'static str),
+    /// The node drains: close with 1012 after this delay.
+    Drain(Duration),
 }
 
 /// What one queued frame costs beyond its bytes: the queue slot and the
 /// shared buffer's header, rounded up.
 pub const QUEUE_ENTRY_OVERHEAD: usize = 64;
 
+/// A queue that grew past this many slots is given back when it empties,
+/// so a burst does not stay resident.
+const QUEUE_KEEP_SLOTS: usize = 8;
+
 impl Outbound {
     /// Bytes charged to a queue while this item waits in it.
     pub fn cost(&self) -> usize {
         match self {
             Outbound::Frame(delivery) => delivery.frame.len() + QUEUE_ENTRY_OVERHEAD,
-            Outbound::Close(..) => 0,
+            Outbound::Close(..) | Outbound::Drain(_) => 0,
         }
     }
 }
 
 /// The hub's side of one session: its queue, the bytes waiting in it and a
 /// slow-consumer flag.
+///
+/// The queue is a locked `VecDeque` plus a waker rather than a channel: it
+/// costs nothing while empty (an idle session allocates no queue block), and
+/// it is given back after a burst.
 #[derive(Debug)]
 pub struct SessionHandle {
     pub id: u64,
-    tx: mpsc::UnboundedSender<Outbound>,
+    /// The session's user (for disconnects by user).
+    pub user: Arc<str>,
+    queue: Mutex<Queue>,
+    waker: AtomicWaker,
     queued: AtomicUsize,
     max_bytes: usize,
     slow: AtomicBool,
 }
 
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Outbound>,
+    /// False once the session ended: nothing is queued any more.
+    closed: bool,
+}
+
 impl SessionHandle {
     /// A handle whose queue holds at most `max_bytes` of frames.
-    pub fn new(id: u64, max_bytes: usize) -> (SessionHandle, mpsc::UnboundedReceiver<Outbound>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let handle = SessionHandle {
+    pub fn new(id: u64, user: Arc<str>, max_bytes: usize) -> SessionHandle {
+        SessionHandle {
             id,
-            tx,
+            user,
+            queue: Mutex::default(),
+            waker: AtomicWaker::new(),
             queued: AtomicUsize::new(0),
             max_bytes,
             slow: AtomicBool::new(false),
-        };
-        (handle, rx)
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues an item and wakes the session; false when it has ended.
+    fn push(&self, item: Outbound) -> bool {
+        {
+            let mut queue = self.queue();
+            if queue.closed {
+                return false;
+            }
+            queue.items.push_back(item);
+        }
+        self.waker.wake();
+        true
     }
 
     /// Queues a frame without waiting. A frame that would take the queue
-    /// past its byte bound is dropped and marks the session slow; once slow,
-    /// nothing more is queued (the session is closing).
+    /// past its byte bound is dropped and marks the session slow, and the
+    /// session is woken to close with 1013; once slow, nothing more is
+    /// queued (the session is closing).
     pub fn offer(&self, item: Outbound) -> bool {
         if self.is_slow() {
             return false;
@@ -109,18 +150,63 @@ impl SessionHandle {
         let before = self.queued.fetch_add(cost, Ordering::Relaxed);
         if before + cost > self.max_bytes {
             self.queued.fetch_sub(cost, Ordering::Relaxed);
-            self.slow.store(true, Ordering::Relaxed);
+            self.slow.store(true, Ordering::Release);
+            self.waker.wake();
             return false;
         }
-        if self.tx.send(item).is_err() {
+        if !self.push(item) {
             self.queued.fetch_sub(cost, Ordering::Relaxed);
             return false;
         }
         true
     }
 
+    /// Takes the next item off the queue (the session's side).
+    pub fn try_next(&self) -> Option<Outbound> {
+        let item = {
+            let mut queue = self.queue();
+            let item = queue.items.pop_front();
+            if queue.items.is_empty() && queue.items.capacity() > QUEUE_KEEP_SLOTS {
+                queue.items = VecDeque::new();
+            }
+            item
+        };
+        if let Some(Outbound::Frame(delivery)) = &item {
+            self.taken(delivery);
+        }
+        item
+    }
+
+    /// The next item, waiting for one. A slow session gets its 1013 close
+    /// first, whatever else is queued (a close request included): the
+    /// frames it already missed cannot be made up for on this connection.
+    pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Outbound> {
+        if let Some(item) = self.next_or_slow() {
+            return Poll::Ready(item);
+        }
+        // Register, then look again: an item queued (or an overflow) in
+        // between is not missed.
+        self.waker.register(cx.waker());
+        match self.next_or_slow() {
+            Some(item) => Poll::Ready(item),
+            None => Poll::Pending,
+        }
+    }
+
+    fn next_or_slow(&self) -> Option<Outbound> {
+        if self.is_slow() {
+            return Some(Outbound::Close(SLOW_CONSUMER, SLOW_CONSUMER_REASON));
+        }
+        self.try_next()
+    }
+
+    /// Items waiting in the queue.
+    pub fn queued_items(&self) -> usize {
+        self.queue().items.len()
+    }
+
     /// The session took a frame off its queue.
-    pub fn taken(&self, delivery: &Delivery) {
+    fn taken(&self, delivery: &Delivery) {
         self.queued.fetch_sub(
             delivery.frame.len() + QUEUE_ENTRY_OVERHEAD,
             Ordering::Relaxed,
@@ -135,14 +221,36 @@ impl SessionHandle {
     /// Asks the session to close. Close requests are never refused for
     /// space: they cost nothing and must reach even a slow session.
     pub fn close(&self, code: u16, reason: &'static str) {
-        let _ = self.tx.send(Outbound::Close(code, reason));
+        self.push(Outbound::Close(code, reason));
+    }
+
+    /// Asks the session to close with 1012 after `delay`.
+    pub fn drain(&self, delay: Duration) {
+        self.push(Outbound::Drain(delay));
+    }
+
+    /// The session ended: what is queued is dropped and nothing more is taken.
+    pub fn finish(&self) {
+        let items = {
+            let mut queue = self.queue();
+            queue.closed = true;
+            std::mem::take(&mut queue.items)
+        };
+        for item in &items {
+            if let Outbound::Frame(delivery) = item {
+                self.taken(delivery);
+            }
+        }
     }
 
     /// Whether a frame was dropped because the queue was full.
     pub fn is_slow(&self) -> bool {
-        self.slow.load(Ordering::Relaxed)
+        self.slow.load(Ordering::Acquire)
     }
 }
+
+/// The reason a session whose queue overflowed closes with.
+pub const SLOW_CONSUMER_REASON: &str = "slow consumer: send queue overflowed";
 
 /// How one fan-out went.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -153,11 +261,13 @@ pub struct Fanout {
 
 type Subscribers = IndexMap<u64, Arc<SessionHandle>>;
 
-/// Channel → local subscribers, and user → local sessions.
+/// Channel → local subscribers, and every local session (by id; a
+/// disconnect by user scans them, which is rare, rather than keeping a map
+/// per user).
 #[derive(Debug, Default)]
 pub struct Hub {
     channels: RwLock<HashMap<Box<str>, Subscribers>>,
-    users: RwLock<HashMap<Arc<str>, Subscribers>>,
+    sessions: RwLock<HashMap<u64, Arc<SessionHandle>>>,
     dropped: AtomicU64,
     metrics: Arc<Metrics>,
 }
@@ -171,7 +281,7 @@ impl Hub {
     pub fn with_metrics(metrics: Arc<Metrics>) -> Hub {
         Hub {
             channels: RwLock::default(),
-            users: RwLock::default(),
+            sessions: RwLock::default(),
             dropped: AtomicU64::new(0),
             metrics,
         }
@@ -248,34 +358,41 @@ impl Hub {
         fanout
     }
 
-    /// Records an open session of `user` (for disconnects by user).
-    pub fn register(&self, user: &Arc<str>, session: &Arc<SessionHandle>) {
-        let mut users = self.users.write().unwrap_or_else(|e| e.into_inner());
-        users
-            .entry(Arc::clone(user))
-            .or_default()
-            .insert(session.id, Arc::clone(session));
+    /// Records an open session (for disconnects by user and the drain).
+    pub fn register(&self, session: &Arc<SessionHandle>) {
+        let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+        sessions.insert(session.id, Arc::clone(session));
     }
 
     /// Forgets a closed session.
-    pub fn unregister(&self, user: &str, session_id: u64) {
-        let mut users = self.users.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(sessions) = users.get_mut(user) {
-            sessions.swap_remove(&session_id);
-            if sessions.is_empty() {
-                users.remove(user);
-            }
+    pub fn unregister(&self, session_id: u64) {
+        let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(session) = sessions.remove(&session_id) {
+            session.finish();
+        }
+        if sessions.is_empty() && sessions.capacity() > 64 {
+            sessions.shrink_to_fit();
         }
     }
 
     /// Asks every local session of `user` to close with `code`; returns how many.
     pub fn disconnect_user(&self, user: &str, code: u16, reason: &'static str) -> usize {
-        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
-        let Some(sessions) = users.get(user) else {
-            return 0;
-        };
-        for session in sessions.values() {
+        let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        let mut closed = 0;
+        for session in sessions.values().filter(|s| &*s.user == user) {
             session.close(code, reason);
+            closed += 1;
+        }
+        closed
+    }
+
+    /// Asks every local session to close with 1012 at a moment `delay`
+    /// picks for it (the node drains). A session registered after this
+    /// walk sees the node draining itself.
+    pub fn drain(&self, mut delay: impl FnMut() -> Duration) -> usize {
+        let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        for session in sessions.values() {
+            session.drain(delay());
         }
         sessions.len()
     }
@@ -291,10 +408,9 @@ impl Hub {
     /// Bytes waiting in the send queues of every open session (for the
     /// metrics scrape; O(sessions), never on the per-frame path).
     pub fn queued_bytes(&self) -> usize {
-        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
-        users
+        let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        sessions
             .values()
-            .flat_map(|sessions| sessions.values())
             .map(|session| session.queued_bytes())
             .sum()
     }
@@ -323,12 +439,9 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn session(
-        id: u64,
-        max_bytes: usize,
-    ) -> (Arc<SessionHandle>, mpsc::UnboundedReceiver<Outbound>) {
-        let (handle, rx) = SessionHandle::new(id, max_bytes);
-        (Arc::new(handle), rx)
+    fn session(id: u64, max_bytes: usize) -> (Arc<SessionHandle>, Arc<SessionHandle>) {
+        let handle = Arc::new(SessionHandle::new(id, Arc::from("u"), max_bytes));
+        (Arc::clone(&handle), handle)
     }
 
     #[test]
@@ -353,7 +466,7 @@ mod tests {
         let hub = Hub::new();
         let frame = Delivery::plain("c", Utf8Bytes::from_static("{\"type\":\"message\"}"));
         let one = frame.frame.len() + QUEUE_ENTRY_OVERHEAD;
-        let (fast, mut fast_rx) = session(1, 8 * one);
+        let (fast, fast_rx) = session(1, 8 * one);
         let (slow, _slow_rx) = session(2, one);
         hub.subscribe("c", &fast);
         hub.subscribe("c", &slow);
@@ -376,9 +489,8 @@ mod tests {
         assert_eq!(slow.queued_bytes(), one, "the dropped frame is not charged");
         assert_eq!(fast.queued_bytes(), 2 * one);
         for _ in 0..2 {
-            match fast_rx.try_recv() {
-                Ok(Outbound::Frame(delivery)) => {
-                    fast.taken(&delivery);
+            match fast_rx.try_next() {
+                Some(Outbound::Frame(delivery)) => {
                     assert!(Arc::ptr_eq(&delivery, &frame))
                 }
                 other => panic!("unexpected {other:?}"),
@@ -397,24 +509,23 @@ mod tests {
         let hub = Hub::new();
         let (a, _ra) = session(1, 10_000);
         let (b, _rb) = session(2, 10_000);
-        let user: Arc<str> = Arc::from("u");
-        hub.register(&user, &a);
-        hub.register(&user, &b);
+        hub.register(&a);
+        hub.register(&b);
         let frame = Delivery::plain("c", Utf8Bytes::from("x".repeat(100)));
         let cost = frame.frame.len() + QUEUE_ENTRY_OVERHEAD;
         assert!(a.offer(Outbound::Frame(frame.clone())));
         assert!(a.offer(Outbound::Frame(frame.clone())));
         assert!(b.offer(Outbound::Frame(frame.clone())));
         assert_eq!(hub.queued_bytes(), 3 * cost);
-        a.taken(&frame);
+        assert!(a.try_next().is_some());
         assert_eq!(hub.queued_bytes(), 2 * cost);
-        hub.unregister(&user, 1);
+        hub.unregister(1);
         assert_eq!(
             hub.queued_bytes(),
             cost,
             "a closed session's backlog leaves the total"
         );
-        hub.unregister(&user, 2);
+        hub.unregister(2);
         assert_eq!(hub.queued_bytes(), 0);
     }
 
@@ -426,5 +537,51 @@ mod tests {
         assert!(!handle.offer(Outbound::Frame(big)), "12 KB > 10 KB");
         assert!(handle.is_slow());
         assert!(handle.queued_bytes() <= 10_000);
+    }
+
+    #[test]
+    fn an_overflow_wakes_the_session_and_ends_in_1013() {
+        use std::sync::atomic::AtomicUsize;
+        use std::task::Wake;
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&waker);
+        let (handle, _) = session(1, 8192);
+        assert!(handle.poll_next(&mut cx).is_pending());
+        let big = Delivery::plain("c", Utf8Bytes::from("x".repeat(9000)));
+        assert!(!handle.offer(Outbound::Frame(big)));
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "the drop woke the session"
+        );
+        match handle.poll_next(&mut cx) {
+            Poll::Ready(Outbound::Close(code, reason)) => {
+                assert_eq!((code, reason), (1013, SLOW_CONSUMER_REASON))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_queue_is_given_back_after_a_burst_and_refused_after_the_end() {
+        let (handle, _) = session(1, 1 << 20);
+        let frame = Delivery::plain("c", Utf8Bytes::from_static("{}"));
+        for _ in 0..100 {
+            assert!(handle.offer(Outbound::Frame(frame.clone())));
+        }
+        while handle.try_next().is_some() {}
+        assert_eq!(handle.queue().items.capacity(), 0);
+        assert_eq!(handle.queued_bytes(), 0);
+        assert!(handle.offer(Outbound::Frame(frame.clone())));
+        handle.finish();
+        assert_eq!(handle.queued_bytes(), 0, "what was left is uncharged");
+        assert!(!handle.offer(Outbound::Frame(frame)));
     }
 }

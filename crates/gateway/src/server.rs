@@ -12,10 +12,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
@@ -41,8 +43,11 @@ const HTTP_BUFFER: usize = 16 * 1024;
 /// The socket read buffer of a session. Small, because idle connections
 /// dominate memory and tungstenite allocates it eagerly; client frames are
 /// small commands, and a larger frame reserves its full length anyway.
-/// (4 KiB → 1 KiB took an idle connection from ~10.8 KB to ~7.8 KB of RSS.)
-const WS_READ_BUFFER: usize = 1024;
+/// (4 KiB → 1 KiB took an idle connection from ~10.8 KB to ~7.8 KB of RSS;
+/// 1 KiB → 128 B saved about another 900 B.) tungstenite reads at most
+/// this much per call but grows the buffer to a whole frame's length when
+/// a larger frame arrives, so commands of any allowed size still fit.
+const WS_READ_BUFFER: usize = 128;
 
 /// Accepts connections until the node has drained: after shutdown starts
 /// it keeps answering for the drain window, so probes see `/readyz` 503 and
@@ -61,6 +66,12 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
         let accepted = tokio::select! {
             () = node.shutdown.cancelled(), if stop_at.is_none() => {
                 stop_at = Some(tokio::time::Instant::now() + node.config.drain_window);
+                // Each session closes with 1012 at its own moment in the
+                // window, told through its queue (a session opening after
+                // this walk sees the node draining when it registers).
+                let window = node.config.drain_window;
+                let sessions = node.hub.drain(|| session::drain_delay(window));
+                tracing::debug!(message = "draining", sessions, window_ms = window.as_millis() as u64);
                 continue;
             }
             () = drained => break,
@@ -321,37 +332,18 @@ async fn upgrade(
     // Taken, not cloned: the session keeps the admission for its lifetime.
     let accept_key = std::mem::take(&mut admission.accept_key);
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let session_node = Arc::clone(&node);
-    node.tasks.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let max = session_node.config.session.max_frame_bytes;
-                let config = WebSocketConfig::default()
-                    .read_buffer_size(WS_READ_BUFFER)
-                    .max_message_size(Some(max))
-                    .max_frame_size(Some(max));
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                let opened = session::Opened {
-                    id,
-                    connection_id,
-                    peer,
-                    admission,
-                };
-                session::run(session_node, ws, opened).await;
-            }
-            Err(error) => {
-                tracing::debug!(message = "upgrade failed", %peer, %error);
-                if let Err(error) = session_node.presence.disconnected(&connection_id).await {
-                    tracing::warn!(message = "connection not forgotten", %error);
-                }
-            }
-        }
+    let pending = Box::new(Pending {
+        node: Arc::clone(&node),
+        on_upgrade,
+        upgraded: None,
+        opened: session::Opened {
+            id,
+            connection_id,
+            peer,
+            admission,
+        },
     });
+    node.tasks.spawn(session_task(pending));
     let mut response = Response::new(Body::default());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -361,4 +353,96 @@ async fn upgrade(
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
     }
     response
+}
+
+/// The task of one upgraded connection: the session, once the upgrade
+/// completes. What it holds while the session runs is a few pointers and
+/// the session's idle loop (see the size test below); the session's state
+/// is one heap allocation.
+pub(crate) async fn session_task(mut pending: Box<Pending>) {
+    // Kept in the box rather than in a local, and the session's future
+    // awaited as one expression: the task keeps no second copy of the
+    // upgraded socket, the WebSocket or the session's future.
+    pending.upgraded = Some((&mut pending.on_upgrade).await);
+    open_session(pending).await;
+}
+
+/// An upgrade under way: what its task needs, in one box.
+pub(crate) struct Pending {
+    node: Arc<Node>,
+    on_upgrade: OnUpgrade,
+    upgraded: Option<hyper::Result<Upgraded>>,
+    opened: session::Opened,
+}
+
+fn open_session(pending: Box<Pending>) -> impl std::future::Future<Output = ()> {
+    use futures_util::future::Either;
+    let Pending {
+        node,
+        upgraded,
+        opened,
+        ..
+    } = *pending;
+    let ws = match upgraded {
+        Some(Ok(upgraded)) => websocket(&node, upgraded),
+        Some(Err(error)) => {
+            tracing::debug!(message = "upgrade failed", peer = %opened.peer, %error);
+            None
+        }
+        None => None,
+    };
+    match ws {
+        Some(ws) => Either::Left(session::run(node, ws, opened)),
+        None => Either::Right(Box::pin(async move {
+            if let Err(error) = node.presence.disconnected(&opened.connection_id).await {
+                tracing::warn!(message = "connection not forgotten", %error);
+            }
+        })),
+    }
+}
+
+/// The WebSocket over an upgraded connection. Made without an await of its
+/// own: tokio-tungstenite's constructor is a future that completes on its
+/// first poll, and awaiting it would keep room for it in every
+/// connection's task.
+fn websocket(node: &Node, upgraded: Upgraded) -> Option<WebSocketStream<TokioIo<Upgraded>>> {
+    let max = node.config.session.max_frame_bytes;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+        .now_or_never();
+    if ws.is_none() {
+        tracing::warn!(message = "websocket not ready at once; connection dropped");
+    }
+    ws
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<F: std::future::Future>(_: &dyn Fn() -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// What every open connection's task holds resident, in bytes: a
+    /// pointer to the session's state (one box), its idle `select!` with the
+    /// timer, and the batch write's few locals; the handlers are boxed while
+    /// they run. It was about 4,350 bytes when the state and every handler
+    /// sat in the future. 400 bytes keep tokio's task cell (header, future
+    /// and trailer, aligned to 128 bytes) at 512 bytes: grow past it and
+    /// every idle connection costs 128 bytes more.
+    const SESSION_TASK_BOUND: usize = 400;
+
+    #[test]
+    #[allow(unreachable_code, clippy::diverging_sub_expression)]
+    fn the_session_task_stays_small() {
+        let size = future_size(&|| session_task(unreachable!()));
+        assert!(
+            size <= SESSION_TASK_BOUND,
+            "the session task's future is {size} bytes, over {SESSION_TASK_BOUND}"
+        );
+    }
 }

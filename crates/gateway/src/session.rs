@@ -10,10 +10,25 @@
 //! refilling at the same rate), and a client that empties it too, i.e. keeps
 //! sending at more than twice its rate, is closed with 1008.
 //!
-//! Everything a session waits on is in one `select!`: the shutdown signal,
-//! one timer (the nearest of ping, pong deadline and token expiry), its
-//! outbound queue and the socket. Commands run one at a time, so the frames
-//! one connection publishes reach the broker in the order it sent them.
+//! Everything a session waits on is in one `select!`: one timer (the
+//! nearest of ping, pong deadline, token expiry and drain), its outbound
+//! queue and the socket. The queue also carries close requests and the
+//! node's drain (a 1012 close at a random moment in the drain window), and
+//! wakes the session when a frame was dropped for it, so an overflow always
+//! ends in a 1013 close. Commands run one at a time, so the frames one
+//! connection publishes reach the broker in the order it sent them.
+//!
+//! Memory: an idle connection is what matters. The session's state is one
+//! box, the task's future is the idle `select!` and a few pointers (the
+//! handlers are boxed while they run; tests guard both sizes), text frames
+//! go out as vectored writes of their shared payloads (no write buffer kept
+//! at a burst's size), and log events carry the connection id instead of a
+//! span holding formatted fields.
+//!
+//! Close handshake: a client's close frame is answered (tungstenite queues
+//! the echo, or 1002 for an invalid code) and flushed before the socket
+//! closes; a malformed close (1-byte payload, reason not UTF-8) gets 1002
+//! or 1007.
 //!
 //! Recovery: a `subscribe` on a channel with history joins the hub first,
 //! then reads the channel's history, answers with the position it read and
@@ -23,34 +38,35 @@
 //! every message after its `since` exactly once, in order.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{json, Value};
 use switchboard_protocol::frame::decode_command;
 use switchboard_protocol::position::MAX_HISTORY_LIMIT;
 use switchboard_protocol::{close, ChannelName, Command, ErrorCode, Position, ServerFrame};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
-use tracing::Instrument;
 
 use crate::auth::{AuthError, Claims};
 use crate::broker::{self, BrokerError};
 use crate::handshake::Admission;
 use crate::history::{HistoryPage, HistoryQuery, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_SIZE};
-use crate::hub::{Delivery, Outbound, SessionHandle};
-use crate::metrics::Closed;
+use crate::hub::{Delivery, Outbound, SessionHandle, SLOW_CONSUMER_REASON};
+use crate::limits::Slots;
+use crate::metrics::{Closed, OpenSession};
 use crate::node::Node;
 use crate::presence::Member;
 
@@ -58,6 +74,9 @@ use crate::presence::Member;
 const WRITE_BATCH: usize = 64;
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The write list keeps this many slots between writes; a longer one (a
+/// batch) is given back after its write, so a burst does not stay resident.
+const OUT_KEEP: usize = 1;
 
 /// How a session ends.
 #[derive(Debug)]
@@ -81,23 +100,38 @@ pub struct Opened {
     pub admission: Admission,
 }
 
-/// The client's message-rate buckets.
+/// The client's message-rate buckets, as two theoretical arrival times
+/// (GCRA, the algorithm governor implements). Written by hand because a
+/// governor direct limiter carries its own clock and quota, about 100 bytes
+/// each (see the `session_state_stays_small` test), and every session held
+/// two; the rate and bursts here come from the node's configuration.
+#[derive(Debug)]
 struct Rate {
-    commands: DefaultDirectRateLimiter,
-    refusals: DefaultDirectRateLimiter,
-    per_second: u32,
+    commands: Instant,
+    refusals: Instant,
 }
 
 impl Rate {
-    fn new(limits: &crate::config::LimitsConfig) -> Rate {
-        let per_second = NonZeroU32::new(limits.msg_rate).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(limits.msg_burst).unwrap_or(NonZeroU32::MIN);
-        let refusals = NonZeroU32::new(limits.msg_close_after).unwrap_or(NonZeroU32::MIN);
+    fn new(now: Instant) -> Rate {
         Rate {
-            commands: RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
-            refusals: RateLimiter::direct(Quota::per_second(per_second).allow_burst(refusals)),
-            per_second: limits.msg_rate,
+            commands: now,
+            refusals: now,
         }
+    }
+
+    /// Takes one token from a bucket refilling at `per_second` and holding
+    /// at most `burst`; false when it is empty.
+    fn take(tat: &mut Instant, now: Instant, per_second: u32, burst: u32) -> bool {
+        let per_second = per_second.max(1);
+        let interval = Duration::from_secs(1) / per_second;
+        let tolerance = interval * burst.max(1);
+        let start = (*tat).max(now);
+        let next = start + interval;
+        if next.saturating_duration_since(now) > tolerance {
+            return false;
+        }
+        *tat = next;
+        true
     }
 }
 
@@ -124,85 +158,118 @@ struct Resume {
 /// A command's result, and frames to write right after its reply.
 type Done = (Value, Vec<Utf8Bytes>);
 
-struct Session {
+/// A session's whole state, in one heap allocation made when it opens: the
+/// task's future then holds a pointer to it and the idle `select!`, and the
+/// rarely-run handlers are boxed while they run.
+struct Session<S> {
+    ws: WebSocketStream<S>,
     node: Arc<Node>,
     rate: Rate,
     handle: Arc<SessionHandle>,
     connection_id: Arc<str>,
     claims: Claims,
-    subscriptions: HashSet<ChannelName>,
+    /// A small list: sessions hold few channels (`session.max_channels`).
+    subscriptions: Vec<ChannelName>,
     /// Usually empty; see [`Resume`].
     resumed: Vec<Resume>,
+    /// The frames being written: shared payloads, never copied (kept small
+    /// between writes).
+    out: Vec<Utf8Bytes>,
+    /// Bytes of `out` written so far (headers included).
+    out_done: usize,
+    /// The write timeout, made only when a write does not complete at once.
+    write_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     expires_at: Instant,
     next_ping: Instant,
     pong_deadline: Option<Instant>,
     /// When the node drains: the moment this session closes with 1012.
     drain_at: Option<Instant>,
+    /// A frame was cut short by a write timeout: no close frame can follow.
+    torn: bool,
+    _open: OpenSession,
+    _slots: Slots,
+    _permit: OwnedSemaphorePermit,
 }
 
-/// Runs a session on an upgraded connection until it closes.
-pub async fn run<S>(node: Arc<Node>, ws: WebSocketStream<S>, opened: Opened)
+/// Runs a session on an upgraded connection until it closes. The state is
+/// boxed here, before the returned future first runs.
+pub fn run<S>(node: Arc<Node>, ws: WebSocketStream<S>, opened: Opened) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let Opened {
         id,
         connection_id,
-        peer,
+        peer: _,
         admission,
     } = opened;
     let Admission {
         claims,
         permit,
         slots,
-        client_ip,
         ..
     } = admission;
-    let span = tracing::info_span!("session", %peer, client = %client_ip, node = %node.config.node_id, user = %claims.user, connection_id = %connection_id);
-    async move {
-        let (handle, rx) = SessionHandle::new(id, node.config.session.send_queue_bytes);
-        let now = Instant::now();
-        let lifetime = claims.lifetime(SystemTime::now(), node.verifier.leeway());
-        let mut session = Session {
-            handle: Arc::new(handle),
-            rate: Rate::new(&node.config.limits),
-            connection_id,
-            expires_at: now + lifetime,
-            next_ping: now + node.config.session.ping_interval,
-            pong_deadline: None,
-            drain_at: None,
-            subscriptions: HashSet::new(),
-            resumed: Vec::new(),
-            claims,
-            node,
-        };
-        tracing::debug!(
-            message = "session opened",
-            expires_in_secs = lifetime.as_secs()
-        );
-        let node = Arc::clone(&session.node);
-        let _open = node.metrics.session_opened();
-        node.hub.register(&session.claims.user, &session.handle);
-        session.drive(ws, rx).await;
-        node.hub.unregister(&session.claims.user, id);
-        if let Err(error) = node.presence.disconnected(&session.connection_id).await {
-            tracing::warn!(message = "connection not forgotten", %error);
-        }
-        drop(slots);
-        drop(permit);
-    }
-    .instrument(span)
-    .await
+    let now = Instant::now();
+    let lifetime = claims.lifetime(SystemTime::now(), node.verifier.leeway());
+    let handle = SessionHandle::new(
+        id,
+        Arc::clone(&claims.user),
+        node.config.session.send_queue_bytes,
+    );
+    let session = Box::new(Session {
+        ws,
+        handle: Arc::new(handle),
+        rate: Rate::new(now),
+        connection_id,
+        expires_at: now + lifetime,
+        next_ping: now + node.config.session.ping_interval,
+        pong_deadline: None,
+        drain_at: None,
+        torn: false,
+        subscriptions: Vec::new(),
+        resumed: Vec::new(),
+        out: Vec::new(),
+        out_done: 0,
+        write_timer: None,
+        claims,
+        _open: node.metrics.session_opened(),
+        _slots: slots,
+        _permit: permit,
+        node,
+    });
+    session.run()
 }
 
-impl Session {
-    async fn drive<S>(
-        &mut self,
-        mut ws: WebSocketStream<S>,
-        mut rx: mpsc::UnboundedReceiver<Outbound>,
-    ) where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    async fn run(mut self: Box<Self>) {
+        let node = Arc::clone(&self.node);
+        node.hub.register(&self.handle);
+        // The drain walks the hub's sessions once; one that registered
+        // after the walk sees the node draining here.
+        if node.is_draining() {
+            self.drain_at = Some(Instant::now() + drain_delay(node.config.drain_window));
+        }
+        tracing::debug!(
+            message = "session opened",
+            connection_id = %self.connection_id,
+            user = %self.claims.user,
+            expires_in_secs = self.expires_at.saturating_duration_since(Instant::now()).as_secs()
+        );
+        let end = match Box::pin(self.welcome()).await {
+            Ok(()) => self.serve().await,
+            Err(end) => end,
+        };
+        Box::pin(self.finish(end)).await;
+        node.hub.unregister(self.handle.id);
+        if let Err(error) = node.presence.disconnected(&self.connection_id).await {
+            tracing::warn!(message = "connection not forgotten", connection_id = %self.connection_id, %error);
+        }
+    }
+
+    async fn welcome(&mut self) -> Result<(), End> {
         let welcome = ServerFrame::Welcome {
             connection_id: &self.connection_id,
             node_id: &self.node.config.node_id,
@@ -213,76 +280,80 @@ impl Session {
                 .as_secs(),
         }
         .encode();
-        let end = match self.write(&mut ws, Message::text(welcome)).await {
-            Ok(()) => self.serve(&mut ws, &mut rx).await,
-            Err(end) => end,
-        };
+        self.send_text(welcome).await
+    }
+
+    /// Closes (or answers the client's close), then leaves every channel.
+    async fn finish(&mut self, end: End) {
         self.node.metrics.session_closed(end.closed());
+        let connection_id = &self.connection_id;
         match &end {
             End::Close(code, reason) => {
                 if *code == close::DRAINING || *code == close::NORMAL {
-                    tracing::debug!(message = "session closed", code, %reason);
+                    tracing::debug!(message = "session closed", code, %reason, %connection_id);
                 } else {
-                    tracing::info!(message = "session closed", code, %reason);
+                    tracing::info!(message = "session closed", code, %reason, %connection_id, user = %self.claims.user);
                 }
-                let frame = CloseFrame {
-                    code: CloseCode::from(*code),
-                    reason: Utf8Bytes::from(reason.as_ref()),
-                };
-                let _ = timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
-                let _ = timeout(CLOSE_TIMEOUT, async {
-                    while let Some(Ok(_)) = ws.next().await {}
-                })
-                .await;
+                if !self.torn {
+                    let frame = CloseFrame {
+                        code: CloseCode::from(*code),
+                        reason: Utf8Bytes::from(reason.as_ref()),
+                    };
+                    let ws = &mut self.ws;
+                    let _ = timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
+                    let _ = timeout(CLOSE_TIMEOUT, async {
+                        while let Some(Ok(_)) = ws.next().await {}
+                    })
+                    .await;
+                }
             }
             End::Gone(reason @ "client closed") => {
-                tracing::debug!(message = "session closed by client", reason)
+                tracing::debug!(message = "session closed by client", reason, %connection_id);
+                // tungstenite queued the answer to the client's close frame
+                // (its code echoed, or 1002 for an invalid one): send it
+                // before dropping the socket (RFC 6455 §5.5.1).
+                let _ = timeout(CLOSE_TIMEOUT, self.ws.flush()).await;
             }
-            End::Gone(reason) => tracing::info!(message = "session lost", reason),
+            End::Gone(reason) => {
+                tracing::info!(message = "session lost", reason, %connection_id)
+            }
         }
-        drop(ws);
+        let _ = timeout(CLOSE_TIMEOUT, self.ws.get_mut().shutdown()).await;
         self.leave_all().await;
     }
 
     /// The main loop; returns how the session ends.
-    async fn serve<S>(
-        &mut self,
-        ws: &mut WebSocketStream<S>,
-        rx: &mut mpsc::UnboundedReceiver<Outbound>,
-    ) -> End
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let node = Arc::clone(&self.node);
-        let mut deadline = self.next_deadline();
-        let timer = sleep_until(deadline);
+    async fn serve(&mut self) -> End {
+        let timer = sleep_until(self.next_deadline());
         tokio::pin!(timer);
         loop {
             let result = tokio::select! {
                 biased;
-                () = node.shutdown.cancelled(), if self.drain_at.is_none() => {
-                    self.drain_at = Some(Instant::now() + drain_delay(node.config.drain_window));
-                    Ok(())
-                }
-                () = &mut timer => self.on_timer(ws).await,
-                item = rx.recv() => match item {
-                    Some(Outbound::Frame(delivery)) => {
-                        self.handle.taken(&delivery);
-                        self.write_batch(ws, rx, delivery).await
+                () = &mut timer => Box::pin(self.on_timer()).await,
+                item = poll_fn(|cx| self.handle.poll_next(cx)) => match item {
+                    Outbound::Frame(delivery) => self.write_batch(delivery).await,
+                    Outbound::Close(code, reason) => Err(End::Close(code, reason.into())),
+                    Outbound::Drain(delay) => {
+                        self.drain(delay);
+                        Ok(())
                     }
-                    Some(Outbound::Close(code, reason)) => Err(End::Close(code, reason.into())),
-                    None => Err(End::Close(close::INTERNAL, "session queue closed".into())),
                 },
-                message = ws.next() => self.on_message(ws, message).await,
+                message = self.ws.next() => Box::pin(self.on_message(message)).await,
             };
             if let Err(end) = result {
                 return end;
             }
             let next = self.next_deadline();
-            if next != deadline {
-                deadline = next;
-                timer.as_mut().reset(deadline);
+            if next != timer.deadline() {
+                timer.as_mut().reset(next);
             }
+        }
+    }
+
+    /// The node drains: close with 1012 after `delay` (the first request wins).
+    fn drain(&mut self, delay: Duration) {
+        if self.drain_at.is_none() {
+            self.drain_at = Some(Instant::now() + delay);
         }
     }
 
@@ -297,10 +368,7 @@ impl Session {
         next
     }
 
-    async fn on_timer<S>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), End>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+    async fn on_timer(&mut self) -> Result<(), End> {
         let now = Instant::now();
         if self.drain_at.is_some_and(|d| now >= d) {
             return Err(End::Close(close::DRAINING, "node shutting down".into()));
@@ -320,7 +388,9 @@ impl Session {
             if self.pong_deadline.is_none() {
                 self.pong_deadline = Some(now + config.pong_timeout);
             }
-            self.write(ws, Message::Ping(Default::default())).await?;
+            let limit = config.pong_timeout;
+            let ping = std::pin::pin!(self.ws.send(Message::Ping(Default::default())));
+            bounded_write(limit, ping).await?;
         }
         Ok(())
     }
@@ -347,91 +417,137 @@ impl Session {
         true
     }
 
-    /// Writes one frame and whatever else is already queued, then flushes once.
-    async fn write_batch<S>(
-        &mut self,
-        ws: &mut WebSocketStream<S>,
-        rx: &mut mpsc::UnboundedReceiver<Outbound>,
-        first: Arc<Delivery>,
-    ) -> Result<(), End>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let mut close_after = None;
-        let resumed = &mut self.resumed;
-        let handle = &self.handle;
-        let write = async {
-            if Session::admit(resumed, &first) {
-                ws.feed(Message::Text(first.frame.clone())).await?;
-            }
-            for _ in 1..WRITE_BATCH {
-                match rx.try_recv() {
-                    Ok(Outbound::Frame(delivery)) => {
-                        handle.taken(&delivery);
-                        if Session::admit(resumed, &delivery) {
-                            ws.feed(Message::Text(delivery.frame.clone())).await?
-                        }
-                    }
-                    Ok(Outbound::Close(code, reason)) => {
-                        close_after = Some(End::Close(code, reason.into()));
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-            ws.flush().await
-        };
-        bounded_write(self.node.config.session.pong_timeout, write).await?;
+    /// Writes one frame and whatever else is already queued (up to
+    /// [`WRITE_BATCH`] frames) in one vectored write, then flushes once.
+    async fn write_batch(&mut self, first: Arc<Delivery>) -> Result<(), End> {
+        let close_after = self.collect_batch(first);
+        self.write_out().await?;
         if self.handle.is_slow() {
             return Err(End::Close(
                 close::SLOW_CONSUMER,
-                "slow consumer: send queue overflowed".into(),
+                SLOW_CONSUMER_REASON.into(),
             ));
         }
         close_after.map_or(Ok(()), Err)
     }
 
-    async fn write<S>(&mut self, ws: &mut WebSocketStream<S>, message: Message) -> Result<(), End>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        bounded_write(self.node.config.session.pong_timeout, ws.send(message)).await
+    /// Moves `first` and what else is queued into `out`; returns a close
+    /// request met on the way.
+    fn collect_batch(&mut self, first: Arc<Delivery>) -> Option<End> {
+        // Sized to the backlog: a single frame takes one slot, which is all
+        // an idle session keeps between writes.
+        let backlog = self.handle.queued_items().min(WRITE_BATCH - 1);
+        self.out.reserve_exact(1 + backlog);
+        if Session::<S>::admit(&mut self.resumed, &first) {
+            self.out.push(first.frame.clone());
+        }
+        for _ in 1..WRITE_BATCH {
+            match self.handle.try_next() {
+                Some(Outbound::Frame(delivery)) => {
+                    if Session::<S>::admit(&mut self.resumed, &delivery) {
+                        self.out.push(delivery.frame.clone());
+                    }
+                }
+                Some(Outbound::Close(code, reason)) => {
+                    return Some(End::Close(code, reason.into()));
+                }
+                Some(Outbound::Drain(delay)) => self.drain(delay),
+                None => break,
+            }
+        }
+        None
     }
 
-    async fn send_text<S>(&mut self, ws: &mut WebSocketStream<S>, text: String) -> Result<(), End>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        self.write(ws, Message::text(text)).await
+    /// Writes `out` as text frames straight to the socket: each frame's
+    /// header and its shared payload go out in one vectored write, so a
+    /// payload is never copied and no write buffer stays at a burst's
+    /// high-water mark (tungstenite keeps its buffer's capacity).
+    /// Whatever tungstenite still holds (a pong, say) is flushed first, so
+    /// frames never interleave. The write state lives in the session, so
+    /// this future is a pointer.
+    async fn write_out(&mut self) -> Result<(), End> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        poll_fn(|cx| self.poll_write_out(cx)).await
     }
 
-    async fn on_message<S>(
-        &mut self,
-        ws: &mut WebSocketStream<S>,
-        message: Option<Result<Message, WsError>>,
-    ) -> Result<(), End>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), End>> {
+        let result = match self.poll_out(cx) {
+            Poll::Ready(result) => result.map_err(|error| End::Gone(ws_error_reason(&error))),
+            Poll::Pending => {
+                // A client that cannot take a write within the pong timeout
+                // is as dead as one that does not answer pings.
+                let limit = self.node.config.session.pong_timeout;
+                let timer = self
+                    .write_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                ready!(timer.as_mut().poll(cx));
+                // A frame cut short: no close frame can follow it.
+                self.torn = self.out_done > 0;
+                Err(End::Close(
+                    close::SLOW_CONSUMER,
+                    "slow consumer: write timed out".into(),
+                ))
+            }
+        };
+        self.write_timer = None;
+        self.out.clear();
+        self.out_done = 0;
+        if self.out.capacity() > OUT_KEEP {
+            self.out = Vec::new();
+        }
+        Poll::Ready(result)
+    }
+
+    fn poll_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        if self.out_done == 0 {
+            ready!(futures_util::Sink::<Message>::poll_flush(
+                Pin::new(&mut self.ws),
+                cx
+            ))?;
+        }
+        let io = self.ws.get_mut();
+        ready!(poll_write_frames(io, cx, &self.out, &mut self.out_done))?;
+        ready!(Pin::new(io).poll_flush(cx))?;
+        Poll::Ready(Ok(()))
+    }
+
+    async fn send_text(&mut self, text: String) -> Result<(), End> {
+        self.out.reserve_exact(1);
+        self.out.push(Utf8Bytes::from(text));
+        self.write_out().await
+    }
+
+    async fn on_message(&mut self, message: Option<Result<Message, WsError>>) -> Result<(), End> {
         // Any frame shows the client is alive.
         self.pong_deadline = None;
         let counted = matches!(
             message,
             Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Ping(_)))
         );
-        if counted && self.rate.commands.check().is_err() {
-            return self.over_rate(ws, message).await;
+        if counted {
+            let limits = &self.node.config.limits;
+            let now = Instant::now();
+            if !Rate::take(
+                &mut self.rate.commands,
+                now,
+                limits.msg_rate,
+                limits.msg_burst,
+            ) {
+                return self.over_rate(message).await;
+            }
         }
         match message {
             None => Err(End::Gone("stream ended")),
-            Some(Ok(Message::Text(text))) => self.on_text(ws, &text).await,
+            Some(Ok(Message::Text(text))) => self.on_text(&text).await,
             Some(Ok(Message::Binary(_))) => {
                 let frame = ServerFrame::failure(
                     None,
                     ErrorCode::BadRequest,
                     "binary frames are not supported; send JSON text",
                 );
-                self.send_text(ws, frame).await
+                self.send_text(frame).await
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
             Some(Ok(Message::Close(_))) => Err(End::Gone("client closed")),
@@ -453,7 +569,7 @@ impl Session {
                 Err(End::Gone("connection lost"))
             }
             Some(Err(WsError::Protocol(error))) => {
-                tracing::debug!(message = "websocket protocol error", %error);
+                tracing::debug!(message = "websocket protocol error", %error, connection_id = %self.connection_id);
                 Err(End::Close(1002, "websocket protocol error".into()))
             }
             Some(Err(error)) => Err(End::Gone(ws_error_reason(&error))),
@@ -463,17 +579,17 @@ impl Session {
     /// A frame beyond the message rate: refused with `rate_limited` (pings
     /// silently), or the connection closed with 1008 when the client keeps
     /// going past its refusal allowance.
-    async fn over_rate<S>(
-        &mut self,
-        ws: &mut WebSocketStream<S>,
-        message: Option<Result<Message, WsError>>,
-    ) -> Result<(), End>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let per_second = self.rate.per_second;
+    async fn over_rate(&mut self, message: Option<Result<Message, WsError>>) -> Result<(), End> {
+        let limits = &self.node.config.limits;
+        let per_second = limits.msg_rate;
         self.node.metrics.command_rate_limited();
-        if self.rate.refusals.check().is_err() {
+        let now = Instant::now();
+        if !Rate::take(
+            &mut self.rate.refusals,
+            now,
+            per_second,
+            limits.msg_close_after,
+        ) {
             return Err(End::Close(
                 close::POLICY,
                 format!("message rate limit of {per_second}/s exceeded persistently").into(),
@@ -492,21 +608,18 @@ impl Session {
             ErrorCode::RateLimited,
             &format!("message rate limit of {per_second}/s exceeded; command not executed"),
         );
-        self.send_text(ws, frame).await
+        self.send_text(frame).await
     }
 
-    async fn on_text<S>(&mut self, ws: &mut WebSocketStream<S>, text: &str) -> Result<(), End>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+    async fn on_text(&mut self, text: &str) -> Result<(), End> {
         self.node.metrics.client_message(text.len());
         let request = match decode_command(text) {
             Ok(request) => request,
             Err(error) => {
                 self.node.metrics.command("invalid", Some(error.code));
-                tracing::debug!(message = "bad frame", error = %error.message);
+                tracing::debug!(message = "bad frame", error = %error.message, connection_id = %self.connection_id);
                 let frame = ServerFrame::failure(error.id, error.code, &error.message);
-                return self.send_text(ws, frame).await;
+                return self.send_text(frame).await;
             }
         };
         let id = request.id;
@@ -546,21 +659,15 @@ impl Session {
         };
         if replay.is_empty() {
             return match frame {
-                Some(frame) => self.send_text(ws, frame).await,
+                Some(frame) => self.send_text(frame).await,
                 None => Ok(()),
             };
         }
-        // The reply, then every replayed message, in one flush.
-        let write = async {
-            if let Some(frame) = frame {
-                ws.feed(Message::text(frame)).await?;
-            }
-            for message in replay {
-                ws.feed(Message::Text(message)).await?;
-            }
-            ws.flush().await
-        };
-        bounded_write(self.node.config.session.pong_timeout, write).await
+        // The reply, then every replayed message, in one write.
+        self.out.reserve_exact(replay.len() + 1);
+        self.out.extend(frame.map(Utf8Bytes::from));
+        self.out.extend(replay);
+        self.write_out().await
     }
 
     async fn subscribe(
@@ -640,7 +747,12 @@ impl Session {
             }
         }
         node.metrics.subscribed(channel.as_str());
-        self.subscriptions.insert(channel);
+        if self.subscriptions.len() == self.subscriptions.capacity() {
+            // Grow one at a time while small: most sessions hold one or two.
+            let more = self.subscriptions.len().clamp(1, 8);
+            self.subscriptions.reserve_exact(more);
+        }
+        self.subscriptions.push(channel);
         Ok((result, replay))
     }
 
@@ -687,6 +799,7 @@ impl Session {
             }
         };
         self.resumed.retain(|r| *r.channel != *channel.as_str());
+        self.resumed.reserve_exact(1);
         self.resumed.push(Resume {
             channel: channel.as_str().into(),
             offset: page.top.offset,
@@ -700,7 +813,7 @@ impl Session {
     }
 
     async fn read_history(
-        &self,
+        &mut self,
         channel: &ChannelName,
         query: &HistoryQuery,
         reason: &'static str,
@@ -748,7 +861,11 @@ impl Session {
     }
 
     async fn unsubscribe(&mut self, channel: &ChannelName) -> Result<Value, (ErrorCode, String)> {
-        if self.subscriptions.remove(channel) {
+        if let Some(i) = self.subscriptions.iter().position(|c| c == channel) {
+            self.subscriptions.swap_remove(i);
+            if self.subscriptions.is_empty() {
+                self.subscriptions = Vec::new();
+            }
             self.resumed.retain(|r| *r.channel != *channel.as_str());
             self.leave(channel).await;
         }
@@ -756,7 +873,7 @@ impl Session {
     }
 
     /// Drops one subscription: hub, broker, presence and the `leave` event.
-    async fn leave(&self, channel: &ChannelName) {
+    async fn leave(&mut self, channel: &ChannelName) {
         let node = &self.node;
         node.metrics.unsubscribed(channel.as_str());
         if node.hub.unsubscribe(channel.as_str(), self.handle.id) {
@@ -881,15 +998,26 @@ fn none(value: Value) -> Done {
 }
 
 /// A client that cannot take a write within the pong timeout is as dead as
-/// one that does not answer pings.
-async fn bounded_write(
-    limit: Duration,
-    write: impl std::future::Future<Output = Result<(), WsError>>,
-) -> Result<(), End> {
-    match timeout(limit, write).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(End::Gone(ws_error_reason(&error))),
-        Err(_) => Err(End::Close(
+/// one that does not answer pings. The timer is made (boxed) only when the
+/// write does not complete at once, so the usual write carries none in the
+/// session's state.
+async fn bounded_write<F>(limit: Duration, mut write: Pin<&mut F>) -> Result<(), End>
+where
+    F: Future<Output = Result<(), WsError>> + ?Sized,
+{
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let result = poll_fn(|cx| {
+        if let Poll::Ready(result) = write.as_mut().poll(cx) {
+            return Poll::Ready(Some(result));
+        }
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await;
+    match result {
+        Some(Ok(())) => Ok(()),
+        Some(Err(error)) => Err(End::Gone(ws_error_reason(&error))),
+        None => Err(End::Close(
             close::SLOW_CONSUMER,
             "slow consumer: write timed out".into(),
         )),
@@ -955,7 +1083,7 @@ pub fn history_result(
 
 /// A uniformly random moment within the drain window: reconnects spread
 /// over the window instead of arriving at the other nodes all at once.
-fn drain_delay(window: Duration) -> Duration {
+pub fn drain_delay(window: Duration) -> Duration {
     if window.is_zero() {
         return Duration::ZERO;
     }
@@ -967,5 +1095,164 @@ fn ws_error_reason(error: &WsError) -> &'static str {
         WsError::ConnectionClosed | WsError::AlreadyClosed => "connection closed",
         WsError::Io(_) => "socket error",
         _ => "websocket error",
+    }
+}
+
+/// Frames gathered per vectored write (two slices each).
+const FRAMES_PER_WRITE: usize = 32;
+
+/// Writes an unmasked, final text frame header for `len` payload bytes
+/// (RFC 6455 §5.2); returns its length.
+fn text_header(len: usize, out: &mut [u8; 10]) -> usize {
+    out[0] = 0x81;
+    if len < 126 {
+        out[1] = len as u8;
+        2
+    } else if let Ok(len) = u16::try_from(len) {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&len.to_be_bytes());
+        4
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    }
+}
+
+/// Writes `frames` as text frames; `done` counts the bytes already written
+/// (headers included) across calls, so a write that returns pending
+/// resumes where it stopped.
+fn poll_write_frames<W>(
+    io: &mut W,
+    cx: &mut Context<'_>,
+    frames: &[Utf8Bytes],
+    done: &mut usize,
+) -> Poll<io::Result<()>>
+where
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        // The first frame not written in full, and how far into it.
+        let mut skip = *done;
+        let mut first = 0;
+        while let Some(frame) = frames.get(first) {
+            let len = frame.len();
+            let size = text_header(len, &mut [0; 10]) + len;
+            if skip < size {
+                break;
+            }
+            skip -= size;
+            first += 1;
+        }
+        if first == frames.len() {
+            return Poll::Ready(Ok(()));
+        }
+        let chunk = &frames[first..frames.len().min(first + FRAMES_PER_WRITE)];
+        let mut headers = [[0u8; 10]; FRAMES_PER_WRITE];
+        let mut header_lens = [0usize; FRAMES_PER_WRITE];
+        for ((frame, header), header_len) in chunk.iter().zip(&mut headers).zip(&mut header_lens) {
+            *header_len = text_header(frame.len(), header);
+        }
+        let mut slices = [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
+        let mut count = 0;
+        for (k, frame) in chunk.iter().enumerate() {
+            let mut header = &headers[k][..header_lens[k]];
+            let mut payload = frame.as_bytes();
+            if k == 0 {
+                let cut = skip.min(header.len());
+                header = &header[cut..];
+                payload = &payload[skip - cut..];
+            }
+            for part in [header, payload] {
+                if !part.is_empty() {
+                    slices[count] = IoSlice::new(part);
+                    count += 1;
+                }
+            }
+        }
+        let written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
+        if written == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        *done += written;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Io = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
+
+    /// A session's state: the WebSocket (328 bytes of it is tungstenite's),
+    /// claims, timers and buckets, in the one box every connection holds.
+    const SESSION_STATE_BOUND: usize = 704;
+
+    #[test]
+    fn the_session_state_stays_small() {
+        let size = std::mem::size_of::<Session<Io>>();
+        assert!(
+            size <= SESSION_STATE_BOUND,
+            "a session's state is {size} bytes, over {SESSION_STATE_BOUND}"
+        );
+    }
+
+    #[test]
+    fn text_headers_follow_rfc_6455() {
+        let header = |len| {
+            let mut out = [0; 10];
+            let n = text_header(len, &mut out);
+            out[..n].to_vec()
+        };
+        assert_eq!(header(5), [0x81, 5]);
+        assert_eq!(header(126), [0x81, 126, 0, 126]);
+        assert_eq!(header(65_535), [0x81, 126, 0xff, 0xff]);
+        assert_eq!(header(70_000), [0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+    }
+
+    #[test]
+    fn rate_buckets_hold_a_burst_then_refill() {
+        let now = Instant::now();
+        let mut tat = now;
+        for _ in 0..3 {
+            assert!(Rate::take(&mut tat, now, 10, 3));
+        }
+        assert!(!Rate::take(&mut tat, now, 10, 3), "the burst is spent");
+        let later = now + Duration::from_millis(100);
+        assert!(Rate::take(&mut tat, later, 10, 3), "one token per 100 ms");
+        assert!(!Rate::take(&mut tat, later, 10, 3));
+    }
+
+    /// Frames written through a socket that takes a few bytes at a time
+    /// arrive whole and in order.
+    #[tokio::test]
+    async fn frames_survive_short_writes() {
+        let (client, mut server) = tokio::io::duplex(7);
+        let frames = vec![
+            Utf8Bytes::from("a".repeat(3)),
+            Utf8Bytes::from("b".repeat(200)),
+            Utf8Bytes::from("c".repeat(70_000)),
+        ];
+        let reader = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut all = Vec::new();
+            server.read_to_end(&mut all).await.map(|_| all)
+        });
+        let mut client = client;
+        let mut done = 0;
+        poll_fn(|cx| poll_write_frames(&mut client, cx, &frames, &mut done))
+            .await
+            .unwrap();
+        drop(client);
+        let all = reader.await.unwrap().unwrap();
+        let mut expected = Vec::new();
+        for frame in &frames {
+            let mut header = [0; 10];
+            let n = text_header(frame.len(), &mut header);
+            expected.extend_from_slice(&header[..n]);
+            expected.extend_from_slice(frame.as_bytes());
+        }
+        assert_eq!(done, expected.len());
+        assert!(all == expected, "the bytes differ");
     }
 }

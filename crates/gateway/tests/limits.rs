@@ -405,3 +405,60 @@ async fn slow_consumers_are_closed_with_1013_while_fast_ones_get_everything() {
     let (status, _, _) = http_get(gateway.addr, "/readyz", &[]).await;
     assert_eq!(status, 200);
 }
+
+/// A frame larger than a subscriber's whole send queue (here from a node
+/// with larger limits, through Redis) is dropped for it, and the session is
+/// woken to close with 1013 at once: it never stalls silently.
+#[tokio::test]
+async fn a_message_larger_than_the_send_queue_closes_the_subscriber_with_1013() {
+    let redis = Redis::start();
+    let big = cluster_node(&redis, "gw-big", "").await;
+    // 8 KiB holds one frame of this node's 4 KiB limit, not a 9,000-byte one.
+    let small = Gateway::builder()
+        .env("SWITCHBOARD_REDIS_URL", &redis.url())
+        .env("SWITCHBOARD_NODE_ID", "gw-small")
+        .env("SWITCHBOARD_API_KEY", API_KEY)
+        .env("SWITCHBOARD_SEND_QUEUE_BYTES", "8192")
+        .env("SWITCHBOARD_MAX_FRAME_BYTES", "4096")
+        .start();
+    wait_ready(&small, 200).await;
+    let (mut subscriber, _) = small.connect("reader").await;
+    within(subscriber.subscribe("big:x")).await.unwrap();
+    // A small message still arrives.
+    let (status, _) = api(
+        &big,
+        "POST",
+        "/api/publish",
+        r#"{"channel":"big:x","data":"hi"}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        within(subscriber.expect_message()).await.unwrap().1,
+        json!("hi")
+    );
+
+    let data = "x".repeat(9000);
+    let body = json!({"channel": "big:x", "data": data}).to_string();
+    let (status, _) = api(&big, "POST", "/api/publish", &body).await;
+    assert_eq!(status, 200);
+    let started = std::time::Instant::now();
+    match within(subscriber.next_event()).await {
+        Err(ClientError::Closed { code, reason }) => {
+            assert_eq!(code, Some(1013));
+            assert_eq!(reason, "slow consumer: send queue overflowed");
+        }
+        other => panic!("expected the 1013 close, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "closed at once, well within the write timeout"
+    );
+    let (_, _, metrics) = http_get(small.addr, "/metrics", &[]).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "switchboard_slow_consumer_disconnects_total 1"),
+        "{metrics}"
+    );
+}
