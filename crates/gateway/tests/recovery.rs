@@ -256,7 +256,7 @@ async fn a_rolling_restart_loses_duplicates_and_reorders_nothing() {
     let config = "[namespaces.feed]\nhistory_size = 1000\n";
     let redis = Redis::start();
     let addrs: Vec<SocketAddr> = (0..3)
-        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], restartable_port())))
         .collect();
     let mut nodes = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
@@ -362,7 +362,7 @@ fn provider(
 
 #[tokio::test]
 async fn a_token_that_expires_while_the_node_is_down_is_replaced_by_the_provider() {
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let addr = SocketAddr::from(([127, 0, 0, 1], restartable_port()));
     let start = || {
         Gateway::builder()
             .env("SWITCHBOARD_LISTEN", &addr.to_string())

@@ -6,6 +6,7 @@ import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import { createServer } from "node:net";
 import { createInterface } from "node:readline";
 
 export const BINARY = fileURLToPath(new URL("../../../target/debug/switchboard", import.meta.url));
@@ -21,15 +22,34 @@ process.on("exit", () => {
 });
 
 /**
- * Starts `target/debug/switchboard` on 127.0.0.1 (port 0: a free one) and
- * resolves once it logs "listening". `env` adds or overrides variables.
+ * A free port below Linux's ephemeral range (32768-60999). Tests restart
+ * nodes on the same port; a port the kernel also hands out as a source port
+ * could be taken by another connection while the node is down, and the
+ * restart would fail with "address in use".
  */
-export async function startGateway({ port = 0, env = {} } = {}) {
+export async function restartablePort() {
+  for (;;) {
+    const port = 20000 + Math.floor(Math.random() * 12000);
+    const free = await new Promise((resolve) => {
+      const server = createServer();
+      server.once("error", () => resolve(false));
+      server.listen(port, "127.0.0.1", () => server.close(() => resolve(true)));
+    });
+    if (free) return port;
+  }
+}
+
+/**
+ * Starts `target/debug/switchboard` on 127.0.0.1 (by default on a free port
+ * it can be restarted on) and resolves once it logs "listening". `env` adds
+ * or overrides variables.
+ */
+export async function startGateway({ port, env = {} } = {}) {
   if (!existsSync(BINARY)) {
     throw new Error(`${BINARY} is missing: run \`cargo build -p switchboard-gateway\` first`);
   }
   const gateway = new Gateway(env);
-  await gateway.start(port);
+  await gateway.start(port ?? (await restartablePort()));
   return gateway;
 }
 

@@ -298,6 +298,19 @@ pub struct Redis {
     dir: tempfile::TempDir,
 }
 
+/// A free port below Linux's ephemeral range (32768-60999), for a node a test
+/// stops and starts again on the same address: a port the kernel hands out as
+/// a source port could be taken by another test's outgoing connection while
+/// the node is down, and the restart would fail with "address in use".
+pub fn restartable_port() -> u16 {
+    loop {
+        let port = 20_000 + rand::random::<u16>() % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
