@@ -296,6 +296,9 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// An append-only file fsynced before every reply: what was acknowledged
+    /// survives a SIGKILL.
+    durable: bool,
 }
 
 /// A free port below Linux's ephemeral range (32768-60999), for a node a test
@@ -321,16 +324,28 @@ pub fn free_port() -> u16 {
 
 impl Redis {
     pub fn start() -> Redis {
+        Redis::launch(false)
+    }
+
+    /// A Redis with `appendonly yes` and `appendfsync always`: restarted, it
+    /// comes back with everything it acknowledged.
+    pub fn start_durable() -> Redis {
+        Redis::launch(true)
+    }
+
+    fn launch(durable: bool) -> Redis {
         let mut redis = Redis {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
+            durable,
         };
         redis.restart();
         redis
     }
 
-    /// Starts (again) on the same port, with an empty data set.
+    /// Starts (again) on the same port: with an empty data set, or with what
+    /// its append-only file holds when durable.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
         let child = Command::new("redis-server")
@@ -342,7 +357,9 @@ impl Redis {
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                if self.durable { "yes" } else { "no" },
+                "--appendfsync",
+                "always",
             ])
             .arg("--dir")
             .arg(self.dir.path())
