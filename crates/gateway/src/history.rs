@@ -315,22 +315,37 @@ impl Tracker {
     }
 
     /// Records that everything up to `offset` of `epoch` was relayed; returns
-    /// the epoch shared by the channel's deliveries.
+    /// the epoch shared by the channel's deliveries. Allocates only for a
+    /// channel or an epoch it has not seen: this runs for every message.
     pub fn advance(&mut self, channel: &str, offset: u64, epoch: &str) -> Arc<str> {
-        let tracked = self
-            .channels
-            .entry(channel.into())
-            .or_insert_with(|| Tracked {
-                offset,
-                epoch: Arc::from(epoch),
-                relayed: true,
-            });
+        let Some(tracked) = self.channels.get_mut(channel) else {
+            let epoch: Arc<str> = Arc::from(epoch);
+            self.channels.insert(
+                channel.into(),
+                Tracked {
+                    offset,
+                    epoch: Arc::clone(&epoch),
+                    relayed: true,
+                },
+            );
+            return epoch;
+        };
         if *tracked.epoch != *epoch {
             tracked.epoch = Arc::from(epoch);
         }
         tracked.offset = offset;
         tracked.relayed = true;
         Arc::clone(&tracked.epoch)
+    }
+
+    /// [`Tracker::check`], and when the message is the next one, records it
+    /// as relayed at once (one lookup under one lock for the common case):
+    /// the epoch to deliver it with, or why not to deliver it now.
+    pub fn accept(&mut self, channel: &str, offset: u64, epoch: &str) -> Result<Arc<str>, Relay> {
+        match self.check(channel, offset, epoch) {
+            Relay::Next => Ok(self.advance(channel, offset, epoch)),
+            other => Err(other),
+        }
     }
 
     /// The last position relayed or seeded.
@@ -494,7 +509,13 @@ mod tests {
         assert_eq!(tracker.check("c", 4, "e"), Relay::Duplicate);
         assert_eq!(tracker.check("c", 7, "e"), Relay::Gap { after: 4 });
         assert_eq!(tracker.check("c", 1, "f"), Relay::NewEpoch);
-        tracker.advance("c", 5, "e");
+        assert_eq!(tracker.accept("c", 7, "e"), Err(Relay::Gap { after: 4 }));
+        assert_eq!(tracker.accept("c", 5, "e").as_deref(), Ok("e"));
+        assert_eq!(
+            tracker.check("c", 5, "e"),
+            Relay::Duplicate,
+            "accepted is relayed"
+        );
         tracker.seed("c", &Position::new(2, "e"));
         assert_eq!(
             tracker.position("c"),

@@ -177,6 +177,33 @@ impl SessionHandle {
         item
     }
 
+    /// Takes up to `max` items off the queue under one lock, handing each to
+    /// `take` in order until it returns false: a backlog costs one lock, not
+    /// one per frame.
+    pub fn take_batch(&self, max: usize, mut take: impl FnMut(Outbound) -> bool) {
+        let mut freed = 0;
+        {
+            let mut queue = self.queue();
+            for _ in 0..max {
+                let Some(item) = queue.items.pop_front() else {
+                    break;
+                };
+                if let Outbound::Frame(delivery) = &item {
+                    freed += delivery.frame.len() + QUEUE_ENTRY_OVERHEAD;
+                }
+                if !take(item) {
+                    break;
+                }
+            }
+            if queue.items.is_empty() && queue.items.capacity() > QUEUE_KEEP_SLOTS {
+                queue.items = VecDeque::new();
+            }
+        }
+        if freed > 0 {
+            self.queued.fetch_sub(freed, Ordering::Relaxed);
+        }
+    }
+
     /// The next item, waiting for one. A slow session gets its 1013 close
     /// first, whatever else is queued (a close request included): the
     /// frames it already missed cannot be made up for on this connection.
@@ -527,6 +554,42 @@ mod tests {
         );
         hub.unregister(2);
         assert_eq!(hub.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn a_batch_takes_in_order_under_one_lock_and_gives_the_bytes_back() {
+        let (handle, _) = session(1, 10_000);
+        let frames: Vec<_> = (0..4)
+            .map(|n| Delivery::plain("c", Utf8Bytes::from(n.to_string())))
+            .collect();
+        for frame in &frames[..2] {
+            assert!(handle.offer(Outbound::Frame(Arc::clone(frame))));
+        }
+        handle.close(4003, "bye");
+        for frame in &frames[2..] {
+            assert!(handle.offer(Outbound::Frame(Arc::clone(frame))));
+        }
+        let mut taken = Vec::new();
+        handle.take_batch(10, |item| match item {
+            Outbound::Frame(delivery) => {
+                taken.push(delivery.frame.to_string());
+                true
+            }
+            _ => false,
+        });
+        assert_eq!(taken, ["0", "1"], "stops at the close request");
+        let one = frames[0].frame.len() + QUEUE_ENTRY_OVERHEAD;
+        assert_eq!(handle.queued_bytes(), 2 * one, "two frames still queued");
+        handle.take_batch(1, |_| true);
+        taken.clear();
+        handle.take_batch(10, |item| {
+            if let Outbound::Frame(delivery) = item {
+                taken.push(delivery.frame.to_string());
+            }
+            true
+        });
+        assert_eq!(taken, ["3"], "at most max per batch, then the rest");
+        assert_eq!(handle.queued_bytes(), 0);
     }
 
     #[test]

@@ -520,30 +520,33 @@ impl Subscriber {
 
     /// Delivers a stored message in offset order, repairing a gap first.
     async fn relay(&self, channel: &str, offset: u64, epoch: &str, frame: &str) {
-        let relay = lock(&self.tracker).check(channel, offset, epoch);
-        match relay {
-            Relay::Next => {}
-            Relay::Duplicate => {
+        let accepted = lock(&self.tracker).accept(channel, offset, epoch);
+        let shared = match accepted {
+            Ok(shared) => shared,
+            Err(Relay::Duplicate) => {
                 self.hub.metrics().relay_duplicate();
                 return;
             }
-            Relay::Gap { .. } | Relay::NewEpoch => {
+            Err(_) => {
                 if self.repair(channel).await.is_err() {
                     // History is out of reach: say so, then go on from here.
                     self.reset(channel, offset.saturating_sub(1), epoch);
                 }
-                if lock(&self.tracker).check(channel, offset, epoch) != Relay::Next {
-                    // The repair delivered it (it was stored before published).
-                    self.hub.metrics().relay_duplicate();
-                    return;
+                let accepted = lock(&self.tracker).accept(channel, offset, epoch);
+                match accepted {
+                    Ok(shared) => shared,
+                    Err(_) => {
+                        // The repair delivered it (it was stored before published).
+                        self.hub.metrics().relay_duplicate();
+                        return;
+                    }
                 }
             }
-        }
-        let epoch = lock(&self.tracker).advance(channel, offset, epoch);
+        };
         self.hub.deliver(&Delivery::at(
             channel,
             offset,
-            &epoch,
+            &shared,
             Utf8Bytes::from(frame),
         ));
     }

@@ -451,21 +451,28 @@ where
         if Session::<S>::admit(&mut self.resumed, &first) {
             self.out.push(first.frame.clone());
         }
-        for _ in 1..WRITE_BATCH {
-            match self.handle.try_next() {
-                Some(Outbound::Frame(delivery)) => {
-                    if Session::<S>::admit(&mut self.resumed, &delivery) {
-                        self.out.push(delivery.frame.clone());
-                    }
+        let (mut close, mut drain) = (None, None);
+        let (out, resumed) = (&mut self.out, &mut self.resumed);
+        self.handle.take_batch(WRITE_BATCH - 1, |item| match item {
+            Outbound::Frame(delivery) => {
+                if Session::<S>::admit(resumed, &delivery) {
+                    out.push(delivery.frame.clone());
                 }
-                Some(Outbound::Close(code, reason)) => {
-                    return Some(End::Close(code, reason.into()));
-                }
-                Some(Outbound::Drain(delay)) => self.drain(delay),
-                None => break,
+                true
             }
+            Outbound::Close(code, reason) => {
+                close = Some(End::Close(code, reason.into()));
+                false
+            }
+            Outbound::Drain(delay) => {
+                drain = Some(delay);
+                true
+            }
+        });
+        if let Some(delay) = drain {
+            self.drain(delay);
         }
-        None
+        close
     }
 
     /// Writes `out` as text frames straight to the socket: each frame's
