@@ -8,6 +8,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+use crate::redis_link::{Target, TlsFiles};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -161,6 +163,9 @@ struct FileConfig {
     metrics_listen: Option<String>,
     node_id: Option<String>,
     redis_url: Option<String>,
+    redis_ca_file: Option<PathBuf>,
+    redis_tls_cert_file: Option<PathBuf>,
+    redis_tls_key_file: Option<PathBuf>,
     api_key: Option<String>,
     allowed_origins: Option<Vec<String>>,
     max_connections: Option<usize>,
@@ -265,8 +270,9 @@ pub struct Config {
     /// A second listener serving only `/metrics` and `/healthz`, if set.
     pub metrics_listen: Option<SocketAddr>,
     pub node_id: String,
-    /// Cluster mode when set; a single in-memory node when not.
-    pub redis_url: Option<String>,
+    /// Cluster mode when set (one Redis server, Sentinel or Redis Cluster,
+    /// with its TLS files read); a single in-memory node when not.
+    pub redis: Option<Target>,
     /// The bearer key of the server API (`/api/*`); the API is closed without it.
     pub api_key: Option<String>,
     pub allowed_origins: AllowedOrigins,
@@ -313,6 +319,9 @@ const LISTEN: Key = key!("listen", "SWITCHBOARD_LISTEN");
 const METRICS_LISTEN: Key = key!("metrics_listen", "SWITCHBOARD_METRICS_LISTEN");
 const NODE_ID: Key = key!("node_id", "SWITCHBOARD_NODE_ID");
 const REDIS_URL: Key = key!("redis_url", "SWITCHBOARD_REDIS_URL");
+const REDIS_CA_FILE: Key = key!("redis_ca_file", "SWITCHBOARD_REDIS_CA_FILE");
+const REDIS_TLS_CERT_FILE: Key = key!("redis_tls_cert_file", "SWITCHBOARD_REDIS_TLS_CERT_FILE");
+const REDIS_TLS_KEY_FILE: Key = key!("redis_tls_key_file", "SWITCHBOARD_REDIS_TLS_KEY_FILE");
 const API_KEY: Key = key!("api_key", "SWITCHBOARD_API_KEY");
 /// Server API keys shorter than this are refused.
 pub const MIN_API_KEY_BYTES: usize = 16;
@@ -348,6 +357,63 @@ const PONG_TIMEOUT: Key = key!("session.pong_timeout", "SWITCHBOARD_PONG_TIMEOUT
 const DEMO_DIR: Key = key!("demo_dir", "SWITCHBOARD_DEMO_DIR");
 
 /// Reads one variable, if set (an empty value counts as unset).
+/// Reads the TLS files for Redis: a CA bundle and a client certificate and
+/// key (both or neither), each a PEM file checked here, so a wrong path or
+/// a file that is not PEM stops the start naming its key.
+fn redis_tls_files(
+    env: &dyn Env,
+    [ca, cert, key]: [Option<PathBuf>; 3],
+    tls: bool,
+) -> Result<TlsFiles, ConfigError> {
+    let path =
+        |key: &Key, from_file: Option<PathBuf>| env_str(env, key).map(PathBuf::from).or(from_file);
+    let ca = path(&REDIS_CA_FILE, ca);
+    let cert = path(&REDIS_TLS_CERT_FILE, cert);
+    let key = path(&REDIS_TLS_KEY_FILE, key);
+    let read = |key: &Key, path: &Path, marker: &str| -> Result<Vec<u8>, ConfigError> {
+        if !tls {
+            return Err(ConfigError::new(
+                key.name(),
+                "set, but SWITCHBOARD_REDIS_URL (redis_url) does not use TLS (rediss://, rediss+sentinel:// or rediss+cluster://)",
+            ));
+        }
+        let bytes = std::fs::read(path).map_err(|e| {
+            ConfigError::new(key.name(), format!("cannot read {}: {e}", path.display()))
+        })?;
+        if !String::from_utf8_lossy(&bytes).contains(marker) {
+            return Err(ConfigError::new(
+                key.name(),
+                format!("{} is not a PEM file with a {marker}", path.display()),
+            ));
+        }
+        Ok(bytes)
+    };
+    let ca = match &ca {
+        Some(path) => Some(read(&REDIS_CA_FILE, path, "BEGIN CERTIFICATE")?),
+        None => None,
+    };
+    let client = match (&cert, &key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some((
+            read(&REDIS_TLS_CERT_FILE, cert, "BEGIN CERTIFICATE")?,
+            read(&REDIS_TLS_KEY_FILE, key, "PRIVATE KEY")?,
+        )),
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                REDIS_TLS_KEY_FILE.name(),
+                "missing: a client certificate needs its key",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                REDIS_TLS_CERT_FILE.name(),
+                "missing: a client key needs its certificate",
+            ))
+        }
+    };
+    Ok(TlsFiles { ca, client })
+}
+
 fn env_str(env: &dyn Env, key: &Key) -> Option<String> {
     env.var(key.env).filter(|v| !v.trim().is_empty())
 }
@@ -493,15 +559,28 @@ impl Config {
         let redis_url = env_str(env, &REDIS_URL)
             .or(file.redis_url)
             .map(|u| u.trim().to_owned());
-        if let Some(url) = &redis_url {
-            let scheme_ok = ["redis://", "unix://", "redis+unix://"]
-                .iter()
-                .any(|scheme| url.starts_with(scheme));
-            if !scheme_ok || url.len() < 9 {
-                return Err(ConfigError::new(
-                    REDIS_URL.name(),
-                    "expected a URL like redis://host:6379/0 or unix:///path/redis.sock (this build has no TLS to Redis: put a TLS tunnel or sidecar in front for rediss)",
-                ));
+        let redis = match &redis_url {
+            None => None,
+            Some(url) => {
+                let target =
+                    Target::parse(url).map_err(|e| ConfigError::new(REDIS_URL.name(), e))?;
+                let files = [
+                    file.redis_ca_file,
+                    file.redis_tls_cert_file,
+                    file.redis_tls_key_file,
+                ];
+                let tls = redis_tls_files(env, files, target.tls())?;
+                Some(target.with_tls_files(tls))
+            }
+        };
+        if redis.is_none() {
+            for key in [&REDIS_CA_FILE, &REDIS_TLS_CERT_FILE, &REDIS_TLS_KEY_FILE] {
+                if env_str(env, key).is_some() {
+                    return Err(ConfigError::new(
+                        key.name(),
+                        "set, but SWITCHBOARD_REDIS_URL (redis_url) is not",
+                    ));
+                }
             }
         }
         let api_key = env_str(env, &API_KEY).or(file.api_key);
@@ -761,7 +840,7 @@ impl Config {
             listen,
             metrics_listen,
             node_id,
-            redis_url,
+            redis,
             api_key,
             allowed_origins,
             trusted_proxies,

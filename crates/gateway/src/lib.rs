@@ -23,6 +23,7 @@ pub mod origin;
 pub mod presence;
 pub mod redis_broker;
 pub mod redis_history;
+pub mod redis_link;
 pub mod redis_presence;
 pub mod response;
 pub mod server;
@@ -46,8 +47,8 @@ pub async fn run(config: Config, listener: TcpListener) -> Result<(), String> {
 
 /// Builds the node the configuration asks for; call inside the runtime.
 pub fn start(config: Config) -> Result<Arc<Node>, String> {
-    match config.redis_url.clone() {
-        Some(url) => Node::cluster(config, &url),
+    match config.redis.clone() {
+        Some(target) => Node::cluster(config, &target),
         None => Node::in_memory(config),
     }
 }

@@ -16,7 +16,8 @@ use crate::hub::Hub;
 use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
 use crate::presence::{CountedPresence, MemoryPresence, Presence};
-use crate::redis_broker::{self, RedisBroker, RedisHealth};
+use crate::redis_broker::{RedisBroker, RedisHealth};
+use crate::redis_link::{Link, Target};
 use crate::redis_presence::RedisPresence;
 
 #[derive(Debug)]
@@ -74,20 +75,21 @@ impl Node {
 
     /// A cluster node on Redis. Starts the Pub/Sub and lease tasks, so it
     /// must be called inside the runtime.
-    pub fn cluster(config: Config, url: &str) -> Result<Arc<Node>, String> {
+    pub fn cluster(config: Config, target: &Target) -> Result<Arc<Node>, String> {
         let hub = Arc::new(Hub::with_metrics(Metrics::for_config(&config)));
         let health = Arc::new(RedisHealth::new(Arc::clone(hub.metrics())));
-        let pool = redis_broker::pool(url)?;
+        let link = Link::new(target)?;
+        tracing::info!(message = "cluster mode", redis = %target.describe());
         let background = CancellationToken::new();
         let broker = RedisBroker::start(
-            url,
-            pool.clone(),
+            target,
+            link.clone(),
             Arc::clone(&hub),
             Arc::clone(&health),
             background.clone(),
         )?;
         let instance = instance_id(&config.node_id);
-        let presence = RedisPresence::new(pool, config.clone(), instance, health);
+        let presence = RedisPresence::new(link, config.clone(), instance, health);
         tokio::spawn(Arc::clone(&presence).maintain(background.clone()));
         Node::build(
             config,

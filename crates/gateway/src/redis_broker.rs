@@ -1,15 +1,24 @@
 //! The cluster broker on Redis Pub/Sub.
 //!
-//! Publishes go through a deadpool connection pool. Each node holds one
+//! Publishes go through the node's [`Link`] (a pool, or the cluster
+//! connection). On one server or under Sentinel each node holds one
 //! dedicated Pub/Sub connection, owned by one task, which SUBSCRIBEs to
 //! `sb:ch:<channel>` when the channel's first local subscriber arrives and
 //! UNSUBSCRIBEs when the last one leaves (the hub keeps the refcount; never
-//! PSUBSCRIBE, never one subscription per client). Frames travel already
-//! encoded, so a node hands the received bytes to the hub as they are.
+//! PSUBSCRIBE, never one subscription per client). On a Redis Cluster the
+//! channel is the shard channel `sb:ch:{<channel>}`, SSUBSCRIBEd on the
+//! shard that owns its slot (the slot of the channel's history keys) and
+//! published with SPUBLISH, so each message crosses one shard instead of
+//! being broadcast to every Redis node. Frames travel already encoded, so a
+//! node hands the received bytes to the hub as they are.
 //!
 //! When the Pub/Sub connection drops, the node turns not-ready, reconnects
-//! with backoff and resubscribes every channel the hub still needs; local
-//! clients stay connected meanwhile.
+//! with backoff (under Sentinel, to the master the sentinels name now) and
+//! resubscribes every channel the hub still needs; local clients stay
+//! connected meanwhile. On a cluster the redis crate reconnects a shard and
+//! moves its subscriptions after a failover by itself; the node watches for
+//! the drop, stays not-ready until every primary answers again, and repairs
+//! the channels as they are resubscribed.
 //!
 //! Gap repair: messages of channels with history arrive as
 //! `<offset>:<epoch>:<frame>` (see `redis_history`). The node remembers the
@@ -26,7 +35,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::{Pool, Runtime};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use switchboard_protocol::close;
@@ -43,15 +51,16 @@ use crate::history::{
 use crate::hub::{Delivery, Hub};
 use crate::metrics::{Metrics, RedisLink};
 use crate::redis_history::{self, Payload};
+use crate::redis_link::{Link, Mode, Target, REDIS_TIMEOUT};
 
 /// The Pub/Sub channel carrying a Switchboard channel's frames.
 pub const CHANNEL_PREFIX: &str = "sb:ch:";
 /// The Pub/Sub channel every node listens to for cluster-wide commands.
 pub const CONTROL_CHANNEL: &str = "sb:ctl";
-/// A Redis command that takes longer than this counts as failed.
-pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Short enough that a node finds a new master within about two seconds of
+/// the sentinels' switch.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How often an idle Pub/Sub connection is pinged to find half-open sockets.
 const PUBSUB_PING: Duration = Duration::from_secs(5);
 
@@ -128,60 +137,37 @@ enum SubscriptionOp {
     Unsubscribe(String),
 }
 
-/// Builds the pool for a Redis URL.
-pub fn pool(url: &str) -> Result<Pool, String> {
-    let mut config = deadpool_redis::Config::from_url(url);
-    let mut pool = deadpool_redis::PoolConfig::new(32);
-    pool.timeouts.wait = Some(REDIS_TIMEOUT);
-    pool.timeouts.create = Some(REDIS_TIMEOUT);
-    pool.timeouts.recycle = Some(REDIS_TIMEOUT);
-    config.pool = Some(pool);
-    config
-        .create_pool(Some(Runtime::Tokio1))
-        .map_err(|error| format!("cannot create the Redis pool: {error}"))
+/// The Pub/Sub channel carrying a Switchboard channel's frames:
+/// `sb:ch:<channel>`, or on a cluster the shard channel `sb:ch:{<channel>}`,
+/// which hashes to the slot of the channel's history keys (a script may only
+/// SPUBLISH within its keys' slot).
+pub fn pubsub_channel(mode: Mode, channel: &str) -> String {
+    match mode {
+        Mode::Cluster => format!("{CHANNEL_PREFIX}{{{channel}}}"),
+        Mode::Server | Mode::Sentinel => format!("{CHANNEL_PREFIX}{channel}"),
+    }
 }
 
-/// Runs one Redis command with the standard time limit.
-pub async fn query<T: redis::FromRedisValue + Send>(
-    pool: &Pool,
-    command: &redis::Cmd,
-) -> Result<T, String> {
-    with_connection(pool, async |conn| command.query_async::<T>(conn).await).await
+/// The Switchboard channel of a Pub/Sub channel name, `None` for others.
+fn channel_of(mode: Mode, name: &str) -> Option<&str> {
+    let rest = name.strip_prefix(CHANNEL_PREFIX)?;
+    match mode {
+        Mode::Cluster => rest.strip_prefix('{')?.strip_suffix('}'),
+        Mode::Server | Mode::Sentinel => Some(rest),
+    }
 }
 
-/// Runs a pipeline with the standard time limit.
-pub async fn query_pipe<T: redis::FromRedisValue + Send>(
-    pool: &Pool,
-    pipe: &redis::Pipeline,
-) -> Result<T, String> {
-    with_connection(pool, async |conn| pipe.query_async::<T>(conn).await).await
-}
-
-/// Runs a Lua script (EVALSHA, loading it on first use) with the standard time limit.
-pub async fn run_script<T: redis::FromRedisValue + Send>(
-    pool: &Pool,
-    invocation: &redis::ScriptInvocation<'_>,
-) -> Result<T, String> {
-    with_connection(pool, async |conn| invocation.invoke_async::<T>(conn).await).await
-}
-
-/// Takes a pooled connection and runs `work` on it, all within [`REDIS_TIMEOUT`].
-async fn with_connection<T>(
-    pool: &Pool,
-    work: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
-) -> Result<T, String> {
-    let run = async {
-        let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-        work(&mut conn).await.map_err(|e| e.to_string())
-    };
-    tokio::time::timeout(REDIS_TIMEOUT, run)
-        .await
-        .map_err(|_| "redis timed out".to_owned())?
+/// `SPUBLISH` on a cluster (sharded Pub/Sub), `PUBLISH` elsewhere.
+pub fn publish_command(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Cluster => "SPUBLISH",
+        Mode::Server | Mode::Sentinel => "PUBLISH",
+    }
 }
 
 /// The broker of a node in cluster mode.
 pub struct RedisBroker {
-    pool: Pool,
+    link: Link,
     hub: Arc<Hub>,
     health: Arc<RedisHealth>,
     ops: mpsc::UnboundedSender<SubscriptionOp>,
@@ -197,25 +183,28 @@ impl std::fmt::Debug for RedisBroker {
 impl RedisBroker {
     /// Starts the Pub/Sub task; it runs until `shutdown`.
     pub fn start(
-        url: &str,
-        pool: Pool,
+        target: &Target,
+        link: Link,
         hub: Arc<Hub>,
         health: Arc<RedisHealth>,
         shutdown: CancellationToken,
     ) -> Result<RedisBroker, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
         let (ops, rx) = mpsc::unbounded_channel();
         let tracker = Arc::new(Mutex::new(Tracker::default()));
         let subscriber = Subscriber {
-            client,
-            pool: pool.clone(),
+            target: target.clone(),
+            link: link.clone(),
             hub: Arc::clone(&hub),
             health: Arc::clone(&health),
             tracker: Arc::clone(&tracker),
         };
-        tokio::spawn(subscriber.run(rx, shutdown));
+        if target.mode() == Mode::Cluster {
+            tokio::spawn(subscriber.run_sharded(rx, shutdown));
+        } else {
+            tokio::spawn(subscriber.run(rx, shutdown));
+        }
         Ok(RedisBroker {
-            pool,
+            link,
             hub,
             health,
             ops,
@@ -227,12 +216,13 @@ impl RedisBroker {
 #[async_trait]
 impl Broker for RedisBroker {
     async fn publish(&self, channel: &str, frame: Utf8Bytes) -> Result<(), BrokerError> {
-        let mut command = redis::cmd("PUBLISH");
+        let mode = self.link.mode();
+        let mut command = redis::cmd(publish_command(mode));
         command
-            .arg(format!("{CHANNEL_PREFIX}{channel}"))
+            .arg(pubsub_channel(mode, channel))
             .arg(frame.as_bytes());
         let started = std::time::Instant::now();
-        let published = query::<i64>(&self.pool, &command).await;
+        let published = self.link.query::<i64>(&command).await;
         let metrics = self.hub.metrics();
         metrics.redis_published(started.elapsed(), published.is_ok());
         if published.is_ok() {
@@ -251,7 +241,7 @@ impl Broker for RedisBroker {
         policy: HistoryPolicy,
     ) -> Result<Position, BrokerError> {
         let started = std::time::Instant::now();
-        let stored = redis_history::append(&self.pool, channel, message, policy).await;
+        let stored = redis_history::append(&self.link, channel, message, policy).await;
         let metrics = self.hub.metrics();
         metrics.redis_published(started.elapsed(), stored.is_ok());
         match stored {
@@ -273,7 +263,7 @@ impl Broker for RedisBroker {
         policy: HistoryPolicy,
         query: &HistoryQuery,
     ) -> Result<HistoryPage, BrokerError> {
-        redis_history::read(&self.pool, channel, query, policy.ttl)
+        redis_history::read(&self.link, channel, query, policy.ttl)
             .await
             .map_err(BrokerError::Unavailable)
     }
@@ -306,7 +296,7 @@ impl Broker for RedisBroker {
         .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let mut command = redis::cmd("PUBLISH");
         command.arg(CONTROL_CHANNEL).arg(payload);
-        let published = query::<i64>(&self.pool, &command).await;
+        let published = self.link.query::<i64>(&command).await;
         // Local sessions close even when Redis is away.
         self.hub
             .disconnect_user(user, close::DISCONNECTED, "disconnected by the server");
@@ -328,9 +318,9 @@ fn lock(tracker: &Mutex<Tracker>) -> std::sync::MutexGuard<'_, Tracker> {
 
 /// The task that owns the node's Pub/Sub connection.
 struct Subscriber {
-    client: redis::Client,
+    target: Target,
     /// For gap repair reads.
-    pool: Pool,
+    link: Link,
     hub: Arc<Hub>,
     health: Arc<RedisHealth>,
     tracker: Arc<Mutex<Tracker>>,
@@ -350,7 +340,7 @@ impl Subscriber {
                 connected = tokio::time::timeout(REDIS_TIMEOUT, self.connect()) => connected,
             };
             let error = match connected {
-                Ok(Ok((sink, stream))) => {
+                Ok(Ok((sink, stream, server))) => {
                     let since = tokio::time::Instant::now();
                     self.health.set_pubsub(true);
                     if !std::mem::take(&mut first) {
@@ -358,13 +348,14 @@ impl Subscriber {
                     }
                     tracing::info!(
                         message = "redis pub/sub connected",
+                        server = %server,
                         channels = self.hub.channel_count()
                     );
                     // Messages published while the link was down are in
                     // history; they go out before anything newer (the
                     // stream buffers what arrives meanwhile).
                     self.repair_all().await;
-                    let error = self.serve(sink, stream, &mut ops, &shutdown).await;
+                    let error = self.serve(sink, stream, &server, &mut ops, &shutdown).await;
                     self.health.set_pubsub(false);
                     // A connection that held for a while earns a quick retry;
                     // one that breaks at once keeps backing off.
@@ -403,13 +394,207 @@ impl Subscriber {
         }
     }
 
-    /// Connects and subscribes to the control channel and every channel the hub needs.
-    async fn connect(&self) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), String> {
-        let pubsub = self
-            .client
-            .get_async_pubsub()
+    /// The Pub/Sub task on a Redis Cluster: sharded subscriptions on one
+    /// RESP3 cluster connection, whose pushes arrive on a channel.
+    async fn run_sharded(
+        self,
+        mut ops: mpsc::UnboundedReceiver<SubscriptionOp>,
+        shutdown: CancellationToken,
+    ) {
+        let (push, mut pushes) = mpsc::unbounded_channel();
+        let client = match self.target.cluster_client(Some(push)) {
+            Some(Ok(client)) => client,
+            Some(Err(error)) => {
+                let error = self.target.explain(&error);
+                self.health.record_error(&error);
+                tracing::error!(message = "redis cluster client refused its settings", %error);
+                return;
+            }
+            None => return,
+        };
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let connected = tokio::select! {
+                () = shutdown.cancelled() => return,
+                connected = tokio::time::timeout(REDIS_TIMEOUT, self.connect_sharded(&client)) => connected,
+            };
+            let error = match connected {
+                Ok(Ok(conn)) => {
+                    self.health.set_pubsub(true);
+                    tracing::info!(
+                        message = "redis cluster pub/sub connected",
+                        channels = self.hub.channel_count()
+                    );
+                    self.repair_all().await;
+                    // From here the cluster connection reconnects shards and
+                    // moves subscriptions by itself, for good.
+                    self.serve_sharded(conn, &mut pushes, &mut ops, &shutdown)
+                        .await;
+                    return;
+                }
+                Ok(Err(error)) => error,
+                Err(_) => "connect timed out".to_owned(),
+            };
+            self.health.set_pubsub(false);
+            self.health.record_error(&error);
+            tracing::warn!(message = "redis cluster pub/sub unavailable; retrying", %error, backoff_ms = backoff.as_millis() as u64);
+            let sleep = tokio::time::sleep(backoff);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = &mut sleep => break,
+                    op = ops.recv() => match op {
+                        Some(SubscriptionOp::Subscribe(_, reply)) => {
+                            let _ = reply.send(Err(BrokerError::Unavailable(format!("redis pub/sub disconnected: {error}"))));
+                        }
+                        Some(SubscriptionOp::Unsubscribe(_)) => {}
+                        None => return,
+                    },
+                }
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Opens the cluster connection and subscribes to the control channel
+    /// and, on their shards, every channel the hub needs.
+    async fn connect_sharded(
+        &self,
+        client: &redis::cluster::ClusterClient,
+    ) -> Result<redis::cluster_async::ClusterConnection, String> {
+        let mut conn = client
+            .get_async_connection()
+            .await
+            .map_err(|e| format!("redis cluster: {}", self.target.explain(&e)))?;
+        conn.subscribe(CONTROL_CHANNEL)
             .await
             .map_err(|e| e.to_string())?;
+        for channel in self.hub.channels() {
+            conn.ssubscribe(pubsub_channel(Mode::Cluster, &channel))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(conn)
+    }
+
+    /// Serves the cluster connection until shutdown.
+    async fn serve_sharded(
+        &self,
+        mut conn: redis::cluster_async::ClusterConnection,
+        pushes: &mut mpsc::UnboundedReceiver<redis::PushInfo>,
+        ops: &mut mpsc::UnboundedReceiver<SubscriptionOp>,
+        shutdown: &CancellationToken,
+    ) {
+        // While a shard is away the node checks every second that all
+        // primaries answer; otherwise every PUBSUB_PING.
+        let mut degraded = false;
+        let mut check = tokio::time::interval(PUBSUB_PING);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                push = pushes.recv() => match push {
+                    None => return,
+                    Some(push) => match push.kind {
+                        redis::PushKind::Message | redis::PushKind::SMessage => {
+                            if let [redis::Value::BulkString(name), redis::Value::BulkString(payload)] = push.data.as_slice() {
+                                if let Ok(name) = std::str::from_utf8(name) {
+                                    self.on_message(name, payload).await;
+                                }
+                            }
+                        }
+                        redis::PushKind::Disconnection if !degraded => {
+                            degraded = true;
+                            self.health.set_pubsub(false);
+                            self.health.record_error("a redis cluster shard connection dropped; resubscribing");
+                            tracing::warn!(message = "redis cluster shard connection dropped; resubscribing");
+                            check = tokio::time::interval(Duration::from_secs(1));
+                        }
+                        redis::PushKind::SSubscribe => {
+                            // A (re)subscription confirmed: what the channel
+                            // missed meanwhile is in history.
+                            let channel = match push.data.first() {
+                                Some(redis::Value::BulkString(name)) => std::str::from_utf8(name).ok().and_then(|n| channel_of(Mode::Cluster, n)).map(str::to_owned),
+                                _ => None,
+                            };
+                            if let Some(channel) = channel {
+                                if degraded && self.hub.has_subscribers(&channel) {
+                                    let _ = self.repair(&channel).await;
+                                }
+                            }
+                        }
+                        _ => {}
+                    },
+                },
+                op = ops.recv() => match op {
+                    None => return,
+                    Some(SubscriptionOp::Subscribe(channel, reply)) => {
+                        let name = pubsub_channel(Mode::Cluster, &channel);
+                        let result = match tokio::time::timeout(REDIS_TIMEOUT, conn.ssubscribe(&name)).await {
+                            Ok(Ok(())) => Ok(()),
+                            Ok(Err(error)) => Err(BrokerError::Unavailable(error.to_string())),
+                            Err(_) => Err(BrokerError::Unavailable("subscribe timed out".into())),
+                        };
+                        let _ = reply.send(result);
+                    }
+                    Some(SubscriptionOp::Unsubscribe(channel)) => {
+                        if !self.hub.has_subscribers(&channel) {
+                            lock(&self.tracker).forget(&channel);
+                            let name = pubsub_channel(Mode::Cluster, &channel);
+                            if let Ok(Err(error)) = tokio::time::timeout(REDIS_TIMEOUT, conn.sunsubscribe(&name)).await {
+                                tracing::warn!(message = "redis cluster unsubscribe failed", channel, %error);
+                            }
+                        }
+                    }
+                },
+                _ = check.tick() => {
+                    let ping = redis::cmd("PING");
+                    let all = redis::cluster_routing::RoutingInfo::MultiNode((
+                        redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters,
+                        Some(redis::cluster_routing::ResponsePolicy::AllSucceeded),
+                    ));
+                    match tokio::time::timeout(REDIS_TIMEOUT, conn.route_command(ping, all)).await {
+                        Ok(Ok(_)) => {
+                            if degraded {
+                                degraded = false;
+                                self.health.set_pubsub(true);
+                                self.hub.metrics().redis_reconnected();
+                                tracing::info!(message = "redis cluster: every primary answers again");
+                                check = tokio::time::interval(PUBSUB_PING);
+                                // Subscriptions have moved to the new primaries by
+                                // now; whatever they missed is in history.
+                                self.repair_all().await;
+                            }
+                        }
+                        Ok(Err(error)) => {
+                            degraded = true;
+                            self.health.set_pubsub(false);
+                            self.health.record_error(format!("redis cluster: {error}"));
+                        }
+                        Err(_) => {
+                            degraded = true;
+                            self.health.set_pubsub(false);
+                            self.health.record_error("redis cluster: a primary did not answer PING");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Connects (under Sentinel, to the master named now) and subscribes to
+    /// the control channel and every channel the hub needs. Also returns the
+    /// server's address.
+    async fn connect(
+        &self,
+    ) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream, String), String> {
+        let client = self.target.pubsub_client().await?;
+        let server = client.get_connection_info().addr().to_string();
+        let pubsub = client
+            .get_async_pubsub()
+            .await
+            .map_err(|e| self.target.explain(&e))?;
         let (mut sink, stream) = pubsub.split();
         sink.subscribe(CONTROL_CHANNEL)
             .await
@@ -418,12 +603,12 @@ impl Subscriber {
             .hub
             .channels()
             .into_iter()
-            .map(|c| format!("{CHANNEL_PREFIX}{c}"))
+            .map(|c| pubsub_channel(self.target.mode(), &c))
             .collect();
         for chunk in channels.chunks(512) {
             sink.subscribe(chunk).await.map_err(|e| e.to_string())?;
         }
-        Ok((sink, stream))
+        Ok((sink, stream, server))
     }
 
     /// Serves one connection; `None` on shutdown, else why it broke.
@@ -431,6 +616,7 @@ impl Subscriber {
         &self,
         mut sink: redis::aio::PubSubSink,
         mut stream: redis::aio::PubSubStream,
+        server: &str,
         ops: &mut mpsc::UnboundedReceiver<SubscriptionOp>,
         shutdown: &CancellationToken,
     ) -> Option<String> {
@@ -440,13 +626,13 @@ impl Subscriber {
             tokio::select! {
                 () = shutdown.cancelled() => return None,
                 message = stream.next() => match message {
-                    Some(message) => self.on_message(&message).await,
+                    Some(message) => self.on_message(message.get_channel_name(), message.get_payload_bytes()).await,
                     None => return Some("pub/sub connection closed".into()),
                 },
                 op = ops.recv() => match op {
                     None => return None,
                     Some(SubscriptionOp::Subscribe(channel, reply)) => {
-                        let key = format!("{CHANNEL_PREFIX}{channel}");
+                        let key = pubsub_channel(self.target.mode(), &channel);
                         let result = tokio::time::timeout(REDIS_TIMEOUT, sink.subscribe(&key)).await;
                         match result {
                             Ok(Ok(())) => {
@@ -467,7 +653,7 @@ impl Subscriber {
                         // arrived since, and then the subscription stays.
                         if !self.hub.has_subscribers(&channel) {
                             lock(&self.tracker).forget(&channel);
-                            let key = format!("{CHANNEL_PREFIX}{channel}");
+                            let key = pubsub_channel(self.target.mode(), &channel);
                             match tokio::time::timeout(REDIS_TIMEOUT, sink.unsubscribe(&key)).await {
                                 Ok(Ok(())) => {}
                                 Ok(Err(error)) => return Some(error.to_string()),
@@ -482,15 +668,29 @@ impl Subscriber {
                         Ok(Err(error)) => return Some(error.to_string()),
                         Err(_) => return Some("ping timed out".into()),
                     }
+                    if let Some(moved) = self.master_moved(server).await {
+                        return Some(moved);
+                    }
                 }
             }
         }
     }
 
-    async fn on_message(&self, message: &redis::Msg) {
-        let name = message.get_channel_name();
-        let payload = message.get_payload_bytes();
-        if let Some(channel) = name.strip_prefix(CHANNEL_PREFIX) {
+    /// Under Sentinel: whether the sentinels now name another master than
+    /// the one this Pub/Sub connection is on (a failover that left the old
+    /// master running, demoted), and which.
+    async fn master_moved(&self, server: &str) -> Option<String> {
+        if self.target.mode() != Mode::Sentinel {
+            return None;
+        }
+        let client = self.target.pubsub_client().await.ok()?;
+        let now = client.get_connection_info().addr().to_string();
+        (now != server).then(|| format!("the sentinels name a new master: {now} (was {server})"))
+    }
+
+    async fn on_message(&self, name: &str, payload: &[u8]) {
+        let mode = self.target.mode();
+        if let Some(channel) = channel_of(mode, name) {
             match redis_history::parse_payload(payload) {
                 Some(Payload::Plain(text)) => {
                     self.hub
@@ -566,7 +766,7 @@ impl Subscriber {
         let metrics = self.hub.metrics();
         // The channel was read (or published) before, so its position
         // exists; should it have vanished, the default TTL bounds the new one.
-        let page = match redis_history::read(&self.pool, channel, &query, DEFAULT_HISTORY_TTL).await
+        let page = match redis_history::read(&self.link, channel, &query, DEFAULT_HISTORY_TTL).await
         {
             Ok(page) => page,
             Err(error) => {

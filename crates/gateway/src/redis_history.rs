@@ -21,14 +21,14 @@
 
 use std::sync::LazyLock;
 
-use deadpool_redis::Pool;
 use switchboard_protocol::{MessageParts, Position};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::history::{
     new_epoch, select, HistoryPage, HistoryPolicy, HistoryQuery, HISTORY_META_TTL,
 };
-use crate::redis_broker::{run_script, CHANNEL_PREFIX};
+use crate::redis_broker::{publish_command, pubsub_channel};
+use crate::redis_link::Link;
 
 /// The hash holding a channel's epoch and latest offset.
 pub fn meta_key(channel: &str) -> String {
@@ -40,16 +40,40 @@ pub fn list_key(channel: &str) -> String {
     format!("sb:hist:{{{channel}}}:list")
 }
 
+/// The check both scripts start with: whether the channel's meta was
+/// written by a master this server has since replaced. Replication is
+/// asynchronous, so a replica promoted by a failover (Sentinel, or a
+/// cluster shard's) may lack its old master's last writes: offsets it would
+/// hand out next may already have been used, and messages readers saw may be
+/// gone. Such a stream restarts under a new epoch, so subscribers are told
+/// (`reset`, `recovered: false`) instead of missing messages silently.
+/// A promoted server has a non-zero `master_replid2` (the old master's
+/// replication id) until it restarts; a master restarted from its own
+/// append-only file has none, so it keeps its epochs. Sets `replid` (this
+/// server's id) and `promoted_stale` (the meta's writer is not this server,
+/// and this server was promoted). KEYS[1] is the meta hash.
+const STALE_CHECK: &str = r"
+local info = redis.call('INFO', 'replication')
+local replid = string.match(info, 'master_replid:(%x+)') or ''
+local replid2 = string.match(info, 'master_replid2:(%x+)') or ''
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'rid')
+local epoch = meta[1]
+local promoted_stale = epoch and meta[2] ~= replid and string.find(replid2, '[^0]') ~= nil
+";
+
 /// KEYS: meta, list. ARGV: Pub/Sub channel, frame head, frame tail, size,
-/// ttl ms, meta ttl ms, epoch to start if none. Returns {offset, epoch}.
+/// ttl ms, meta ttl ms, epoch to start if none, publish command (`PUBLISH`,
+/// or `SPUBLISH` on a cluster). Returns {offset, epoch}.
 static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    redis::Script::new(&format!(
+        "{STALE_CHECK}{}",
         r"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
+if (not epoch) or promoted_stale then
   epoch = ARGV[7]
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0, 'rid', replid)
+elseif meta[2] ~= replid then
+  redis.call('HSET', KEYS[1], 'rid', replid)
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'top', 1)
 local frame = ARGV[2] .. offset .. ARGV[3]
@@ -57,10 +81,10 @@ redis.call('RPUSH', KEYS[2], frame)
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('PUBLISH', ARGV[1], offset .. ':' .. epoch .. ':' .. frame)
+redis.call(ARGV[8], ARGV[1], offset .. ':' .. epoch .. ':' .. frame)
 return {offset, epoch}
-",
-    )
+"
+    ))
 });
 
 /// KEYS: meta, list. ARGV: since offset (-1: none), since epoch, limit,
@@ -69,15 +93,18 @@ return {offset, epoch}
 /// names cannot pile up keys for a day). Returns {top, epoch, first, frames}
 /// with the same selection as [`crate::history::select`].
 static READ: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    redis::Script::new(&format!(
+        "{STALE_CHECK}{}",
         r"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local top = 0
-if not epoch then
+if (not epoch) or promoted_stale then
+  local created = not epoch
   epoch = ARGV[4]
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0)
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0, 'rid', replid)
+  if created then
+    redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  end
 else
   top = tonumber(redis.call('HGET', KEYS[1], 'top'))
 end
@@ -97,8 +124,8 @@ if len > 0 and from <= top then
   frames = redis.call('LRANGE', KEYS[2], from - top - 1, to - top - 1)
 end
 return {top, epoch, first, frames}
-",
-    )
+"
+    ))
 });
 
 fn millis(duration: std::time::Duration) -> u64 {
@@ -109,7 +136,7 @@ fn millis(duration: std::time::Duration) -> u64 {
 
 /// Stores and publishes one message; returns its position.
 pub async fn append(
-    pool: &Pool,
+    link: &Link,
     channel: &str,
     message: &MessageParts,
     policy: HistoryPolicy,
@@ -118,21 +145,22 @@ pub async fn append(
     invocation
         .key(meta_key(channel))
         .key(list_key(channel))
-        .arg(format!("{CHANNEL_PREFIX}{channel}"))
+        .arg(pubsub_channel(link.mode(), channel))
         .arg(&message.head)
         .arg(&message.tail)
         .arg(policy.size.max(1))
         .arg(millis(policy.ttl))
         .arg(millis(HISTORY_META_TTL))
-        .arg(new_epoch());
-    let (offset, epoch): (u64, String) = run_script(pool, &invocation).await?;
+        .arg(new_epoch())
+        .arg(publish_command(link.mode()));
+    let (offset, epoch): (u64, String) = link.run_script(&invocation).await?;
     Ok(Position { offset, epoch })
 }
 
 /// Reads a page of a channel's history; a channel never published gets its
 /// position now, kept for `created_ttl` unless a publish extends it.
 pub async fn read(
-    pool: &Pool,
+    link: &Link,
     channel: &str,
     query: &HistoryQuery,
     created_ttl: std::time::Duration,
@@ -156,7 +184,7 @@ pub async fn read(
         .arg(new_epoch())
         .arg(millis(created_ttl));
     let (top, epoch, first, frames): (u64, String, u64, Vec<String>) =
-        run_script(pool, &invocation).await?;
+        link.run_script(&invocation).await?;
     // The script selected with the same rule; recompute where it started.
     let len = (top + 1).saturating_sub(first);
     let from = select(top, len, &epoch, query).map_or(first, |(from, _)| from);

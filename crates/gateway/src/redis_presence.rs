@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::Pool;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use switchboard_protocol::channel::namespace;
@@ -33,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::presence::{Member, Presence, PresenceError};
-use crate::redis_broker::{query, query_pipe, run_script, RedisHealth, CHANNEL_PREFIX};
+use crate::redis_broker::{publish_command, pubsub_channel, RedisHealth};
+use crate::redis_link::Link;
 
 /// How long a node's lease lives without renewal.
 pub const LEASE: Duration = Duration::from_secs(5);
@@ -61,33 +61,36 @@ fn user_key(user: &str) -> String {
     format!("sb:user:{user}")
 }
 
-/// Records a connection unless its user already holds `max` connections on
-/// live nodes, in one atomic step so concurrent handshakes on several nodes
-/// cannot overshoot. Entries of nodes without a lease are dropped on the way
-/// (their connections are gone). KEYS: user hash, connection hash, this
-/// node's connection set. ARGV: connection id, node, user, max. Returns 1
-/// when recorded, 0 when the user is at the cap.
+/// Records a connection in its user's hash unless the user already holds
+/// `max` connections, in one atomic step so concurrent handshakes on several
+/// nodes cannot overshoot. Entries of the dead nodes passed in (nodes in
+/// `sb:nodes` whose lease has expired) are dropped on the way: their
+/// connections are gone. The script touches one key, so it runs on a Redis
+/// Cluster too; whether a node is alive is a lookup across slots, so each
+/// node keeps that list from its once-a-second scan of the leases
+/// ([`RedisPresence::reap_dead_nodes`]) instead of reading leases here. A
+/// node that died less than a lease ago still counts, which errs towards
+/// refusing, never towards overshooting. KEYS: user hash. ARGV: connection
+/// id, node, max, dead node ids... Returns 1 when recorded, 0 when the user
+/// is at the cap.
 const ADMIT_CONNECTION: &str = r"
+local dead = {}
+for i = 4, #ARGV do
+  dead[ARGV[i]] = true
+end
 local held = redis.call('HGETALL', KEYS[1])
 local live = 0
-local alive = {}
 for i = 1, #held, 2 do
-  local node = held[i + 1]
-  if alive[node] == nil then
-    alive[node] = redis.call('EXISTS', 'sb:node:' .. node) == 1
-  end
-  if alive[node] then
-    live = live + 1
-  else
+  if dead[held[i + 1]] then
     redis.call('HDEL', KEYS[1], held[i])
+  else
+    live = live + 1
   end
 end
-if live >= tonumber(ARGV[4]) then
+if live >= tonumber(ARGV[3]) then
   return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[2], 'user', ARGV[3], 'node', ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[1])
 return 1
 ";
 
@@ -117,11 +120,13 @@ struct Mirror {
 
 /// Presence of a node in cluster mode.
 pub struct RedisPresence {
-    pool: Pool,
+    link: Link,
     node: String,
     config: Config,
     health: Arc<RedisHealth>,
     mirror: Mutex<Mirror>,
+    /// Nodes in `sb:nodes` whose lease had expired at the last scan.
+    dead: Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for RedisPresence {
@@ -139,17 +144,18 @@ fn unavailable(error: String) -> PresenceError {
 impl RedisPresence {
     /// `instance` names this process in Redis (the node id plus a run id).
     pub fn new(
-        pool: Pool,
+        link: Link,
         config: Config,
         instance: String,
         health: Arc<RedisHealth>,
     ) -> Arc<RedisPresence> {
         Arc::new(RedisPresence {
-            pool,
+            link,
             node: instance,
             config,
             health,
             mirror: Mutex::new(Mirror::default()),
+            dead: Mutex::default(),
         })
     }
 
@@ -199,7 +205,7 @@ impl RedisPresence {
             .arg("PX")
             .arg(LEASE.as_millis() as u64)
             .arg("XX");
-        let renewed: Option<String> = query(&self.pool, &renew).await?;
+        let renewed: Option<String> = self.link.query(&renew).await?;
         if renewed.is_some() {
             return Ok(());
         }
@@ -207,8 +213,16 @@ impl RedisPresence {
             let mirror = self.mirror();
             (mirror.presence.clone(), mirror.connections.clone())
         };
+        // The lease first, so no reaper starts on this node's entries while
+        // they are rewritten. Not a MULTI: on a cluster the keys live in
+        // many slots; a rewrite cut short is redone at the next renewal.
         let mut pipe = redis::pipe();
-        pipe.atomic();
+        pipe.cmd("SET")
+            .arg(lease_key(&self.node))
+            .arg(1)
+            .arg("PX")
+            .arg(LEASE.as_millis() as u64)
+            .ignore();
         pipe.cmd("SADD").arg(NODES).arg(&self.node).ignore();
         for ((channel, connection_id), entry) in &presence {
             self.add_entry(&mut pipe, channel, connection_id, entry);
@@ -216,13 +230,14 @@ impl RedisPresence {
         for (connection_id, user) in &connections {
             self.add_connection(&mut pipe, connection_id, user);
         }
-        pipe.cmd("SET")
-            .arg(lease_key(&self.node))
-            .arg(1)
-            .arg("PX")
-            .arg(LEASE.as_millis() as u64)
-            .ignore();
-        query_pipe::<()>(&self.pool, &pipe).await?;
+        if let Err(error) = self.link.query_pipe::<()>(&pipe).await {
+            // Give the lease back, so the next renewal rewrites everything.
+            let _ = self
+                .link
+                .query::<()>(redis::cmd("DEL").arg(lease_key(&self.node)))
+                .await;
+            return Err(error);
+        }
         tracing::info!(
             message = "redis lease acquired",
             entries = presence.len(),
@@ -252,7 +267,7 @@ impl RedisPresence {
             for (connection_id, user) in &connects {
                 self.add_connection(&mut pipe, connection_id, user);
             }
-            if let Err(error) = query_pipe::<()>(&self.pool, &pipe).await {
+            if let Err(error) = self.link.query_pipe::<()>(&pipe).await {
                 self.mirror()
                     .pending_connects
                     .extend(connects.into_iter().map(|(id, _)| id));
@@ -281,19 +296,27 @@ impl RedisPresence {
     /// Finds nodes without a lease and removes their state, one reaper per
     /// dead node (a lock key), publishing `leave` events where enabled.
     async fn reap_dead_nodes(&self) -> Result<(), String> {
-        let nodes: Vec<String> = query(&self.pool, redis::cmd("SMEMBERS").arg(NODES)).await?;
-        for node in nodes.into_iter().filter(|n| *n != self.node) {
-            let alive: bool = query(&self.pool, redis::cmd("EXISTS").arg(lease_key(&node))).await?;
-            if alive {
-                continue;
-            }
+        let nodes: Vec<String> = self.link.query(redis::cmd("SMEMBERS").arg(NODES)).await?;
+        let others: HashSet<&str> = nodes
+            .iter()
+            .map(String::as_str)
+            .filter(|n| *n != self.node)
+            .collect();
+        let live = self.live_nodes(&others).await?;
+        let dead: Vec<String> = others
+            .into_iter()
+            .filter(|n| !live.contains(*n))
+            .map(str::to_owned)
+            .collect();
+        *self.dead.lock().unwrap_or_else(|e| e.into_inner()) = dead.clone();
+        for node in dead {
             let mut lock = redis::cmd("SET");
             lock.arg(format!("sb:reap:{node}"))
                 .arg(&self.node)
                 .arg("NX")
                 .arg("PX")
                 .arg(REAP_LOCK.as_millis() as u64);
-            let locked: Option<String> = query(&self.pool, &lock).await?;
+            let locked: Option<String> = self.link.query(&lock).await?;
             if locked.is_some() {
                 self.reap(&node).await?;
             }
@@ -302,8 +325,10 @@ impl RedisPresence {
     }
 
     async fn reap(&self, node: &str) -> Result<(), String> {
-        let entries: Vec<String> =
-            query(&self.pool, redis::cmd("SMEMBERS").arg(index_key(node))).await?;
+        let entries: Vec<String> = self
+            .link
+            .query(redis::cmd("SMEMBERS").arg(index_key(node)))
+            .await?;
         let mut leaves = 0usize;
         for chunk in entries.chunks(256) {
             // A big dead node takes many round trips: keep our own lease alive.
@@ -316,7 +341,7 @@ impl RedisPresence {
                     .arg(presence_key(channel))
                     .arg(*connection_id);
             }
-            let stored: Vec<Option<String>> = query_pipe(&self.pool, &read).await?;
+            let stored: Vec<Option<String>> = self.link.query_pipe(&read).await?;
             let mut write = redis::pipe();
             for ((connection_id, channel), stored) in parsed.iter().zip(stored) {
                 let Some(entry) = stored.and_then(|s| serde_json::from_str::<Entry>(&s).ok())
@@ -339,25 +364,28 @@ impl RedisPresence {
                         connection_id,
                     }
                     .encode();
+                    let mode = self.link.mode();
                     write
-                        .cmd("PUBLISH")
-                        .arg(format!("{CHANNEL_PREFIX}{channel}"))
+                        .cmd(publish_command(mode))
+                        .arg(pubsub_channel(mode, channel))
                         .arg(frame)
                         .ignore();
                     leaves += 1;
                 }
             }
-            query_pipe::<()>(&self.pool, &write).await?;
+            self.link.query_pipe::<()>(&write).await?;
         }
-        let connections: Vec<String> =
-            query(&self.pool, redis::cmd("SMEMBERS").arg(conns_key(node))).await?;
+        let connections: Vec<String> = self
+            .link
+            .query(redis::cmd("SMEMBERS").arg(conns_key(node)))
+            .await?;
         let mut cleanup = redis::pipe();
         for chunk in connections.chunks(256) {
             let mut users = redis::pipe();
             for connection_id in chunk {
                 users.cmd("HGET").arg(conn_key(connection_id)).arg("user");
             }
-            let users: Vec<Option<String>> = query_pipe(&self.pool, &users).await?;
+            let users: Vec<Option<String>> = self.link.query_pipe(&users).await?;
             for (connection_id, user) in chunk.iter().zip(users) {
                 if let Some(user) = user {
                     cleanup
@@ -367,16 +395,15 @@ impl RedisPresence {
                         .ignore();
                 }
             }
-            let keys: Vec<String> = chunk.iter().map(|c| conn_key(c)).collect();
-            cleanup.cmd("DEL").arg(keys).ignore();
+            // One key per DEL: on a cluster the keys are in different slots.
+            for connection_id in chunk {
+                cleanup.cmd("DEL").arg(conn_key(connection_id)).ignore();
+            }
         }
-        cleanup
-            .cmd("DEL")
-            .arg(index_key(node))
-            .arg(conns_key(node))
-            .ignore();
+        cleanup.cmd("DEL").arg(index_key(node)).ignore();
+        cleanup.cmd("DEL").arg(conns_key(node)).ignore();
         cleanup.cmd("SREM").arg(NODES).arg(node).ignore();
-        query_pipe::<()>(&self.pool, &cleanup).await?;
+        self.link.query_pipe::<()>(&cleanup).await?;
         tracing::info!(
             message = "reaped a dead node",
             dead_node = node,
@@ -436,7 +463,7 @@ impl RedisPresence {
             .arg(index_key(&self.node))
             .arg(format!("{connection_id} {channel}"))
             .ignore();
-        query_pipe(&self.pool, &pipe).await
+        self.link.query_pipe(&pipe).await
     }
 
     async fn remove_connection(&self, connection_id: &str, user: &str) -> Result<(), String> {
@@ -450,7 +477,7 @@ impl RedisPresence {
             .arg(conns_key(&self.node))
             .arg(connection_id)
             .ignore();
-        query_pipe(&self.pool, &pipe).await
+        self.link.query_pipe(&pipe).await
     }
 
     /// Gives up this node's lease at a clean shutdown (after its sessions
@@ -459,8 +486,10 @@ impl RedisPresence {
         // Only the lease goes: if sessions outlived the grace period, their
         // entries stay indexed and a live node (or the next to start) reaps
         // them with their leave events, as for a crash.
-        if let Err(error) =
-            query::<()>(&self.pool, redis::cmd("DEL").arg(lease_key(&self.node))).await
+        if let Err(error) = self
+            .link
+            .query::<()>(redis::cmd("DEL").arg(lease_key(&self.node)))
+            .await
         {
             tracing::warn!(message = "could not retire the node's redis lease", %error);
         }
@@ -476,7 +505,7 @@ impl RedisPresence {
         for node in &nodes {
             pipe.cmd("EXISTS").arg(lease_key(node));
         }
-        let alive: Vec<bool> = query_pipe(&self.pool, &pipe).await?;
+        let alive: Vec<bool> = self.link.query_pipe(&pipe).await?;
         Ok(nodes
             .into_iter()
             .zip(alive)
@@ -501,7 +530,7 @@ impl Presence for RedisPresence {
         );
         let mut pipe = redis::pipe();
         self.add_entry(&mut pipe, channel, &member.connection_id, &entry);
-        query_pipe(&self.pool, &pipe).await.map_err(unavailable)
+        self.link.query_pipe(&pipe).await.map_err(unavailable)
     }
 
     async fn leave(&self, channel: &str, connection_id: &str) -> Result<(), PresenceError> {
@@ -517,10 +546,11 @@ impl Presence for RedisPresence {
     }
 
     async fn members(&self, channel: &str) -> Result<Vec<Member>, PresenceError> {
-        let stored: HashMap<String, String> =
-            query(&self.pool, redis::cmd("HGETALL").arg(presence_key(channel)))
-                .await
-                .map_err(unavailable)?;
+        let stored: HashMap<String, String> = self
+            .link
+            .query(redis::cmd("HGETALL").arg(presence_key(channel)))
+            .await
+            .map_err(unavailable)?;
         let entries: Vec<(String, Entry)> = stored
             .into_iter()
             .filter_map(|(id, text)| serde_json::from_str::<Entry>(&text).ok().map(|e| (id, e)))
@@ -550,20 +580,48 @@ impl Presence for RedisPresence {
         self.mirror()
             .connections
             .insert(Arc::clone(connection_id), Arc::clone(user));
+        // The bookkeeping the reaper goes by comes first: should this node
+        // die before the script runs, its entry is still found and removed.
+        let mut bookkeeping = redis::pipe();
+        bookkeeping
+            .cmd("HSET")
+            .arg(conn_key(connection_id))
+            .arg("user")
+            .arg(user.as_ref())
+            .arg("node")
+            .arg(&self.node)
+            .ignore();
+        bookkeeping
+            .cmd("SADD")
+            .arg(conns_key(&self.node))
+            .arg(connection_id.as_ref())
+            .ignore();
+        let dead = self.dead.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let script = redis::Script::new(ADMIT_CONNECTION);
         let mut invocation = script.prepare_invoke();
         invocation
             .key(user_key(user))
-            .key(conn_key(connection_id))
-            .key(conns_key(&self.node))
             .arg(connection_id.as_ref())
             .arg(&self.node)
-            .arg(user.as_ref())
-            .arg(max_per_user);
-        match run_script::<i64>(&self.pool, &invocation).await {
+            .arg(max_per_user)
+            .arg(dead);
+        let admitted = match self.link.query_pipe::<()>(&bookkeeping).await {
+            Ok(()) => self.link.run_script::<i64>(&invocation).await,
+            Err(error) => Err(error),
+        };
+        match admitted {
             Ok(1) => Ok(true),
             Ok(_) => {
                 self.mirror().connections.remove(connection_id);
+                let mut undo = redis::pipe();
+                undo.cmd("DEL").arg(conn_key(connection_id)).ignore();
+                undo.cmd("SREM")
+                    .arg(conns_key(&self.node))
+                    .arg(connection_id.as_ref())
+                    .ignore();
+                if let Err(error) = self.link.query_pipe::<()>(&undo).await {
+                    tracing::warn!(message = "could not undo a refused connection's record", %error);
+                }
                 Ok(false)
             }
             Err(error) => {
