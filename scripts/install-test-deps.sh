@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the programs the test suite starts or calls for real (Debian):
-# redis-server and nginx for the integration tests (openssl for their TLS
-# certificate), promtool to lint the
+# redis-server, redis-sentinel and nginx for the integration tests (openssl
+# for their TLS certificates), promtool to lint the
 # metrics exposition and alert rules, docker-compose to validate the compose
 # file without an engine, kubernetes-validate (PyPI) to check the
 # Kubernetes manifests offline, chromium for the JS SDK's browser tests, and
@@ -13,6 +13,7 @@ set -euo pipefail
 # command -> Debian package
 declare -A needed=(
   [redis-server]=redis-server
+  [redis-sentinel]=redis-sentinel
   [nginx]=nginx
   [promtool]=prometheus
   [docker-compose]=docker-compose
@@ -35,12 +36,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Debian starts packaged services; the tests start their own on free ports.
   if command -v systemctl >/dev/null 2>&1; then
-    for svc in redis-server nginx prometheus; do
+    for svc in redis-server redis-sentinel nginx prometheus; do
       $sudo systemctl disable --now "$svc" >/dev/null 2>&1 || true
     done
   fi
   # Without systemd the packages' init scripts may still have started them.
-  for svc in redis-server nginx prometheus; do
+  for svc in redis-server redis-sentinel nginx prometheus; do
     $sudo service "$svc" stop >/dev/null 2>&1 || true
   done
 fi
