@@ -30,6 +30,7 @@
 //! local subscribers get a `reset` frame with the new position instead of a
 //! silent loss.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -478,7 +479,49 @@ impl Subscriber {
         Ok(conn)
     }
 
+    /// Subscribes again, concurrently and within a second, to the channels
+    /// still `pending` after a shard connection dropped (`""` stands for the
+    /// control channel); each is routed by the slot map as it is now, so it
+    /// lands on the shard's new primary once the cluster has promoted one (a
+    /// repeated subscription is only confirmed again). Confirmed ones, and
+    /// channels no longer needed, leave the set.
+    async fn resubscribe_sharded(
+        &self,
+        conn: &redis::cluster_async::ClusterConnection,
+        pending: &mut HashSet<String>,
+    ) {
+        pending.retain(|channel| channel.is_empty() || self.hub.has_subscribers(channel));
+        let attempts = pending.iter().map(|channel| {
+            let mut conn = conn.clone();
+            async move {
+                let done = if channel.is_empty() {
+                    conn.subscribe(CONTROL_CHANNEL).await
+                } else {
+                    conn.ssubscribe(pubsub_channel(Mode::Cluster, channel))
+                        .await
+                };
+                done.is_ok().then(|| channel.clone())
+            }
+        });
+        let confirmed = tokio::time::timeout(
+            Duration::from_secs(1),
+            futures_util::future::join_all(attempts),
+        )
+        .await
+        .unwrap_or_default();
+        for channel in confirmed.into_iter().flatten() {
+            pending.remove(&channel);
+        }
+    }
+
     /// Serves the cluster connection until shutdown.
+    ///
+    /// When a shard connection drops (a RESP3 `Disconnection` push, or a
+    /// failed PING of the primaries), the node turns not-ready and, every
+    /// second, subscribes again to every channel it needs until each is
+    /// confirmed by the shard that owns it now: during a shard failover
+    /// that is once the cluster has promoted the replica. Then it repairs
+    /// what the channels missed from history and is ready again.
     async fn serve_sharded(
         &self,
         mut conn: redis::cluster_async::ClusterConnection,
@@ -486,12 +529,12 @@ impl Subscriber {
         ops: &mut mpsc::UnboundedReceiver<SubscriptionOp>,
         shutdown: &CancellationToken,
     ) {
-        // While a shard is away the node checks every second that all
-        // primaries answer; otherwise every PUBSUB_PING.
-        let mut degraded = false;
+        // Some while degraded: what still waits for its confirmation.
+        let mut pending: Option<HashSet<String>> = None;
         let mut check = tokio::time::interval(PUBSUB_PING);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let mut degrade = None;
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 push = pushes.recv() => match push {
@@ -504,25 +547,8 @@ impl Subscriber {
                                 }
                             }
                         }
-                        redis::PushKind::Disconnection if !degraded => {
-                            degraded = true;
-                            self.health.set_pubsub(false);
-                            self.health.record_error("a redis cluster shard connection dropped; resubscribing");
-                            tracing::warn!(message = "redis cluster shard connection dropped; resubscribing");
-                            check = tokio::time::interval(Duration::from_secs(1));
-                        }
-                        redis::PushKind::SSubscribe => {
-                            // A (re)subscription confirmed: what the channel
-                            // missed meanwhile is in history.
-                            let channel = match push.data.first() {
-                                Some(redis::Value::BulkString(name)) => std::str::from_utf8(name).ok().and_then(|n| channel_of(Mode::Cluster, n)).map(str::to_owned),
-                                _ => None,
-                            };
-                            if let Some(channel) = channel {
-                                if degraded && self.hub.has_subscribers(&channel) {
-                                    let _ = self.repair(&channel).await;
-                                }
-                            }
+                        redis::PushKind::Disconnection => {
+                            degrade = Some("a redis cluster shard connection dropped; resubscribing".to_owned());
                         }
                         _ => {}
                     },
@@ -548,37 +574,50 @@ impl Subscriber {
                         }
                     }
                 },
-                _ = check.tick() => {
-                    let ping = redis::cmd("PING");
-                    let all = redis::cluster_routing::RoutingInfo::MultiNode((
-                        redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters,
-                        Some(redis::cluster_routing::ResponsePolicy::AllSucceeded),
-                    ));
-                    match tokio::time::timeout(REDIS_TIMEOUT, conn.route_command(ping, all)).await {
-                        Ok(Ok(_)) => {
-                            if degraded {
-                                degraded = false;
-                                self.health.set_pubsub(true);
-                                self.hub.metrics().redis_reconnected();
-                                tracing::info!(message = "redis cluster: every primary answers again");
-                                check = tokio::time::interval(PUBSUB_PING);
-                                // Subscriptions have moved to the new primaries by
-                                // now; whatever they missed is in history.
-                                self.repair_all().await;
-                            }
-                        }
-                        Ok(Err(error)) => {
-                            degraded = true;
-                            self.health.set_pubsub(false);
-                            self.health.record_error(format!("redis cluster: {error}"));
-                        }
-                        Err(_) => {
-                            degraded = true;
-                            self.health.set_pubsub(false);
-                            self.health.record_error("redis cluster: a primary did not answer PING");
+                _ = check.tick() => match &mut pending {
+                    Some(waiting) => {
+                        self.resubscribe_sharded(&conn, waiting).await;
+                        if waiting.is_empty() {
+                            pending = None;
+                            self.health.set_pubsub(true);
+                            self.hub.metrics().redis_reconnected();
+                            tracing::info!(message = "redis cluster: every channel is subscribed on its shard again");
+                            check = tokio::time::interval(PUBSUB_PING);
+                            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                            check.reset();
+                            self.repair_all().await;
+                        } else {
+                            self.health.record_error(format!(
+                                "redis cluster: {} channels wait for their shard",
+                                waiting.len()
+                            ));
                         }
                     }
-                }
+                    None => {
+                        let ping = redis::cmd("PING");
+                        let all = redis::cluster_routing::RoutingInfo::MultiNode((
+                            redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters,
+                            Some(redis::cluster_routing::ResponsePolicy::AllSucceeded),
+                        ));
+                        match tokio::time::timeout(REDIS_TIMEOUT, conn.route_command(ping, all)).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(error)) => degrade = Some(format!("redis cluster: {error}")),
+                            Err(_) => degrade = Some("redis cluster: a primary did not answer PING".to_owned()),
+                        }
+                    }
+                },
+            }
+            if let (Some(reason), None) = (degrade, &pending) {
+                self.health.set_pubsub(false);
+                self.health.record_error(&reason);
+                tracing::warn!(message = "redis cluster degraded", %reason);
+                let mut waiting: HashSet<String> = self.hub.channels().into_iter().collect();
+                waiting.insert(String::new());
+                pending = Some(waiting);
+                check = tokio::time::interval(Duration::from_secs(1));
+                check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                // The first attempt a second from now: give the cluster a moment.
+                check.reset();
             }
         }
     }

@@ -389,11 +389,11 @@ fn explain(error: &RedisError, tls: bool) -> String {
     let lower = text.to_ascii_lowercase();
     if tls && (lower.contains("certificate") || lower.contains("unknownissuer")) {
         format!("{text} (TLS: the server's certificate was refused; check SWITCHBOARD_REDIS_CA_FILE (redis_ca_file))")
-    } else if lower.contains("no master found")
-        || lower.contains("master name")
+    } else if lower.contains("master with given name not found")
+        || lower.contains("no master found")
         || lower.contains("no valid master")
     {
-        format!("{text} (check the master name in SWITCHBOARD_REDIS_URL (redis_url))")
+        format!("{text} (no sentinel names a reachable master: an unknown master name in SWITCHBOARD_REDIS_URL (redis_url), or a failover in progress)")
     } else {
         text
     }

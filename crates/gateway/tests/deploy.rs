@@ -442,31 +442,53 @@ fn shipped_nginx_conf_passes_nginx_t() {
     assert!(output.status.success(), "nginx -t: {}", printed(&output));
 }
 
+/// The base file alone, and with each Redis variant layered on top as
+/// operators run them (`-f docker-compose.yml -f docker-compose.<variant>.yml`).
 #[test]
 fn docker_compose_file_is_valid() {
-    let output = run(Command::new(tool("docker-compose"))
-        .current_dir(repo_root())
-        .args(["-f", "docker-compose.yml", "config", "-q"]));
-    assert!(
-        output.status.success() && output.stderr.is_empty(),
-        "docker-compose config: {}",
-        printed(&output)
-    );
+    let variants: [&[&str]; 3] = [
+        &["docker-compose.yml"],
+        &["docker-compose.yml", "docker-compose.sentinel.yml"],
+        &["docker-compose.yml", "docker-compose.cluster.yml"],
+    ];
+    for files in variants {
+        let mut command = Command::new(tool("docker-compose"));
+        command.current_dir(repo_root());
+        for file in files {
+            assert!(repo_root().join(file).is_file(), "{file} is missing");
+            command.args(["-f", file]);
+        }
+        let output = run(command.args(["config", "-q"]));
+        assert!(
+            output.status.success() && output.stderr.is_empty(),
+            "docker-compose {files:?} config: {}",
+            printed(&output)
+        );
+    }
 }
 
 #[test]
 fn kubernetes_manifests_are_valid() {
     let root = repo_root();
     let mut files = Vec::new();
-    for dir in ["deploy/k8s", "deploy/k8s/examples"] {
+    // The base manifests, the examples, and the Redis variants that replace
+    // redis.yaml (each directory must hold at least one manifest).
+    for dir in [
+        "deploy/k8s",
+        "deploy/k8s/examples",
+        "deploy/k8s/redis-sentinel",
+        "deploy/k8s/redis-cluster",
+    ] {
+        let before = files.len();
         for entry in std::fs::read_dir(root.join(dir)).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
                 files.push(path);
             }
         }
+        assert!(files.len() > before, "no manifests in {dir}");
     }
-    assert!(files.len() >= 8, "manifests: {files:?}");
+    assert!(files.len() >= 13, "manifests: {files:?}");
     // The oldest Kubernetes release the manifests claim (autoscaling/v2 and
     // policy/v1 are GA since 1.23 and 1.21), and the tool's newest.
     for version in [Some("1.27.0"), None] {

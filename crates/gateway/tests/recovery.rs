@@ -16,6 +16,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/load.rs"]
+mod load;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -24,119 +26,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use load::*;
 use serde_json::json;
-use switchboard_client::{Client, ClientConfig, Connection, Event, Frame, Incoming};
+use switchboard_client::{Client, ClientConfig, Event};
 use tokio::sync::mpsc;
-
-/// What one subscriber received.
-#[derive(Debug, Default)]
-struct Received {
-    seqs: Vec<u64>,
-    resets: usize,
-}
-
-/// Checks a subscriber's messages against the acknowledged publishes;
-/// returns how many acknowledged messages it lacks (must be 0).
-fn check(name: &str, received: &Received, acked: &[u64]) -> usize {
-    let mut seen = HashSet::new();
-    for seq in &received.seqs {
-        assert!(seen.insert(*seq), "{name}: seq {seq} delivered twice");
-    }
-    let acked_set: HashSet<u64> = acked.iter().copied().collect();
-    let in_order: Vec<u64> = received
-        .seqs
-        .iter()
-        .copied()
-        .filter(|s| acked_set.contains(s))
-        .collect();
-    let missing: Vec<u64> = acked
-        .iter()
-        .copied()
-        .filter(|s| !seen.contains(s))
-        .collect();
-    if !missing.is_empty() {
-        println!("{name}: acknowledged but not received: {missing:?}");
-    }
-    let missing = missing.len();
-    if missing == 0 {
-        assert_eq!(
-            in_order, acked,
-            "{name}: acknowledged messages out of order"
-        );
-    }
-    missing
-}
-
-/// Publishes `{"seq": n}` through the API of the nodes in turn, one at a
-/// time, every `every`, until `stop`; returns the acknowledged sequence
-/// numbers in order.
-async fn publish_until(
-    nodes: &[SocketAddr],
-    channel: &str,
-    every: Duration,
-    stop: &AtomicBool,
-    current: &AtomicU64,
-) -> Vec<u64> {
-    let mut acked = Vec::new();
-    let mut seq = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        seq += 1;
-        current.store(seq, Ordering::Relaxed);
-        let node = nodes[seq as usize % nodes.len()];
-        let body = json!({ "channel": channel, "data": { "seq": seq } }).to_string();
-        if let Some((200, _)) = try_api(node, "/api/publish", &body).await {
-            acked.push(seq);
-        }
-        tokio::time::sleep(every).await;
-    }
-    acked
-}
-
-/// A POST to the server API that tolerates a node being down.
-async fn try_api(addr: SocketAddr, path: &str, body: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {API_KEY}\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.ok()?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text.split(' ').nth(1)?.parse().ok()?;
-        Some((status, text))
-    };
-    tokio::time::timeout(Duration::from_secs(5), attempt)
-        .await
-        .ok()
-        .flatten()
-}
-
-/// Reads `conn` until the message with `last` arrives (or nothing comes for
-/// a while), collecting sequence numbers and reset frames.
-async fn drain(conn: &mut Connection, channel: &str, last: u64) -> Received {
-    let mut received = Received::default();
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(15), conn.next_frame()).await;
-        match frame {
-            Ok(Ok(Frame::Incoming(Incoming::Message {
-                channel: got, data, ..
-            }))) if got == channel => {
-                let seq = data["seq"].as_u64().unwrap();
-                received.seqs.push(seq);
-                if seq >= last {
-                    return received;
-                }
-            }
-            Ok(Ok(Frame::Incoming(Incoming::Reset { .. }))) => received.resets += 1,
-            Ok(Ok(Frame::Incoming(_))) => {}
-            Ok(other) => panic!("connection ended: {other:?}"),
-            Err(_) => return received,
-        }
-    }
-}
 
 /// What a Redis restart under load did to the subscribers.
 struct Outage {
@@ -179,10 +72,11 @@ async fn restart_under_load(mut redis: Redis) -> Outage {
         stop.store(true, Ordering::Relaxed);
         at_kill
     };
-    let (acked, at_kill) = tokio::join!(
+    let (published, at_kill) = tokio::join!(
         publish_until(&addrs, CHANNEL, Duration::from_millis(20), &stop, &current),
         control
     );
+    let acked = published.acked;
     let last = *acked.last().unwrap();
     assert!(
         acked.len() > 100,
@@ -386,10 +280,11 @@ async fn a_rolling_restart_loses_duplicates_and_reorders_nothing() {
         stop.store(true, Ordering::Relaxed);
     };
     let current = AtomicU64::new(0);
-    let (acked, ()) = tokio::join!(
+    let (published, ()) = tokio::join!(
         publish_until(&addrs, CHANNEL, Duration::from_millis(20), &stop, &current),
         control
     );
+    let acked = published.acked;
     last.store(*acked.last().unwrap(), Ordering::Relaxed);
     assert!(
         acked.len() > 100,
