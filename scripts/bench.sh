@@ -11,9 +11,12 @@
 #   3. cross-node: two nodes through Redis, subscribers on node B, the
 #      publisher on node A: latency at 100k deliveries per second and
 #      throughput at saturation, with history on (the default) and off, so
-#      the cost of the history script is a measured figure.
+#      the cost of the history script is a measured figure;
+#   4. one Redis against a 3-shard Redis Cluster (sharded Pub/Sub): the same
+#      cross-node load spread over 20 channels of 50 subscribers, at 100k and
+#      200k deliveries per second and at saturation, on each.
 #
-# BENCH_SCENARIOS (default "1 2 3") picks scenarios, e.g.
+# BENCH_SCENARIOS (default "1 2 3 4") picks scenarios, e.g.
 # `BENCH_SCENARIOS=3 make bench` for the cross-node ones alone.
 #
 # It starts everything it needs (redis-server and gateway nodes on free
@@ -29,7 +32,7 @@ GATEWAY=target/release/switchboard
 LOAD=target/release/switchboard-loadtest
 SECRET=bench-secret-bench-secret-bench-secret
 API_KEY=bench-api-key-0123456789
-SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3} "
+SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3 4} "
 
 # Each connection is a descriptor: take the whole hard limit (20,000 here).
 ulimit -n "$(ulimit -Hn)"
@@ -316,6 +319,79 @@ printf '[namespaces.bench]\nhistory_size = 100\n' >"$TMP/history-on.toml"
 printf '[namespaces.bench]\nhistory_size = 0\n' >"$TMP/history-off.toml"
 cross on "$TMP/history-on.toml"
 cross off "$TMP/history-off.toml"
+fi
+
+# ---------------------------------------------------------------- scenario 4
+# start_cluster: three redis-server masters with cluster-enabled, joined by
+# redis-cli --cluster create (no replicas: the benchmark measures the shards'
+# throughput, not failover); sets CLUSTER_URL.
+start_cluster() {
+    local ports=() seeds=() port
+    for i in 1 2 3; do
+        # The cluster bus listens on port + 10000: pick ports that leave it free.
+        while :; do
+            port=$((20000 + RANDOM % 12000))
+            if python3 -c "import socket,sys
+for p in ($port, $port + 10000):
+    s = socket.socket(); s.bind(('127.0.0.1', p)); s.close()" 2>/dev/null; then
+                break
+            fi
+        done
+        mkdir -p "$TMP/shard-$i"
+        redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+            --cluster-enabled yes --cluster-config-file "$TMP/shard-$i/nodes.conf" \
+            --dir "$TMP/shard-$i" >"$OUT/shard-$i.log" 2>&1 &
+        PIDS+=("$!")
+        ports+=("$port")
+        seeds+=("127.0.0.1:$port")
+    done
+    for port in "${ports[@]}"; do
+        for _ in $(seq 1 100); do
+            [ "$(redis-cli -p "$port" PING 2>/dev/null)" = PONG ] && break
+            sleep 0.1
+        done
+    done
+    redis-cli --cluster create "${seeds[@]}" --cluster-replicas 0 --cluster-yes >"$OUT/cluster-create.log" 2>&1
+    for port in "${ports[@]}"; do
+        for _ in $(seq 1 100); do
+            redis-cli -p "$port" CLUSTER INFO 2>/dev/null | grep -q '^cluster_state:ok' && break
+            sleep 0.1
+        done
+    done
+    CLUSTER_URL="redis+cluster://$(IFS=,; echo "${seeds[*]}")"
+}
+
+# spread NAME LABEL URL: cross-node runs over 20 channels on two fresh
+# nodes; NAME names the reports, LABEL the rows.
+spread() {
+    local name=$1 label=$2 url=$3
+    local port_a port_b pid_a pid_b
+    port_a=$(free_port)
+    port_b=$(free_port)
+    start_node "spread-a-$name" "$port_a" "$url" "$TMP/history-on.toml"
+    pid_a=$NODE_PID
+    start_node "spread-b-$name" "$port_b" "$url" "$TMP/history-on.toml"
+    pid_b=$NODE_PID
+    local spread=(--target "127.0.0.1:$port_b" --publish-target "127.0.0.1:$port_a" --shape rooms --room-size 50 --connections 1000 --ramp 4000)
+    load "spread-100k-$name" "${spread[@]}" --rate 2000 --duration 20s --warmup 3s
+    latency_row "cross-node, $label, 1k subscribers in 20 channels x 2000 msg/s = 100k deliveries/s" "spread-100k-$name"
+    load "spread-200k-$name" "${spread[@]}" --rate 4000 --duration 20s --warmup 3s
+    latency_row "cross-node, $label, 1k subscribers in 20 channels x 4000 msg/s = 200k deliveries/s" "spread-200k-$name"
+    load "spread-sat-$name" "${spread[@]}" --rate 0 --window 32 --publishers 4 --duration 20s --warmup 5s
+    row "cross-node saturation, $label, 1k subscribers in 20 channels" \
+        "$(printf '%.0f' "$(field "spread-sat-$name" .deliveries_per_sec)") deliveries/s" \
+        "$(field "spread-sat-$name" .published) messages; at most 32 in flight per subscriber; p99 $(ms "$(field "spread-sat-$name" .latency_us.p99)") ms; $(field "spread-sat-$name" .disconnects) disconnects, $(field "spread-sat-$name" '.errors + .publish_errors + .connect_errors') errors"
+    stop_pid "$pid_a"
+    stop_pid "$pid_b"
+}
+
+if [[ $SCENARIOS == *" 4 "* ]]; then
+echo "scenario 4: one Redis against a 3-shard Redis Cluster, 20 channels"
+printf '[namespaces.bench]\nhistory_size = 100\n' >"$TMP/history-on.toml"
+[ -n "${REDIS_PORT:-}" ] || start_redis
+spread single "one Redis" "redis://127.0.0.1:$REDIS_PORT/"
+start_cluster
+spread cluster "3-shard cluster" "$CLUSTER_URL"
 fi
 
 # -------------------------------------------------------------------- table

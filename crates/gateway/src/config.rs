@@ -559,6 +559,11 @@ impl Config {
         let redis_url = env_str(env, &REDIS_URL)
             .or(file.redis_url)
             .map(|u| u.trim().to_owned());
+        let in_file = [
+            file.redis_ca_file.is_some(),
+            file.redis_tls_cert_file.is_some(),
+            file.redis_tls_key_file.is_some(),
+        ];
         let redis = match &redis_url {
             None => None,
             Some(url) => {
@@ -574,8 +579,11 @@ impl Config {
             }
         };
         if redis.is_none() {
-            for key in [&REDIS_CA_FILE, &REDIS_TLS_CERT_FILE, &REDIS_TLS_KEY_FILE] {
-                if env_str(env, key).is_some() {
+            for (key, in_file) in [&REDIS_CA_FILE, &REDIS_TLS_CERT_FILE, &REDIS_TLS_KEY_FILE]
+                .into_iter()
+                .zip(in_file)
+            {
+                if in_file || env_str(env, key).is_some() {
                     return Err(ConfigError::new(
                         key.name(),
                         "set, but SWITCHBOARD_REDIS_URL (redis_url) is not",

@@ -110,6 +110,12 @@ impl Target {
     /// Parses `redis_url`; the error says what form was expected.
     pub fn parse(url: &str) -> Result<Target, String> {
         let (scheme, rest) = url.split_once("://").ok_or(SERVER_FORM)?;
+        if url.contains('#') {
+            // The redis crate reads `#insecure` as "skip certificate checks".
+            return Err(format!(
+                "{SERVER_FORM}; a URL fragment (#...) is not accepted: certificate checks cannot be turned off"
+            ));
+        }
         match scheme {
             "redis" | "rediss" | "unix" | "redis+unix" => {
                 let info = url
@@ -832,6 +838,10 @@ mod tests {
             ("redis+cluster://a:1/3", "a cluster has only database 0"),
             ("redis+cluster://", "a host is missing"),
             ("redis+cluster://a:1?x=y", "unexpected parameters"),
+            (
+                "rediss://h:6380/#insecure",
+                "certificate checks cannot be turned off",
+            ),
         ];
         for (url, expected) in cases {
             let error = Target::parse(url).unwrap_err();
