@@ -106,6 +106,22 @@ stop_pid() {
     wait "$1" 2>/dev/null || true
 }
 
+# start_pair NAME REDIS_URL CONFIG: nodes NAME-a (publishers' node, PORT_A)
+# and NAME-b (subscribers' node, PORT_B) on one Redis; stop_pair stops them.
+start_pair() {
+    PORT_A=$(free_port)
+    PORT_B=$(free_port)
+    start_node "$1-a" "$PORT_A" "$2" "$3"
+    PID_A=$NODE_PID
+    start_node "$1-b" "$PORT_B" "$2" "$3"
+    PID_B=$NODE_PID
+}
+
+stop_pair() {
+    stop_pid "$PID_A"
+    stop_pid "$PID_B"
+}
+
 start_redis() {
     REDIS_PORT=$(free_port)
     redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
@@ -286,14 +302,8 @@ fi
 # ("on" or "off") labels the rows, CONFIG is the nodes' config file.
 cross() {
     local history=$1 config=$2
-    local port_a port_b pid_a pid_b
-    port_a=$(free_port)
-    port_b=$(free_port)
-    start_node "node-a-$history" "$port_a" "redis://127.0.0.1:$REDIS_PORT/" "$config"
-    pid_a=$NODE_PID
-    start_node "node-b-$history" "$port_b" "redis://127.0.0.1:$REDIS_PORT/" "$config"
-    pid_b=$NODE_PID
-    local cross=(--target "127.0.0.1:$port_b" --publish-target "127.0.0.1:$port_a" --shape one --ramp 4000)
+    start_pair "node-$history" "redis://127.0.0.1:$REDIS_PORT/" "$config"
+    local cross=(--target "127.0.0.1:$PORT_B" --publish-target "127.0.0.1:$PORT_A" --shape one --ramp 4000)
     load "cross-1k-$history" "${cross[@]}" --connections 1000 --rate 100 --duration 20s --warmup 3s
     latency_row "cross-node latency, history $history, 1k subscribers x 100 msg/s = 100k deliveries/s" "cross-1k-$history"
     load "cross-100-$history" "${cross[@]}" --connections 100 --rate 1000 --duration 20s --warmup 3s
@@ -307,8 +317,7 @@ cross() {
         load cross-10k "${cross[@]}" --connections 10000 --rate 10 --duration 20s --warmup 3s
         latency_row "cross-node latency, history on, 10k subscribers x 10 msg/s = 100k deliveries/s" cross-10k
     fi
-    stop_pid "$pid_a"
-    stop_pid "$pid_b"
+    stop_pair
 }
 
 if [[ $SCENARIOS == *" 3 "* ]]; then
@@ -365,14 +374,8 @@ for p in ($port, $port + 10000):
 # nodes; NAME names the reports, LABEL the rows.
 spread() {
     local name=$1 label=$2 url=$3
-    local port_a port_b pid_a pid_b
-    port_a=$(free_port)
-    port_b=$(free_port)
-    start_node "spread-a-$name" "$port_a" "$url" "$TMP/history-on.toml"
-    pid_a=$NODE_PID
-    start_node "spread-b-$name" "$port_b" "$url" "$TMP/history-on.toml"
-    pid_b=$NODE_PID
-    local spread=(--target "127.0.0.1:$port_b" --publish-target "127.0.0.1:$port_a" --shape rooms --room-size 50 --connections 1000 --ramp 4000)
+    start_pair "spread-$name" "$url" "$TMP/history-on.toml"
+    local spread=(--target "127.0.0.1:$PORT_B" --publish-target "127.0.0.1:$PORT_A" --shape rooms --room-size 50 --connections 1000 --ramp 4000)
     load "spread-100k-$name" "${spread[@]}" --rate 2000 --duration 20s --warmup 3s
     latency_row "cross-node, $label, 1k subscribers in 20 channels x 2000 msg/s = 100k deliveries/s" "spread-100k-$name"
     load "spread-200k-$name" "${spread[@]}" --rate 4000 --duration 20s --warmup 3s
@@ -381,8 +384,7 @@ spread() {
     row "cross-node saturation, $label, 1k subscribers in 20 channels" \
         "$(printf '%.0f' "$(field "spread-sat-$name" .deliveries_per_sec)") deliveries/s" \
         "$(field "spread-sat-$name" .published) messages; at most 32 in flight per subscriber; p99 $(ms "$(field "spread-sat-$name" .latency_us.p99)") ms; $(field "spread-sat-$name" .disconnects) disconnects, $(field "spread-sat-$name" '.errors + .publish_errors + .connect_errors') errors"
-    stop_pid "$pid_a"
-    stop_pid "$pid_b"
+    stop_pair
 }
 
 if [[ $SCENARIOS == *" 4 "* ]]; then

@@ -371,27 +371,44 @@ impl Subscriber {
                 Ok(Err(error)) => error,
                 Err(_) => "connect timed out".to_owned(),
             };
-            self.health.set_pubsub(false);
-            self.health.record_error(&error);
-            tracing::warn!(message = "redis pub/sub unavailable; retrying", %error, backoff_ms = backoff.as_millis() as u64);
-            // Subscribes asked for meanwhile fail now rather than hang; the
-            // hub keeps the channel, so it is resubscribed on reconnect.
-            let sleep = tokio::time::sleep(backoff);
-            tokio::pin!(sleep);
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = &mut sleep => break,
-                    op = ops.recv() => match op {
-                        Some(SubscriptionOp::Subscribe(_, reply)) => {
-                            let _ = reply.send(Err(BrokerError::Unavailable(format!("redis pub/sub disconnected: {error}"))));
-                        }
-                        Some(SubscriptionOp::Unsubscribe(_)) => {}
-                        None => return,
-                    },
-                }
+            if !self
+                .wait_to_retry(&error, backoff, &mut ops, &shutdown)
+                .await
+            {
+                return;
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// After a failed connect: not ready with `error`, then waits `backoff`.
+    /// Subscribes asked for meanwhile fail now rather than hang; the hub
+    /// keeps the channel, so it is subscribed on reconnect. False on
+    /// shutdown.
+    async fn wait_to_retry(
+        &self,
+        error: &str,
+        backoff: Duration,
+        ops: &mut mpsc::UnboundedReceiver<SubscriptionOp>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        self.health.set_pubsub(false);
+        self.health.record_error(error);
+        tracing::warn!(message = "redis pub/sub unavailable; retrying", %error, backoff_ms = backoff.as_millis() as u64);
+        let sleep = tokio::time::sleep(backoff);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = &mut sleep => return true,
+                op = ops.recv() => match op {
+                    Some(SubscriptionOp::Subscribe(_, reply)) => {
+                        let _ = reply.send(Err(BrokerError::Unavailable(format!("redis pub/sub disconnected: {error}"))));
+                    }
+                    Some(SubscriptionOp::Unsubscribe(_)) => {}
+                    None => return false,
+                },
+            }
         }
     }
 
@@ -427,8 +444,9 @@ impl Subscriber {
                         channels = self.hub.channel_count()
                     );
                     self.repair_all().await;
-                    // From here the cluster connection reconnects shards and
-                    // moves subscriptions by itself, for good.
+                    // From here the connection lasts: the redis crate
+                    // reconnects shards, and `serve_sharded` makes sure
+                    // every channel is subscribed on its shard again.
                     self.serve_sharded(conn, &mut pushes, &mut ops, &shutdown)
                         .await;
                     return;
@@ -436,23 +454,11 @@ impl Subscriber {
                 Ok(Err(error)) => error,
                 Err(_) => "connect timed out".to_owned(),
             };
-            self.health.set_pubsub(false);
-            self.health.record_error(&error);
-            tracing::warn!(message = "redis cluster pub/sub unavailable; retrying", %error, backoff_ms = backoff.as_millis() as u64);
-            let sleep = tokio::time::sleep(backoff);
-            tokio::pin!(sleep);
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = &mut sleep => break,
-                    op = ops.recv() => match op {
-                        Some(SubscriptionOp::Subscribe(_, reply)) => {
-                            let _ = reply.send(Err(BrokerError::Unavailable(format!("redis pub/sub disconnected: {error}"))));
-                        }
-                        Some(SubscriptionOp::Unsubscribe(_)) => {}
-                        None => return,
-                    },
-                }
+            if !self
+                .wait_to_retry(&error, backoff, &mut ops, &shutdown)
+                .await
+            {
+                return;
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }

@@ -159,14 +159,10 @@ impl Target {
                 }
                 let (username, password) = parts.credentials()?;
                 let sentinels = parts
-                    .hosts
-                    .iter()
-                    .map(|host| {
-                        host_info(host, tls, DEFAULT_SENTINEL_PORT)
-                            .map(|info| info.addr().clone())
-                            .map_err(|e| format!("{SENTINEL_FORM}: {e}"))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
+                    .hosts_info(tls, DEFAULT_SENTINEL_PORT, SENTINEL_FORM)?
+                    .into_iter()
+                    .map(|info| info.addr().clone())
+                    .collect();
                 Ok(Target {
                     kind: Kind::Sentinel {
                         sentinels,
@@ -197,14 +193,7 @@ impl Target {
                     ));
                 }
                 let (username, password) = parts.credentials()?;
-                let seeds = parts
-                    .hosts
-                    .iter()
-                    .map(|host| {
-                        host_info(host, tls, DEFAULT_PORT)
-                            .map_err(|e| format!("{CLUSTER_FORM}: {e}"))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
+                let seeds = parts.hosts_info(tls, DEFAULT_PORT, CLUSTER_FORM)?;
                 Ok(Target {
                     kind: Kind::Cluster {
                         seeds,
@@ -414,6 +403,20 @@ struct MultiHost<'a> {
 }
 
 impl MultiHost<'_> {
+    /// Each host parsed, with `default_port` where none is given; errors
+    /// start with the URL form expected.
+    fn hosts_info(
+        &self,
+        tls: bool,
+        default_port: u16,
+        form: &str,
+    ) -> Result<Vec<ConnectionInfo>, String> {
+        self.hosts
+            .iter()
+            .map(|host| host_info(host, tls, default_port).map_err(|e| format!("{form}: {e}")))
+            .collect()
+    }
+
     /// The percent-decoded user and password, read by the redis crate.
     fn credentials(&self) -> Result<(Option<String>, Option<String>), String> {
         let Some(userinfo) = self.userinfo else {

@@ -46,11 +46,11 @@ async fn node(url: &str, id: &str, extra: &[(&str, &str)]) -> Gateway {
     gateway
 }
 
-/// Polls /readyz until it answers `status` or `limit` passes; the body.
-async fn ready_within(gateway: &Gateway, status: u16, limit: Duration) -> Result<Value, String> {
+/// Polls a node's /readyz until it answers `status` or `limit` passes; the body.
+async fn ready_within(node: SocketAddr, status: u16, limit: Duration) -> Result<Value, String> {
     let deadline = Instant::now() + limit;
     loop {
-        let (got, _, body) = http_get(gateway.addr, "/readyz", &[]).await;
+        let (got, _, body) = http_get(node, "/readyz", &[]).await;
         if got == status {
             return Ok(serde_json::from_str(&body).unwrap_or(Value::String(body)));
         }
@@ -102,23 +102,16 @@ struct Failover {
 }
 
 /// Subscribes two clients per node to `channel`, publishes through every
-/// node every 20 ms, runs `kill` (which kills a master and waits for the
-/// switch, returning how long it took) after 1 s, and goes on publishing
+/// node every 20 ms, runs `kill` (which kills a master and waits, blocking,
+/// for the switch, returning how long it took) after 1 s, and goes on publishing
 /// for 2 s after every node is ready again.
 async fn fail_over_under_load(
     nodes: &[&Gateway],
     channel: &str,
-    kill: impl AsyncFnOnce() -> Duration,
+    kill: impl FnOnce() -> Duration,
 ) -> Failover {
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
-    let mut subscribers = Vec::new();
-    for (i, node) in nodes.iter().enumerate() {
-        for j in 0..2 {
-            let (mut conn, _) = node.connect(&format!("sub-{i}-{j}")).await;
-            within(conn.subscribe(channel)).await.unwrap();
-            subscribers.push(conn);
-        }
-    }
+    let mut subscribers = subscribe_on_every_node(nodes, channel).await;
     let stop = AtomicBool::new(false);
     let current = AtomicU64::new(0);
     let control = async {
@@ -127,23 +120,11 @@ async fn fail_over_under_load(
         let killed = Instant::now();
         // During the switch a node says why it is not ready: watched from
         // another task, as `kill` blocks this one.
-        let addr = nodes[0].addr;
-        let watch = tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                let (status, _, body) = http_get(addr, "/readyz", &[]).await;
-                if status == 503 {
-                    return serde_json::from_str(&body).unwrap_or(Value::String(body));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Value::Null
-        });
-        let switch = tokio::task::block_in_place(|| futures_util::FutureExt::now_or_never(kill()))
-            .expect("kill blocks instead of awaiting");
-        let not_ready = watch.await.unwrap();
+        let watch = tokio::spawn(ready_within(nodes[0].addr, 503, Duration::from_secs(10)));
+        let switch = tokio::task::block_in_place(kill);
+        let not_ready = watch.await.unwrap().unwrap_or(Value::Null);
         for node in nodes {
-            ready_within(node, 200, Duration::from_secs(30))
+            ready_within(node.addr, 200, Duration::from_secs(30))
                 .await
                 .unwrap();
         }
@@ -190,21 +171,8 @@ fn report(what: &str, outage: &Failover) -> usize {
     let mut missed_total = 0;
     for (i, received) in outage.received.iter().enumerate() {
         let name = format!("{what}: subscriber {i}");
-        let after: Vec<u64> = outage
-            .published
-            .acked
-            .iter()
-            .copied()
-            .filter(|s| *s > outage.at_kill)
-            .collect();
-        let missing_after = check(&name, received, &after);
-        let seen: HashSet<u64> = received.seqs.iter().copied().collect();
-        let missing_before = outage
-            .published
-            .acked
-            .iter()
-            .filter(|s| **s <= outage.at_kill && !seen.contains(s))
-            .count();
+        let (missing_after, missing_before) =
+            missed_around(&name, received, &outage.published.acked, outage.at_kill);
         println!(
             "{name}: {} received, {} acknowledged messages missed, {} reset frames",
             received.seqs.len(),
@@ -259,7 +227,7 @@ async fn nodes_follow_a_sentinel_failover_without_a_restart() {
     let b = node(&url, "gw-b", &[]).await;
     presence_works(&a, &b, "room:before").await;
 
-    let outage = fail_over_under_load(&[&a, &b], "feed:sentinel", async || {
+    let outage = fail_over_under_load(&[&a, &b], "feed:sentinel", || {
         let old = sentinels.kill_master();
         sentinels.wait_failover(old, Duration::from_secs(30))
     })
@@ -362,7 +330,7 @@ async fn a_redis_cluster_spreads_channels_over_its_shards_and_survives_a_shard_f
     // Kill the master of the loaded channel's shard.
     let channel = "feed:failover";
     let victim = cluster.master_for_slot(cluster.slot_of(&shard_channel(channel)));
-    let outage = fail_over_under_load(&[&a, &b, &c], channel, async || {
+    let outage = fail_over_under_load(&[&a, &b, &c], channel, || {
         let started = Instant::now();
         cluster.kill(victim);
         cluster.wait_failover(victim, Duration::from_secs(30));
@@ -429,7 +397,7 @@ async fn tls_to_redis_with_a_client_certificate() {
         .env("SWITCHBOARD_REDIS_URL", &redis.url())
         .env("SWITCHBOARD_REDIS_CA_FILE", env[0].1)
         .start();
-    ready_within(&without, 503, WAIT).await.unwrap();
+    ready_within(without.addr, 503, WAIT).await.unwrap();
 }
 
 /// The switchboard binary with a bad Redis setting: its exit code and stderr.

@@ -12,7 +12,20 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use switchboard_client::{Connection, Frame, Incoming};
 
-use crate::common::API_KEY;
+use crate::common::{within, Gateway, API_KEY};
+
+/// Two subscribers of `channel` on each node, named `sub-<node>-<n>`.
+pub async fn subscribe_on_every_node(nodes: &[&Gateway], channel: &str) -> Vec<Connection> {
+    let mut subscribers = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for j in 0..2 {
+            let (mut conn, _) = node.connect(&format!("sub-{i}-{j}")).await;
+            within(conn.subscribe(channel)).await.unwrap();
+            subscribers.push(conn);
+        }
+    }
+    subscribers
+}
 
 /// What one subscriber received.
 #[derive(Debug, Default)]
@@ -134,4 +147,23 @@ pub async fn drain(conn: &mut Connection, channel: &str, last: u64) -> Received 
             Err(_) => return received,
         }
     }
+}
+
+/// For a subscriber of a stream broken at `at_kill`: how many messages
+/// acknowledged after the break it lacks (checked for order and
+/// duplicates by [`check`]), and how many acknowledged at or before it.
+pub fn missed_around(
+    name: &str,
+    received: &Received,
+    acked: &[u64],
+    at_kill: u64,
+) -> (usize, usize) {
+    let after: Vec<u64> = acked.iter().copied().filter(|s| *s > at_kill).collect();
+    let missing_after = check(name, received, &after);
+    let seen: HashSet<u64> = received.seqs.iter().copied().collect();
+    let missing_before = acked
+        .iter()
+        .filter(|s| **s <= at_kill && !seen.contains(s))
+        .count();
+    (missing_after, missing_before)
 }
