@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::backend::MIN_SECRET_BYTES;
 use crate::history::{
     HistoryPolicy, DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL, HISTORY_META_TTL, MAX_HISTORY_SIZE,
 };
@@ -167,6 +168,7 @@ struct FileConfig {
     redis_tls_cert_file: Option<PathBuf>,
     redis_tls_key_file: Option<PathBuf>,
     api_key: Option<String>,
+    backend_secret: Option<String>,
     allowed_origins: Option<Vec<String>>,
     max_connections: Option<usize>,
     log_format: Option<LogFormat>,
@@ -275,6 +277,9 @@ pub struct Config {
     pub redis: Option<Target>,
     /// The bearer key of the server API (`/api/*`); the API is closed without it.
     pub api_key: Option<String>,
+    /// Signs every request to the application's backend (webhooks, the
+    /// subscribe proxy); see `backend`.
+    pub backend_secret: Option<String>,
     pub allowed_origins: AllowedOrigins,
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` name the client.
     pub trusted_proxies: TrustedProxies,
@@ -323,6 +328,7 @@ const REDIS_CA_FILE: Key = key!("redis_ca_file", "SWITCHBOARD_REDIS_CA_FILE");
 const REDIS_TLS_CERT_FILE: Key = key!("redis_tls_cert_file", "SWITCHBOARD_REDIS_TLS_CERT_FILE");
 const REDIS_TLS_KEY_FILE: Key = key!("redis_tls_key_file", "SWITCHBOARD_REDIS_TLS_KEY_FILE");
 const API_KEY: Key = key!("api_key", "SWITCHBOARD_API_KEY");
+const BACKEND_SECRET: Key = key!("backend_secret", "SWITCHBOARD_BACKEND_SECRET");
 /// Server API keys shorter than this are refused.
 pub const MIN_API_KEY_BYTES: usize = 16;
 const ALLOWED_ORIGINS: Key = key!("allowed_origins", "SWITCHBOARD_ALLOWED_ORIGINS");
@@ -604,6 +610,19 @@ impl Config {
             }
         }
 
+        let backend_secret = env_str(env, &BACKEND_SECRET).or(file.backend_secret);
+        if let Some(secret) = &backend_secret {
+            if secret.len() < MIN_SECRET_BYTES {
+                return Err(ConfigError::new(
+                    BACKEND_SECRET.name(),
+                    format!(
+                        "the secret is {} bytes; use at least {MIN_SECRET_BYTES} (random, e.g. `openssl rand -hex 32`)",
+                        secret.len()
+                    ),
+                ));
+            }
+        }
+
         let origins: Vec<String> = match env_str(env, &ALLOWED_ORIGINS) {
             Some(list) => list
                 .split(',')
@@ -850,6 +869,7 @@ impl Config {
             node_id,
             redis,
             api_key,
+            backend_secret,
             allowed_origins,
             trusted_proxies,
             max_connections,

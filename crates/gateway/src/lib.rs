@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backend;
 pub mod broker;
 pub mod config;
 pub mod demo;
