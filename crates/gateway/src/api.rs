@@ -16,6 +16,8 @@
 //! | `GET /api/presence/{channel}` | `{"members": [{"user", "connection_id", "info"}]}` |
 //! | `GET /api/history/{channel}?limit=&since=&epoch=` | `{"offset", "epoch", "messages", "recovered"?}` |
 //! | `POST /api/disconnect` `{"user"}` | `{"ok": true}` |
+//! | `GET /api/channels?prefix=&limit=&cursor=` | `{"channels": [{"channel", "subscribers", "users"}], "next_cursor"?}` |
+//! | `GET /api/channels/{channel}` | `{"channel", "subscribers", "users"}` |
 //!
 //! Failures use the contract's body `{"error": "<code>", "message": "..."}`.
 
@@ -29,6 +31,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use subtle::{Choice, ConstantTimeEq};
+use switchboard_protocol::channel::validate_channel;
 use switchboard_protocol::frame::{nesting_depth, MAX_DATA_DEPTH};
 use switchboard_protocol::position::{valid_epoch, MAX_EPOCH_LEN, MAX_HISTORY_LIMIT};
 use switchboard_protocol::{ChannelName, ErrorCode, Position};
@@ -36,6 +39,7 @@ use switchboard_protocol::{ChannelName, ErrorCode, Position};
 use crate::broker;
 use crate::history::{HistoryQuery, DEFAULT_HISTORY_LIMIT};
 use crate::node::Node;
+use crate::occupancy::{ListQuery, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 use crate::response::{self, Body};
 use crate::session;
 
@@ -47,6 +51,8 @@ enum Route<'a> {
     Presence(&'a str),
     History(&'a str),
     Disconnect,
+    Channels,
+    Channel(&'a str),
     Unknown,
 }
 
@@ -55,11 +61,14 @@ impl<'a> Route<'a> {
         match path {
             "/api/publish" => Route::Publish,
             "/api/disconnect" => Route::Disconnect,
+            "/api/channels" => Route::Channels,
             _ => {
                 if let Some(channel) = path.strip_prefix("/api/presence/") {
                     Route::Presence(channel)
                 } else if let Some(channel) = path.strip_prefix("/api/history/") {
                     Route::History(channel)
+                } else if let Some(channel) = path.strip_prefix("/api/channels/") {
+                    Route::Channel(channel)
                 } else {
                     Route::Unknown
                 }
@@ -74,6 +83,8 @@ impl<'a> Route<'a> {
             Route::Presence(_) => "presence",
             Route::History(_) => "history",
             Route::Disconnect => "disconnect",
+            Route::Channels => "channels",
+            Route::Channel(_) => "channel",
             Route::Unknown => "unknown",
         }
     }
@@ -207,8 +218,10 @@ async fn dispatch(
             history(node, channel, request.uri().query().unwrap_or("")).await
         }
         (Route::Disconnect, Method::POST) => disconnect(node, request.into_body()).await,
+        (Route::Channels, Method::GET) => channels(node, request.uri().query().unwrap_or("")).await,
+        (Route::Channel(channel), Method::GET) => channel_counts(node, channel).await,
         (Route::Publish | Route::Disconnect, _) => Err(ApiError::method_not_allowed(Method::POST)),
-        (Route::Presence(_) | Route::History(_), _) => {
+        (Route::Presence(_) | Route::History(_) | Route::Channels | Route::Channel(_), _) => {
             Err(ApiError::method_not_allowed(Method::GET))
         }
         (Route::Unknown, _) => Err(ApiError::new(
@@ -393,6 +406,65 @@ async fn history(node: &Node, encoded: &str, query: &str) -> Result<Value, ApiEr
     })
 }
 
+/// `GET /api/channels?prefix=P&limit=N&cursor=C`: channels with
+/// subscribers, in name order, starting with `prefix`, after `cursor` (the
+/// previous page's `next_cursor`), at most `limit` (default 100, at most
+/// 1000). Read from an index of live channels: never a keyspace scan.
+async fn channels(node: &Node, query: &str) -> Result<Value, ApiError> {
+    let mut list = ListQuery {
+        prefix: String::new(),
+        cursor: None,
+        limit: DEFAULT_LIST_LIMIT,
+    };
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match key.as_ref() {
+            "prefix" => {
+                if !value.is_empty() {
+                    validate_channel(&value)
+                        .map_err(|e| ApiError::bad_request(format!("invalid prefix: {e}")))?;
+                }
+                list.prefix = value.into_owned();
+            }
+            "cursor" if !value.is_empty() => {
+                validate_channel(&value)
+                    .map_err(|e| ApiError::bad_request(format!("invalid cursor: {e}")))?;
+                list.cursor = Some(value.into_owned());
+            }
+            "limit" => {
+                list.limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "limit must be a whole number from 1 to {MAX_LIST_LIMIT}"
+                        ))
+                    })?;
+            }
+            _ => {}
+        }
+    }
+    let page = node.list_channels(&list).await.map_err(|error| {
+        tracing::warn!(message = "server API channel listing failed", %error);
+        ApiError::unavailable("channel listing unavailable")
+    })?;
+    Ok(json!(page))
+}
+
+/// `GET /api/channels/{channel}`: its subscribers and distinct users (0
+/// and 0 when nobody is subscribed).
+async fn channel_counts(node: &Node, encoded: &str) -> Result<Value, ApiError> {
+    let channel = path_channel(encoded)?;
+    let counts = node
+        .channel_counts(channel.as_str())
+        .await
+        .map_err(|error| {
+            tracing::warn!(message = "server API channel counts failed", channel = %channel, %error);
+            ApiError::unavailable("channel counts unavailable")
+        })?;
+    Ok(json!(counts))
+}
+
 /// A channel named in the path, percent-decoded and validated.
 fn path_channel(encoded: &str) -> Result<ChannelName, ApiError> {
     let name = percent_decode(encoded).ok_or_else(|| {
@@ -541,6 +613,8 @@ mod tests {
         assert_eq!(Route::of("/api/presence"), Route::Unknown);
         assert_eq!(Route::of("/api/history/chat:a"), Route::History("chat:a"));
         assert_eq!(Route::of("/api/publish/"), Route::Unknown);
+        assert_eq!(Route::of("/api/channels"), Route::Channels);
+        assert_eq!(Route::of("/api/channels/chat:a"), Route::Channel("chat:a"));
     }
 
     #[test]

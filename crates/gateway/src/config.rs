@@ -44,6 +44,10 @@ pub const DEFAULT_MSG_BURST: u32 = 100;
 pub const DEFAULT_MSG_CLOSE_AFTER: u32 = 50;
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
 pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_WEBHOOK_GRACE: Duration = Duration::from_secs(5);
+pub const DEFAULT_WEBHOOK_MAX_AGE: Duration = Duration::from_secs(3600);
+pub const DEFAULT_WEBHOOK_BATCH_WINDOW: Duration = Duration::from_millis(50);
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 /// HS256 secrets shorter than this are refused: they can be brute-forced.
 pub const MIN_HS256_SECRET_BYTES: usize = 32;
 
@@ -169,6 +173,15 @@ struct FileConfig {
     redis_tls_key_file: Option<PathBuf>,
     api_key: Option<String>,
     backend_secret: Option<String>,
+    webhook_urls: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    webhook_grace: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    webhook_max_age: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    webhook_batch_window: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    webhook_timeout: Option<Duration>,
     allowed_origins: Option<Vec<String>>,
     max_connections: Option<usize>,
     log_format: Option<LogFormat>,
@@ -265,6 +278,23 @@ pub struct SessionConfig {
     pub pong_timeout: Duration,
 }
 
+/// Where and how presence and occupancy events reach the backend
+/// (`webhooks`).
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Every URL gets every event, each at its own pace.
+    pub urls: Vec<url::Url>,
+    /// A user, member or channel that comes back within this long after
+    /// going away sends no offline/online pair.
+    pub grace: Duration,
+    /// Events not delivered after this long are dead-lettered.
+    pub max_age: Duration,
+    /// How long a batch waits for more events once one is ready.
+    pub batch_window: Duration,
+    /// How long one request to the backend may take.
+    pub timeout: Duration,
+}
+
 /// The validated configuration of one node.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -280,6 +310,8 @@ pub struct Config {
     /// Signs every request to the application's backend (webhooks, the
     /// subscribe proxy); see `backend`.
     pub backend_secret: Option<String>,
+    /// Webhooks to the backend (cluster mode only), when URLs are set.
+    pub webhooks: Option<WebhookConfig>,
     pub allowed_origins: AllowedOrigins,
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` name the client.
     pub trusted_proxies: TrustedProxies,
@@ -329,6 +361,11 @@ const REDIS_TLS_CERT_FILE: Key = key!("redis_tls_cert_file", "SWITCHBOARD_REDIS_
 const REDIS_TLS_KEY_FILE: Key = key!("redis_tls_key_file", "SWITCHBOARD_REDIS_TLS_KEY_FILE");
 const API_KEY: Key = key!("api_key", "SWITCHBOARD_API_KEY");
 const BACKEND_SECRET: Key = key!("backend_secret", "SWITCHBOARD_BACKEND_SECRET");
+const WEBHOOK_URLS: Key = key!("webhook_urls", "SWITCHBOARD_WEBHOOK_URLS");
+const WEBHOOK_GRACE: Key = key!("webhook_grace", "SWITCHBOARD_WEBHOOK_GRACE");
+const WEBHOOK_MAX_AGE: Key = key!("webhook_max_age", "SWITCHBOARD_WEBHOOK_MAX_AGE");
+const WEBHOOK_BATCH_WINDOW: Key = key!("webhook_batch_window", "SWITCHBOARD_WEBHOOK_BATCH_WINDOW");
+const WEBHOOK_TIMEOUT: Key = key!("webhook_timeout", "SWITCHBOARD_WEBHOOK_TIMEOUT");
 /// Server API keys shorter than this are refused.
 pub const MIN_API_KEY_BYTES: usize = 16;
 const ALLOWED_ORIGINS: Key = key!("allowed_origins", "SWITCHBOARD_ALLOWED_ORIGINS");
@@ -482,6 +519,109 @@ fn check_duration(
     Ok(value)
 }
 
+/// Parses an `http://` or `https://` URL of the backend.
+pub fn backend_url(text: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(text.trim()).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "{text:?} must be an http:// or https:// URL with a host"
+        ));
+    }
+    if url.fragment().is_some() {
+        return Err(format!("{text:?} has a #fragment, which is never sent"));
+    }
+    Ok(url)
+}
+
+/// The file's webhook settings.
+struct FileWebhooks {
+    urls: Option<Vec<String>>,
+    grace: Option<Duration>,
+    max_age: Option<Duration>,
+    batch_window: Option<Duration>,
+    timeout: Option<Duration>,
+}
+
+/// The webhook settings, when URLs are configured.
+fn webhook_config(
+    env: &dyn Env,
+    file: FileWebhooks,
+    cluster: bool,
+    has_secret: bool,
+) -> Result<Option<WebhookConfig>, ConfigError> {
+    let urls: Vec<String> = match env_str(env, &WEBHOOK_URLS) {
+        Some(list) => list
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        None => file.urls.unwrap_or_default(),
+    };
+    let duration = |key: &Key,
+                    from_file: Option<Duration>,
+                    default: Duration,
+                    min: Duration,
+                    max: Duration| {
+        let value = env_duration(env, key)?.or(from_file).unwrap_or(default);
+        check_duration(key, value, min, max)
+    };
+    let grace = duration(
+        &WEBHOOK_GRACE,
+        file.grace,
+        DEFAULT_WEBHOOK_GRACE,
+        Duration::ZERO,
+        Duration::from_secs(600),
+    )?;
+    let max_age = duration(
+        &WEBHOOK_MAX_AGE,
+        file.max_age,
+        DEFAULT_WEBHOOK_MAX_AGE,
+        Duration::from_secs(1),
+        Duration::from_secs(7 * 24 * 3600),
+    )?;
+    let batch_window = duration(
+        &WEBHOOK_BATCH_WINDOW,
+        file.batch_window,
+        DEFAULT_WEBHOOK_BATCH_WINDOW,
+        Duration::from_millis(10),
+        Duration::from_secs(5),
+    )?;
+    let timeout = duration(
+        &WEBHOOK_TIMEOUT,
+        file.timeout,
+        DEFAULT_WEBHOOK_TIMEOUT,
+        Duration::from_millis(100),
+        Duration::from_secs(60),
+    )?;
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    let urls = urls
+        .iter()
+        .map(|u| backend_url(u))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|message| ConfigError::new(WEBHOOK_URLS.name(), message))?;
+    if !has_secret {
+        return Err(ConfigError::new(
+            BACKEND_SECRET.name(),
+            "missing: webhooks are signed with it (at least 32 random bytes, e.g. `openssl rand -hex 32`)",
+        ));
+    }
+    if !cluster {
+        return Err(ConfigError::new(
+            WEBHOOK_URLS.name(),
+            "webhooks need cluster mode: their events are queued in Redis so that a crash loses none; set SWITCHBOARD_REDIS_URL (redis_url)",
+        ));
+    }
+    Ok(Some(WebhookConfig {
+        urls,
+        grace,
+        max_age,
+        batch_window,
+        timeout,
+    }))
+}
+
 /// A node id unique to this process when none is configured.
 fn generated_node_id() -> String {
     format!("node-{:08x}", rand::random::<u32>())
@@ -622,6 +762,19 @@ impl Config {
                 ));
             }
         }
+
+        let webhooks = webhook_config(
+            env,
+            FileWebhooks {
+                urls: file.webhook_urls,
+                grace: file.webhook_grace,
+                max_age: file.webhook_max_age,
+                batch_window: file.webhook_batch_window,
+                timeout: file.webhook_timeout,
+            },
+            redis.is_some(),
+            backend_secret.is_some(),
+        )?;
 
         let origins: Vec<String> = match env_str(env, &ALLOWED_ORIGINS) {
             Some(list) => list
@@ -870,6 +1023,7 @@ impl Config {
             redis,
             api_key,
             backend_secret,
+            webhooks,
             allowed_origins,
             trusted_proxies,
             max_connections,

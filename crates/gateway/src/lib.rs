@@ -20,16 +20,19 @@ pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod occupancy;
 pub mod origin;
 pub mod presence;
 pub mod redis_broker;
 pub mod redis_history;
 pub mod redis_link;
+pub mod redis_occupancy;
 pub mod redis_presence;
 pub mod response;
 pub mod server;
 pub mod session;
 pub mod token;
+pub mod webhooks;
 
 use std::sync::Arc;
 

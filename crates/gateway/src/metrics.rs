@@ -309,7 +309,12 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     register(registry, counter)
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+pub(crate) fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntCounterVec {
     let counter = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric name");
     register(registry, counter)
 }
@@ -319,7 +324,12 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     register(registry, gauge)
 }
 
-fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+pub(crate) fn gauge_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntGaugeVec {
     let gauge = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric name");
     register(registry, gauge)
 }
@@ -330,7 +340,7 @@ fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Hi
     register(registry, histogram)
 }
 
-fn histogram_vec(
+pub(crate) fn histogram_vec(
     registry: &Registry,
     name: &str,
     help: &str,

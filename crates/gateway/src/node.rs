@@ -15,10 +15,13 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
+use crate::occupancy::{ChannelCounts, ChannelPage, ListQuery, Occupancy};
 use crate::presence::{CountedPresence, MemoryPresence, Presence};
 use crate::redis_broker::{RedisBroker, RedisHealth};
 use crate::redis_link::{Link, Target};
+use crate::redis_occupancy::{EventQueue, RedisOccupancy};
 use crate::redis_presence::RedisPresence;
+use crate::webhooks::{self, WebhookMetrics};
 
 #[derive(Debug)]
 pub struct Node {
@@ -27,6 +30,8 @@ pub struct Node {
     pub hub: Arc<Hub>,
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn Presence>,
+    /// Connections per user and subscriptions per channel on this node.
+    pub occupancy: Arc<Occupancy>,
     /// Per-address and per-user admission limits.
     pub limits: ConnectionLimits,
     /// This node's Prometheus metrics (shared with the hub).
@@ -43,8 +48,8 @@ pub struct Node {
     pub instance: String,
     /// Cancelled after the sessions are gone: stops the broker and lease tasks.
     pub background: CancellationToken,
-    /// Cluster mode's presence, retired from Redis at a clean exit.
-    redis_presence: Option<Arc<RedisPresence>>,
+    /// Cluster mode's state in Redis, retired at a clean exit.
+    redis: Option<RedisState>,
     next_session: AtomicU64,
 }
 
@@ -60,6 +65,14 @@ impl std::fmt::Debug for dyn Presence {
     }
 }
 
+/// What a cluster node keeps in Redis besides messages.
+#[derive(Debug)]
+struct RedisState {
+    presence: Arc<RedisPresence>,
+    /// The writer of occupancy (and webhook events).
+    occupancy: Arc<RedisOccupancy>,
+}
+
 /// `<node_id>.<6 hex digits>`, unique per process.
 fn instance_id(node_id: &str) -> String {
     format!("{node_id}.{:06x}", rand::random::<u32>() & 0xff_ffff)
@@ -71,6 +84,13 @@ impl Node {
         let hub = Arc::new(Hub::with_metrics(Metrics::for_config(&config)));
         let broker = Arc::new(MemoryBroker::new(Arc::clone(&hub)));
         Node::new(config, hub, broker, Arc::new(MemoryPresence::new()))
+    }
+
+    /// How long the webhook queue keeps an event: its `max_age`, plus as
+    /// long again (at least 10 minutes) for the deliverer to dead-letter it
+    /// rather than lose it to trimming.
+    fn queue_retention(max_age: std::time::Duration) -> std::time::Duration {
+        max_age + max_age.max(std::time::Duration::from_secs(600))
     }
 
     /// A cluster node on Redis. Starts the Pub/Sub and lease tasks, so it
@@ -89,7 +109,33 @@ impl Node {
             background.clone(),
         )?;
         let instance = instance_id(&config.node_id);
-        let presence = RedisPresence::new(link, config.clone(), instance, health);
+        let occupancy = Arc::new(Occupancy::new(true));
+        let queue = match &config.webhooks {
+            None => None,
+            Some(hooks) => {
+                let metrics = WebhookMetrics::new(hub.metrics().registry(), hooks.urls.len());
+                let secret = config
+                    .backend_secret
+                    .as_deref()
+                    .ok_or("webhooks need SWITCHBOARD_BACKEND_SECRET")?;
+                webhooks::start(&link, &instance, hooks, secret, &metrics, &background)?;
+                Some(EventQueue {
+                    grace: hooks.grace,
+                    retention: Node::queue_retention(hooks.max_age),
+                    groups: hooks.urls.iter().map(webhooks::group_name).collect(),
+                    metrics,
+                })
+            }
+        };
+        let writer = RedisOccupancy::new(
+            link.clone(),
+            instance.clone(),
+            Arc::clone(&occupancy),
+            queue,
+        );
+        tokio::spawn(Arc::clone(&writer).maintain(background.clone()));
+        let presence =
+            RedisPresence::new(link, config.clone(), instance, health, Arc::clone(&writer));
         tokio::spawn(Arc::clone(&presence).maintain(background.clone()));
         Node::build(
             config,
@@ -97,7 +143,11 @@ impl Node {
             Arc::new(broker),
             Arc::clone(&presence) as Arc<dyn Presence>,
             background,
-            Some(presence),
+            occupancy,
+            Some(RedisState {
+                presence,
+                occupancy: writer,
+            }),
         )
     }
 
@@ -113,6 +163,7 @@ impl Node {
             broker,
             presence,
             CancellationToken::new(),
+            Arc::new(Occupancy::new(false)),
             None,
         )
     }
@@ -123,16 +174,19 @@ impl Node {
         broker: Arc<dyn Broker>,
         presence: Arc<dyn Presence>,
         background: CancellationToken,
-        redis_presence: Option<Arc<RedisPresence>>,
+        occupancy: Arc<Occupancy>,
+        redis: Option<RedisState>,
     ) -> Result<Arc<Node>, String> {
         let verifier = TokenVerifier::new(&config.jwt)?;
         let metrics = Arc::clone(hub.metrics());
         Ok(Arc::new(Node {
-            instance: redis_presence
-                .as_ref()
-                .map_or_else(|| instance_id(&config.node_id), |p| p.instance().to_owned()),
+            instance: redis.as_ref().map_or_else(
+                || instance_id(&config.node_id),
+                |r| r.presence.instance().to_owned(),
+            ),
             background,
-            redis_presence,
+            redis,
+            occupancy,
             capacity: Arc::new(Semaphore::new(config.max_connections)),
             limits: ConnectionLimits::new(&config.limits),
             verifier,
@@ -160,10 +214,33 @@ impl Node {
     /// After the sessions are gone: removes this node's state from Redis and
     /// stops the background tasks.
     pub async fn retire(&self) {
-        if let Some(presence) = &self.redis_presence {
-            presence.retire().await;
+        // This node's counts are zero by now: take its share away (with its
+        // users' departures) before the lease goes. Should this fail, the
+        // node that reaps this one does it.
+        if let Some(redis) = &self.redis {
+            if let Err(error) = redis.occupancy.flush().await {
+                tracing::warn!(message = "occupancy not written at exit", %error);
+            }
+            redis.presence.retire().await;
         }
         self.background.cancel();
+    }
+
+    /// A page of the channels with subscribers (over the cluster in
+    /// cluster mode).
+    pub async fn list_channels(&self, query: &ListQuery) -> Result<ChannelPage, String> {
+        match &self.redis {
+            Some(redis) => redis.occupancy.list(query).await,
+            None => Ok(self.occupancy.list(query)),
+        }
+    }
+
+    /// One channel's subscribers and distinct users.
+    pub async fn channel_counts(&self, channel: &str) -> Result<ChannelCounts, String> {
+        match &self.redis {
+            Some(redis) => redis.occupancy.channel(channel).await,
+            None => Ok(self.occupancy.channel(channel)),
+        }
     }
 
     pub fn is_draining(&self) -> bool {

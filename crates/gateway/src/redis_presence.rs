@@ -34,6 +34,7 @@ use crate::config::Config;
 use crate::presence::{Member, Presence, PresenceError};
 use crate::redis_broker::{publish_command, pubsub_channel, RedisHealth};
 use crate::redis_link::Link;
+use crate::redis_occupancy::RedisOccupancy;
 
 /// How long a node's lease lives without renewal.
 pub const LEASE: Duration = Duration::from_secs(5);
@@ -127,6 +128,8 @@ pub struct RedisPresence {
     mirror: Mutex<Mirror>,
     /// Nodes in `sb:nodes` whose lease had expired at the last scan.
     dead: Mutex<Vec<String>>,
+    /// Occupancy is rewritten and reaped with the rest of the node's state.
+    occupancy: Arc<RedisOccupancy>,
 }
 
 impl std::fmt::Debug for RedisPresence {
@@ -148,6 +151,7 @@ impl RedisPresence {
         config: Config,
         instance: String,
         health: Arc<RedisHealth>,
+        occupancy: Arc<RedisOccupancy>,
     ) -> Arc<RedisPresence> {
         Arc::new(RedisPresence {
             link,
@@ -156,6 +160,7 @@ impl RedisPresence {
             health,
             mirror: Mutex::new(Mirror::default()),
             dead: Mutex::default(),
+            occupancy,
         })
     }
 
@@ -238,6 +243,7 @@ impl RedisPresence {
                 .await;
             return Err(error);
         }
+        self.occupancy.resend_all();
         tracing::info!(
             message = "redis lease acquired",
             entries = presence.len(),
@@ -379,6 +385,9 @@ impl RedisPresence {
             .link
             .query(redis::cmd("SMEMBERS").arg(conns_key(node)))
             .await?;
+        // Its users' departures (and their webhook events) before the node
+        // leaves `sb:nodes`: if this fails, the next reaper does it again.
+        self.occupancy.reap(node).await?;
         let mut cleanup = redis::pipe();
         for chunk in connections.chunks(256) {
             let mut users = redis::pipe();

@@ -257,6 +257,7 @@ where
     async fn run(mut self: Box<Self>) {
         let node = Arc::clone(&self.node);
         node.hub.register(&self.handle);
+        node.occupancy.connected(&self.claims.user);
         // The drain walks the hub's sessions once; one that registered
         // after the walk sees the node draining here.
         if node.is_draining() {
@@ -274,6 +275,7 @@ where
         };
         Box::pin(self.finish(end)).await;
         node.hub.unregister(self.handle.id);
+        node.occupancy.disconnected(&self.claims.user);
         if let Err(error) = node.presence.disconnected(&self.connection_id).await {
             tracing::warn!(message = "connection not forgotten", connection_id = %self.connection_id, %error);
         }
@@ -764,6 +766,8 @@ where
             }
         }
         node.metrics.subscribed(channel.as_str());
+        node.occupancy
+            .subscribed(channel.as_str(), &self.claims.user, namespace.presence);
         if self.subscriptions.len() == self.subscriptions.capacity() {
             // Grow one at a time while small: most sessions hold one or two.
             let more = self.subscriptions.len().clamp(1, 8);
@@ -893,12 +897,14 @@ where
     async fn leave(&mut self, channel: &ChannelName) {
         let node = &self.node;
         node.metrics.unsubscribed(channel.as_str());
+        let namespace = node.config.namespace(channel.namespace());
+        node.occupancy
+            .unsubscribed(channel.as_str(), &self.claims.user, namespace.presence);
         if node.hub.unsubscribe(channel.as_str(), self.handle.id) {
             if let Err(error) = node.broker.unsubscribe(channel.as_str()).await {
                 tracing::warn!(message = "broker unsubscribe failed", channel = %channel, %error, connection_id = %self.connection_id);
             }
         }
-        let namespace = node.config.namespace(channel.namespace());
         if !namespace.presence {
             return;
         }
