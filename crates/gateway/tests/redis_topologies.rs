@@ -14,6 +14,8 @@
 mod common;
 #[path = "common/load.rs"]
 mod load;
+#[path = "common/receiver.rs"]
+mod receiver;
 #[path = "common/topology.rs"]
 mod topology;
 
@@ -350,6 +352,86 @@ async fn a_redis_cluster_spreads_channels_over_its_shards_and_survives_a_shard_f
     let (_, data) = within(fresh.expect_message()).await.unwrap();
     assert_eq!(data, json!({ "n": "after" }));
     presence_works(&c, &a, "room:after").await;
+}
+
+/// Occupancy lives in one slot (`{occ}`), so its script, its event stream
+/// and the channel listing work on a cluster as on one server.
+#[tokio::test]
+async fn webhooks_and_the_channel_listing_work_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    let receiver = receiver::Receiver::start();
+    let hooks = [
+        (
+            "SWITCHBOARD_BACKEND_SECRET",
+            "webhook-secret-webhook-secret-0123456789",
+        ),
+        ("SWITCHBOARD_WEBHOOK_URLS", &receiver.url("/hooks")),
+        ("SWITCHBOARD_WEBHOOK_GRACE", "0s"),
+    ];
+    let a = node(&url, "gw-a", &hooks).await;
+    let b = node(&url, "gw-b", &hooks).await;
+    let (mut alice, _) = a.connect("alice").await;
+    let (mut bob, _) = b.connect("bob").await;
+    within(alice.subscribe("room:x")).await.unwrap();
+    within(bob.subscribe("room:x")).await.unwrap();
+    within(bob.subscribe("feed:y")).await.unwrap();
+    let names = |requests: &[receiver::Request]| -> Vec<String> {
+        requests
+            .iter()
+            .flat_map(|r| r.json()["events"].as_array().cloned().unwrap_or_default())
+            .map(|e| {
+                let part = |key: &str| e[key].as_str().unwrap_or("-").to_owned();
+                format!("{} {} {}", part("name"), part("channel"), part("user"))
+            })
+            .collect()
+    };
+    let wanted = [
+        "user_online - alice",
+        "user_online - bob",
+        "channel_occupied room:x -",
+        "member_added room:x alice",
+        "member_added room:x bob",
+        "channel_occupied feed:y -",
+        "member_added feed:y bob",
+    ];
+    assert!(
+        receiver
+            .until(
+                |r| wanted.iter().all(|w| names(r).contains(&(*w).to_owned())),
+                Duration::from_secs(10)
+            )
+            .await,
+        "{:?}",
+        names(&receiver.requests())
+    );
+    let (status, listing) = api(&a, "GET", "/api/channels", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        listing,
+        json!({"channels": [
+            {"channel": "feed:y", "subscribers": 1, "users": 1},
+            {"channel": "room:x", "subscribers": 2, "users": 2},
+        ]})
+    );
+    within(alice.close()).await.unwrap();
+    assert!(
+        receiver
+            .until(
+                |r| names(r).contains(&"user_offline - alice".to_owned()),
+                Duration::from_secs(10)
+            )
+            .await
+    );
+    let mut got = names(&receiver.requests());
+    got.sort();
+    let mut expected: Vec<String> = wanted
+        .iter()
+        .chain(&["member_removed room:x alice", "user_offline - alice"])
+        .map(|s| (*s).to_owned())
+        .collect();
+    expected.sort();
+    assert_eq!(got, expected, "each event once");
 }
 
 #[tokio::test]

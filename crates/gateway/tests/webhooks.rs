@@ -646,3 +646,52 @@ async fn an_unreachable_endpoint_at_start_up_is_a_warning_not_a_failure() {
     let (mut conn, _) = gateway.connect("alice").await;
     within(conn.subscribe("chat:x")).await.unwrap();
 }
+
+/// Redis down: the listing says so; Redis back empty: the node writes its
+/// counts again and the backend hears about its users once more.
+#[tokio::test]
+async fn a_redis_outage_is_an_error_and_a_lost_redis_is_rebuilt() {
+    let mut redis = Redis::start();
+    let receiver = Receiver::start();
+    let a = hooked_node(&redis, "gw-a", &receiver, "0s", &[]).await;
+    let (mut alice, _) = a.connect("alice").await;
+    within(alice.subscribe("chat:room")).await.unwrap();
+    arrive(&receiver, &["member_added chat:room alice"], WAIT).await;
+
+    redis.stop();
+    let (status, body) = api(&a, "GET", "/api/channels", "").await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        body,
+        json!({"error": "unavailable", "message": "channel listing unavailable"})
+    );
+    let (status, body) = api(&a, "GET", "/api/channels/chat:room", "").await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        body,
+        json!({"error": "unavailable", "message": "channel counts unavailable"})
+    );
+
+    // Back with nothing: the lease is gone, so the node rewrites its share.
+    redis.restart();
+    receiver.clear();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = api(&a, "GET", "/api/channels", "").await;
+        if status == 200
+            && body == json!({"channels": [{"channel": "chat:room", "subscribers": 1, "users": 1}]})
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The stream was lost with the rest: the group is recreated and the
+    // rewrite's events are delivered.
+    arrive(
+        &receiver,
+        &["user_online - alice", "member_added chat:room alice"],
+        Duration::from_secs(15),
+    )
+    .await;
+}
