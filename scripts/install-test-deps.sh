@@ -2,7 +2,8 @@
 # Installs the programs the test suite starts or calls for real (Debian):
 # redis-server, redis-sentinel and nginx for the integration tests (openssl
 # for their TLS certificates), promtool to lint the
-# metrics exposition and alert rules, docker-compose to validate the compose
+# metrics exposition and alert rules, python3 for kubernetes-validate and
+# the webhook verification snippets of docs/protocol.md, docker-compose to validate the compose
 # file without an engine, kubernetes-validate (PyPI) to check the
 # Kubernetes manifests offline, chromium for the JS SDK's browser tests, and
 # the SDK's npm dev dependencies (playwright-core, typescript) from its
@@ -19,6 +20,7 @@ declare -A needed=(
   [docker-compose]=docker-compose
   [openssl]=openssl
   [chromium]=chromium
+  [python3]=python3
 )
 
 missing=()

@@ -695,3 +695,68 @@ async fn a_redis_outage_is_an_error_and_a_lost_redis_is_rebuilt() {
     )
     .await;
 }
+
+/// The verification snippets in docs/protocol.md accept a real webhook
+/// request from a gateway, and refuse it with one byte changed.
+#[tokio::test]
+async fn the_documented_verification_snippets_accept_a_real_request() {
+    let redis = Redis::start();
+    let receiver = Receiver::start();
+    let a = hooked_node(&redis, "gw-a", &receiver, "0s", &[]).await;
+    let (_alice, _) = a.connect("alice").await;
+    arrive(&receiver, &["user_online - alice"], WAIT).await;
+    let request = receiver.requests().remove(0);
+    let header = request
+        .header(backend::SIGNATURE_HEADER)
+        .unwrap()
+        .to_owned();
+
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/protocol.md"),
+    )
+    .unwrap();
+    let section = &doc[doc.find("### Verifying a request's signature").unwrap()..];
+    let block = |lang: &str| -> String {
+        let start = section.find(&format!("```{lang}\n")).unwrap() + lang.len() + 4;
+        section[start..][..section[start..].find("```").unwrap()].to_owned()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("body");
+    let tampered = dir.path().join("tampered");
+    std::fs::write(&body, &request.body).unwrap();
+    let mut changed = request.body.clone();
+    changed[0] = b' ';
+    std::fs::write(&tampered, &changed).unwrap();
+
+    let python = format!(
+        "{}\nimport sys\nprint(verify(sys.argv[1].encode(), sys.argv[2], open(sys.argv[3], 'rb').read()))\n",
+        block("python")
+    );
+    let js = format!(
+        "{}\nimport {{ readFileSync }} from 'node:fs';\nconsole.log(verify(process.argv[2], process.argv[3], readFileSync(process.argv[4])));\n",
+        block("js")
+    );
+    std::fs::write(dir.path().join("verify.py"), python).unwrap();
+    std::fs::write(dir.path().join("verify.mjs"), js).unwrap();
+    for (program, script, yes, no) in [
+        ("python3", "verify.py", "True", "False"),
+        ("node", "verify.mjs", "true", "false"),
+    ] {
+        for (file, expected) in [(&body, yes), (&tampered, no)] {
+            let output = std::process::Command::new(program)
+                .arg(dir.path().join(script))
+                .arg(BACKEND_SECRET)
+                .arg(&header)
+                .arg(file)
+                .output()
+                .unwrap_or_else(|e| panic!("{program}: {e}"));
+            assert_eq!(
+                String::from_utf8_lossy(&output.stdout).trim(),
+                expected,
+                "{program} on {}: {}",
+                file.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}
