@@ -29,6 +29,7 @@ pub mod redis_presence;
 pub mod response;
 pub mod server;
 pub mod session;
+pub mod subscribe_proxy;
 pub mod token;
 
 use std::sync::Arc;
