@@ -48,6 +48,7 @@ pub const DEFAULT_WEBHOOK_GRACE: Duration = Duration::from_secs(5);
 pub const DEFAULT_WEBHOOK_MAX_AGE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_WEBHOOK_BATCH_WINDOW: Duration = Duration::from_millis(50);
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_SUBSCRIBE_PROXY_TIMEOUT: Duration = Duration::from_secs(2);
 /// HS256 secrets shorter than this are refused: they can be brute-forced.
 pub const MIN_HS256_SECRET_BYTES: usize = 32;
 
@@ -109,23 +110,45 @@ impl FromStr for LogFormat {
 }
 
 /// What a namespace (the part of a channel before the first `:`) enables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamespaceConfig {
     /// Connections subscribed to its channels are listed by `presence`.
-    #[serde(default = "yes")]
     pub presence: bool,
     /// Subscribers get `join`/`leave` frames (needs `presence`).
-    #[serde(default)]
     pub join_leave: bool,
     /// Messages kept per channel for recovery and `history`; 0 turns
     /// history (and offsets) off.
-    #[serde(default = "default_history_size")]
     pub history_size: usize,
     /// How long a channel's messages are kept after its last publish.
-    #[serde(default = "default_history_ttl", with = "humantime_serde")]
     pub history_ttl: Duration,
+    /// The backend asked about a subscribe the token does not grant
+    /// (`subscribe_proxy`); without it such a subscribe is refused.
+    pub subscribe_proxy: Option<url::Url>,
 }
+
+/// A `[namespaces.<name>]` table as written in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileNamespace {
+    #[serde(default = "yes")]
+    presence: bool,
+    #[serde(default)]
+    join_leave: bool,
+    #[serde(default = "default_history_size")]
+    history_size: usize,
+    #[serde(default = "default_history_ttl", with = "humantime_serde")]
+    history_ttl: Duration,
+    subscribe_proxy: Option<String>,
+}
+
+/// The settings of every namespace not listed in the file.
+static DEFAULT_NAMESPACE: NamespaceConfig = NamespaceConfig {
+    presence: true,
+    join_leave: false,
+    history_size: DEFAULT_HISTORY_SIZE,
+    history_ttl: DEFAULT_HISTORY_TTL,
+    subscribe_proxy: None,
+};
 
 fn yes() -> bool {
     true
@@ -141,12 +164,7 @@ fn default_history_ttl() -> Duration {
 
 impl Default for NamespaceConfig {
     fn default() -> NamespaceConfig {
-        NamespaceConfig {
-            presence: true,
-            join_leave: false,
-            history_size: DEFAULT_HISTORY_SIZE,
-            history_ttl: DEFAULT_HISTORY_TTL,
-        }
+        DEFAULT_NAMESPACE.clone()
     }
 }
 
@@ -197,7 +215,9 @@ struct FileConfig {
     #[serde(default)]
     session: FileSession,
     #[serde(default)]
-    namespaces: BTreeMap<String, NamespaceConfig>,
+    namespaces: BTreeMap<String, FileNamespace>,
+    #[serde(default, with = "humantime_serde")]
+    subscribe_proxy_timeout: Option<Duration>,
     demo_dir: Option<PathBuf>,
 }
 
@@ -324,6 +344,8 @@ pub struct Config {
     pub drain_window: Duration,
     pub jwt: JwtConfig,
     pub session: SessionConfig,
+    /// How long the subscribe proxy's backend has to answer.
+    pub subscribe_proxy_timeout: Duration,
     namespaces: BTreeMap<String, NamespaceConfig>,
     /// Development only: the SDK folder (`sdk/js`) whose demo page the node
     /// serves under `/demo/`. Unset (the default) in every production
@@ -398,6 +420,10 @@ const MSG_CLOSE_AFTER: Key = key!("limits.msg_close_after", "SWITCHBOARD_MSG_CLO
 const PING_INTERVAL: Key = key!("session.ping_interval", "SWITCHBOARD_PING_INTERVAL");
 const PONG_TIMEOUT: Key = key!("session.pong_timeout", "SWITCHBOARD_PONG_TIMEOUT");
 const DEMO_DIR: Key = key!("demo_dir", "SWITCHBOARD_DEMO_DIR");
+const SUBSCRIBE_PROXY_TIMEOUT: Key = key!(
+    "subscribe_proxy_timeout",
+    "SWITCHBOARD_SUBSCRIBE_PROXY_TIMEOUT"
+);
 
 /// Reads one variable, if set (an empty value counts as unset).
 /// Reads the TLS files for Redis: a CA bundle and a client certificate and
@@ -529,6 +555,22 @@ pub fn backend_url(text: &str) -> Result<url::Url, String> {
     }
     if url.fragment().is_some() {
         return Err(format!("{text:?} has a #fragment, which is never sent"));
+    }
+    Ok(url)
+}
+
+/// A namespace's `subscribe_proxy`: an absolute http(s) URL, and a backend
+/// secret to sign its requests with.
+fn proxy_url(namespace: &str, text: &str, has_secret: bool) -> Result<url::Url, ConfigError> {
+    let url = backend_url(text)
+        .map_err(|message| ConfigError::new(format!("namespaces.{namespace}.subscribe_proxy"), message))?;
+    if !has_secret {
+        return Err(ConfigError::new(
+            BACKEND_SECRET.name(),
+            format!(
+                "namespaces.{namespace}.subscribe_proxy is set but no backend secret is: the subscribe proxy's requests are signed with it"
+            ),
+        ));
     }
     Ok(url)
 }
@@ -1003,6 +1045,32 @@ impl Config {
             }
         }
 
+        let mut namespaces = BTreeMap::new();
+        for (name, ns) in file.namespaces {
+            let subscribe_proxy = match ns.subscribe_proxy {
+                None => None,
+                Some(text) => Some(proxy_url(&name, &text, backend_secret.is_some())?),
+            };
+            namespaces.insert(
+                name,
+                NamespaceConfig {
+                    presence: ns.presence,
+                    join_leave: ns.join_leave,
+                    history_size: ns.history_size,
+                    history_ttl: ns.history_ttl,
+                    subscribe_proxy,
+                },
+            );
+        }
+        let subscribe_proxy_timeout = check_duration(
+            &SUBSCRIBE_PROXY_TIMEOUT,
+            env_duration(env, &SUBSCRIBE_PROXY_TIMEOUT)?
+                .or(file.subscribe_proxy_timeout)
+                .unwrap_or(DEFAULT_SUBSCRIBE_PROXY_TIMEOUT),
+            Duration::from_millis(50),
+            Duration::from_secs(30),
+        )?;
+
         let demo_dir = env_str(env, &DEMO_DIR).map(PathBuf::from).or(file.demo_dir);
         if let Some(dir) = &demo_dir {
             if !dir.join("demo/index.html").is_file() || !dir.join("src/switchboard.js").is_file() {
@@ -1033,14 +1101,22 @@ impl Config {
             drain_window,
             jwt,
             session,
-            namespaces: file.namespaces,
+            subscribe_proxy_timeout,
+            namespaces,
             demo_dir,
         })
     }
 
     /// The settings of a channel's namespace (defaults when not listed).
-    pub fn namespace(&self, namespace: &str) -> NamespaceConfig {
-        self.namespaces.get(namespace).copied().unwrap_or_default()
+    pub fn namespace(&self, namespace: &str) -> &NamespaceConfig {
+        self.namespaces.get(namespace).unwrap_or(&DEFAULT_NAMESPACE)
+    }
+
+    /// Whether any namespace asks the backend about subscribes.
+    pub fn has_subscribe_proxy(&self) -> bool {
+        self.namespaces
+            .values()
+            .any(|ns| ns.subscribe_proxy.is_some())
     }
 
     /// The namespaces listed in `[namespaces.*]` (the metrics' namespace labels).
@@ -1098,13 +1174,13 @@ mod tests {
         );
         assert_eq!(config.session.ping_interval, Duration::from_secs(2));
         assert_eq!(
-            config.namespace("chat"),
+            *config.namespace("chat"),
             NamespaceConfig {
                 join_leave: true,
                 ..NamespaceConfig::default()
             }
         );
-        assert_eq!(config.namespace("other"), NamespaceConfig::default());
+        assert_eq!(*config.namespace("other"), NamespaceConfig::default());
         assert_eq!(
             config.namespace("other").history(),
             HistoryPolicy {
@@ -1281,5 +1357,83 @@ mod tests {
         );
         let none = Config::from_toml("", &HashMap::new()).unwrap_err();
         assert!(none.message.starts_with("no JWT key configured"));
+    }
+
+    #[test]
+    fn a_subscribe_proxy_needs_an_http_url_and_a_backend_secret() {
+        let secret = [("SWITCHBOARD_BACKEND_SECRET", SECRET)];
+        let mut e = base();
+        e.extend(env(&secret));
+        let config = Config::from_toml(
+            "[namespaces.doc]\nsubscribe_proxy = \"https://app.example.com/switchboard/subscribe\"",
+            &e,
+        )
+        .unwrap();
+        assert_eq!(
+            config
+                .namespace("doc")
+                .subscribe_proxy
+                .as_ref()
+                .map(url::Url::as_str),
+            Some("https://app.example.com/switchboard/subscribe")
+        );
+        assert_eq!(config.namespace("other").subscribe_proxy, None);
+        assert_eq!(config.subscribe_proxy_timeout, Duration::from_secs(2));
+
+        let e = error("[namespaces.doc]\nsubscribe_proxy = \"not a url\"", &secret);
+        assert_eq!(
+            (e.key.as_str(), e.message.as_str()),
+            (
+                "namespaces.doc.subscribe_proxy",
+                "\"not a url\" is not a URL: relative URL without a base"
+            )
+        );
+        let e = error(
+            "[namespaces.doc]\nsubscribe_proxy = \"ftp://app.example.com/x\"",
+            &secret,
+        );
+        assert_eq!(
+            (e.key.as_str(), e.message.as_str()),
+            (
+                "namespaces.doc.subscribe_proxy",
+                "\"ftp://app.example.com/x\" must be an http:// or https:// URL with a host"
+            )
+        );
+        let e = error(
+            "[namespaces.doc]\nsubscribe_proxy = \"http://127.0.0.1:9/x\"",
+            &[],
+        );
+        assert_eq!(
+            e.to_string(),
+            "invalid configuration: SWITCHBOARD_BACKEND_SECRET (backend_secret): \
+             namespaces.doc.subscribe_proxy is set but no backend secret is: \
+             the subscribe proxy's requests are signed with it"
+        );
+    }
+
+    #[test]
+    fn the_subscribe_proxy_timeout_is_bounded() {
+        let config = Config::from_toml("subscribe_proxy_timeout = \"300ms\"", &base()).unwrap();
+        assert_eq!(config.subscribe_proxy_timeout, Duration::from_millis(300));
+        let mut e = base();
+        e.insert("SWITCHBOARD_SUBSCRIBE_PROXY_TIMEOUT".into(), "5s".into());
+        let config = Config::from_toml("subscribe_proxy_timeout = \"300ms\"", &e).unwrap();
+        assert_eq!(
+            config.subscribe_proxy_timeout,
+            Duration::from_secs(5),
+            "the environment wins over the file"
+        );
+        let e = error("", &[("SWITCHBOARD_SUBSCRIBE_PROXY_TIMEOUT", "10ms")]);
+        assert_eq!(
+            (e.key.as_str(), e.message.as_str()),
+            (
+                "SWITCHBOARD_SUBSCRIBE_PROXY_TIMEOUT (subscribe_proxy_timeout)",
+                "10ms is outside 50ms..=30s"
+            )
+        );
+        let e = error("", &[("SWITCHBOARD_SUBSCRIBE_PROXY_TIMEOUT", "1m")]);
+        assert_eq!(e.message, "1m is outside 50ms..=30s");
+        let e = error("", &[("SWITCHBOARD_SUBSCRIBE_PROXY_TIMEOUT", "soon")]);
+        assert_eq!(e.key, "SWITCHBOARD_SUBSCRIBE_PROXY_TIMEOUT");
     }
 }

@@ -31,6 +31,7 @@ pub mod redis_presence;
 pub mod response;
 pub mod server;
 pub mod session;
+pub mod subscribe_proxy;
 pub mod token;
 pub mod webhooks;
 

@@ -45,6 +45,34 @@ const IO_BUCKETS: &[f64] = &[
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
+/// Buckets for a backend's answer (the subscribe proxy): 1 ms to 30 s,
+/// the longest timeout it may have.
+const BACKEND_BUCKETS: &[f64] = &[
+    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// How the subscribe proxy's backend answered (the `result` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyResult {
+    Allow,
+    Deny,
+    /// No usable answer: a timeout, a connection error, a status other
+    /// than 200 or a body not in the contract.
+    Error,
+}
+
+impl ProxyResult {
+    pub const ALL: [ProxyResult; 3] = [ProxyResult::Allow, ProxyResult::Deny, ProxyResult::Error];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ProxyResult::Allow => "allow",
+            ProxyResult::Deny => "deny",
+            ProxyResult::Error => "error",
+        }
+    }
+}
+
 /// Why a WebSocket handshake was refused (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -283,6 +311,9 @@ pub struct Metrics {
     presence_duration: HistogramVec,
     api_requests: IntCounterVec,
     api_duration: HistogramVec,
+    proxy_requests: IntCounterVec,
+    proxy_cache_hits: IntCounter,
+    proxy_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -626,8 +657,28 @@ impl Metrics {
                 &["route"],
                 IO_BUCKETS,
             ),
+            proxy_requests: counter_vec(
+                r,
+                "switchboard_subscribe_proxy_requests_total",
+                "Subscribes asked of the subscribe proxy's backend, by result: allow, deny or error (no usable answer in time; the subscribe was refused with unavailable).",
+                &["result"],
+            ),
+            proxy_cache_hits: counter(
+                r,
+                "switchboard_subscribe_proxy_cache_hits_total",
+                "Subscribes decided by a cached answer of the subscribe proxy's backend, without asking it.",
+            ),
+            proxy_duration: histogram(
+                r,
+                "switchboard_subscribe_proxy_duration_seconds",
+                "Time of a request to the subscribe proxy's backend, errors and timeouts included.",
+                BACKEND_BUCKETS,
+            ),
             registry,
         };
+        for result in ProxyResult::ALL {
+            metrics.proxy_requests.with_label_values(&[result.label()]);
+        }
         metrics.connections_max.set(max_connections as i64);
         // Exposed at 0 from the start, so rates and the recovery alert work
         // before the first resume.
@@ -872,6 +923,21 @@ impl Metrics {
         self.api_duration
             .with_label_values(&[route])
             .observe(elapsed.as_secs_f64());
+    }
+
+    // The subscribe proxy.
+
+    /// The subscribe proxy's backend was asked and answered `result` after `elapsed`.
+    pub fn subscribe_proxy(&self, result: ProxyResult, elapsed: Duration) {
+        self.proxy_requests
+            .with_label_values(&[result.label()])
+            .inc();
+        self.proxy_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// A subscribe was decided by a cached answer of the backend.
+    pub fn subscribe_proxy_cache_hit(&self) {
+        self.proxy_cache_hits.inc();
     }
 }
 

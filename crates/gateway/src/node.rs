@@ -1,6 +1,6 @@
 //! The state one gateway node shares between its HTTP handlers and its
 //! sessions: configuration, token verifier, hub, broker, presence, the
-//! connection cap and the shutdown signal.
+//! subscribe proxy, the connection cap and the shutdown signal.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use crate::redis_broker::{RedisBroker, RedisHealth};
 use crate::redis_link::{Link, Target};
 use crate::redis_occupancy::{EventQueue, RedisOccupancy};
 use crate::redis_presence::RedisPresence;
+use crate::subscribe_proxy::SubscribeProxy;
 use crate::webhooks::{self, WebhookMetrics};
 
 #[derive(Debug)]
@@ -34,6 +35,9 @@ pub struct Node {
     pub occupancy: Arc<Occupancy>,
     /// Per-address and per-user admission limits.
     pub limits: ConnectionLimits,
+    /// Asks the backend about subscribes the token does not grant, in
+    /// namespaces with `subscribe_proxy` (None when no namespace has one).
+    pub subscribe_proxy: Option<SubscribeProxy>,
     /// This node's Prometheus metrics (shared with the hub).
     pub metrics: Arc<Metrics>,
     /// One permit per open session (`max_connections`).
@@ -179,7 +183,18 @@ impl Node {
     ) -> Result<Arc<Node>, String> {
         let verifier = TokenVerifier::new(&config.jwt)?;
         let metrics = Arc::clone(hub.metrics());
+        let subscribe_proxy = match (&config.backend_secret, config.has_subscribe_proxy()) {
+            (_, false) => None,
+            (Some(secret), true) => Some(SubscribeProxy::new(
+                secret,
+                config.subscribe_proxy_timeout,
+                Arc::clone(&metrics),
+            )?),
+            // The configuration refuses a proxy without a secret.
+            (None, true) => return Err("a subscribe proxy needs a backend secret".into()),
+        };
         Ok(Arc::new(Node {
+            subscribe_proxy,
             instance: redis.as_ref().map_or_else(
                 || instance_id(&config.node_id),
                 |r| r.presence.instance().to_owned(),

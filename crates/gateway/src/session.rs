@@ -47,6 +47,7 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use switchboard_protocol::frame::decode_command;
 use switchboard_protocol::position::MAX_HISTORY_LIMIT;
@@ -69,6 +70,7 @@ use crate::limits::Slots;
 use crate::metrics::{Closed, OpenSession};
 use crate::node::Node;
 use crate::presence::Member;
+use crate::subscribe_proxy::Decision;
 
 /// Frames written per flush when the queue has a backlog.
 const WRITE_BATCH: usize = 64;
@@ -694,12 +696,13 @@ where
         channel: ChannelName,
         since: Option<Position>,
     ) -> Result<Done, (ErrorCode, String)> {
-        if !self.claims.channels.allows(channel.as_str()) {
-            return Err((
-                ErrorCode::Forbidden,
-                format!("token does not grant subscribing to {channel}"),
-            ));
-        }
+        // The `info` of this subscription's presence entry and `join`: the
+        // token's, or what the backend answered for it.
+        let info = if self.claims.channels.allows(channel.as_str()) {
+            self.claims.info.clone()
+        } else {
+            self.authorize(&channel).await?
+        };
         if self.subscriptions.contains(&channel) {
             return Ok(none(json!({})));
         }
@@ -744,7 +747,7 @@ where
             let member = Member {
                 user: Arc::clone(&self.claims.user),
                 connection_id: Arc::clone(&self.connection_id),
-                info: self.claims.info.clone(),
+                info,
             };
             if let Err(error) = node.presence.join(channel.as_str(), &member).await {
                 tracing::warn!(message = "presence join failed", channel = %channel, %error, connection_id = %self.connection_id);
@@ -753,7 +756,7 @@ where
                     channel: channel.as_str(),
                     user: &self.claims.user,
                     connection_id: &self.connection_id,
-                    info: self.claims.info.as_deref(),
+                    info: member.info.as_deref(),
                 }
                 .encode();
                 if let Err(error) = node
@@ -775,6 +778,59 @@ where
         }
         self.subscriptions.push(channel);
         Ok((result, replay))
+    }
+
+    /// Whether `presence` and `history` may read a channel: the token
+    /// grants it, or the session subscribed to it (the backend allowed it).
+    fn may_read(&self, channel: &ChannelName) -> bool {
+        self.claims.channels.allows(channel.as_str()) || self.subscriptions.contains(channel)
+    }
+
+    /// A subscribe the token does not grant: refused, or asked of the
+    /// backend when the channel's namespace has a subscribe proxy. Allowed,
+    /// it yields the subscription's presence `info`.
+    async fn authorize(
+        &mut self,
+        channel: &ChannelName,
+    ) -> Result<Option<Arc<RawValue>>, (ErrorCode, String)> {
+        let node = &self.node;
+        let (Some(url), Some(proxy)) = (
+            node.config
+                .namespace(channel.namespace())
+                .subscribe_proxy
+                .as_ref(),
+            node.subscribe_proxy.as_ref(),
+        ) else {
+            return Err((
+                ErrorCode::Forbidden,
+                format!("token does not grant subscribing to {channel}"),
+            ));
+        };
+        let decision = proxy
+            .ask(
+                url,
+                &self.claims.user,
+                channel.as_str(),
+                self.claims.info.as_deref(),
+                &self.connection_id,
+            )
+            .await;
+        match decision {
+            Ok(Decision::Allow { info }) => Ok(info.or_else(|| self.claims.info.clone())),
+            Ok(Decision::Deny { reason }) => {
+                tracing::info!(message = "subscribe refused by the backend", channel = %channel, reason = reason.as_deref().unwrap_or(""), connection_id = %self.connection_id);
+                let mut message = format!("the backend refused subscribing to {channel}");
+                if let Some(reason) = reason {
+                    message.push_str(": ");
+                    message.push_str(&reason);
+                }
+                Err((ErrorCode::Forbidden, message))
+            }
+            Err(error) => {
+                tracing::warn!(message = "subscribe proxy failed", channel = %channel, %error, connection_id = %self.connection_id);
+                Err((ErrorCode::Unavailable, error.client_message()))
+            }
+        }
     }
 
     /// Leaves the hub (and the broker) after a subscribe that failed midway.
@@ -856,7 +912,7 @@ where
         since: Option<Position>,
         limit: Option<usize>,
     ) -> Result<Value, (ErrorCode, String)> {
-        if !self.claims.channels.allows(channel.as_str()) {
+        if !self.may_read(channel) {
             return Err((
                 ErrorCode::Forbidden,
                 format!("token does not grant access to {channel}"),
@@ -971,7 +1027,7 @@ where
     }
 
     async fn presence(&mut self, channel: &ChannelName) -> Result<Value, (ErrorCode, String)> {
-        if !self.claims.channels.allows(channel.as_str()) {
+        if !self.may_read(channel) {
             return Err((
                 ErrorCode::Forbidden,
                 format!("token does not grant access to {channel}"),

@@ -20,10 +20,14 @@ pub enum ErrorCode {
     TokenExpired,
     /// The gateway could not do what was asked (for example the broker is down).
     Internal,
+    /// A service the gateway must ask first did not answer in time or
+    /// failed (the subscribe proxy's backend); the command was refused and
+    /// may succeed when retried later.
+    Unavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 7] = [
+    pub const ALL: [ErrorCode; 8] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -31,6 +35,7 @@ impl ErrorCode {
         ErrorCode::TooLarge,
         ErrorCode::TokenExpired,
         ErrorCode::Internal,
+        ErrorCode::Unavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -42,6 +47,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 

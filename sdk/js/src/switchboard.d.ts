@@ -17,9 +17,9 @@ export type ErrorCode =
   | "too_large"
   | "token_expired"
   | "internal"
+  | "unavailable" // also a handshake refusal (503)
   // handshake refusals (learnt from the probe)
   | "forbidden_origin"
-  | "unavailable"
   // the SDK's own
   | "bad_url"
   | "bad_options"

@@ -40,8 +40,11 @@ const CLOSE = Object.freeze({
   clientGaveUp: 4000, // ours: a connection we abandoned (ping or connect timeout)
 });
 
-/** Subscribe failures worth retrying on the same connection. */
-const TRANSIENT_SUBSCRIBE_ERRORS = new Set(["internal", "rate_limited", "overloaded"]);
+/**
+ * Subscribe failures worth retrying on the same connection. `unavailable`:
+ * the gateway's subscribe proxy got no answer from the application's backend.
+ */
+const TRANSIENT_SUBSCRIBE_ERRORS = new Set(["internal", "rate_limited", "overloaded", "unavailable"]);
 
 const DEFAULTS = Object.freeze({
   backoff: { min: 250, max: 10_000 },

@@ -282,7 +282,7 @@ test("a ping without a reply within requestTimeout drops the connection and reco
 });
 
 test("a subscribe refused for a transient reason is retried with backoff; ready waits for the success", async () => {
-  const clock = new TestClock({ holdUpTo: MAX, randoms: [0.5, 0.5] });
+  const clock = new TestClock({ holdUpTo: MAX, randoms: [0.5, 0.5, 0.5] });
   const sb = new Switchboard("ws://gateway.test/ws", {
     getToken: async () => "token",
     backoff: { min: MIN, max: MAX },
@@ -305,9 +305,14 @@ test("a subscribe refused for a transient reason is retried with backoff; ready 
   assert.equal(await clock.nextHeld(), 0.5 * cap(1));
   clock.fireHeld();
   await until(() => socket.sent.length === 3);
+  // The subscribe proxy's backend did not answer: transient too.
+  socket.reply(undefined, { code: "unavailable", message: "subscribe authorization unavailable: the backend did not answer within 2000 ms" });
+  assert.equal(await clock.nextHeld(), 0.5 * cap(2));
+  clock.fireHeld();
+  await until(() => socket.sent.length === 4);
   socket.reply({ offset: 3, epoch: "e" });
   assert.deepEqual(await sub.ready, { offset: 3, epoch: "e" });
-  assert.deepEqual(errors, ["rate_limited", "internal"]);
+  assert.deepEqual(errors, ["rate_limited", "internal", "unavailable"]);
   assert.equal(sub.state, "subscribed");
   sb.disconnect();
 });
