@@ -14,9 +14,13 @@
 #      the cost of the history script is a measured figure;
 #   4. one Redis against a 3-shard Redis Cluster (sharded Pub/Sub): the same
 #      cross-node load spread over 20 channels of 50 subscribers, at 100k and
-#      200k deliveries per second and at saturation, on each.
+#      200k deliveries per second and at saturation, on each;
+#   5. webhooks and a slow backend: the cross-node load of scenario 3 with
+#      webhooks off, then on with a receiver that answers each request after
+#      2 s (so a backlog of events is being delivered throughout): publishing
+#      and fan-out must not slow down.
 #
-# BENCH_SCENARIOS (default "1 2 3 4") picks scenarios, e.g.
+# BENCH_SCENARIOS (default "1 2 3 4 5") picks scenarios, e.g.
 # `BENCH_SCENARIOS=3 make bench` for the cross-node ones alone.
 #
 # It starts everything it needs (redis-server and gateway nodes on free
@@ -32,7 +36,8 @@ GATEWAY=target/release/switchboard
 LOAD=target/release/switchboard-loadtest
 SECRET=bench-secret-bench-secret-bench-secret
 API_KEY=bench-api-key-0123456789
-SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3 4} "
+SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3 4 5} "
+BACKEND_SECRET=bench-backend-secret-bench-backend-secret
 
 # Each connection is a descriptor: take the whole hard limit (20,000 here).
 ulimit -n "$(ulimit -Hn)"
@@ -87,6 +92,7 @@ start_node() {
         SWITCHBOARD_MSG_RATE=1000000 \
         SWITCHBOARD_MSG_BURST=1000000 \
         ${redis:+SWITCHBOARD_REDIS_URL="$redis"} \
+        ${HOOKS_URL:+SWITCHBOARD_WEBHOOK_URLS="$HOOKS_URL" SWITCHBOARD_BACKEND_SECRET="$BACKEND_SECRET"} \
         RUST_LOG="${NODE_LOG:-warn}" \
         "$GATEWAY" ${config:+--config "$config"} >"$OUT/$name.log" 2>&1 &
     NODE_PID=$!
@@ -394,6 +400,44 @@ printf '[namespaces.bench]\nhistory_size = 100\n' >"$TMP/history-on.toml"
 spread single "one Redis" "redis://127.0.0.1:$REDIS_PORT/"
 start_cluster
 spread cluster "3-shard cluster" "$CLUSTER_URL"
+fi
+
+# ---------------------------------------------------------------- scenario 5
+# hooks LABEL: cross-node latency at 100k deliveries/s and saturation, with
+# the nodes started as HOOKS_URL says.
+hooks() {
+    local name=$1 label=$2
+    start_pair "hooks-$name" "redis://127.0.0.1:$REDIS_PORT/" "$TMP/history-on.toml"
+    local cross=(--target "127.0.0.1:$PORT_B" --publish-target "127.0.0.1:$PORT_A" --shape one --ramp 4000)
+    load "hooks-1k-$name" "${cross[@]}" --connections 1000 --rate 100 --duration 20s --warmup 3s
+    latency_row "cross-node latency, $label, 1k subscribers x 100 msg/s = 100k deliveries/s" "hooks-1k-$name"
+    load "hooks-sat-$name" "${cross[@]}" --connections 1000 --rate 0 --window 32 --publishers 2 \
+        --duration 20s --warmup 5s
+    row "cross-node saturation, $label, 1k subscribers, 1 channel" \
+        "$(printf '%.0f' "$(field "hooks-sat-$name" .deliveries_per_sec)") deliveries/s" \
+        "$(field "hooks-sat-$name" .published) messages; p99 $(ms "$(field "hooks-sat-$name" .latency_us.p99)") ms; $(field "hooks-sat-$name" .disconnects) disconnects, $(field "hooks-sat-$name" '.errors + .publish_errors + .connect_errors') errors"
+    if [ -n "${HOOKS_URL:-}" ]; then
+        local emitted delivered
+        emitted=$(curl -sf "http://127.0.0.1:$PORT_A/metrics" "http://127.0.0.1:$PORT_B/metrics" |
+            awk '/^switchboard_webhook_events_emitted_total/ { n += $2 } END { print n + 0 }')
+        delivered=$(cat "$TMP/hooks-received" 2>/dev/null || echo 0)
+        row "webhook events during the two runs, $label" \
+            "$emitted queued, $delivered delivered by the end" \
+            "each subscriber's connect and disconnect: user_online/offline and member_added/removed (the bench namespace lists members), at most 100 per request, one request at a time per endpoint"
+    fi
+    stop_pair
+}
+
+if [[ $SCENARIOS == *" 5 "* ]]; then
+echo "scenario 5: webhooks off, then on with a backend that answers after 2 s"
+printf '[namespaces.bench]\nhistory_size = 100\n' >"$TMP/history-on.toml"
+[ -n "${REDIS_PORT:-}" ] || start_redis
+HOOKS_URL="" hooks off "webhooks off"
+HOOKS_PORT=$(free_port)
+python3 scripts/webhook-receiver.py --port "$HOOKS_PORT" --secret "$BACKEND_SECRET" --delay 2 \
+    --quiet --count-file "$TMP/hooks-received" >"$OUT/webhook-receiver.log" 2>&1 &
+PIDS+=("$!")
+HOOKS_URL="http://127.0.0.1:$HOOKS_PORT/hooks" hooks on "webhooks on, backend answering after 2 s"
 fi
 
 # -------------------------------------------------------------------- table

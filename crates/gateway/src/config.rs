@@ -562,8 +562,9 @@ pub fn backend_url(text: &str) -> Result<url::Url, String> {
 /// A namespace's `subscribe_proxy`: an absolute http(s) URL, and a backend
 /// secret to sign its requests with.
 fn proxy_url(namespace: &str, text: &str, has_secret: bool) -> Result<url::Url, ConfigError> {
-    let url = backend_url(text)
-        .map_err(|message| ConfigError::new(format!("namespaces.{namespace}.subscribe_proxy"), message))?;
+    let url = backend_url(text).map_err(|message| {
+        ConfigError::new(format!("namespaces.{namespace}.subscribe_proxy"), message)
+    })?;
     if !has_secret {
         return Err(ConfigError::new(
             BACKEND_SECRET.name(),

@@ -10,7 +10,8 @@
 //! charged in full to every queue it sits in, so the bound holds even for a
 //! queue that outlives the other recipients' copies.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
@@ -22,6 +23,7 @@ use switchboard_protocol::close::SLOW_CONSUMER;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::metrics::Metrics;
+use crate::occupancy::{ChannelCounts, ChannelPage, ListQuery};
 
 /// One frame for every local subscriber of a channel, shared by all of them.
 #[derive(Debug)]
@@ -456,9 +458,54 @@ impl Hub {
         channels.keys().map(|c| c.to_string()).collect()
     }
 
+    /// A page of this node's channels with their subscribers and distinct
+    /// users, for a single node's `GET /api/channels`: counted from the
+    /// subscriber lists on demand, so a subscription costs nothing extra.
+    /// Linear in the node's channels, which one node bounds.
+    pub fn list(&self, query: &ListQuery) -> ChannelPage {
+        let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
+        let start = query.start();
+        let mut names: Vec<&str> = channels
+            .keys()
+            .map(|c| &**c)
+            .filter(|c| c.starts_with(query.prefix.as_str()))
+            .filter(|c| match start {
+                Bound::Excluded(after) => *c > after,
+                Bound::Included(from) => *c >= from,
+                Bound::Unbounded => true,
+            })
+            .collect();
+        names.sort_unstable();
+        names.truncate(query.limit + 1);
+        let page = names
+            .into_iter()
+            .map(|name| counts(name, channels.get(name)))
+            .collect();
+        query.page(page)
+    }
+
+    /// One channel's local subscribers and distinct users.
+    pub fn counts(&self, channel: &str) -> ChannelCounts {
+        let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
+        counts(channel, channels.get(channel))
+    }
+
     /// Frames dropped for full queues since start.
     pub fn dropped_total(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+fn counts(channel: &str, subscribers: Option<&Subscribers>) -> ChannelCounts {
+    let users: HashSet<&str> = subscribers
+        .into_iter()
+        .flat_map(|s| s.values())
+        .map(|session| &*session.user)
+        .collect();
+    ChannelCounts {
+        channel: channel.to_owned(),
+        subscribers: subscribers.map_or(0, |s| s.len() as u64),
+        users: users.len() as u64,
     }
 }
 

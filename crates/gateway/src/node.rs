@@ -246,7 +246,7 @@ impl Node {
     pub async fn list_channels(&self, query: &ListQuery) -> Result<ChannelPage, String> {
         match &self.redis {
             Some(redis) => redis.occupancy.list(query).await,
-            None => Ok(self.occupancy.list(query)),
+            None => Ok(self.hub.list(query)),
         }
     }
 
@@ -254,7 +254,7 @@ impl Node {
     pub async fn channel_counts(&self, channel: &str) -> Result<ChannelCounts, String> {
         match &self.redis {
             Some(redis) => redis.occupancy.channel(channel).await,
-            None => Ok(self.occupancy.channel(channel)),
+            None => Ok(self.hub.counts(channel)),
         }
     }
 

@@ -1,19 +1,21 @@
 //! Occupancy: how many connections each user holds and how many
-//! subscriptions (and distinct users) each channel has, on this node.
+//! subscriptions each user has to each channel, on this node, for the
+//! cluster-wide counts in Redis; and the channel listing's types.
 //!
 //! Sessions report every connect, disconnect, subscribe and unsubscribe
 //! here; the call only updates counters under a lock and never waits on
-//! Redis, so it costs the session nothing. A single node answers the
-//! channel listing (`GET /api/channels`) from these counters directly. In
-//! cluster mode the node also remembers which counts changed, and
-//! `redis_occupancy` writes their new values to Redis in batches, where the
-//! cluster-wide sums live and where the transitions (a user's first
-//! connection, a channel's last subscriber) become webhook events.
+//! Redis, so it costs the session nothing. The node remembers which counts
+//! changed, and `redis_occupancy` writes their new values to Redis in
+//! batches, where the cluster-wide sums live and where the transitions (a
+//! user's first connection, a channel's last subscriber) become webhook
+//! events. A single node keeps nothing here (it has no webhooks) and lists
+//! its channels from the hub's subscriber lists (`Hub::list`), so an idle
+//! connection costs it no entry.
 //!
 //! The node sends absolute values, not increments, so a write that timed
 //! out can be sent again without counting twice.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -97,7 +99,6 @@ impl ListQuery {
 
 #[derive(Debug, Default)]
 struct ChannelCount {
-    subscribers: u32,
     users: HashMap<Arc<str>, u32>,
     /// The namespace lists members (fixed by the configuration).
     presence: bool,
@@ -106,7 +107,7 @@ struct ChannelCount {
 #[derive(Debug, Default)]
 struct Local {
     online: HashMap<Arc<str>, u32>,
-    channels: BTreeMap<Arc<str>, ChannelCount>,
+    channels: HashMap<Arc<str>, ChannelCount>,
     /// Counts changed since Redis last took them (cluster mode only).
     dirty: HashSet<Count>,
 }
@@ -129,7 +130,7 @@ impl Local {
 #[derive(Debug)]
 pub struct Occupancy {
     local: Mutex<Local>,
-    /// Cluster mode: remember changes for Redis.
+    /// Cluster mode: count, and remember changes for Redis.
     track: bool,
     changed: Notify,
 }
@@ -152,7 +153,8 @@ fn bump(map: &mut HashMap<Arc<str>, u32>, key: &Arc<str>, delta: i32) -> u32 {
 }
 
 impl Occupancy {
-    /// `cluster`: the counts are also written to Redis (`redis_occupancy`).
+    /// `cluster`: counts are kept, for `redis_occupancy` to write; else
+    /// every report is a no-op.
     pub fn new(cluster: bool) -> Occupancy {
         Occupancy {
             local: Mutex::default(),
@@ -183,6 +185,9 @@ impl Occupancy {
     }
 
     fn online(&self, user: &Arc<str>, delta: i32) {
+        if !self.track {
+            return;
+        }
         let mut local = self.local();
         bump(&mut local.online, user, delta);
         self.touched(&mut local, Count::Online(Arc::clone(user)));
@@ -199,6 +204,9 @@ impl Occupancy {
     }
 
     fn subscription(&self, channel: &str, user: &Arc<str>, presence: bool, delta: i32) {
+        if !self.track {
+            return;
+        }
         let mut local = self.local();
         let key = match local.channels.get_key_value(channel) {
             Some((key, _)) => Arc::clone(key),
@@ -207,9 +215,8 @@ impl Occupancy {
         };
         let counts = local.channels.entry(Arc::clone(&key)).or_default();
         counts.presence = presence;
-        counts.subscribers = counts.subscribers.saturating_add_signed(delta);
         bump(&mut counts.users, user, delta);
-        if counts.subscribers == 0 {
+        if counts.users.is_empty() {
             local.channels.remove(channel);
         }
         self.touched(
@@ -275,32 +282,108 @@ impl Occupancy {
     pub fn wake(&self) {
         self.changed.notify_one();
     }
+}
 
-    /// This node's channels, for a single node's listing.
-    pub fn list(&self, query: &ListQuery) -> ChannelPage {
-        let local = self.local();
-        let channels = local
-            .channels
-            .range::<str, _>((query.start(), Bound::Unbounded))
-            .take_while(|(channel, _)| channel.starts_with(query.prefix.as_str()))
-            .take(query.limit + 1)
-            .map(|(channel, counts)| ChannelCounts {
-                channel: channel.to_string(),
-                subscribers: u64::from(counts.subscribers),
-                users: counts.users.len() as u64,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sorted(mut changes: Vec<(Count, u32)>) -> Vec<String> {
+        let mut out: Vec<String> = changes
+            .drain(..)
+            .map(|(count, value)| match count {
+                Count::Online(user) => format!("online {user} {value}"),
+                Count::Subscribed {
+                    channel,
+                    user,
+                    presence,
+                } => format!("sub {channel} {user} {presence} {value}"),
             })
             .collect();
-        query.page(channels)
+        out.sort();
+        out
     }
 
-    /// One channel's counts on this node (zero when nobody is subscribed).
-    pub fn channel(&self, channel: &str) -> ChannelCounts {
-        let local = self.local();
-        let counts = local.channels.get(channel);
-        ChannelCounts {
-            channel: channel.to_owned(),
-            subscribers: counts.map_or(0, |c| u64::from(c.subscribers)),
-            users: counts.map_or(0, |c| c.users.len() as u64),
-        }
+    #[test]
+    fn changes_carry_the_latest_absolute_values() {
+        let occupancy = Occupancy::new(true);
+        let alice: Arc<str> = Arc::from("alice");
+        occupancy.connected(&alice);
+        occupancy.connected(&alice);
+        occupancy.subscribed("chat:a", &alice, true);
+        occupancy.subscribed("chat:a", &alice, true);
+        occupancy.unsubscribed("chat:a", &alice, true);
+        assert_eq!(
+            sorted(occupancy.take_changes()),
+            ["online alice 2", "sub chat:a alice true 1"]
+        );
+        assert!(occupancy.take_changes().is_empty());
+        occupancy.unsubscribed("chat:a", &alice, true);
+        occupancy.disconnected(&alice);
+        occupancy.disconnected(&alice);
+        assert_eq!(
+            sorted(occupancy.take_changes()),
+            ["online alice 0", "sub chat:a alice true 0"]
+        );
+        // Unknown channels are not counted below zero.
+        occupancy.unsubscribed("chat:none", &alice, false);
+        assert!(occupancy.take_changes().is_empty());
+    }
+
+    #[test]
+    fn a_failed_write_is_retried_and_everything_can_be_resent() {
+        let occupancy = Occupancy::new(true);
+        let bob: Arc<str> = Arc::from("bob");
+        occupancy.connected(&bob);
+        occupancy.subscribed("feed", &bob, false);
+        let taken = occupancy.take_changes();
+        occupancy.retry(taken.into_iter().map(|(count, _)| count));
+        occupancy.connected(&bob);
+        assert_eq!(
+            sorted(occupancy.take_changes()),
+            ["online bob 2", "sub feed bob false 1"]
+        );
+        occupancy.resend_all();
+        assert_eq!(
+            sorted(occupancy.take_changes()),
+            ["online bob 2", "sub feed bob false 1"]
+        );
+    }
+
+    #[test]
+    fn a_single_node_keeps_nothing() {
+        let occupancy = Occupancy::new(false);
+        let carol: Arc<str> = Arc::from("carol");
+        occupancy.connected(&carol);
+        occupancy.subscribed("chat:a", &carol, true);
+        occupancy.resend_all();
+        assert!(occupancy.take_changes().is_empty());
+        assert!(occupancy.local().online.is_empty());
+        assert!(occupancy.local().channels.is_empty());
+    }
+
+    #[test]
+    fn pages_start_after_the_cursor_within_the_prefix() {
+        let query = |prefix: &str, cursor: Option<&str>| ListQuery {
+            prefix: prefix.into(),
+            cursor: cursor.map(str::to_owned),
+            limit: 2,
+        };
+        assert_eq!(query("chat:", None).start(), Bound::Included("chat:"));
+        assert_eq!(
+            query("chat:", Some("chat:b")).start(),
+            Bound::Excluded("chat:b")
+        );
+        assert_eq!(query("chat:", Some("a")).start(), Bound::Included("chat:"));
+        let counts = |name: &str| ChannelCounts {
+            channel: name.into(),
+            subscribers: 1,
+            users: 1,
+        };
+        let page = query("", None).page(vec![counts("a"), counts("b"), counts("c")]);
+        assert_eq!(page.next_cursor.as_deref(), Some("b"));
+        assert_eq!(page.channels.len(), 2);
+        let last = query("", None).page(vec![counts("a"), counts("b")]);
+        assert_eq!(last.next_cursor, None);
     }
 }

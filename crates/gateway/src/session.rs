@@ -696,6 +696,9 @@ where
         channel: ChannelName,
         since: Option<Position>,
     ) -> Result<Done, (ErrorCode, String)> {
+        if self.subscriptions.contains(&channel) {
+            return Ok(none(json!({})));
+        }
         // The `info` of this subscription's presence entry and `join`: the
         // token's, or what the backend answered for it.
         let info = if self.claims.channels.allows(channel.as_str()) {
@@ -703,9 +706,6 @@ where
         } else {
             self.authorize(&channel).await?
         };
-        if self.subscriptions.contains(&channel) {
-            return Ok(none(json!({})));
-        }
         let max = self.node.config.session.max_channels;
         if self.subscriptions.len() >= max {
             return Err((

@@ -431,7 +431,11 @@ impl Deliverer {
                 .arg("COUNT")
                 .arg(BATCH_MAX)
                 .arg("JUSTID");
-            let reply: StreamAutoClaimReply = self.link.query(&claim).await?;
+            let reply: StreamAutoClaimReply = match self.link.query(&claim).await {
+                Ok(reply) => reply,
+                Err(error) if lost_group(&error) => return self.recreate_group().await,
+                Err(error) => return Err(error),
+            };
             if !reply.claimed.is_empty() {
                 tracing::info!(message = "claimed pending webhook events", endpoint = %self.endpoint, count = reply.claimed.len());
             }
@@ -439,6 +443,25 @@ impl Deliverer {
                 return Ok(());
             }
             start = reply.next_stream_id;
+        }
+    }
+
+    /// After Redis lost the stream (it restarted empty): the group again,
+    /// from the start of what was queued since, so nothing queued after the
+    /// loss is skipped.
+    async fn recreate_group(&self) -> Result<(), String> {
+        tracing::warn!(message = "webhook consumer group recreated: Redis lost the event queue", endpoint = %self.endpoint);
+        let mut create = redis::cmd("XGROUP");
+        create
+            .arg("CREATE")
+            .arg(EVENTS_KEY)
+            .arg(&self.group)
+            .arg("0")
+            .arg("MKSTREAM");
+        match self.link.query::<()>(&create).await {
+            Ok(()) => Ok(()),
+            Err(error) if error.contains("BUSYGROUP") => Ok(()),
+            Err(error) => Err(error),
         }
     }
 
@@ -454,17 +477,8 @@ impl Deliverer {
             .arg(from);
         let reply: Option<StreamReadReply> = match self.link.query(&read).await {
             Ok(reply) => reply,
-            Err(error) if error.contains("NOGROUP") => {
-                // The stream was lost (Redis restarted empty): recreate the
-                // group; events queued since then are delivered from here.
-                let mut create = redis::cmd("XGROUP");
-                create
-                    .arg("CREATE")
-                    .arg(EVENTS_KEY)
-                    .arg(&self.group)
-                    .arg("0")
-                    .arg("MKSTREAM");
-                let _ = self.link.query::<()>(&create).await;
+            Err(error) if lost_group(&error) => {
+                self.recreate_group().await?;
                 return Ok(Vec::new());
             }
             Err(error) => return Err(error),
@@ -621,6 +635,11 @@ impl Deliverer {
         );
         Ok(())
     }
+}
+
+/// Redis no longer has the stream or its group.
+fn lost_group(error: &str) -> bool {
+    error.contains("NOGROUP") || error.contains("no such key")
 }
 
 /// The wait before retry `failures` (1, 2, ...): full jitter over an
