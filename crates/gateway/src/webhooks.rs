@@ -161,6 +161,8 @@ impl WebhookMetrics {
                 &["endpoint"],
             ),
         };
+        // Every series exposed at 0 from the start, so rates and alerts
+        // work before the first event.
         for event in EVENT_NAMES {
             metrics.emitted.with_label_values(&[event]);
         }
@@ -170,6 +172,10 @@ impl WebhookMetrics {
                 counter.with_label_values(&[&label]);
             }
             metrics.delivering.with_label_values(&[&label]).set(0);
+            metrics.latency.with_label_values(&[&label]);
+            for result in ["ok", "status", "error"] {
+                metrics.requests.with_label_values(&[&label, result]);
+            }
         }
         Arc::new(metrics)
     }

@@ -397,7 +397,23 @@ async fn a_slow_consumer_is_counted() {
 #[tokio::test]
 async fn the_exposition_passes_promtool() {
     let redis = Redis::start();
-    let gateway = cluster_node(&redis, "gw-lint", CHAT).await;
+    // With webhooks, so their series are exposed too (nothing listens at
+    // the URL: delivery fails and retries, which is what the alerts watch).
+    let gateway = Gateway::builder()
+        .env("SWITCHBOARD_REDIS_URL", &redis.url())
+        .env("SWITCHBOARD_NODE_ID", "gw-lint")
+        .env("SWITCHBOARD_API_KEY", API_KEY)
+        .env(
+            "SWITCHBOARD_BACKEND_SECRET",
+            "metrics-secret-metrics-secret-0123456789",
+        )
+        .env(
+            "SWITCHBOARD_WEBHOOK_URLS",
+            &format!("http://127.0.0.1:{}/hooks", free_port()),
+        )
+        .toml(CHAT)
+        .start();
+    wait_ready(&gateway, 200).await;
     let (mut conn, _) = gateway.connect("linter").await;
     within(conn.subscribe("chat:a")).await.unwrap();
     within(conn.publish("chat:a", &json!("x"))).await.unwrap();
@@ -406,7 +422,12 @@ async fn the_exposition_passes_promtool() {
     let (status, _, _) = http_get(gateway.addr, "/ws", &[]).await;
     assert_eq!(status, 400);
     within(conn.close()).await.unwrap();
-    let m = scrape_until(gateway.addr, |m| m.has("switchboard_sessions_closed_total")).await;
+    let m = scrape_until(gateway.addr, |m| {
+        m.has("switchboard_sessions_closed_total")
+            && m.has("switchboard_webhook_requests_total")
+            && m.has("switchboard_webhook_delivery_seconds_bucket")
+    })
+    .await;
     assert!(m.has("switchboard_redis_publish_duration_seconds_bucket"));
 
     let mut child = promtool()
