@@ -3,6 +3,7 @@
 // was away, recovered from history in Redis.
 
 import assert from "node:assert/strict";
+import { readdir, readFile } from "node:fs/promises";
 import { test } from "node:test";
 
 import { CHANNEL, startChat } from "./cluster.js";
@@ -26,6 +27,9 @@ test("a page whose node dies reconnects to another node and recovers what it mis
     // published during the freeze can only reach alice by recovery from
     // history after she reconnects elsewhere, whatever the timing.
     aliceNode.kill("SIGSTOP");
+    // kill() only queues the signal: wait until every thread of the node has
+    // stopped, or a busy machine lets it relay a message or two first.
+    await eventually(() => allStopped(aliceNode.child.pid), { what: `${aliceNode.nodeId} stopped by SIGSTOP` });
     const frozen = ["missed 1", "missed 2", "missed 3"];
     for (const text of frozen) await bobNode.publish(CHANNEL, { user: "server", text });
     // bob, on the live node, gets them at once; alice cannot yet.
@@ -104,3 +108,15 @@ test("a page whose node dies reconnects to another node and recovers what it mis
     assert.equal((await snapshot(bob)).nodeId, bobNode.nodeId, "bob stayed on his node");
   }),
 );
+
+/** Whether every thread of a process is stopped (state `T` in /proc). */
+async function allStopped(pid) {
+  const threads = await readdir(`/proc/${pid}/task`);
+  const states = await Promise.all(
+    threads.map(async (tid) => {
+      const stat = await readFile(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+    }),
+  );
+  return states.every((state) => state === "T");
+}
