@@ -9,6 +9,7 @@
 //! ledger on it also proves that every subscriber got every accepted message
 //! once.
 
+pub mod cpu;
 pub mod plan;
 pub mod publisher;
 pub mod run;

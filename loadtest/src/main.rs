@@ -116,6 +116,10 @@ struct Args {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// A gateway process (repeat for several) whose CPU time over the
+    /// measured window is reported per delivery (read from /proc).
+    #[arg(long = "server-pid", value_delimiter = ',')]
+    server_pids: Vec<u32>,
 }
 
 fn plan(args: &Args) -> Result<Plan, String> {
@@ -176,6 +180,7 @@ fn plan(args: &Args) -> Result<Plan, String> {
     plan.payload = args.payload;
     plan.duration = args.duration;
     plan.warmup = args.warmup;
+    plan.server_pids = args.server_pids.clone();
     plan.drain = args.drain;
     plan.ramp_timeout = args.ramp_timeout;
     plan.exactly_once = args.exactly_once;

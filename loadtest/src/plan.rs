@@ -79,6 +79,9 @@ pub struct Plan {
     pub exactly_once: bool,
     /// Print a progress line every second (to stderr).
     pub progress: bool,
+    /// Gateway processes whose CPU time (user + system) over the measured
+    /// window is reported per delivery.
+    pub server_pids: Vec<u32>,
 }
 
 impl Plan {
@@ -106,6 +109,7 @@ impl Plan {
             ramp_timeout: Duration::from_secs(120),
             exactly_once: false,
             progress: false,
+            server_pids: Vec::new(),
         }
     }
 

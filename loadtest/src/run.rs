@@ -110,7 +110,7 @@ pub async fn run(plan: Plan) -> Report {
         );
     }
 
-    let measured = publish(&ctx).await;
+    let (measured, server_cpu) = publish(&ctx).await;
     drain(&ctx).await;
     progress.cancel();
     ctx.stop.cancel();
@@ -119,7 +119,9 @@ pub async fn run(plan: Plan) -> Report {
         let acks = acks.lock().unwrap_or_else(|e| e.into_inner());
         check_exactly_once(&ctx, &acks, &received)
     });
-    ctx.stats.report(measured, ledger)
+    let mut report = ctx.stats.report(measured, ledger);
+    report.set_server_cpu(server_cpu);
+    report
 }
 
 /// Opens the subscriber connections at the planned rate; returns once every
@@ -155,8 +157,9 @@ async fn ramp(ctx: &Arc<Context>, started: Instant) -> JoinSet<Option<Received>>
     subscribers
 }
 
-/// Publishes for the planned duration; returns how long deliveries were measured.
-async fn publish(ctx: &Arc<Context>) -> Duration {
+/// Publishes for the planned duration; returns how long deliveries were
+/// measured, and the servers' CPU time over that window (when asked for).
+async fn publish(ctx: &Arc<Context>) -> (Duration, Option<Duration>) {
     let plan = &ctx.plan;
     let start = Instant::now();
     let end = start + plan.duration;
@@ -169,8 +172,20 @@ async fn publish(ctx: &Arc<Context>) -> Duration {
             () = sleep_until(end) => {}
             () = ctx.stop.cancelled() => {}
         }
-        return Duration::ZERO;
+        return (Duration::ZERO, None);
     }
+    // The servers' CPU over the measured window: from the end of the
+    // warm-up to the end of publishing.
+    let cpu = (!plan.server_pids.is_empty()).then(|| {
+        let pids = plan.server_pids.clone();
+        let (from, to) = (start + plan.warmup, end);
+        tokio::spawn(async move {
+            sleep_until(from).await;
+            let before = crate::cpu::cpu_time(&pids)?;
+            sleep_until(to).await;
+            crate::cpu::cpu_time(&pids)?.checked_sub(before)
+        })
+    });
     let mut workers = JoinSet::new();
     for n in 0..plan.publishers {
         let ctx = Arc::clone(ctx);
@@ -180,7 +195,11 @@ async fn publish(ctx: &Arc<Context>) -> Duration {
         };
     }
     workers.join_all().await;
-    plan.duration.saturating_sub(plan.warmup)
+    let server_cpu = match cpu {
+        Some(task) => task.await.ok().flatten(),
+        None => None,
+    };
+    (plan.duration.saturating_sub(plan.warmup), server_cpu)
 }
 
 /// Waits until every owed delivery arrived, nothing arrived for half a

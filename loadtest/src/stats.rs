@@ -167,6 +167,8 @@ impl Stats {
             deliveries_per_sec: measured_deliveries as f64 / secs,
             latency_us: Percentiles::of(&latency),
             exactly_once,
+            server_cpu_secs: None,
+            server_cpu_us_per_delivery: None,
         }
     }
 }
@@ -252,9 +254,21 @@ pub struct Report {
     pub deliveries_per_sec: f64,
     pub latency_us: Percentiles,
     pub exactly_once: Option<Ledger>,
+    /// CPU time (user + system) of the `--server-pid` processes over the
+    /// measured window, in seconds, and per measured delivery in µs.
+    pub server_cpu_secs: Option<f64>,
+    pub server_cpu_us_per_delivery: Option<f64>,
 }
 
 impl Report {
+    /// Records the servers' CPU time over the measured window.
+    pub fn set_server_cpu(&mut self, cpu: Option<Duration>) {
+        self.server_cpu_secs = cpu.map(|c| c.as_secs_f64());
+        self.server_cpu_us_per_delivery = cpu
+            .filter(|_| self.measured_deliveries > 0)
+            .map(|c| c.as_secs_f64() * 1e6 / self.measured_deliveries as f64);
+    }
+
     /// True when nothing went wrong that the run can see.
     pub fn clean(&self) -> bool {
         self.connect_errors == 0
@@ -288,6 +302,12 @@ impl fmt::Display for Report {
             self.deliveries, self.measured_deliveries, self.measured_secs, self.deliveries_per_sec
         )?;
         writeln!(f, "latency       {}", self.latency_us)?;
+        if let (Some(secs), Some(per)) = (self.server_cpu_secs, self.server_cpu_us_per_delivery) {
+            writeln!(
+                f,
+                "server cpu    {secs:.2}s user+system over the window = {per:.2} µs per delivery"
+            )?;
+        }
         write!(
             f,
             "errors        {} error frames, {} on unsubscribed channels",

@@ -10,7 +10,10 @@
 //! reads what is stored (recovery, `history`, the node's own gap repair).
 //!
 //! [`MemoryBroker`] serves a single node; the Redis broker (cluster mode)
-//! implements the same trait.
+//! implements the same trait. The memory broker fans out off the
+//! publisher's path: a publish stores the message (taking its offset) and
+//! queues it to one fan-out task, so the publisher's reply never waits for
+//! a thousand enqueues, and one task keeps every channel's order.
 
 use std::sync::Arc;
 
@@ -18,6 +21,7 @@ use async_trait::async_trait;
 use serde_json::value::RawValue;
 use switchboard_protocol::{close, MessageParts, Position, ServerFrame};
 use thiserror::Error;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::history::{HistoryPage, HistoryPolicy, HistoryQuery, MemoryHistory};
@@ -102,19 +106,61 @@ pub async fn publish_message(
         .map(|()| None)
 }
 
-/// The single-node broker: publishing is delivering to the local hub, and
-/// history is a ring per channel in memory.
+/// Messages a single node may have published but not yet fanned out;
+/// beyond it publishers wait (backpressure instead of a growing queue).
+pub const FANOUT_BACKLOG: usize = 8192;
+/// Messages the fan-out task takes per wake-up.
+const FANOUT_BATCH: usize = 64;
+
+/// The single-node broker: publishing is delivering to the local hub
+/// through one fan-out task, and history is a ring per channel in memory.
 #[derive(Debug)]
 pub struct MemoryBroker {
     hub: Arc<Hub>,
     history: MemoryHistory,
+    fanout: mpsc::UnboundedSender<(Arc<Delivery>, OwnedSemaphorePermit)>,
+    backlog: Arc<Semaphore>,
 }
 
 impl MemoryBroker {
+    /// Starts the fan-out task, so it must be called inside the runtime.
     pub fn new(hub: Arc<Hub>) -> MemoryBroker {
+        let (fanout, queue) = mpsc::unbounded_channel();
+        tokio::spawn(fan_out(Arc::clone(&hub), queue));
         MemoryBroker {
             hub,
             history: MemoryHistory::default(),
+            fanout,
+            backlog: Arc::new(Semaphore::new(FANOUT_BACKLOG)),
+        }
+    }
+
+    /// A slot in the fan-out backlog (waits while it is full).
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, BrokerError> {
+        Arc::clone(&self.backlog)
+            .acquire_owned()
+            .await
+            .map_err(|_| BrokerError::Unavailable("the node is shutting down".into()))
+    }
+
+    fn queue(&self, delivery: Arc<Delivery>, slot: OwnedSemaphorePermit) {
+        self.hub
+            .metrics()
+            .published(&delivery.channel, delivery.frame.len());
+        // The task ends only with the broker; a send cannot fail before.
+        let _ = self.fanout.send((delivery, slot));
+    }
+}
+
+/// Delivers queued messages to the hub, in the order they were published.
+async fn fan_out(
+    hub: Arc<Hub>,
+    mut queue: mpsc::UnboundedReceiver<(Arc<Delivery>, OwnedSemaphorePermit)>,
+) {
+    let mut batch = Vec::with_capacity(FANOUT_BATCH);
+    while queue.recv_many(&mut batch, FANOUT_BATCH).await > 0 {
+        for (delivery, _slot) in batch.drain(..) {
+            hub.deliver(&delivery);
         }
     }
 }
@@ -122,8 +168,8 @@ impl MemoryBroker {
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn publish(&self, channel: &str, frame: Utf8Bytes) -> Result<(), BrokerError> {
-        self.hub.metrics().published(channel, frame.len());
-        self.hub.deliver(&Delivery::plain(channel, frame));
+        let slot = self.slot().await?;
+        self.queue(Delivery::plain(channel, frame), slot);
         Ok(())
     }
 
@@ -133,17 +179,18 @@ impl Broker for MemoryBroker {
         message: &MessageParts,
         policy: HistoryPolicy,
     ) -> Result<Position, BrokerError> {
-        let hub = &self.hub;
+        let slot = self.slot().await?;
+        // Queued under the channel's history lock: the fan-out sees each
+        // channel's messages in offset order.
         let position = self.history.append(
             channel,
             policy,
             |offset| message.with_offset(offset),
             |offset, epoch, frame| {
-                hub.metrics().published(channel, frame.len());
-                hub.deliver(&Delivery::at(channel, offset, epoch, frame.clone()));
+                self.queue(Delivery::at(channel, offset, epoch, frame.clone()), slot);
             },
         );
-        hub.metrics().history_appended();
+        self.hub.metrics().history_appended();
         Ok(position)
     }
 

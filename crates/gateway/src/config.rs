@@ -44,6 +44,8 @@ pub const DEFAULT_MSG_BURST: u32 = 100;
 pub const DEFAULT_MSG_CLOSE_AFTER: u32 = 50;
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
 pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(10);
+/// Chosen from measurements (docs/benchmarks.md, write coalescing).
+pub const DEFAULT_WRITE_COALESCE: Duration = Duration::from_millis(5);
 pub const DEFAULT_WEBHOOK_GRACE: Duration = Duration::from_secs(5);
 pub const DEFAULT_WEBHOOK_MAX_AGE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_WEBHOOK_BATCH_WINDOW: Duration = Duration::from_millis(50);
@@ -242,6 +244,8 @@ struct FileSession {
     ping_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pong_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    write_coalesce: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -296,6 +300,10 @@ pub struct SessionConfig {
     pub send_queue_bytes: usize,
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
+    /// A connection that wrote less than this long ago holds new frames
+    /// until this long after that write, then writes them all at once
+    /// (0: every frame is written as soon as it is queued).
+    pub write_coalesce: Duration,
 }
 
 /// Where and how presence and occupancy events reach the backend
@@ -419,6 +427,7 @@ const MSG_BURST: Key = key!("limits.msg_burst", "SWITCHBOARD_MSG_BURST");
 const MSG_CLOSE_AFTER: Key = key!("limits.msg_close_after", "SWITCHBOARD_MSG_CLOSE_AFTER");
 const PING_INTERVAL: Key = key!("session.ping_interval", "SWITCHBOARD_PING_INTERVAL");
 const PONG_TIMEOUT: Key = key!("session.pong_timeout", "SWITCHBOARD_PONG_TIMEOUT");
+const WRITE_COALESCE: Key = key!("session.write_coalesce", "SWITCHBOARD_WRITE_COALESCE");
 const DEMO_DIR: Key = key!("demo_dir", "SWITCHBOARD_DEMO_DIR");
 const SUBSCRIBE_PROXY_TIMEOUT: Key = key!(
     "subscribe_proxy_timeout",
@@ -991,6 +1000,14 @@ impl Config {
                     .unwrap_or(DEFAULT_PONG_TIMEOUT),
                 Duration::from_millis(50),
                 Duration::from_secs(3600),
+            )?,
+            write_coalesce: check_duration(
+                &WRITE_COALESCE,
+                env_duration(env, &WRITE_COALESCE)?
+                    .or(file.session.write_coalesce)
+                    .unwrap_or(DEFAULT_WRITE_COALESCE),
+                Duration::ZERO,
+                Duration::from_secs(1),
             )?,
         };
 

@@ -100,6 +100,9 @@ pub struct SessionHandle {
     queued: AtomicUsize,
     max_bytes: usize,
     slow: AtomicBool,
+    /// The session holds its writes back (write coalescing): it waits for
+    /// its window to end or its queue to fill, not for the next frame.
+    holding: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -120,6 +123,7 @@ impl SessionHandle {
             queued: AtomicUsize::new(0),
             max_bytes,
             slow: AtomicBool::new(false),
+            holding: AtomicBool::new(false),
         }
     }
 
@@ -128,16 +132,69 @@ impl SessionHandle {
     }
 
     /// Queues an item and wakes the session; false when it has ended.
-    fn push(&self, item: Outbound) -> bool {
-        {
+    /// Queues an item; wakes the session only when it may be waiting for
+    /// one: the queue was empty (a session with items queued is running, or
+    /// holding them back on purpose while it coalesces writes), `urgent`
+    /// (the queue just reached [`SessionHandle::flush_bytes`], or a close or
+    /// drain). One wake per burst instead of one per frame.
+    fn push(&self, item: Outbound, urgent: bool) -> bool {
+        let was_empty = {
             let mut queue = self.queue();
             if queue.closed {
                 return false;
             }
+            let was_empty = queue.items.is_empty();
             queue.items.push_back(item);
+            was_empty
+        };
+        if was_empty || urgent {
+            self.waker.wake();
         }
-        self.waker.wake();
         true
+    }
+
+    /// Queued bytes at which a session holding its writes back writes at
+    /// once: a quarter of its queue bound, at most 64 KiB, so coalescing
+    /// never runs a queue into its slow-consumer limit.
+    pub fn flush_bytes(&self) -> usize {
+        (self.max_bytes / 4).min(FLUSH_BYTES_MAX)
+    }
+
+    /// Whether the session holds its writes back.
+    pub fn holding(&self) -> bool {
+        self.holding.load(Ordering::Relaxed)
+    }
+
+    pub fn set_holding(&self, holding: bool) {
+        self.holding.store(holding, Ordering::Relaxed);
+    }
+
+    /// What the session waits for: the next item (`Some`), or, while it
+    /// holds writes back, for the queue to fill (`None`: write now).
+    pub fn poll_outbound(&self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
+        if self.holding() {
+            self.poll_full(cx).map(|()| None)
+        } else {
+            self.poll_next(cx).map(Some)
+        }
+    }
+
+    /// Ready when the queued bytes reached [`SessionHandle::flush_bytes`] or
+    /// the session turned slow (for a session holding writes back).
+    pub fn poll_full(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_full() {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.is_full() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.is_slow() || self.queued.load(Ordering::Relaxed) >= self.flush_bytes()
     }
 
     /// Queues a frame without waiting. A frame that would take the queue
@@ -156,7 +213,9 @@ impl SessionHandle {
             self.waker.wake();
             return false;
         }
-        if !self.push(item) {
+        let flush = self.flush_bytes();
+        let urgent = cost == 0 || (before < flush && before + cost >= flush);
+        if !self.push(item, urgent) {
             self.queued.fetch_sub(cost, Ordering::Relaxed);
             return false;
         }
@@ -250,12 +309,12 @@ impl SessionHandle {
     /// Asks the session to close. Close requests are never refused for
     /// space: they cost nothing and must reach even a slow session.
     pub fn close(&self, code: u16, reason: &'static str) {
-        self.push(Outbound::Close(code, reason));
+        self.push(Outbound::Close(code, reason), true);
     }
 
     /// Asks the session to close with 1012 after `delay`.
     pub fn drain(&self, delay: Duration) {
-        self.push(Outbound::Drain(delay));
+        self.push(Outbound::Drain(delay), true);
     }
 
     /// The session ended: what is queued is dropped and nothing more is taken.
@@ -277,6 +336,9 @@ impl SessionHandle {
         self.slow.load(Ordering::Acquire)
     }
 }
+
+/// The most queued bytes a session holds back while coalescing writes.
+pub const FLUSH_BYTES_MAX: usize = 64 * 1024;
 
 /// The reason a session whose queue overflowed closes with.
 pub const SLOW_CONSUMER_REASON: &str = "slow consumer: send queue overflowed";

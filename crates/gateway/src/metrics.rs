@@ -296,6 +296,8 @@ pub struct Metrics {
     fanout_duration: Histogram,
     delivery_latency: Histogram,
     send_queue_bytes: IntGauge,
+    socket_writes: IntCounter,
+    frames_written: IntCounter,
     redis_publish_duration: Histogram,
     redis_publish_errors: IntCounter,
     redis_reconnects: IntCounter,
@@ -566,6 +568,16 @@ impl Metrics {
                 "Per subscriber: time from the broker handing a frame to this node to the frame being queued for that subscriber.",
                 FAST_BUCKETS,
             ),
+            socket_writes: counter(
+                r,
+                "switchboard_socket_writes_total",
+                "Vectored writes of server frames to client sockets (system calls); with write coalescing, fewer than frames written.",
+            ),
+            frames_written: counter(
+                r,
+                "switchboard_frames_written_total",
+                "Server frames (messages, replies, events) written to client sockets.",
+            ),
             send_queue_bytes: gauge(
                 r,
                 "switchboard_send_queue_bytes",
@@ -829,6 +841,12 @@ impl Metrics {
 
     /// The bytes waiting in every session's send queue, read from the hub
     /// at scrape time (so the per-frame path touches no shared counter).
+    /// A session wrote `frames` frames in `writes` system calls.
+    pub fn frames_written(&self, frames: usize, writes: usize) {
+        self.frames_written.inc_by(frames as u64);
+        self.socket_writes.inc_by(writes as u64);
+    }
+
     pub fn set_send_queue_bytes(&self, bytes: usize) {
         self.send_queue_bytes.set(bytes as i64);
     }

@@ -188,6 +188,9 @@ struct Session<S> {
     drain_at: Option<Instant>,
     /// A frame was cut short by a write timeout: no close frame can follow.
     torn: bool,
+    /// When the socket was last written to (write coalescing; whether
+    /// frames are being held is the handle's `holding` flag).
+    last_write: Instant,
     _open: OpenSession,
     _slots: Slots,
     _permit: OwnedSemaphorePermit,
@@ -238,6 +241,7 @@ where
         pong_deadline: None,
         drain_at: None,
         torn: false,
+        last_write: now,
         subscriptions: Vec::new(),
         resumed: Vec::new(),
         out: Vec::new(),
@@ -344,10 +348,20 @@ where
             let result = tokio::select! {
                 biased;
                 () = &mut timer => Box::pin(self.on_timer()).await,
-                item = poll_fn(|cx| self.handle.poll_next(cx)) => match item {
-                    Outbound::Frame(delivery) => self.write_batch(delivery).await,
-                    Outbound::Close(code, reason) => Err(End::Close(code, reason.into())),
-                    Outbound::Drain(delay) => {
+                // Holding writes back, only a full batch (or a slow
+                // consumer) ends the wait early (`None`); one branch for
+                // both keeps the task small.
+                item = poll_fn(|cx| self.handle.poll_outbound(cx)) => match item {
+                    None => self.write_batch().await,
+                    Some(Outbound::Frame(delivery)) => {
+                        if self.stage(delivery) {
+                            self.write_batch().await
+                        } else {
+                            Ok(())
+                        }
+                    }
+                    Some(Outbound::Close(code, reason)) => Err(End::Close(code, reason.into())),
+                    Some(Outbound::Drain(delay)) => {
                         self.drain(delay);
                         Ok(())
                     }
@@ -379,11 +393,45 @@ where
         if let Some(drain) = self.drain_at {
             next = next.min(drain);
         }
+        if self.handle.holding() {
+            next = next.min(self.flush_at());
+        }
         next
+    }
+
+    /// When held frames go out.
+    fn flush_at(&self) -> Instant {
+        self.last_write + self.node.config.session.write_coalesce
+    }
+
+    /// A frame for the client. Adaptive write coalescing: a connection that
+    /// has not written for `write_coalesce` writes it at once (a quiet
+    /// connection never waits); one that wrote more recently is receiving
+    /// steadily, so it holds the frame and writes everything queued by the
+    /// end of the window in one vectored write (earlier if the queue reaches
+    /// its flush size). No timer exists unless a flush is pending, so an
+    /// idle connection costs nothing more. Returns the frame when it is to
+    /// be written now (it is in `out` either way).
+    fn stage(&mut self, first: Arc<Delivery>) -> bool {
+        // Sized to the backlog: a single frame takes one slot, which is all
+        // an idle session keeps between writes.
+        let backlog = self.handle.queued_items().min(WRITE_BATCH - 1);
+        self.out.reserve_exact(1 + backlog);
+        if Session::<S>::admit(&mut self.resumed, &first) {
+            self.out.push(first.frame.clone());
+        }
+        if Instant::now() >= self.flush_at() {
+            return true;
+        }
+        self.handle.set_holding(true);
+        false
     }
 
     async fn on_timer(&mut self) -> Result<(), End> {
         let now = Instant::now();
+        if self.handle.holding() && now >= self.flush_at() {
+            self.write_batch().await?;
+        }
         if self.drain_at.is_some_and(|d| now >= d) {
             return Err(End::Close(close::DRAINING, "node shutting down".into()));
         }
@@ -431,10 +479,13 @@ where
         true
     }
 
-    /// Writes one frame and whatever else is already queued (up to
-    /// [`WRITE_BATCH`] frames) in one vectored write, then flushes once.
-    async fn write_batch(&mut self, first: Arc<Delivery>) -> Result<(), End> {
-        let close_after = self.collect_batch(first);
+    /// Writes `first` (if any), the frames held back and whatever else is
+    /// queued (up to [`WRITE_BATCH`] frames) in one vectored write, then
+    /// flushes once. The immediate write and the end of a coalescing window
+    /// share this one future, so the session task stays its size.
+    async fn write_batch(&mut self) -> Result<(), End> {
+        self.handle.set_holding(false);
+        let close_after = self.collect_more();
         self.write_out().await?;
         if self.handle.is_slow() {
             return Err(End::Close(
@@ -445,19 +496,14 @@ where
         close_after.map_or(Ok(()), Err)
     }
 
-    /// Moves `first` and what else is queued into `out`; returns a close
-    /// request met on the way.
-    fn collect_batch(&mut self, first: Arc<Delivery>) -> Option<End> {
-        // Sized to the backlog: a single frame takes one slot, which is all
-        // an idle session keeps between writes.
-        let backlog = self.handle.queued_items().min(WRITE_BATCH - 1);
-        self.out.reserve_exact(1 + backlog);
-        if Session::<S>::admit(&mut self.resumed, &first) {
-            self.out.push(first.frame.clone());
-        }
+    /// Moves what is queued into `out`, up to [`WRITE_BATCH`] frames in
+    /// all; returns a close request met on the way.
+    fn collect_more(&mut self) -> Option<End> {
+        let room = WRITE_BATCH.saturating_sub(self.out.len());
+        self.out.reserve_exact(self.handle.queued_items().min(room));
         let (mut close, mut drain) = (None, None);
         let (out, resumed) = (&mut self.out, &mut self.resumed);
-        self.handle.take_batch(WRITE_BATCH - 1, |item| match item {
+        self.handle.take_batch(room, |item| match item {
             Outbound::Frame(delivery) => {
                 if Session::<S>::admit(resumed, &delivery) {
                     out.push(delivery.frame.clone());
@@ -513,6 +559,7 @@ where
             }
         };
         self.write_timer = None;
+        self.last_write = Instant::now();
         self.out.clear();
         self.out_done = 0;
         if self.out.capacity() > OUT_KEEP {
@@ -529,7 +576,13 @@ where
             ))?;
         }
         let io = self.ws.get_mut();
-        ready!(poll_write_frames(io, cx, &self.out, &mut self.out_done))?;
+        let mut writes = 0;
+        let written = poll_write_frames(io, cx, &self.out, &mut self.out_done, &mut writes);
+        // Counted as they happen: a write that completes later still counts
+        // the system calls made before it returned pending.
+        self.node.metrics.frames_written(0, writes);
+        ready!(written)?;
+        self.node.metrics.frames_written(self.out.len(), 0);
         ready!(Pin::new(io).poll_flush(cx))?;
         Poll::Ready(Ok(()))
     }
@@ -1177,8 +1230,9 @@ fn ws_error_reason(error: &WsError) -> &'static str {
     }
 }
 
-/// Frames gathered per vectored write (two slices each).
-const FRAMES_PER_WRITE: usize = 32;
+/// Frames gathered per vectored write (two slices each): a whole
+/// [`WRITE_BATCH`] in one system call.
+const FRAMES_PER_WRITE: usize = WRITE_BATCH;
 
 /// Writes an unmasked, final text frame header for `len` payload bytes
 /// (RFC 6455 §5.2); returns its length.
@@ -1206,6 +1260,7 @@ fn poll_write_frames<W>(
     cx: &mut Context<'_>,
     frames: &[Utf8Bytes],
     done: &mut usize,
+    writes: &mut usize,
 ) -> Poll<io::Result<()>>
 where
     W: AsyncWrite + Unpin,
@@ -1250,6 +1305,7 @@ where
             }
         }
         let written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
+        *writes += 1;
         if written == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
@@ -1319,7 +1375,7 @@ mod tests {
         });
         let mut client = client;
         let mut done = 0;
-        poll_fn(|cx| poll_write_frames(&mut client, cx, &frames, &mut done))
+        poll_fn(|cx| poll_write_frames(&mut client, cx, &frames, &mut done, &mut 0))
             .await
             .unwrap();
         drop(client);
