@@ -27,6 +27,10 @@ pub struct Welcome {
     pub user: String,
     /// Seconds until the connection's token expires; `refresh` before then.
     pub expires_in: Option<u64>,
+    /// The server sends batched frames (the URL asked with `batch=1`):
+    /// several messages per text frame, one per line. [`Connection`] splits
+    /// them; callers see one [`Incoming`] per message either way.
+    pub batch: bool,
 }
 
 /// One member in a `presence` reply.
@@ -57,6 +61,9 @@ pub struct Connection {
     socket: Socket,
     /// Frames read while waiting for a reply, handed out by [`Connection::next_frame`].
     buffered: VecDeque<Incoming>,
+    /// The messages of a batched frame after its first, read before the
+    /// socket (each decoded, or the error it gave).
+    lines: VecDeque<Result<Incoming, ClientError>>,
     next_id: u64,
     /// Set once the connection has ended; every later read returns it.
     closed: Option<(Option<u16>, String)>,
@@ -141,6 +148,7 @@ impl Connection {
         let mut connection = Connection {
             socket,
             buffered: VecDeque::new(),
+            lines: VecDeque::new(),
             next_id: 1,
             closed: None,
         };
@@ -150,11 +158,13 @@ impl Connection {
                 node_id,
                 user,
                 expires_in,
+                batch,
             }) => Welcome {
                 connection_id,
                 node_id,
                 user,
                 expires_in,
+                batch,
             },
             Frame::Incoming(other) => {
                 return Err(ClientError::Protocol(format!(
@@ -357,6 +367,9 @@ impl Connection {
 
     /// Reads the next frame from the socket (not the buffer).
     async fn read_frame(&mut self) -> Result<Frame, ClientError> {
+        if let Some(line) = self.lines.pop_front() {
+            return line.map(Frame::Incoming);
+        }
         loop {
             if let Some((code, reason)) = &self.closed {
                 return Ok(Frame::Closed {
@@ -378,12 +391,24 @@ impl Connection {
             };
             match message {
                 Message::Text(text) => {
-                    return Incoming::decode(&text).map(Frame::Incoming).map_err(|e| {
+                    // A batched frame: one message per line; the rest wait
+                    // in `lines`, ahead of anything read later.
+                    let mut lines = text.split('\n');
+                    let first = lines.next().unwrap_or_default();
+                    for line in lines {
+                        self.lines.push_back(Incoming::decode(line).map_err(|e| {
+                            ClientError::Protocol(format!(
+                                "undecodable frame {:?}: {e}",
+                                excerpt(line)
+                            ))
+                        }));
+                    }
+                    return Incoming::decode(first).map(Frame::Incoming).map_err(|e| {
                         ClientError::Protocol(format!(
                             "undecodable frame {:?}: {e}",
-                            excerpt(&text)
+                            excerpt(first)
                         ))
-                    })
+                    });
                 }
                 Message::Binary(_) => {
                     return Err(ClientError::Protocol("unexpected binary frame".to_owned()))

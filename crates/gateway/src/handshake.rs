@@ -33,6 +33,9 @@ pub struct Admission {
     pub client_ip: IpAddr,
     /// The `Sec-WebSocket-Accept` value for the 101 response.
     pub accept_key: String,
+    /// The client asked for batched frames (`?batch=1`): a text frame may
+    /// carry several messages, one per line.
+    pub batch: bool,
 }
 
 /// Why a handshake was refused.
@@ -151,6 +154,7 @@ pub fn admit(
         .get(header::SEC_WEBSOCKET_KEY)
         .ok_or(Refusal::NotWebSocket("missing Sec-WebSocket-Key"))?;
     let accept_key = derive_accept_key(key.as_bytes());
+    let batch = batch_from(query)?;
 
     let address = node
         .limits
@@ -173,7 +177,24 @@ pub fn admit(
         slots,
         client_ip,
         accept_key,
+        batch,
     })
+}
+
+/// `batch=1` (or `true`) asks for batched frames; `0`, `false` or no
+/// parameter for one message per frame; anything else is refused.
+fn batch_from(query: Option<&str>) -> Result<bool, Refusal> {
+    let Some(query) = query else {
+        return Ok(false);
+    };
+    match form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "batch") {
+        None => Ok(false),
+        Some((_, v)) if v == "1" || v == "true" => Ok(true),
+        Some((_, v)) if v == "0" || v == "false" => Ok(false),
+        Some(_) => Err(Refusal::NotWebSocket(
+            "batch must be 1 (several messages per frame, one per line) or 0",
+        )),
+    }
 }
 
 fn check_origin(node: &Node, headers: &HeaderMap) -> Result<(), Refusal> {

@@ -191,6 +191,9 @@ struct Session<S> {
     /// When the socket was last written to (write coalescing; whether
     /// frames are being held is the handle's `holding` flag).
     last_write: Instant,
+    /// The client asked for batched frames (`?batch=1`): frames written
+    /// together go out as one text frame, one message per line.
+    batch: bool,
     _open: OpenSession,
     _slots: Slots,
     _permit: OwnedSemaphorePermit,
@@ -213,6 +216,7 @@ where
         permit,
         slots,
         client_ip,
+        batch,
         ..
     } = admission;
     // The one event that ties the connection id to its addresses (sessions
@@ -242,6 +246,7 @@ where
         drain_at: None,
         torn: false,
         last_write: now,
+        batch,
         subscriptions: Vec::new(),
         resumed: Vec::new(),
         out: Vec::new(),
@@ -296,6 +301,7 @@ where
                 .expires_at
                 .saturating_duration_since(Instant::now())
                 .as_secs(),
+            batch: self.batch,
         }
         .encode();
         self.send_text(welcome).await
@@ -536,7 +542,27 @@ where
         if self.out.is_empty() {
             return Ok(());
         }
+        if self.batch && self.out.len() > 1 {
+            self.join_out();
+        }
         poll_fn(|cx| self.poll_write_out(cx)).await
+    }
+
+    /// For a client that asked for batched frames: the frames in `out`
+    /// become one text frame, one message per line (compact JSON has no raw
+    /// newline). This copies the payloads once per connection, which costs
+    /// far less than the frame headers and parsing it saves the client.
+    fn join_out(&mut self) {
+        let len = self.out.iter().map(|f| f.len() + 1).sum::<usize>() - 1;
+        let mut joined = String::with_capacity(len);
+        for (i, frame) in self.out.iter().enumerate() {
+            if i > 0 {
+                joined.push('\n');
+            }
+            joined.push_str(frame.as_str());
+        }
+        self.out.clear();
+        self.out.push(Utf8Bytes::from(joined));
     }
 
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), End>> {

@@ -302,6 +302,10 @@ pub enum ServerFrame<'a> {
         user: &'a str,
         /// Seconds until the token expires (send `refresh` before then).
         expires_in: u64,
+        /// Present (true) when the client asked for batched frames: a text
+        /// frame may then carry several messages, one per line.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        batch: bool,
     },
     Reply {
         id: u64,
@@ -418,6 +422,8 @@ pub enum Incoming {
         user: String,
         #[serde(default)]
         expires_in: Option<u64>,
+        #[serde(default)]
+        batch: bool,
     },
     Reply {
         id: u64,

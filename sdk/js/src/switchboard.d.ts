@@ -99,6 +99,12 @@ export interface SwitchboardOptions {
   maxFrameBytes?: number;
   /** Commands reject "overloaded" while the socket holds more unsent bytes than this. Default 1 MiB. */
   maxBufferedBytes?: number;
+  /**
+   * Ask the gateway for batched frames (`&batch=1`): under load it may then
+   * send several messages in one frame, one per line, which the SDK splits.
+   * Saves frames and parsing on busy channels. Default true.
+   */
+  batch?: boolean;
   /** Default: globalThis.WebSocket. */
   WebSocket?: WebSocketConstructorLike;
   /** Used for the handshake probe. Default: globalThis.fetch. */

@@ -256,7 +256,8 @@ export class Switchboard {
   _openSocket(token) {
     let ws;
     try {
-      ws = new this._opts.WebSocket(withParams(this._url, { token }).href);
+      const params = this._opts.batch ? { token, batch: "1" } : { token };
+      ws = new this._opts.WebSocket(withParams(this._url, params).href);
     } catch (err) {
       // Browsers throw synchronously for blocked ports, mixed content, CSP:
       // retrying cannot help.
@@ -277,7 +278,17 @@ export class Switchboard {
       if (this._ws === ws) this._opened = true;
     };
     ws.onmessage = (ev) => {
-      if (this._ws === ws) this._onFrame(ev.data);
+      if (this._ws !== ws) return;
+      // With batching (the default), one frame may carry several messages,
+      // one per line; compact JSON never holds a raw newline.
+      if (typeof ev.data === "string" && ev.data.includes("\n")) {
+        for (const line of ev.data.split("\n")) {
+          if (this._ws !== ws) return; // a frame closed the connection
+          this._onFrame(line);
+        }
+      } else {
+        this._onFrame(ev.data);
+      }
     };
     ws.onclose = (ev) => {
       if (this._ws === ws) this._onClosed(ev.code, ev.reason);
@@ -1031,6 +1042,7 @@ function normalizeOptions(options) {
     fetch: options.fetch ?? (typeof globalThis.fetch === "function" ? globalThis.fetch.bind(globalThis) : undefined),
     clock: { ...defaultClock, ...options.clock },
     backoff,
+    batch: options.batch ?? true,
   };
   for (const key of ["pingInterval", "requestTimeout", "maxAuthFailures", "maxPending", "maxFrameBytes", "maxBufferedBytes"]) {
     opts[key] = options[key] ?? DEFAULTS[key];

@@ -59,6 +59,7 @@ async fn main() -> ExitCode {
             node_id: welcome.node_id,
             user: welcome.user,
             expires_in: welcome.expires_in,
+            batch: welcome.batch,
         })
     );
 
@@ -116,10 +117,14 @@ fn to_json(frame: Incoming) -> Value {
             node_id,
             user,
             expires_in,
+            batch,
         } => {
             let mut welcome = json!({"type": "welcome", "connection_id": connection_id, "node_id": node_id, "user": user});
             if let Some(expires_in) = expires_in {
                 welcome["expires_in"] = json!(expires_in);
+            }
+            if batch {
+                welcome["batch"] = json!(true);
             }
             welcome
         }
