@@ -120,6 +120,10 @@ struct Args {
     /// measured window is reported per delivery (read from /proc).
     #[arg(long = "server-pid", value_delimiter = ',')]
     server_pids: Vec<u32>,
+    /// Subscribers ask for batched frames (`batch=1`: several messages per
+    /// frame, one per line), as the JS SDK does by default.
+    #[arg(long)]
+    batch: bool,
 }
 
 fn plan(args: &Args) -> Result<Plan, String> {
@@ -181,6 +185,7 @@ fn plan(args: &Args) -> Result<Plan, String> {
     plan.duration = args.duration;
     plan.warmup = args.warmup;
     plan.server_pids = args.server_pids.clone();
+    plan.batch = args.batch;
     plan.drain = args.drain;
     plan.ramp_timeout = args.ramp_timeout;
     plan.exactly_once = args.exactly_once;

@@ -82,6 +82,8 @@ pub struct Plan {
     /// Gateway processes whose CPU time (user + system) over the measured
     /// window is reported per delivery.
     pub server_pids: Vec<u32>,
+    /// Subscribers ask for batched frames (several messages per frame).
+    pub batch: bool,
 }
 
 impl Plan {
@@ -110,6 +112,7 @@ impl Plan {
             exactly_once: false,
             progress: false,
             server_pids: Vec::new(),
+            batch: false,
         }
     }
 

@@ -164,7 +164,7 @@ pub async fn client(ctx: Arc<Context>, n: usize, start: Instant, end: Instant) {
     let source = SocketAddr::new(ctx.plan.source(n).into(), 0);
     let opened = async {
         let token = ctx.publisher_token(n)?;
-        let mut ws = subscriber::connect(source, target, &token).await?;
+        let mut ws = subscriber::connect(source, target, &token, false).await?;
         subscriber::welcome(&mut ws).await?;
         Ok::<_, String>(ws)
     }

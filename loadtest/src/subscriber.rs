@@ -53,7 +53,14 @@ pub struct Payload {
 }
 
 /// Opens a WebSocket to `target` from `source`, authenticated by `token`.
-pub async fn connect(source: SocketAddr, target: SocketAddr, token: &str) -> Result<Ws, String> {
+/// With `batch`, the gateway may send several messages per text frame,
+/// one per line (`?batch=1`).
+pub async fn connect(
+    source: SocketAddr,
+    target: SocketAddr,
+    token: &str,
+    batch: bool,
+) -> Result<Ws, String> {
     let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     socket
         .bind(source)
@@ -66,7 +73,10 @@ pub async fn connect(source: SocketAddr, target: SocketAddr, token: &str) -> Res
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0);
-    let url = format!("ws://{target}/ws?token={token}");
+    let url = format!(
+        "ws://{target}/ws?token={token}{}",
+        if batch { "&batch=1" } else { "" }
+    );
     let (ws, _) = client_async_with_config(url, stream, Some(config))
         .await
         .map_err(|e| match e {
@@ -157,7 +167,6 @@ pub async fn run(ctx: Arc<Context>, i: usize, permit: OwnedSemaphorePermit) -> O
         channels: subscriptions.iter().map(|&c| (c, Vec::new())).collect(),
         duplicates: 0,
     });
-    let channel_count = ctx.channels.len() as u64;
     loop {
         let message = tokio::select! {
             () = ctx.stop.cancelled() => break,
@@ -181,32 +190,8 @@ pub async fn run(ctx: Arc<Context>, i: usize, permit: OwnedSemaphorePermit) -> O
             }
         };
         let now = now_us();
-        let Ok(frame) = serde_json::from_str::<ServerFrame<'_>>(text.as_str()) else {
-            ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        if frame.kind != "message" {
-            if frame.error.is_some() {
-                ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
-            }
-            continue;
-        }
-        let payload = frame
-            .data
-            .and_then(|d| serde_json::from_str::<Payload>(d.get()).ok());
-        let (Some(channel), Some(payload)) = (frame.channel, payload) else {
-            ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        let index = (payload.k % channel_count.max(1)) as usize;
-        let mine = subscriptions.contains(&index) && ctx.channels[index] == channel;
-        if !mine {
-            ctx.stats.strays.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        ctx.stats.delivered(i, payload.ts, now);
-        if let Some(received) = &mut received {
-            received.record(index, payload.k / channel_count);
+        for line in text.as_str().split('\n') {
+            take(&ctx, i, line, now, &subscriptions, &mut received);
         }
     }
     ctx.stats.open.fetch_sub(1, Ordering::Relaxed);
@@ -222,12 +207,51 @@ fn error_kind(error: &WsError) -> &'static str {
     }
 }
 
+/// Counts one message line received by subscriber `i` at `now`.
+fn take(
+    ctx: &Context,
+    i: usize,
+    line: &str,
+    now: u64,
+    subscriptions: &[usize],
+    received: &mut Option<Received>,
+) {
+    let channel_count = ctx.channels.len() as u64;
+    let Ok(frame) = serde_json::from_str::<ServerFrame<'_>>(line) else {
+        ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    if frame.kind != "message" {
+        if frame.error.is_some() {
+            ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        return;
+    }
+    let payload = frame
+        .data
+        .and_then(|d| serde_json::from_str::<Payload>(d.get()).ok());
+    let (Some(channel), Some(payload)) = (frame.channel, payload) else {
+        ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let index = (payload.k % channel_count.max(1)) as usize;
+    let mine = subscriptions.contains(&index) && ctx.channels[index] == channel;
+    if !mine {
+        ctx.stats.strays.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    ctx.stats.delivered(i, payload.ts, now);
+    if let Some(received) = received {
+        received.record(index, payload.k / channel_count);
+    }
+}
+
 /// Connects, waits for the welcome and subscribes to every channel in
 /// `subscriptions`, waiting for each reply.
 async fn open(ctx: &Context, i: usize, subscriptions: &[usize]) -> Result<Ws, String> {
     let source = SocketAddr::new(ctx.plan.source(i).into(), 0);
     let token = ctx.subscriber_token(i)?;
-    let mut ws = connect(source, ctx.plan.target(i), &token).await?;
+    let mut ws = connect(source, ctx.plan.target(i), &token, ctx.plan.batch).await?;
     welcome(&mut ws).await?;
     for (n, &channel) in subscriptions.iter().enumerate() {
         let command = serde_json::json!({
@@ -242,13 +266,15 @@ async fn open(ctx: &Context, i: usize, subscriptions: &[usize]) -> Result<Ws, St
     let mut pending = subscriptions.len();
     while pending > 0 {
         let text = next_text(&mut ws).await?;
-        let frame = serde_json::from_str::<ServerFrame<'_>>(&text)
-            .map_err(|_| format!("unexpected frame {text}"))?;
-        if frame.kind == "reply" {
-            if let Some(error) = frame.error {
-                return Err(format!("subscribe refused: {}", error.get()));
+        for line in text.split('\n') {
+            let frame = serde_json::from_str::<ServerFrame<'_>>(line)
+                .map_err(|_| format!("unexpected frame {line}"))?;
+            if frame.kind == "reply" {
+                if let Some(error) = frame.error {
+                    return Err(format!("subscribe refused: {}", error.get()));
+                }
+                pending = pending.saturating_sub(1);
             }
-            pending -= 1;
         }
     }
     Ok(ws)

@@ -45,7 +45,7 @@ pub const DEFAULT_MSG_CLOSE_AFTER: u32 = 50;
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
 pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(10);
 /// Chosen from measurements (docs/benchmarks.md, write coalescing).
-pub const DEFAULT_WRITE_COALESCE: Duration = Duration::from_millis(5);
+pub const DEFAULT_WRITE_COALESCE: Duration = Duration::from_millis(10);
 pub const DEFAULT_WEBHOOK_GRACE: Duration = Duration::from_secs(5);
 pub const DEFAULT_WEBHOOK_MAX_AGE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_WEBHOOK_BATCH_WINDOW: Duration = Duration::from_millis(50);
