@@ -18,9 +18,13 @@
 #   5. webhooks and a slow backend: the cross-node load of scenario 3 with
 #      webhooks off, then on with a receiver that answers each request after
 #      2 s (so a backlog of events is being delivered throughout): publishing
-#      and fan-out must not slow down.
+#      and fan-out must not slow down;
+#   6. fan-out past the syscall floor: one node, 1,000 subscribers on one
+#      channel, at 10 (quiet), 500 and 700 messages/s, with server CPU µs per
+#      delivery; embedded and on Redis; write_coalesce 0 (off) and the
+#      default, plain and batched frames.
 #
-# BENCH_SCENARIOS (default "1 2 3 4 5") picks scenarios, e.g.
+# BENCH_SCENARIOS (default "1 2 3 4 5 6") picks scenarios, e.g.
 # `BENCH_SCENARIOS=3 make bench` for the cross-node ones alone.
 #
 # It starts everything it needs (redis-server and gateway nodes on free
@@ -36,7 +40,7 @@ GATEWAY=target/release/switchboard
 LOAD=target/release/switchboard-loadtest
 SECRET=bench-secret-bench-secret-bench-secret
 API_KEY=bench-api-key-0123456789
-SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3 4 5} "
+SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3 4 5 6} "
 BACKEND_SECRET=bench-backend-secret-bench-backend-secret
 
 # Each connection is a descriptor: take the whole hard limit (20,000 here).
@@ -93,6 +97,7 @@ start_node() {
         SWITCHBOARD_MSG_BURST=1000000 \
         ${redis:+SWITCHBOARD_REDIS_URL="$redis"} \
         ${HOOKS_URL:+SWITCHBOARD_WEBHOOK_URLS="$HOOKS_URL" SWITCHBOARD_BACKEND_SECRET="$BACKEND_SECRET"} \
+        ${COALESCE:+SWITCHBOARD_WRITE_COALESCE="$COALESCE"} \
         RUST_LOG="${NODE_LOG:-warn}" \
         "$GATEWAY" ${config:+--config "$config"} >"$OUT/$name.log" 2>&1 &
     NODE_PID=$!
@@ -438,6 +443,42 @@ python3 scripts/webhook-receiver.py --port "$HOOKS_PORT" --secret "$BACKEND_SECR
     --quiet --count-file "$TMP/hooks-received" >"$OUT/webhook-receiver.log" 2>&1 &
 PIDS+=("$!")
 HOOKS_URL="http://127.0.0.1:$HOOKS_PORT/hooks" hooks on "webhooks on, backend answering after 2 s"
+fi
+
+# ---------------------------------------------------------------- scenario 6
+# cpu_row LABEL REPORT: a latency row with the server's CPU per delivery.
+cpu_row() {
+    local name=$2
+    row "$1" \
+        "$(printf '%.0f' "$(field "$name" .deliveries_per_sec)") deliveries/s, p50 $(ms "$(field "$name" .latency_us.p50)") / p99 $(ms "$(field "$name" .latency_us.p99)") ms, $(printf '%.2f' "$(field "$name" .server_cpu_us_per_delivery)") µs server CPU per delivery" \
+        "$(field "$name" .published) messages; $(field "$name" .disconnects) disconnects, $(field "$name" '.errors + .publish_errors + .connect_errors') errors"
+}
+
+# fanout1k NAME LABEL REDIS COALESCE BATCH: one node, 1k subscribers on one
+# channel, at 10, 500 and 700 msg/s.
+fanout1k() {
+    local name=$1 label=$2 redis=$3 batch=$5 port pid
+    port=$(free_port)
+    COALESCE=$4 start_node "f1k-$name" "$port" "$redis"
+    pid=$NODE_PID
+    local args=(--target "127.0.0.1:$port" --connections 1000 --shape one --ramp 4000 --publishers 4 \
+        --duration 15s --warmup 3s --server-pid "$pid")
+    [ "$batch" = batch ] && args+=(--batch)
+    for rate in 10 500 700; do
+        load "f1k-$name-$rate" "${args[@]}" --rate "$rate"
+        cpu_row "1 node, 1k subscribers x $rate msg/s, $label" "f1k-$name-$rate"
+    done
+    stop_pid "$pid"
+}
+
+if [[ $SCENARIOS == *" 6 "* ]]; then
+echo "scenario 6: one node, 1k subscribers on one channel, write coalescing and batched frames"
+[ -n "${REDIS_PORT:-}" ] || start_redis
+fanout1k mem-off "embedded, write_coalesce 0" "" 0s plain
+fanout1k mem-def "embedded, write_coalesce default (10ms)" "" "" plain
+fanout1k mem-def-batch "embedded, default, batched frames" "" "" batch
+fanout1k redis-off "on Redis, write_coalesce 0" "redis://127.0.0.1:$REDIS_PORT/" 0s plain
+fanout1k redis-def-batch "on Redis, default, batched frames" "redis://127.0.0.1:$REDIS_PORT/" "" batch
 fi
 
 # -------------------------------------------------------------------- table
