@@ -223,6 +223,7 @@ async fn presence_works(joiner: &Gateway, reader: &Gateway, channel: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_follow_a_sentinel_failover_without_a_restart() {
+    let _heavy = HEAVY.lock().await;
     let mut sentinels = Sentinels::start();
     let url = sentinels.url();
     let a = node(&url, "gw-a", &[]).await;
@@ -255,6 +256,7 @@ fn shard_channel(channel: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_cluster_spreads_channels_over_its_shards_and_survives_a_shard_failover() {
+    let _heavy = HEAVY.lock().await;
     let mut cluster = RedisCluster::start();
     let url = cluster.url();
     let cap = [("SWITCHBOARD_MAX_CONNECTIONS_PER_USER", "2")];
@@ -358,6 +360,7 @@ async fn a_redis_cluster_spreads_channels_over_its_shards_and_survives_a_shard_f
 /// and the channel listing work on a cluster as on one server.
 #[tokio::test]
 async fn webhooks_and_the_channel_listing_work_on_a_cluster() {
+    let _heavy = HEAVY.lock().await;
     let cluster = RedisCluster::start();
     let url = cluster.url();
     let receiver = receiver::Receiver::start();

@@ -19,6 +19,7 @@ const FAILOVER_LIMIT: Duration = Duration::from_secs(20);
 
 #[test]
 fn sentinels_fail_over_and_take_the_old_master_back() {
+    let _heavy = HEAVY.blocking_lock();
     let started = Instant::now();
     let mut deployment = Sentinels::start();
     eprintln!(
@@ -59,6 +60,7 @@ fn sentinels_fail_over_and_take_the_old_master_back() {
 
 #[test]
 fn cluster_serves_keys_and_shard_channels_and_fails_over() {
+    let _heavy = HEAVY.blocking_lock();
     let started = Instant::now();
     let mut cluster = RedisCluster::start();
     eprintln!("cluster up in {:?}: {}", started.elapsed(), cluster.url());

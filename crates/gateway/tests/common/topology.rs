@@ -70,6 +70,13 @@ fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|line| line.trim().strip_prefix(key)?.strip_prefix(':'))
 }
 
+/// Held by the tests that run a failover (or a whole Redis Cluster), so
+/// they do not run at the same time within one test binary: on 2 cores,
+/// two multi-server deployments at once can starve a server past the
+/// sentinels' 1 s `down-after`, and they then fail over again. Sync tests
+/// take it with `blocking_lock()`.
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Polls `check` until it returns `Ok` and returns its value; panics naming
 /// `what` and the last `Err` once `limit` has passed.
 fn wait_until<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
