@@ -485,22 +485,6 @@ async fn tls_to_redis_with_a_client_certificate() {
     ready_within(without.addr, 503, WAIT).await.unwrap();
 }
 
-/// The switchboard binary with a bad Redis setting: its exit code and stderr.
-fn start_up_error(env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
-    command
-        .env_clear()
-        .env("SWITCHBOARD_JWT_HS256_SECRET", SECRET);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let output = command.output().unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-    )
-}
-
 #[tokio::test]
 async fn bad_redis_settings_stop_start_up_naming_the_key() {
     let url = "SWITCHBOARD_REDIS_URL";
@@ -532,7 +516,7 @@ async fn bad_redis_settings_stop_start_up_naming_the_key() {
     ];
     for (env, expected) in cases {
         assert_eq!(
-            start_up_error(env),
+            start_up_error("", env),
             (Some(2), expected.to_owned()),
             "{env:?}"
         );

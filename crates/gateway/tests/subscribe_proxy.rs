@@ -377,26 +377,6 @@ async fn backend_errors_fail_closed_with_unavailable() {
     .await;
 }
 
-/// Starts the binary with a config file and the environment; returns its
-/// exit code and stderr.
-fn start_up_error(toml: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("switchboard.toml");
-    std::fs::write(&path, toml).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .env_clear()
-        .env("SWITCHBOARD_JWT_HS256_SECRET", SECRET)
-        .envs(env.iter().copied())
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-    )
-}
-
 #[test]
 fn a_bad_proxy_configuration_stops_start_up_naming_the_key() {
     let secret = ("SWITCHBOARD_BACKEND_SECRET", BACKEND_SECRET);

@@ -460,3 +460,24 @@ pub async fn api(gateway: &Gateway, method: &str, path: &str, body: &str) -> (u1
         serde_json::from_str(&body).unwrap_or(Value::String(body)),
     )
 }
+
+/// Runs the switchboard binary with a config file (`toml`, possibly empty)
+/// and the environment (plus the test JWT secret) and returns its exit code
+/// and stderr: for the configurations that must stop start-up.
+pub fn start_up_error(toml: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchboard.toml");
+    std::fs::write(&path, toml).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .env_clear()
+        .env("SWITCHBOARD_JWT_HS256_SECRET", SECRET)
+        .envs(env.iter().copied())
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+    )
+}
