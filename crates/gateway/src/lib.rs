@@ -8,32 +8,20 @@
 //! Redis keys and scripts in `redis_history`), `presence`, `node` (shared
 //! state), `metrics` (Prometheus), `response`.
 
-pub mod api;
 pub mod auth;
 pub mod backend;
 pub mod broker;
 pub mod config;
-pub mod demo;
-pub mod handshake;
 pub mod history;
+pub mod http;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod occupancy;
-pub mod origin;
 pub mod presence;
-pub mod redis_broker;
-pub mod redis_history;
-pub mod redis_link;
-pub mod redis_occupancy;
-pub mod redis_presence;
-pub mod response;
-pub mod server;
+pub mod redis;
 pub mod session;
-pub mod subscribe_proxy;
-pub mod token;
-pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -62,7 +50,7 @@ pub fn start(config: Config) -> Result<Arc<Node>, String> {
 /// `node.shutdown` is cancelled, sessions close over the drain window, and
 /// the grace period after it bounds how long their last writes may take.
 pub async fn serve(node: Arc<Node>, listener: TcpListener) {
-    server::serve(Arc::clone(&node), listener).await;
+    http::server::serve(Arc::clone(&node), listener).await;
     node.tasks.close();
     let grace = node.config.drain_window + node.config.shutdown_grace;
     if tokio::time::timeout(grace, node.tasks.wait())

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use switchboard_gateway::auth::dev_token::{mint_hs256, DevToken};
 use switchboard_gateway::config::{Config, LogFormat, ProcessEnv};
-use switchboard_gateway::token::{mint_hs256, DevToken};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -162,7 +162,7 @@ fn serve(config: Config) -> ExitCode {
         if let Some(metrics_listener) = metrics_listener {
             let metrics_addr = metrics_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
             tracing::info!(message = "metrics listening", addr = %metrics_addr);
-            tokio::spawn(switchboard_gateway::server::serve_metrics(Arc::clone(&node), metrics_listener));
+            tokio::spawn(switchboard_gateway::http::server::serve_metrics(Arc::clone(&node), metrics_listener));
         }
         let shutdown = node.shutdown.clone();
         let node_drain_ms = node.config.drain_window.as_millis() as u64;

@@ -10,19 +10,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenVerifier;
+use crate::backend::subscribe_proxy::SubscribeProxy;
+use crate::backend::webhooks::{self, WebhookMetrics};
+use crate::broker::redis::{RedisBroker, RedisHealth};
 use crate::broker::{Broker, MemoryBroker};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
+use crate::occupancy::redis::{EventQueue, RedisOccupancy};
 use crate::occupancy::{ChannelCounts, ChannelPage, ListQuery, Occupancy};
+use crate::presence::redis::RedisPresence;
 use crate::presence::{CountedPresence, MemoryPresence, Presence};
-use crate::redis_broker::{RedisBroker, RedisHealth};
-use crate::redis_link::{Link, Target};
-use crate::redis_occupancy::{EventQueue, RedisOccupancy};
-use crate::redis_presence::RedisPresence;
-use crate::subscribe_proxy::SubscribeProxy;
-use crate::webhooks::{self, WebhookMetrics};
+use crate::redis::link::{Link, Target};
 
 #[derive(Debug)]
 pub struct Node {

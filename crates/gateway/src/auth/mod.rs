@@ -5,6 +5,8 @@
 //! token: HS256 needs the shared secret, RS256/ES256 the PEM public key, and
 //! anything else (`none`, HS256 against a public key, ...) is refused.
 
+pub mod dev_token;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};

@@ -38,9 +38,9 @@ use switchboard_protocol::{ChannelName, ErrorCode, Position};
 
 use crate::broker;
 use crate::history::{HistoryQuery, DEFAULT_HISTORY_LIMIT};
+use crate::http::response::{self, Body};
 use crate::node::Node;
 use crate::occupancy::{ListQuery, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
-use crate::response::{self, Body};
 use crate::session;
 
 /// The routes under `/api/`.

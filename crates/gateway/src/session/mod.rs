@@ -62,15 +62,15 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::{AuthError, Claims};
+use crate::backend::subscribe_proxy::Decision;
 use crate::broker::{self, BrokerError};
-use crate::handshake::Admission;
 use crate::history::{HistoryPage, HistoryQuery, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_SIZE};
+use crate::http::handshake::Admission;
 use crate::hub::{Delivery, Outbound, SessionHandle, SLOW_CONSUMER_REASON};
 use crate::limits::Slots;
 use crate::metrics::{Closed, OpenSession};
 use crate::node::Node;
 use crate::presence::Member;
-use crate::subscribe_proxy::Decision;
 
 /// Frames written per flush when the queue has a backlog.
 const WRITE_BATCH: usize = 64;

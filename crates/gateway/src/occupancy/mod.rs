@@ -15,6 +15,8 @@
 //! The node sends absolute values, not increments, so a write that timed
 //! out can be sent again without counting twice.
 
+pub mod redis;
+
 use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};

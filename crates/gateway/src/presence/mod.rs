@@ -6,6 +6,8 @@
 //! [`CountedPresence`] wraps either and counts every operation in the
 //! node's metrics.
 
+pub mod redis;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};

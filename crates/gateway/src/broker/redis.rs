@@ -46,13 +46,13 @@ use tokio_util::sync::CancellationToken;
 use switchboard_protocol::{MessageParts, Position, ServerFrame};
 
 use crate::broker::{Broker, BrokerError, Health};
+use crate::history::redis::{self as redis_history, Payload};
 use crate::history::{
     HistoryPage, HistoryPolicy, HistoryQuery, Relay, Tracker, DEFAULT_HISTORY_TTL, MAX_HISTORY_SIZE,
 };
 use crate::hub::{Delivery, Hub};
 use crate::metrics::{Metrics, RedisLink};
-use crate::redis_history::{self, Payload};
-use crate::redis_link::{Link, Mode, Target, REDIS_TIMEOUT};
+use crate::redis::link::{Link, Mode, Target, REDIS_TIMEOUT};
 
 /// The Pub/Sub channel carrying a Switchboard channel's frames.
 pub const CHANNEL_PREFIX: &str = "sb:ch:";

@@ -15,9 +15,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::auth::{AuthError, Claims};
+use crate::http::response::{self, Body};
 use crate::limits::{Limited, Slots};
 use crate::node::Node;
-use crate::response::{self, Body};
 
 /// Seconds a client should wait before retrying when the node is full or draining.
 const RETRY_AFTER_SECS: u64 = 1;

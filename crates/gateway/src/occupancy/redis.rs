@@ -38,9 +38,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::webhooks::WebhookMetrics;
 use crate::occupancy::{ChannelCounts, ChannelPage, Count, ListQuery, Occupancy};
-use crate::redis_link::Link;
-use crate::webhooks::WebhookMetrics;
+use crate::redis::link::Link;
 
 const PREFIX: &str = "sb:{occ}:";
 pub const ONLINE_KEY: &str = "sb:{occ}:online";

@@ -5,11 +5,13 @@
 //! touching the process environment. A bad value is a [`ConfigError`] naming
 //! the key (and its variable) so the operator knows exactly what to fix.
 
+pub mod origins;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use crate::redis_link::{Target, TlsFiles};
+use crate::redis::link::{Target, TlsFiles};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -17,12 +19,12 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::backend::MIN_SECRET_BYTES;
+use crate::config::origins::AllowedOrigins;
 use crate::history::{
     HistoryPolicy, DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL, HISTORY_META_TTL, MAX_HISTORY_SIZE,
 };
 use crate::hub::QUEUE_ENTRY_OVERHEAD;
 use crate::limits::TrustedProxies;
-use crate::origin::AllowedOrigins;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;

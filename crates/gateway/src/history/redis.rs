@@ -24,11 +24,11 @@ use std::sync::LazyLock;
 use switchboard_protocol::{MessageParts, Position};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::broker::redis::{publish_command, pubsub_channel};
 use crate::history::{
     new_epoch, select, HistoryPage, HistoryPolicy, HistoryQuery, HISTORY_META_TTL,
 };
-use crate::redis_broker::{publish_command, pubsub_channel};
-use crate::redis_link::Link;
+use crate::redis::link::Link;
 
 /// The hash holding a channel's epoch and latest offset.
 pub fn meta_key(channel: &str) -> String {

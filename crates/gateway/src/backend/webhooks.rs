@@ -33,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 use crate::backend;
 use crate::config::WebhookConfig;
 use crate::metrics::{counter_vec, gauge_vec, histogram_vec};
-use crate::redis_link::Link;
-use crate::redis_occupancy::EVENTS_KEY;
+use crate::occupancy::redis::EVENTS_KEY;
+use crate::redis::link::Link;
 
 /// Events per request at most.
 pub const BATCH_MAX: usize = 100;

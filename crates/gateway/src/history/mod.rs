@@ -11,6 +11,8 @@
 //! channel's lock in memory, inside one Lua script on Redis
 //! (`redis_history`).
 
+pub mod redis;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

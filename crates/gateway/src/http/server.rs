@@ -26,11 +26,11 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
 use crate::broker::Health;
-use crate::handshake::{self, Refusal};
+use crate::http::handshake::{self, Refusal};
+use crate::http::response::{self, Body};
 use crate::limits::Limited;
 use crate::metrics;
 use crate::node::Node;
-use crate::response::{self, Body};
 use crate::session;
 
 /// A client must send its request headers within this time.
@@ -140,9 +140,11 @@ async fn route(node: Arc<Node>, request: Request<Incoming>, peer: SocketAddr) ->
         }
         (_, "/ws") => upgrade(node, request, peer).await,
         (&Method::GET, path) if path == "/demo" || path.starts_with("/demo/") => {
-            crate::demo::serve(&node, path).await
+            crate::http::demo::serve(&node, path).await
         }
-        (_, path) if path.starts_with("/api/") => crate::api::handle(&node, request, peer).await,
+        (_, path) if path.starts_with("/api/") => {
+            crate::http::api::handle(&node, request, peer).await
+        }
         (&Method::GET, "/healthz") => response::json(StatusCode::OK, &json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => readiness(&node),
         (&Method::GET, "/metrics") => exposition(&node),

@@ -8,6 +8,9 @@
 //! timestamp with the body lets a receiver refuse an old request replayed
 //! later; docs/protocol.md has a verification snippet.
 
+pub mod subscribe_proxy;
+pub mod webhooks;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};

@@ -30,11 +30,11 @@ use switchboard_protocol::channel::namespace;
 use switchboard_protocol::ServerFrame;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::redis::{publish_command, pubsub_channel, RedisHealth};
 use crate::config::Config;
+use crate::occupancy::redis::RedisOccupancy;
 use crate::presence::{Member, Presence, PresenceError};
-use crate::redis_broker::{publish_command, pubsub_channel, RedisHealth};
-use crate::redis_link::Link;
-use crate::redis_occupancy::RedisOccupancy;
+use crate::redis::link::Link;
 
 /// How long a node's lease lives without renewal.
 pub const LEASE: Duration = Duration::from_secs(5);

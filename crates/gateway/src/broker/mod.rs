@@ -15,6 +15,8 @@
 //! queues it to one fan-out task, so the publisher's reply never waits for
 //! a thousand enqueues, and one task keeps every channel's order.
 
+pub mod redis;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 
 use http::{header, HeaderValue, Response, StatusCode};
 
+use crate::http::response::{self, Body};
 use crate::node::Node;
-use crate::response::{self, Body};
 
 /// The content type of a file the demo may serve, by extension.
 fn content_type(name: &str) -> Option<&'static str> {
