@@ -11,17 +11,19 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenVerifier;
 use crate::backend::subscribe_proxy::SubscribeProxy;
-use crate::backend::webhooks::{self, WebhookMetrics};
-use crate::broker::redis::{RedisBroker, RedisHealth};
+use crate::backend::webhooks;
+use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, MemoryBroker};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::limits::ConnectionLimits;
+use crate::metrics::webhooks::WebhookMetrics;
 use crate::metrics::Metrics;
 use crate::occupancy::redis::{EventQueue, RedisOccupancy};
 use crate::occupancy::{ChannelCounts, ChannelPage, ListQuery, Occupancy};
 use crate::presence::redis::RedisPresence;
 use crate::presence::{CountedPresence, MemoryPresence, Presence};
+use crate::redis::health::RedisHealth;
 use crate::redis::link::{Link, Target};
 
 #[derive(Debug)]
@@ -85,7 +87,10 @@ fn instance_id(node_id: &str) -> String {
 impl Node {
     /// A single node on the in-memory broker and presence.
     pub fn in_memory(config: Config) -> Result<Arc<Node>, String> {
-        let hub = Arc::new(Hub::with_metrics(Metrics::for_config(&config)));
+        let hub = Arc::new(Hub::with_metrics(Arc::new(Metrics::new(
+            config.namespace_names(),
+            config.max_connections,
+        ))));
         let broker = Arc::new(MemoryBroker::new(Arc::clone(&hub)));
         Node::new(config, hub, broker, Arc::new(MemoryPresence::new()))
     }
@@ -100,7 +105,10 @@ impl Node {
     /// A cluster node on Redis. Starts the Pub/Sub and lease tasks, so it
     /// must be called inside the runtime.
     pub fn cluster(config: Config, target: &Target) -> Result<Arc<Node>, String> {
-        let hub = Arc::new(Hub::with_metrics(Metrics::for_config(&config)));
+        let hub = Arc::new(Hub::with_metrics(Arc::new(Metrics::new(
+            config.namespace_names(),
+            config.max_connections,
+        ))));
         let health = Arc::new(RedisHealth::new(Arc::clone(hub.metrics())));
         let link = Link::new(target)?;
         tracing::info!(message = "cluster mode", redis = %target.describe());

@@ -18,8 +18,6 @@ use sha2::Sha256;
 
 /// The header carrying the signature.
 pub const SIGNATURE_HEADER: &str = "x-switchboard-signature";
-/// Secrets shorter than this are refused at start-up.
-pub const MIN_SECRET_BYTES: usize = 32;
 /// How far a signed timestamp may be from the verifier's clock.
 pub const SIGNATURE_TOLERANCE: Duration = Duration::from_secs(300);
 

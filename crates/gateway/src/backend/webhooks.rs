@@ -23,7 +23,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, Registry};
 use rand::Rng;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use serde::Serialize;
@@ -32,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend;
 use crate::config::WebhookConfig;
-use crate::metrics::{counter_vec, gauge_vec, histogram_vec};
+use crate::metrics::webhooks::WebhookMetrics;
 use crate::occupancy::redis::EVENTS_KEY;
 use crate::redis::link::Link;
 
@@ -47,15 +46,6 @@ const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Dead-lettered events kept per URL for operators (approximate cap).
 const DEAD_KEEP: usize = 10_000;
-/// Every event name, for the metric's labels.
-pub const EVENT_NAMES: [&str; 6] = [
-    "user_online",
-    "user_offline",
-    "member_added",
-    "member_removed",
-    "channel_occupied",
-    "channel_vacated",
-];
 
 /// Takes or renews the lease (KEYS: lease; ARGV: holder, ms). 1 if held.
 const LEAD_SCRIPT: &str = r"
@@ -96,96 +86,6 @@ fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Webhook metrics, in the node's registry.
-#[derive(Debug)]
-pub struct WebhookMetrics {
-    emitted: IntCounterVec,
-    delivered: IntCounterVec,
-    retried: IntCounterVec,
-    dead_lettered: IntCounterVec,
-    requests: IntCounterVec,
-    latency: HistogramVec,
-    delivering: IntGaugeVec,
-}
-
-impl WebhookMetrics {
-    pub fn new(registry: &Registry, endpoints: usize) -> Arc<WebhookMetrics> {
-        let r = registry;
-        let metrics = WebhookMetrics {
-            emitted: counter_vec(
-                r,
-                "switchboard_webhook_events_emitted_total",
-                "Presence and occupancy events this node queued for the webhooks, by event.",
-                &["event"],
-            ),
-            delivered: counter_vec(
-                r,
-                "switchboard_webhook_events_delivered_total",
-                "Events this node delivered (the endpoint answered 2xx), by endpoint index.",
-                &["endpoint"],
-            ),
-            retried: counter_vec(
-                r,
-                "switchboard_webhook_events_retried_total",
-                "Events in a webhook request that failed and will be sent again.",
-                &["endpoint"],
-            ),
-            dead_lettered: counter_vec(
-                r,
-                "switchboard_webhook_events_dead_lettered_total",
-                "Events given up after webhook_max_age without a 2xx answer.",
-                &["endpoint"],
-            ),
-            requests: counter_vec(
-                r,
-                "switchboard_webhook_requests_total",
-                "Webhook requests by endpoint and result (ok, status, error).",
-                &["endpoint", "result"],
-            ),
-            latency: histogram_vec(
-                r,
-                "switchboard_webhook_delivery_seconds",
-                "From an event's time to its delivery.",
-                &["endpoint"],
-                &[
-                    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-                    900.0, 3600.0,
-                ],
-            ),
-            delivering: gauge_vec(
-                r,
-                "switchboard_webhook_delivering",
-                "1 while this node holds an endpoint's delivery lease.",
-                &["endpoint"],
-            ),
-        };
-        // Every series exposed at 0 from the start, so rates and alerts
-        // work before the first event.
-        for event in EVENT_NAMES {
-            metrics.emitted.with_label_values(&[event]);
-        }
-        for endpoint in 0..endpoints {
-            let label = endpoint.to_string();
-            for counter in [&metrics.delivered, &metrics.retried, &metrics.dead_lettered] {
-                counter.with_label_values(&[&label]);
-            }
-            metrics.delivering.with_label_values(&[&label]).set(0);
-            metrics.latency.with_label_values(&[&label]);
-            for result in ["ok", "status", "error"] {
-                metrics.requests.with_label_values(&[&label, result]);
-            }
-        }
-        Arc::new(metrics)
-    }
-
-    /// The script queued an event.
-    pub fn emitted(&self, event: &str) {
-        if EVENT_NAMES.contains(&event) {
-            self.emitted.with_label_values(&[event]).inc();
-        }
-    }
 }
 
 /// One event as the backend receives it.

@@ -26,7 +26,8 @@ use thiserror::Error;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::history::{HistoryPage, HistoryPolicy, HistoryQuery, MemoryHistory};
+use crate::config::HistoryPolicy;
+use crate::history::{HistoryPage, HistoryQuery, MemoryHistory};
 use crate::hub::{Delivery, Hub};
 
 /// A broker operation that failed; the frame was not published.

@@ -31,7 +31,6 @@
 //! silent loss.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,85 +45,20 @@ use tokio_util::sync::CancellationToken;
 use switchboard_protocol::{MessageParts, Position, ServerFrame};
 
 use crate::broker::{Broker, BrokerError, Health};
+use crate::config::{HistoryPolicy, DEFAULT_HISTORY_TTL, MAX_HISTORY_SIZE};
 use crate::history::redis::{self as redis_history, Payload};
-use crate::history::{
-    HistoryPage, HistoryPolicy, HistoryQuery, Relay, Tracker, DEFAULT_HISTORY_TTL, MAX_HISTORY_SIZE,
-};
+use crate::history::{HistoryPage, HistoryQuery, Relay, Tracker};
 use crate::hub::{Delivery, Hub};
-use crate::metrics::{Metrics, RedisLink};
+use crate::redis::health::RedisHealth;
 use crate::redis::link::{Link, Mode, Target, REDIS_TIMEOUT};
+use crate::redis::pubsub::{channel_of, publish_command, pubsub_channel, CONTROL_CHANNEL};
 
-/// The Pub/Sub channel carrying a Switchboard channel's frames.
-pub const CHANNEL_PREFIX: &str = "sb:ch:";
-/// The Pub/Sub channel every node listens to for cluster-wide commands.
-pub const CONTROL_CHANNEL: &str = "sb:ctl";
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Short enough that a node finds a new master within about two seconds of
 /// the sentinels' switch.
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How often an idle Pub/Sub connection is pinged to find half-open sockets.
 const PUBSUB_PING: Duration = Duration::from_secs(5);
-
-/// Connectivity shared by the broker and presence, for `/readyz` and the
-/// `switchboard_redis_connected` gauges.
-#[derive(Debug)]
-pub struct RedisHealth {
-    pubsub_up: AtomicBool,
-    lease_ok: AtomicBool,
-    last_error: Mutex<String>,
-    metrics: Arc<Metrics>,
-}
-
-impl RedisHealth {
-    /// Both links down until they are shown to work.
-    pub fn new(metrics: Arc<Metrics>) -> RedisHealth {
-        metrics.redis_link(RedisLink::PubSub, false);
-        metrics.redis_link(RedisLink::Commands, false);
-        RedisHealth {
-            pubsub_up: AtomicBool::new(false),
-            lease_ok: AtomicBool::new(false),
-            last_error: Mutex::default(),
-            metrics,
-        }
-    }
-
-    pub fn set_pubsub(&self, up: bool) {
-        self.pubsub_up.store(up, Ordering::Relaxed);
-        self.metrics.redis_link(RedisLink::PubSub, up);
-    }
-
-    pub fn set_lease(&self, ok: bool) {
-        self.lease_ok.store(ok, Ordering::Relaxed);
-        self.metrics.redis_link(RedisLink::Commands, ok);
-    }
-
-    pub fn record_error(&self, error: impl std::fmt::Display) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error.to_string();
-    }
-
-    pub fn health(&self) -> Health {
-        let pubsub = self.pubsub_up.load(Ordering::Relaxed);
-        let lease = self.lease_ok.load(Ordering::Relaxed);
-        if pubsub && lease {
-            return Health::Ready;
-        }
-        let last = self
-            .last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let what = if pubsub {
-            "redis lease not renewed"
-        } else {
-            "redis pub/sub disconnected"
-        };
-        Health::NotReady(if last.is_empty() {
-            what.to_owned()
-        } else {
-            format!("{what}: {last}")
-        })
-    }
-}
 
 /// Cluster-wide commands on the control channel.
 #[derive(Debug, Serialize, Deserialize)]
@@ -136,34 +70,6 @@ enum Control {
 enum SubscriptionOp {
     Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
     Unsubscribe(String),
-}
-
-/// The Pub/Sub channel carrying a Switchboard channel's frames:
-/// `sb:ch:<channel>`, or on a cluster the shard channel `sb:ch:{<channel>}`,
-/// which hashes to the slot of the channel's history keys (a script may only
-/// SPUBLISH within its keys' slot).
-pub fn pubsub_channel(mode: Mode, channel: &str) -> String {
-    match mode {
-        Mode::Cluster => format!("{CHANNEL_PREFIX}{{{channel}}}"),
-        Mode::Server | Mode::Sentinel => format!("{CHANNEL_PREFIX}{channel}"),
-    }
-}
-
-/// The Switchboard channel of a Pub/Sub channel name, `None` for others.
-fn channel_of(mode: Mode, name: &str) -> Option<&str> {
-    let rest = name.strip_prefix(CHANNEL_PREFIX)?;
-    match mode {
-        Mode::Cluster => rest.strip_prefix('{')?.strip_suffix('}'),
-        Mode::Server | Mode::Sentinel => Some(rest),
-    }
-}
-
-/// `SPUBLISH` on a cluster (sharded Pub/Sub), `PUBLISH` elsewhere.
-pub fn publish_command(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Cluster => "SPUBLISH",
-        Mode::Server | Mode::Sentinel => "PUBLISH",
-    }
 }
 
 /// The broker of a node in cluster mode.
@@ -305,7 +211,9 @@ impl Broker for RedisBroker {
     }
 
     fn health(&self) -> Health {
-        self.health.health()
+        self.health
+            .problem()
+            .map_or(Health::Ready, Health::NotReady)
     }
 
     fn kind(&self) -> &'static str {

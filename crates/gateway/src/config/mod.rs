@@ -6,6 +6,7 @@
 //! the key (and its variable) so the operator knows exactly what to fix.
 
 pub mod origins;
+pub mod proxies;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -18,13 +19,38 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::backend::MIN_SECRET_BYTES;
 use crate::config::origins::AllowedOrigins;
-use crate::history::{
-    HistoryPolicy, DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL, HISTORY_META_TTL, MAX_HISTORY_SIZE,
-};
-use crate::hub::QUEUE_ENTRY_OVERHEAD;
-use crate::limits::TrustedProxies;
+use crate::config::proxies::TrustedProxies;
+
+/// Messages kept per channel unless the namespace says otherwise.
+pub const DEFAULT_HISTORY_SIZE: usize = 100;
+/// How long a channel's messages are kept after its last publish.
+pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(120);
+/// The largest `history_size` a namespace may set: a recovery replays at
+/// most this many frames at once.
+pub const MAX_HISTORY_SIZE: usize = 10_000;
+/// How long a channel's position (top offset and epoch) outlives its last
+/// publish. Longer than the messages' TTL, so a client that was away from an
+/// idle channel resumes with `recovered: true` when it missed nothing,
+/// instead of being told to reload because the channel was quiet.
+pub const HISTORY_META_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A namespace's history settings; `size == 0` means no history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryPolicy {
+    pub size: usize,
+    pub ttl: Duration,
+}
+
+impl HistoryPolicy {
+    pub fn enabled(&self) -> bool {
+        self.size > 0
+    }
+}
+
+/// What one queued frame costs beyond its bytes: the queue slot and the
+/// shared buffer's header, rounded up.
+pub const QUEUE_ENTRY_OVERHEAD: usize = 64;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -54,6 +80,8 @@ pub const DEFAULT_WEBHOOK_BATCH_WINDOW: Duration = Duration::from_millis(50);
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_SUBSCRIBE_PROXY_TIMEOUT: Duration = Duration::from_secs(2);
 /// HS256 secrets shorter than this are refused: they can be brute-forced.
+/// Backend secrets (webhooks, subscribe proxy) shorter than this are refused.
+pub const MIN_SECRET_BYTES: usize = 32;
 pub const MIN_HS256_SECRET_BYTES: usize = 32;
 
 /// Where configuration values come from besides the file.

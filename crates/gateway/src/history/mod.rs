@@ -15,39 +15,15 @@ pub mod redis;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use switchboard_protocol::Position;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// Messages kept per channel unless the namespace says otherwise.
-pub const DEFAULT_HISTORY_SIZE: usize = 100;
-/// How long a channel's messages are kept after its last publish.
-pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(120);
-/// The largest `history_size` a namespace may set: a recovery replays at
-/// most this many frames at once.
-pub const MAX_HISTORY_SIZE: usize = 10_000;
-/// How long a channel's position (top offset and epoch) outlives its last
-/// publish. Longer than the messages' TTL, so a client that was away from an
-/// idle channel resumes with `recovered: true` when it missed nothing,
-/// instead of being told to reload because the channel was quiet.
-pub const HISTORY_META_TTL: Duration = Duration::from_secs(24 * 3600);
+use crate::config::{HistoryPolicy, HISTORY_META_TTL};
+
 /// Messages a `history` command returns when it names no `limit`.
 pub const DEFAULT_HISTORY_LIMIT: usize = 100;
-
-/// A namespace's history settings; `size == 0` means no history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HistoryPolicy {
-    pub size: usize,
-    pub ttl: Duration,
-}
-
-impl HistoryPolicy {
-    pub fn enabled(&self) -> bool {
-        self.size > 0
-    }
-}
 
 /// A new random epoch: 16 hex digits, so two streams never share one by chance.
 pub fn new_epoch() -> String {
@@ -374,6 +350,7 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn query(since: Option<(u64, &str)>, limit: usize) -> HistoryQuery {
         HistoryQuery {

@@ -24,11 +24,10 @@ use std::sync::LazyLock;
 use switchboard_protocol::{MessageParts, Position};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::broker::redis::{publish_command, pubsub_channel};
-use crate::history::{
-    new_epoch, select, HistoryPage, HistoryPolicy, HistoryQuery, HISTORY_META_TTL,
-};
+use crate::config::{HistoryPolicy, HISTORY_META_TTL};
+use crate::history::{new_epoch, select, HistoryPage, HistoryQuery};
 use crate::redis::link::Link;
+use crate::redis::pubsub::{publish_command, pubsub_channel};
 
 /// The hash holding a channel's epoch and latest offset.
 pub fn meta_key(channel: &str) -> String {

@@ -11,32 +11,16 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderMap};
 use http::{Method, Response, StatusCode};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::auth::{AuthError, Claims};
 use crate::http::response::{self, Body};
-use crate::limits::{Limited, Slots};
+use crate::limits::Limited;
 use crate::node::Node;
+use crate::session::Admission;
 
 /// Seconds a client should wait before retrying when the node is full or draining.
 const RETRY_AFTER_SECS: u64 = 1;
-
-/// A request that may be upgraded.
-#[derive(Debug)]
-pub struct Admission {
-    pub claims: Claims,
-    pub permit: OwnedSemaphorePermit,
-    /// The address and user slots this connection holds until it closes.
-    pub slots: Slots,
-    /// The client's address (the peer, or what a trusted proxy forwarded).
-    pub client_ip: IpAddr,
-    /// The `Sec-WebSocket-Accept` value for the 101 response.
-    pub accept_key: String,
-    /// The client asked for batched frames (`?batch=1`): a text frame may
-    /// carry several messages, one per line.
-    pub batch: bool,
-}
 
 /// Why a handshake was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]

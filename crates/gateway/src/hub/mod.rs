@@ -22,6 +22,7 @@ use indexmap::IndexMap;
 use switchboard_protocol::close::SLOW_CONSUMER;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::config::QUEUE_ENTRY_OVERHEAD;
 use crate::metrics::Metrics;
 use crate::occupancy::{ChannelCounts, ChannelPage, ListQuery};
 
@@ -65,10 +66,6 @@ pub enum Outbound {
     /// The node drains: close with 1012 after this delay.
     Drain(Duration),
 }
-
-/// What one queued frame costs beyond its bytes: the queue slot and the
-/// shared buffer's header, rounded up.
-pub const QUEUE_ENTRY_OVERHEAD: usize = 64;
 
 /// A queue that grew past this many slots is given back when it empties,
 /// so a burst does not stay resident.

@@ -14,8 +14,9 @@
 //! resolved at start-up, so counting costs a few atomic additions and no
 //! lock. docs/operations.md lists every metric.
 
+pub mod webhooks;
+
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
@@ -26,8 +27,6 @@ use prometheus::{
 };
 use switchboard_protocol::channel::namespace;
 use switchboard_protocol::{close, ErrorCode};
-
-use crate::config::Config;
 
 /// The `Content-Type` of the text exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -705,14 +704,6 @@ impl Metrics {
             }
         }
         metrics
-    }
-
-    /// The metrics of a node with this configuration.
-    pub fn for_config(config: &Config) -> Arc<Metrics> {
-        Arc::new(Metrics::new(
-            config.namespace_names(),
-            config.max_connections,
-        ))
     }
 
     fn flow(&self, channel: &str) -> &Flow {

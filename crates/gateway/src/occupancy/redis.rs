@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::webhooks::WebhookMetrics;
+use crate::metrics::webhooks::WebhookMetrics;
 use crate::occupancy::{ChannelCounts, ChannelPage, Count, ListQuery, Occupancy};
 use crate::redis::link::Link;
 

@@ -30,11 +30,12 @@ use switchboard_protocol::channel::namespace;
 use switchboard_protocol::ServerFrame;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::redis::{publish_command, pubsub_channel, RedisHealth};
 use crate::config::Config;
 use crate::occupancy::redis::RedisOccupancy;
 use crate::presence::{Member, Presence, PresenceError};
+use crate::redis::health::RedisHealth;
 use crate::redis::link::Link;
+use crate::redis::pubsub::{publish_command, pubsub_channel};
 
 /// How long a node's lease lives without renewal.
 pub const LEASE: Duration = Duration::from_secs(5);

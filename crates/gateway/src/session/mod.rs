@@ -40,7 +40,7 @@
 use std::borrow::Cow;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -64,8 +64,8 @@ use tokio_tungstenite::WebSocketStream;
 use crate::auth::{AuthError, Claims};
 use crate::backend::subscribe_proxy::Decision;
 use crate::broker::{self, BrokerError};
-use crate::history::{HistoryPage, HistoryQuery, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_SIZE};
-use crate::http::handshake::Admission;
+use crate::config::MAX_HISTORY_SIZE;
+use crate::history::{HistoryPage, HistoryQuery, DEFAULT_HISTORY_LIMIT};
 use crate::hub::{Delivery, Outbound, SessionHandle, SLOW_CONSUMER_REASON};
 use crate::limits::Slots;
 use crate::metrics::{Closed, OpenSession};
@@ -87,6 +87,23 @@ enum End {
     Close(u16, Cow<'static, str>),
     /// The client closed, or the socket broke: nothing more to send.
     Gone(&'static str),
+}
+
+/// What the handshake admitted: a request that may be upgraded, and what
+/// its session holds until it ends.
+#[derive(Debug)]
+pub struct Admission {
+    pub claims: Claims,
+    pub permit: OwnedSemaphorePermit,
+    /// The address and user slots this connection holds until it closes.
+    pub slots: Slots,
+    /// The client's address (the peer, or what a trusted proxy forwarded).
+    pub client_ip: IpAddr,
+    /// The `Sec-WebSocket-Accept` value for the 101 response.
+    pub accept_key: String,
+    /// The client asked for batched frames (`?batch=1`): a text frame may
+    /// carry several messages, one per line.
+    pub batch: bool,
 }
 
 /// A connection admitted by the handshake, about to become a session.
