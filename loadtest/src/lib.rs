@@ -8,7 +8,15 @@
 //! publish-to-receive latency with an HDR histogram. With the exactly-once
 //! ledger on it also proves that every subscriber got every accepted message
 //! once.
+//!
+//! The modules depend one way, bottom up: `plan`, `stats`, `token`, `cpu`
+//! and `conn` (the WebSocket client side) use nothing above them;
+//! `context` (what every task of a run shares) sits on `plan` and `stats`;
+//! `subscriber` and `publisher` use `context` and `conn`, never each other;
+//! `run` drives them all. `python3 scripts/check-layers.py` checks it.
 
+pub mod conn;
+pub mod context;
 pub mod cpu;
 pub mod plan;
 pub mod publisher;

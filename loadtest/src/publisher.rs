@@ -22,9 +22,9 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::run::Context;
+use crate::conn::{self, ServerFrame};
+use crate::context::Context;
 use crate::stats::now_us;
-use crate::subscriber::{self, ServerFrame};
 
 /// Waits for the next message this worker should publish; `None` when the
 /// publishing phase is over.
@@ -164,8 +164,8 @@ pub async fn client(ctx: Arc<Context>, n: usize, start: Instant, end: Instant) {
     let source = SocketAddr::new(ctx.plan.source(n).into(), 0);
     let opened = async {
         let token = ctx.publisher_token(n)?;
-        let mut ws = subscriber::connect(source, target, &token, false).await?;
-        subscriber::welcome(&mut ws).await?;
+        let mut ws = conn::connect(source, target, &token, false).await?;
+        conn::welcome(&mut ws).await?;
         Ok::<_, String>(ws)
     }
     .await;

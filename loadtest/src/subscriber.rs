@@ -13,105 +13,21 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use serde_json::value::RawValue;
-use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{client_async_with_config, WebSocketStream};
 
-use crate::run::Context;
+use crate::conn::{close_reason, connect, next_text, welcome, ServerFrame, Ws};
+use crate::context::Context;
 use crate::stats::now_us;
 
-pub type Ws = WebSocketStream<TcpStream>;
-
-/// The socket read buffer of a load connection (frames here are small).
-const READ_BUFFER: usize = 4 * 1024;
 /// Opening and subscribing one connection may take this long.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A frame from the gateway, with only the fields the load tool reads.
-#[derive(Deserialize)]
-pub struct ServerFrame<'a> {
-    #[serde(rename = "type", borrow)]
-    pub kind: &'a str,
-    #[serde(default, borrow)]
-    pub channel: Option<&'a str>,
-    #[serde(default)]
-    pub id: Option<u64>,
-    #[serde(default, borrow)]
-    pub data: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    pub error: Option<&'a RawValue>,
-}
 
 /// What the publisher puts in `data`: message number and send time (µs).
 #[derive(Deserialize)]
 pub struct Payload {
     pub k: u64,
     pub ts: u64,
-}
-
-/// Opens a WebSocket to `target` from `source`, authenticated by `token`.
-/// With `batch`, the gateway may send several messages per text frame,
-/// one per line (`?batch=1`).
-pub async fn connect(
-    source: SocketAddr,
-    target: SocketAddr,
-    token: &str,
-    batch: bool,
-) -> Result<Ws, String> {
-    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
-    socket
-        .bind(source)
-        .map_err(|e| format!("bind {source}: {e}"))?;
-    let stream = socket
-        .connect(target)
-        .await
-        .map_err(|e| format!("connect {target}: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0);
-    let url = format!(
-        "ws://{target}/ws?token={token}{}",
-        if batch { "&batch=1" } else { "" }
-    );
-    let (ws, _) = client_async_with_config(url, stream, Some(config))
-        .await
-        .map_err(|e| match e {
-            WsError::Http(response) => format!("refused: HTTP {}", response.status()),
-            other => format!("handshake: {other}"),
-        })?;
-    Ok(ws)
-}
-
-/// Reads the next text frame, skipping pings and pongs.
-pub async fn next_text(ws: &mut Ws) -> Result<String, String> {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
-            Some(Ok(Message::Close(frame))) => {
-                return Err(close_reason(frame.map(|f| u16::from(f.code))))
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(error)) => return Err(format!("read: {error}")),
-            None => return Err("closed".into()),
-        }
-    }
-}
-
-fn close_reason(code: Option<u16>) -> String {
-    code.map_or_else(|| "close".to_owned(), |c| format!("close {c}"))
-}
-
-/// Waits for the welcome frame.
-pub async fn welcome(ws: &mut Ws) -> Result<(), String> {
-    let text = next_text(ws).await?;
-    match serde_json::from_str::<ServerFrame<'_>>(&text) {
-        Ok(frame) if frame.kind == "welcome" => Ok(()),
-        _ => Err(format!("expected a welcome, got {text}")),
-    }
 }
 
 /// The messages one subscriber received, per subscribed channel, by
