@@ -4,8 +4,9 @@
 `make test` runs it over every crate of the workspace, so an import circle
 cannot come back unseen. It reads each `src/**/*.rs` file as one module
 (`a/mod.rs` is `a`, `a/b.rs` is `a::b`), takes every `crate::`, `super::`
-and `self::` path in its code (comments and `#[cfg(test)] mod tests` left
-out: unit tests may reach anywhere) and checks two graphs:
+and `self::` path in its code (comments, literals, `pub(super)`-style
+visibility and `#[cfg(test)]` modules left out: unit tests may reach
+anywhere) and checks two graphs:
 
   * modules: file to file, e.g. `broker::redis` -> `history::redis`;
   * folders: the crate's top-level modules, e.g. `broker` -> `history`:
@@ -14,15 +15,18 @@ out: unit tests may reach anywhere) and checks two graphs:
 A circle in either is printed with the names that tie it and the script
 exits 1. With `--layers` it also prints the folders from the bottom layer
 up. Written by hand: `cargo modules` needs a nightly-only rust-analyzer
-build and a network fetch, and a hundred lines of Python do the job.
+build and a network fetch, and a few hundred lines of Python do the job.
+scripts/check-layers-test.py tests it on tiny crates; `make layers` runs both.
 """
 
 import re
 import sys
 from pathlib import Path
 
-PATH = re.compile(r"\b(crate|super|self)((?:::[A-Za-z_][A-Za-z0-9_]*)+)(::\{)?")
-TEST_MODULE = re.compile(r"^\s*#\[cfg\(test\)\]\s*\n\s*(pub(\(crate\))? )?mod \w+ \{", re.M)
+PATH = re.compile(r"\b(crate|super|self)\b((?:::[A-Za-z_][A-Za-z0-9_]*)*)(::\{|::\*)?")
+TEST_MODULE = re.compile(r"#\[cfg\(test\)\]\s*(#\[[^\]]*\]\s*)*(pub(\([^)]*\))?\s+)?mod\s+\w+\s*\{")
+VISIBILITY = re.compile(r"\bpub\s*\(\s*(crate|super|self|in\s[^)]*)\)")
+RAW_STRING = re.compile(r'(?<![A-Za-z0-9_])[bc]?r(#*)"')
 
 
 def module_of(src: Path, file: Path) -> tuple:
@@ -32,15 +36,57 @@ def module_of(src: Path, file: Path) -> tuple:
     return tuple(parts)
 
 
+def blank(text: str) -> str:
+    """`text` with comments and the contents of string and character literals
+    blanked, read left to right as the compiler does: a `//` inside a string
+    is no comment, a `"` inside `'"'` or a comment opens no string."""
+    out, i, n = [], 0, len(text)
+    while i < n:
+        ch, two = text[i], text[i : i + 2]
+        raw = RAW_STRING.match(text, i) if ch in "bcr" else None
+        if two == "//":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            out.append(" ")
+        elif two == "/*":
+            depth, i = 1, i + 2
+            while i < n and depth:
+                if text.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif text.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+            out.append(" ")
+        elif raw:
+            close = '"' + raw.group(1)
+            end = text.find(close, raw.end())
+            i = n if end < 0 else end + len(close)
+            out.append('""')
+        elif ch == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+            i += 1
+            out.append('""')
+        elif ch == "'" and (text[i + 1 : i + 2] == "\\" or text[i + 2 : i + 3] == "'"):
+            # A character literal (`'"'`, `'\\''`, `'\\u{7f}'`); a lone `'` is a lifetime.
+            end = text.find("'", i + 3 if text[i + 1] == "\\" else i + 2)
+            i = n if end < 0 else end + 1
+            out.append("' '")
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
 def strip(text: str) -> str:
-    """The code of a file: no comments, no string contents, no unit tests."""
-    match = TEST_MODULE.search(text)
-    if match:
-        text = text[: match.start()]
-    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
-    text = re.sub(r"//[^\n]*", " ", text)
-    text = re.sub(r'r#*"(?:.|\n)*?"#*', '""', text)
-    text = re.sub(r'"(?:\\.|[^"\\])*"', '""', text)
+    """The code of a file: no comments, no literal contents, no visibility
+    paths (`pub(super)` names no dependency), no `#[cfg(test)]` modules."""
+    text = VISIBILITY.sub("pub", blank(text))
+    while match := TEST_MODULE.search(text):
+        body = braced(text, match.end() - 1)
+        text = text[: match.start()] + " " + text[match.end() + len(body) + 1 :]
     return text
 
 
@@ -91,23 +137,25 @@ def expand(prefix: tuple, rest: str) -> list:
     return paths
 
 
-def references(module: tuple, is_mod_file: bool, code: str) -> list:
-    # `super` in a/b.rs is `a`; in a/mod.rs it is the parent of `a`.
-    here = module if is_mod_file else module[:-1]
+def references(module: tuple, code: str) -> list:
+    # `self` is the file's own module (`a::b` for a/b.rs, `a` for a/mod.rs)
+    # and `super` its parent.
     found = []
     for match in PATH.finditer(code):
         root, tail, group = match.group(1), match.group(2), match.group(3)
+        if not tail and not group:
+            continue  # `self.x`, `&self`: a value, not a path
         segs = tuple(s for s in tail.split("::") if s)
         if root == "crate":
             base = ()
         elif root == "self":
-            base = here
+            base = module
         else:
-            base = here[:-1]
+            base = module[:-1]
             while segs and segs[0] == "super":
                 base, segs = base[:-1], segs[1:]
         prefix = base + segs
-        if group:
+        if group == "::{":
             found += expand(prefix, braced(code, match.end() - 1))
         else:
             found.append(prefix)
@@ -178,9 +226,8 @@ def check(src: Path, show_layers: bool) -> bool:
     module_edges, folder_edges, why = {}, {}, {}
     for file in files:
         module = module_of(src, file)
-        is_mod_file = file.stem in ("mod", "lib", "main")
         code = strip(file.read_text())
-        for path in references(module, is_mod_file, code):
+        for path in references(module, code):
             target = resolve(path, modules)
             if target == module or not target:
                 continue
