@@ -3,18 +3,20 @@
 # the Rust toolchain (scripts/install-test-deps.sh installs the rest).
 
 CARGO ?= cargo
+PYTHON ?= python3
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: run test test-js lint fmt build test-deps cluster cluster-down bench
+.PHONY: run test test-js lint layers fmt build test-deps cluster cluster-down bench
 
 ## run: build and start one in-memory node on $(LISTEN); prints a dev token.
 run:
 	$(CARGO) build --release -p switchboard-gateway -p switchboard-client
 	LISTEN=$(LISTEN) scripts/dev-run.sh
 
-## test: install what the tests need, then lint and run every test: the
-## Rust workspace, then the JS SDK (node tests, types, headless Chromium).
-test: test-deps lint
+## test: install what the tests need, then lint, check the layers and run
+## every test: the Rust workspace, then the JS SDK (node tests, types,
+## headless Chromium).
+test: test-deps lint layers
 	$(CARGO) test --workspace --all-targets
 	CARGO=$(CARGO) scripts/test-js.sh
 
@@ -34,6 +36,13 @@ bench:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## layers: no import circles between the modules (or folders) of any crate
+## of the workspace; the checker's own tests run first (python3, which
+## make test-deps installs).
+layers:
+	$(PYTHON) scripts/check-layers-test.py
+	$(PYTHON) scripts/check-layers.py
 
 fmt:
 	$(CARGO) fmt --all

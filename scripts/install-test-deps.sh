@@ -2,8 +2,9 @@
 # Installs the programs the test suite starts or calls for real (Debian):
 # redis-server, redis-sentinel and nginx for the integration tests (openssl
 # for their TLS certificates), promtool to lint the
-# metrics exposition and alert rules, python3 for kubernetes-validate and
-# the webhook verification snippets of docs/protocol.md, docker-compose to validate the compose
+# metrics exposition and alert rules, python3 for scripts/check-layers.py
+# (make layers), kubernetes-validate and the webhook verification snippets
+# of docs/protocol.md, docker-compose to validate the compose
 # file without an engine, kubernetes-validate (PyPI) to check the
 # Kubernetes manifests offline, chromium for the JS SDK's browser tests, and
 # the SDK's npm dev dependencies (playwright-core, typescript) from its
