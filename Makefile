@@ -8,15 +8,23 @@ LISTEN ?= 127.0.0.1:8080
 
 .PHONY: run test test-js lint layers fmt build test-deps cluster cluster-down bench
 
+# The one debug build that make run, make test and scripts/test-js.sh share:
+# the whole workspace with every target, so the features of dependencies are
+# unified the same way each time (a `-p` build, or one without the tests'
+# dev-dependencies, resolves them differently and compiles the tree again).
+# After make test, make run compiles nothing.
+DEV_BUILD = $(CARGO) build --workspace --all-targets
+
 ## run: build and start one in-memory node on $(LISTEN); prints a dev token.
 run:
-	$(CARGO) build --release -p switchboard-gateway -p switchboard-client
+	$(DEV_BUILD)
 	LISTEN=$(LISTEN) scripts/dev-run.sh
 
 ## test: install what the tests need, then lint, check the layers and run
 ## every test: the Rust workspace, then the JS SDK (node tests, types,
 ## headless Chromium).
 test: test-deps lint layers
+	$(DEV_BUILD)
 	$(CARGO) test --workspace --all-targets
 	CARGO=$(CARGO) scripts/test-js.sh
 

@@ -2,6 +2,11 @@
 # Starts one development node: in-memory broker, a dev HS256 secret, any
 # browser origin, and config/dev.toml (join/leave events in `chat:`). Prints
 # a token valid for an hour and how to connect with it.
+#
+# It runs the binaries in target/debug, which `make run` builds with the same
+# command as `make test` (so a run after the tests compiles nothing). BIN_DIR
+# picks another build, e.g. BIN_DIR=target/release after
+# `cargo build --release -p switchboard-gateway -p switchboard-client`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +14,11 @@ export SWITCHBOARD_LISTEN="${LISTEN:-127.0.0.1:8080}"
 export SWITCHBOARD_JWT_HS256_SECRET="${SWITCHBOARD_JWT_HS256_SECRET:-switchboard-dev-secret-not-for-production}"
 export SWITCHBOARD_ALLOWED_ORIGINS="${SWITCHBOARD_ALLOWED_ORIGINS:-*}"
 export SWITCHBOARD_NODE_ID="${SWITCHBOARD_NODE_ID:-dev-1}"
-bin=target/release
+bin="${BIN_DIR:-target/debug}"
+[ -x "$bin/switchboard" ] || {
+  echo "dev-run: $bin/switchboard is missing; run make run (or build it)" >&2
+  exit 1
+}
 
 token=$("$bin/switchboard" --config config/dev.toml token --user dev --ttl 1h --info '{"name":"Dev"}')
 alice=$("$bin/switchboard" --config config/dev.toml token --user alice --ttl 1h --info '{"name":"Alice"}')

@@ -24,9 +24,12 @@ major="$(node -p 'process.versions.node.split(".")[0]')"
   exit 1
 }
 
-# The tests start target/debug/switchboard; `cargo test` builds it, but make
-# sure it is there and current when this runs alone.
-"$CARGO" build --quiet -p switchboard-gateway
+# The tests start target/debug/switchboard; make test builds it, but make
+# sure it is there and current when this runs alone. The same command as
+# make test and make run (see DEV_BUILD in the Makefile): a `-p` build
+# resolves features differently and would compile the gateway again, and
+# leave that other build in target/debug/switchboard.
+"$CARGO" build --quiet --workspace --all-targets
 
 # All three run even when one fails, so one run shows every failure.
 cd sdk/js
