@@ -27,17 +27,36 @@
 # BENCH_SCENARIOS (default "1 2 3 4 5 6") picks scenarios, e.g.
 # `BENCH_SCENARIOS=3 make bench` for the cross-node ones alone.
 #
+# GATEWAY and LOAD name the gateway and load tool binaries (default
+# target/release/switchboard and target/release/switchboard-loadtest, which
+# it builds first); BENCH_BUILD=0 skips that build. So the same scenarios
+# run against a gateway built from another commit, before and after a
+# change, with the same load tool:
+#
+#   git worktree add /tmp/before <commit>
+#   (cd /tmp/before && cargo build --release -p switchboard-gateway)
+#   GATEWAY=/tmp/before/target/release/switchboard make bench | tee before.txt
+#   make bench | tee after.txt
+#
+# Relative paths are taken from where it is started. Each run replaces
+# target/bench, so keep the first run's table (or copy target/bench away).
+#
 # It starts everything it needs (redis-server and gateway nodes on free
 # loopback ports, in a temp dir) and stops all of it on exit. Logs and the
 # JSON reports are kept in target/bench/. The load tool runs on the same
 # cores as the gateway; see docs/benchmarks.md for how to read the figures.
 set -euo pipefail
 
+# GATEWAY and LOAD as given, relative to where this was started.
+absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+[ -n "${GATEWAY:-}" ] && GATEWAY=$(absolute "$GATEWAY")
+[ -n "${LOAD:-}" ] && LOAD=$(absolute "$LOAD")
+
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
 OUT=target/bench
-GATEWAY=target/release/switchboard
-LOAD=target/release/switchboard-loadtest
+GATEWAY=${GATEWAY:-target/release/switchboard}
+LOAD=${LOAD:-target/release/switchboard-loadtest}
 SECRET=bench-secret-bench-secret-bench-secret
 API_KEY=bench-api-key-0123456789
 SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3 4 5 6} "
@@ -46,8 +65,15 @@ BACKEND_SECRET=bench-backend-secret-bench-backend-secret
 # Each connection is a descriptor: take the whole hard limit (20,000 here).
 ulimit -n "$(ulimit -Hn)"
 
-echo "building release binaries..."
-$CARGO build --release -p switchboard-gateway -p switchboard-loadtest
+if [ "${BENCH_BUILD:-1}" != 0 ]; then
+    echo "building release binaries..."
+    $CARGO build --release -p switchboard-gateway -p switchboard-loadtest
+fi
+for bin in "$GATEWAY" "$LOAD"; do
+    [ -x "$bin" ] || { echo "bench: $bin is missing or not executable" >&2; exit 1; }
+done
+echo "gateway: $GATEWAY"
+echo "load tool: $LOAD"
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
