@@ -59,7 +59,8 @@ build:
 	$(CARGO) build --workspace --release
 
 ## cluster: redis-server, three nodes and nginx (ip_hash) as local processes,
-## no Docker; prints the URL and a token; Ctrl-C stops them all.
+## no Docker; prints the URL and a token; Ctrl-C stops them all. Release
+## binaries, as deployed (its own build, apart from make run's debug one).
 cluster:
 	$(CARGO) build --release -p switchboard-gateway -p switchboard-client
 	scripts/cluster.sh up
