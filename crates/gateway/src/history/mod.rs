@@ -10,13 +10,19 @@
 //! message is stored, in the same step that publishes it: under the
 //! channel's lock in memory, inside one Lua script on Redis
 //! (`redis_history`).
+//!
+//! It also says what a history read answers a client ([`reply`],
+//! [`beyond_top`], [`disabled`]): the `history` command of a session and
+//! the server API's `GET /api/history` give the same answer, so both take
+//! it from here.
 
 pub mod redis;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use switchboard_protocol::Position;
+use serde_json::{json, Value};
+use switchboard_protocol::{ChannelName, ErrorCode, Position};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -79,6 +85,60 @@ pub fn select(top: u64, len: u64, epoch: &str, query: &HistoryQuery) -> Option<(
         return None;
     }
     Some((from, top.min(from + limit - 1)))
+}
+
+/// The error for a `since` ahead of the channel's stream.
+pub fn beyond_top(since: &Position, page: &HistoryPage) -> (ErrorCode, String) {
+    (
+        ErrorCode::BadRequest,
+        format!(
+            "since.offset {} is beyond the channel's latest offset {}",
+            since.offset, page.top.offset
+        ),
+    )
+}
+
+/// The error for history on a namespace without it.
+pub fn disabled(channel: &ChannelName) -> (ErrorCode, String) {
+    (
+        ErrorCode::BadRequest,
+        format!(
+            "history is disabled for namespace {:?}",
+            channel.namespace()
+        ),
+    )
+}
+
+/// The result of a `history` command or `GET /api/history`:
+/// `{offset, epoch, messages, recovered?}`. With `since`, `recovered`
+/// says whether `messages` continue right after it; when not, the
+/// messages are what history still holds.
+pub fn reply(query: &HistoryQuery, page: HistoryPage) -> Result<Value, (ErrorCode, String)> {
+    let recovered = match &query.since {
+        Some(since) if page.is_beyond_top(since) => return Err(beyond_top(since, &page)),
+        Some(since) => Some(page.continues(since)),
+        None => None,
+    };
+    // Stored frames are the `message` frames subscribers got; a bounded
+    // read (at most MAX_HISTORY_LIMIT) is parsed back to sit in the reply.
+    let messages = page
+        .messages
+        .iter()
+        .map(|(_, frame)| serde_json::from_str::<Value>(frame))
+        .collect::<Result<Vec<Value>, _>>()
+        .map_err(|error| {
+            tracing::warn!(message = "stored frames are not JSON", %error);
+            (ErrorCode::Internal, "history unavailable".to_owned())
+        })?;
+    let mut result = json!({
+        "offset": page.top.offset,
+        "epoch": page.top.epoch,
+        "messages": messages,
+    });
+    if let Some(recovered) = recovered {
+        result["recovered"] = json!(recovered);
+    }
+    Ok(result)
 }
 
 /// One channel's stream in memory.

@@ -65,7 +65,7 @@ use crate::auth::{AuthError, Claims};
 use crate::backend::subscribe_proxy::Decision;
 use crate::broker::{self, BrokerError};
 use crate::config::MAX_HISTORY_SIZE;
-use crate::history::{HistoryPage, HistoryQuery, DEFAULT_HISTORY_LIMIT};
+use crate::history::{self, HistoryPage, HistoryQuery, DEFAULT_HISTORY_LIMIT};
 use crate::hub::{Delivery, Outbound, SessionHandle, SLOW_CONSUMER_REASON};
 use crate::limits::Slots;
 use crate::metrics::{Closed, OpenSession};
@@ -957,7 +957,7 @@ where
         let (recovered, replay) = match &since {
             None => (None, Vec::new()),
             Some(since) if page.is_beyond_top(since) => {
-                return Err(beyond_top(since, &page));
+                return Err(history::beyond_top(since, &page));
             }
             Some(since) => {
                 let recovered = page.continues(since);
@@ -1021,7 +1021,7 @@ where
             .history()
             .enabled()
         {
-            return Err(history_disabled(channel));
+            return Err(history::disabled(channel));
         }
         let query = HistoryQuery {
             since,
@@ -1030,7 +1030,7 @@ where
                 .min(MAX_HISTORY_LIMIT),
         };
         let page = self.read_history(channel, &query, "history").await?;
-        history_result(&query, page)
+        history::reply(&query, page)
     }
 
     async fn unsubscribe(&mut self, channel: &ChannelName) -> Result<Value, (ErrorCode, String)> {
@@ -1197,63 +1197,6 @@ where
             "slow consumer: write timed out".into(),
         )),
     }
-}
-
-/// The error for a `since` ahead of the channel's stream.
-pub fn beyond_top(since: &Position, page: &HistoryPage) -> (ErrorCode, String) {
-    (
-        ErrorCode::BadRequest,
-        format!(
-            "since.offset {} is beyond the channel's latest offset {}",
-            since.offset, page.top.offset
-        ),
-    )
-}
-
-/// The error for history on a namespace without it.
-pub fn history_disabled(channel: &ChannelName) -> (ErrorCode, String) {
-    (
-        ErrorCode::BadRequest,
-        format!(
-            "history is disabled for namespace {:?}",
-            channel.namespace()
-        ),
-    )
-}
-
-/// The result of a `history` command or `GET /api/history`:
-/// `{offset, epoch, messages, recovered?}`. With `since`, `recovered`
-/// says whether `messages` continue right after it; when not, the
-/// messages are what history still holds.
-pub fn history_result(
-    query: &HistoryQuery,
-    page: HistoryPage,
-) -> Result<Value, (ErrorCode, String)> {
-    let recovered = match &query.since {
-        Some(since) if page.is_beyond_top(since) => return Err(beyond_top(since, &page)),
-        Some(since) => Some(page.continues(since)),
-        None => None,
-    };
-    // Stored frames are the `message` frames subscribers got; a bounded
-    // read (at most MAX_HISTORY_LIMIT) is parsed back to sit in the reply.
-    let messages = page
-        .messages
-        .iter()
-        .map(|(_, frame)| serde_json::from_str::<Value>(frame))
-        .collect::<Result<Vec<Value>, _>>()
-        .map_err(|error| {
-            tracing::warn!(message = "stored frames are not JSON", %error);
-            (ErrorCode::Internal, "history unavailable".to_owned())
-        })?;
-    let mut result = json!({
-        "offset": page.top.offset,
-        "epoch": page.top.epoch,
-        "messages": messages,
-    });
-    if let Some(recovered) = recovered {
-        result["recovered"] = json!(recovered);
-    }
-    Ok(result)
 }
 
 /// A uniformly random moment within the drain window: reconnects spread
