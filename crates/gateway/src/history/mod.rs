@@ -470,6 +470,49 @@ mod tests {
         assert!(!expired.continues(&Position::new(9, "e")));
     }
 
+    #[test]
+    fn a_history_reply_carries_the_position_and_the_messages() {
+        let page = |messages: &[u64]| HistoryPage {
+            top: Position::new(10, "e"),
+            first: 6,
+            messages: messages
+                .iter()
+                .map(|o| (*o, Utf8Bytes::from(format!(r#"{{"offset":{o}}}"#))))
+                .collect(),
+        };
+        assert_eq!(
+            reply(&query(None, 2), page(&[9, 10])),
+            Ok(json!({
+                "offset": 10,
+                "epoch": "e",
+                "messages": [{ "offset": 9 }, { "offset": 10 }],
+            }))
+        );
+        let resumed = reply(&query(Some((8, "e")), 100), page(&[9, 10])).unwrap();
+        assert_eq!(resumed["recovered"], json!(true));
+        let trimmed = reply(&query(Some((2, "e")), 100), page(&[6, 7])).unwrap();
+        assert_eq!(
+            trimmed["recovered"],
+            json!(false),
+            "offsets 3 to 5 are gone"
+        );
+        assert_eq!(
+            reply(&query(Some((11, "e")), 100), page(&[])),
+            Err((
+                ErrorCode::BadRequest,
+                "since.offset 11 is beyond the channel's latest offset 10".to_owned()
+            ))
+        );
+        let channel = ChannelName::parse("quiet:a").unwrap();
+        assert_eq!(
+            disabled(&channel),
+            (
+                ErrorCode::BadRequest,
+                "history is disabled for namespace \"quiet\"".to_owned()
+            )
+        );
+    }
+
     const POLICY: HistoryPolicy = HistoryPolicy {
         size: 3,
         ttl: Duration::from_secs(60),

@@ -325,3 +325,360 @@ impl Rate {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::UNIX_EPOCH;
+
+    use switchboard_protocol::{decode_command, PatternSet, Request};
+
+    use super::*;
+
+    /// Two channels per session, 10 frames/s with bursts of 3 and 2
+    /// refusals; `quiet` has neither presence nor history, `doc` asks the
+    /// backend about subscribes its tokens do not grant.
+    fn config() -> Config {
+        let env: HashMap<String, String> = [
+            (
+                "SWITCHBOARD_JWT_HS256_SECRET",
+                "0123456789abcdef0123456789abcdef",
+            ),
+            (
+                "SWITCHBOARD_BACKEND_SECRET",
+                "fedcba9876543210fedcba9876543210",
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let text = r#"
+            [session]
+            max_channels = 2
+            [limits]
+            msg_rate = 10
+            msg_burst = 3
+            msg_close_after = 2
+            [namespaces.quiet]
+            presence = false
+            history_size = 0
+            [namespaces.doc]
+            subscribe_proxy = "https://app.example.com/switchboard/subscribe"
+        "#;
+        Config::from_toml(text, &env).unwrap()
+    }
+
+    /// Alice may subscribe to `chat:*` and `quiet:*` and publish to `chat:*`.
+    fn claims() -> Claims {
+        Claims {
+            user: Arc::from("alice"),
+            exp: 2_000,
+            channels: Arc::new(PatternSet::parse(&["chat:*", "quiet:*"]).unwrap()),
+            publish: Arc::new(PatternSet::parse(&["chat:*"]).unwrap()),
+            info: Some(Arc::from(
+                RawValue::from_string(r#"{"name":"Alice"}"#.into()).unwrap(),
+            )),
+        }
+    }
+
+    fn channel(name: &str) -> ChannelName {
+        ChannelName::parse(name).unwrap()
+    }
+
+    fn request(text: &str) -> Request<'_> {
+        decode_command(text).unwrap()
+    }
+
+    /// What `text` decides for alice holding `held`.
+    fn verdict<'a>(text: &'a str, held: &[&str]) -> Result<Effect<'a>, Refusal> {
+        let claims = claims();
+        let subscriptions: Vec<ChannelName> = held.iter().map(|c| channel(c)).collect();
+        let caller = Caller {
+            claims: &claims,
+            subscriptions: &subscriptions,
+        };
+        decide(request(text).command, &caller, &config())
+    }
+
+    fn refused(text: &str, held: &[&str]) -> Refusal {
+        match verdict(text, held) {
+            Err(refusal) => refusal,
+            Ok(effect) => panic!("{text} was not refused: {effect:?}"),
+        }
+    }
+
+    fn forbidden(message: &str) -> Refusal {
+        (ErrorCode::Forbidden, message.to_owned())
+    }
+
+    fn bad_request(message: &str) -> Refusal {
+        (ErrorCode::BadRequest, message.to_owned())
+    }
+
+    #[test]
+    fn commands_the_token_does_not_grant_are_forbidden() {
+        assert_eq!(
+            refused(r#"{"type":"subscribe","channel":"news:a"}"#, &[]),
+            forbidden("token does not grant subscribing to news:a")
+        );
+        assert_eq!(
+            refused(r#"{"type":"publish","channel":"quiet:a","data":1}"#, &[]),
+            forbidden("token does not grant publishing to quiet:a")
+        );
+        assert_eq!(
+            refused(r#"{"type":"presence","channel":"news:a"}"#, &[]),
+            forbidden("token does not grant access to news:a")
+        );
+        assert_eq!(
+            refused(r#"{"type":"history","channel":"news:a"}"#, &[]),
+            forbidden("token does not grant access to news:a")
+        );
+    }
+
+    #[test]
+    fn granted_commands_run() {
+        match verdict(r#"{"type":"subscribe","channel":"chat:a"}"#, &[]) {
+            Ok(Effect::Subscribe {
+                channel: c,
+                since: None,
+                info: Some(info),
+            }) => {
+                assert_eq!(c, channel("chat:a"));
+                assert_eq!(info.get(), r#"{"name":"Alice"}"#, "the token's info");
+            }
+            other => panic!("not a subscribe: {other:?}"),
+        }
+        match verdict(
+            r#"{"type":"publish","channel":"chat:a","data":{"n":1}}"#,
+            &[],
+        ) {
+            Ok(Effect::Publish { channel: c, data }) => {
+                assert_eq!((c, data.get()), (channel("chat:a"), r#"{"n":1}"#));
+            }
+            other => panic!("not a publish: {other:?}"),
+        }
+        assert!(matches!(
+            verdict(r#"{"type":"presence","channel":"chat:a"}"#, &[]),
+            Ok(Effect::Presence { .. })
+        ));
+        assert!(matches!(
+            verdict(r#"{"type":"ping","id":1}"#, &[]),
+            Ok(Effect::Reply(value)) if value == json!({})
+        ));
+    }
+
+    #[test]
+    fn a_subscription_lets_presence_and_history_read_what_the_token_does_not_grant() {
+        let held = ["doc:a"];
+        assert!(matches!(
+            verdict(r#"{"type":"presence","channel":"doc:a"}"#, &held),
+            Ok(Effect::Presence { .. })
+        ));
+        assert!(matches!(
+            verdict(r#"{"type":"history","channel":"doc:a"}"#, &held),
+            Ok(Effect::History { .. })
+        ));
+        assert_eq!(
+            refused(r#"{"type":"presence","channel":"doc:b"}"#, &held),
+            forbidden("token does not grant access to doc:b")
+        );
+    }
+
+    #[test]
+    fn a_subscribe_the_token_does_not_grant_asks_the_namespaces_backend() {
+        match verdict(
+            r#"{"type":"subscribe","channel":"doc:a","since":{"offset":3,"epoch":"e"}}"#,
+            &[],
+        ) {
+            Ok(Effect::AskBackend { channel: c, since }) => {
+                assert_eq!(c, channel("doc:a"));
+                assert_eq!(since, Some(Position::new(3, "e")));
+            }
+            other => panic!("the backend is not asked: {other:?}"),
+        }
+        assert_eq!(
+            not_granted(&channel("doc:a")),
+            forbidden("token does not grant subscribing to doc:a"),
+            "what a subscribe gets when no proxy client is there"
+        );
+    }
+
+    #[test]
+    fn a_channel_already_held_is_answered_at_once() {
+        let held = ["chat:a", "doc:a"];
+        for text in [
+            r#"{"type":"subscribe","channel":"chat:a"}"#,
+            r#"{"type":"subscribe","channel":"doc:a"}"#,
+        ] {
+            assert!(
+                matches!(verdict(text, &held), Ok(Effect::Reply(value)) if value == json!({})),
+                "{text}: held, even at the limit and without a grant"
+            );
+        }
+        assert!(matches!(
+            verdict(r#"{"type":"unsubscribe","channel":"chat:a"}"#, &held),
+            Ok(Effect::Unsubscribe { .. })
+        ));
+        assert!(
+            matches!(
+                verdict(r#"{"type":"unsubscribe","channel":"chat:b"}"#, &held),
+                Ok(Effect::Reply(value)) if value == json!({})
+            ),
+            "nothing to leave"
+        );
+    }
+
+    #[test]
+    fn namespaces_without_presence_or_history_refuse_them() {
+        assert_eq!(
+            refused(r#"{"type":"presence","channel":"quiet:a"}"#, &[]),
+            bad_request("presence is disabled for namespace \"quiet\"")
+        );
+        assert_eq!(
+            refused(r#"{"type":"history","channel":"quiet:a"}"#, &[]),
+            bad_request("history is disabled for namespace \"quiet\"")
+        );
+        assert!(
+            matches!(
+                verdict(r#"{"type":"subscribe","channel":"quiet:a"}"#, &[]),
+                Ok(Effect::Subscribe { .. })
+            ),
+            "subscribing needs neither"
+        );
+    }
+
+    #[test]
+    fn the_subscription_limit_is_session_max_channels() {
+        let held = ["chat:a", "chat:b"];
+        let full = bad_request("subscription limit of 2 channels reached");
+        assert_eq!(
+            refused(r#"{"type":"subscribe","channel":"chat:c"}"#, &held),
+            full
+        );
+        assert!(matches!(
+            verdict(r#"{"type":"subscribe","channel":"chat:c"}"#, &held[..1]),
+            Ok(Effect::Subscribe { .. })
+        ));
+        // A subscribe the backend allowed meets the limit after its answer.
+        assert!(matches!(
+            verdict(r#"{"type":"subscribe","channel":"doc:a"}"#, &held),
+            Ok(Effect::AskBackend { .. })
+        ));
+        assert_eq!(subscription_room(2, &config()), Err(full));
+        assert_eq!(subscription_room(1, &config()), Ok(()));
+    }
+
+    #[test]
+    fn history_reads_the_newest_hundred_at_most_a_thousand() {
+        let query = |text| match verdict(text, &[]) {
+            Ok(Effect::History { query, .. }) => query,
+            other => panic!("not a history read: {other:?}"),
+        };
+        let plain = query(r#"{"type":"history","channel":"chat:a"}"#);
+        assert_eq!((plain.since, plain.limit), (None, DEFAULT_HISTORY_LIMIT));
+        let after = query(
+            r#"{"type":"history","channel":"chat:a","since":{"offset":4,"epoch":"e"},"limit":5}"#,
+        );
+        assert_eq!((after.since, after.limit), (Some(Position::new(4, "e")), 5));
+        // The decoder refuses a larger limit; the rule holds without it.
+        let claims = claims();
+        let caller = Caller {
+            claims: &claims,
+            subscriptions: &[],
+        };
+        let command = Command::History {
+            channel: channel("chat:a"),
+            since: None,
+            limit: Some(5_000),
+        };
+        match decide(command, &caller, &config()) {
+            Ok(Effect::History { query, .. }) => assert_eq!(query.limit, MAX_HISTORY_LIMIT),
+            other => panic!("not a history read: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rate_buckets_hold_a_burst_then_refill() {
+        let now = Instant::now();
+        let mut tat = now;
+        for _ in 0..3 {
+            assert!(Rate::take(&mut tat, now, 10, 3));
+        }
+        assert!(!Rate::take(&mut tat, now, 10, 3), "the burst is spent");
+        let later = now + Duration::from_millis(100);
+        assert!(Rate::take(&mut tat, later, 10, 3), "one token per 100 ms");
+        assert!(!Rate::take(&mut tat, later, 10, 3));
+    }
+
+    #[test]
+    fn frames_over_the_rate_are_refused_then_the_connection_closed() {
+        let config = config();
+        let now = Instant::now();
+        let mut rate = Rate::new(now);
+        for _ in 0..3 {
+            assert_eq!(rate.check(now, &config), RateVerdict::Run, "the burst");
+        }
+        let refused = RateVerdict::Refuse((
+            ErrorCode::RateLimited,
+            "message rate limit of 10/s exceeded; command not executed".to_owned(),
+        ));
+        assert_eq!(rate.check(now, &config), refused);
+        assert_eq!(rate.check(now, &config), refused);
+        assert_eq!(
+            rate.check(now, &config),
+            RateVerdict::Close(
+                close::POLICY,
+                "message rate limit of 10/s exceeded persistently".to_owned()
+            ),
+            "past the refusal allowance"
+        );
+        let later = now + Duration::from_millis(100);
+        assert_eq!(rate.check(later, &config), RateVerdict::Run, "refilled");
+    }
+
+    #[test]
+    fn a_refresh_keeps_the_user_and_measures_the_new_lifetime() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let leeway = Duration::from_secs(5);
+        let refreshed = refresh(Ok(claims()), "alice", now, leeway).unwrap();
+        assert_eq!(refreshed.lifetime, Duration::from_secs(1_005));
+        assert_eq!(refreshed.result(), json!({ "expires_in": 1_005 }));
+        assert_eq!(&*refreshed.claims.user, "alice");
+
+        let refusal = refresh(Ok(claims()), "bob", now, leeway).unwrap_err();
+        assert_eq!(refusal, forbidden("token belongs to another user"));
+        let refusal = refresh(Err(AuthError::Expired), "alice", now, leeway).unwrap_err();
+        assert_eq!(
+            refusal,
+            (ErrorCode::TokenExpired, "token has expired".to_owned())
+        );
+        let refusal = refresh(Err(AuthError::BadSignature), "alice", now, leeway).unwrap_err();
+        assert_eq!(
+            refusal,
+            (
+                ErrorCode::Unauthorized,
+                "token signature does not verify".to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn a_command_is_answered_by_id() {
+        let value = json!({ "offset": 1 });
+        assert_eq!(
+            reply_frame(Some(7), Ok(&value)).as_deref(),
+            Some(r#"{"type":"reply","id":7,"result":{"offset":1}}"#)
+        );
+        assert_eq!(reply_frame(None, Ok(&value)), None, "no id, no reply");
+        let refusal = forbidden("no");
+        assert_eq!(
+            reply_frame(Some(8), Err(&refusal)).as_deref(),
+            Some(r#"{"type":"reply","id":8,"error":{"code":"forbidden","message":"no"}}"#)
+        );
+        assert_eq!(
+            reply_frame(None, Err(&refusal)).as_deref(),
+            Some(r#"{"type":"error","error":{"code":"forbidden","message":"no"}}"#),
+            "an error is sent even without an id"
+        );
+    }
+}
