@@ -10,13 +10,19 @@
 //! message is stored, in the same step that publishes it: under the
 //! channel's lock in memory, inside one Lua script on Redis
 //! (`redis_history`).
+//!
+//! It also says what a history read answers a client ([`reply`],
+//! [`beyond_top`], [`disabled`]): the `history` command of a session and
+//! the server API's `GET /api/history` give the same answer, so both take
+//! it from here.
 
 pub mod redis;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use switchboard_protocol::Position;
+use serde_json::{json, Value};
+use switchboard_protocol::{ChannelName, ErrorCode, Position};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -79,6 +85,60 @@ pub fn select(top: u64, len: u64, epoch: &str, query: &HistoryQuery) -> Option<(
         return None;
     }
     Some((from, top.min(from + limit - 1)))
+}
+
+/// The error for a `since` ahead of the channel's stream.
+pub fn beyond_top(since: &Position, page: &HistoryPage) -> (ErrorCode, String) {
+    (
+        ErrorCode::BadRequest,
+        format!(
+            "since.offset {} is beyond the channel's latest offset {}",
+            since.offset, page.top.offset
+        ),
+    )
+}
+
+/// The error for history on a namespace without it.
+pub fn disabled(channel: &ChannelName) -> (ErrorCode, String) {
+    (
+        ErrorCode::BadRequest,
+        format!(
+            "history is disabled for namespace {:?}",
+            channel.namespace()
+        ),
+    )
+}
+
+/// The result of a `history` command or `GET /api/history`:
+/// `{offset, epoch, messages, recovered?}`. With `since`, `recovered`
+/// says whether `messages` continue right after it; when not, the
+/// messages are what history still holds.
+pub fn reply(query: &HistoryQuery, page: HistoryPage) -> Result<Value, (ErrorCode, String)> {
+    let recovered = match &query.since {
+        Some(since) if page.is_beyond_top(since) => return Err(beyond_top(since, &page)),
+        Some(since) => Some(page.continues(since)),
+        None => None,
+    };
+    // Stored frames are the `message` frames subscribers got; a bounded
+    // read (at most MAX_HISTORY_LIMIT) is parsed back to sit in the reply.
+    let messages = page
+        .messages
+        .iter()
+        .map(|(_, frame)| serde_json::from_str::<Value>(frame))
+        .collect::<Result<Vec<Value>, _>>()
+        .map_err(|error| {
+            tracing::warn!(message = "stored frames are not JSON", %error);
+            (ErrorCode::Internal, "history unavailable".to_owned())
+        })?;
+    let mut result = json!({
+        "offset": page.top.offset,
+        "epoch": page.top.epoch,
+        "messages": messages,
+    });
+    if let Some(recovered) = recovered {
+        result["recovered"] = json!(recovered);
+    }
+    Ok(result)
 }
 
 /// One channel's stream in memory.
@@ -408,6 +468,49 @@ mod tests {
         };
         assert!(expired.continues(&Position::new(10, "e")), "missed nothing");
         assert!(!expired.continues(&Position::new(9, "e")));
+    }
+
+    #[test]
+    fn a_history_reply_carries_the_position_and_the_messages() {
+        let page = |messages: &[u64]| HistoryPage {
+            top: Position::new(10, "e"),
+            first: 6,
+            messages: messages
+                .iter()
+                .map(|o| (*o, Utf8Bytes::from(format!(r#"{{"offset":{o}}}"#))))
+                .collect(),
+        };
+        assert_eq!(
+            reply(&query(None, 2), page(&[9, 10])),
+            Ok(json!({
+                "offset": 10,
+                "epoch": "e",
+                "messages": [{ "offset": 9 }, { "offset": 10 }],
+            }))
+        );
+        let resumed = reply(&query(Some((8, "e")), 100), page(&[9, 10])).unwrap();
+        assert_eq!(resumed["recovered"], json!(true));
+        let trimmed = reply(&query(Some((2, "e")), 100), page(&[6, 7])).unwrap();
+        assert_eq!(
+            trimmed["recovered"],
+            json!(false),
+            "offsets 3 to 5 are gone"
+        );
+        assert_eq!(
+            reply(&query(Some((11, "e")), 100), page(&[])),
+            Err((
+                ErrorCode::BadRequest,
+                "since.offset 11 is beyond the channel's latest offset 10".to_owned()
+            ))
+        );
+        let channel = ChannelName::parse("quiet:a").unwrap();
+        assert_eq!(
+            disabled(&channel),
+            (
+                ErrorCode::BadRequest,
+                "history is disabled for namespace \"quiet\"".to_owned()
+            )
+        );
     }
 
     const POLICY: HistoryPolicy = HistoryPolicy {

@@ -37,11 +37,10 @@ use switchboard_protocol::position::{valid_epoch, MAX_EPOCH_LEN, MAX_HISTORY_LIM
 use switchboard_protocol::{ChannelName, ErrorCode, Position};
 
 use crate::broker;
-use crate::history::{HistoryQuery, DEFAULT_HISTORY_LIMIT};
+use crate::history::{self, HistoryQuery, DEFAULT_HISTORY_LIMIT};
 use crate::http::response::{self, Body};
 use crate::node::Node;
 use crate::occupancy::{ListQuery, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
-use crate::session;
 
 /// The routes under `/api/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -349,7 +348,7 @@ async fn history(node: &Node, encoded: &str, query: &str) -> Result<Value, ApiEr
         .history()
         .enabled()
     {
-        let (_, message) = session::history_disabled(&channel);
+        let (_, message) = history::disabled(&channel);
         return Err(ApiError::bad_request(message));
     }
     let (mut limit, mut offset, mut epoch) = (None, None, None);
@@ -400,7 +399,7 @@ async fn history(node: &Node, encoded: &str, query: &str) -> Result<Value, ApiEr
         tracing::warn!(message = "server API history read failed", channel = %channel, %error);
         ApiError::unavailable("history unavailable")
     })?;
-    session::history_result(&query, page).map_err(|(code, message)| match code {
+    history::reply(&query, page).map_err(|(code, message)| match code {
         ErrorCode::BadRequest => ApiError::bad_request(message),
         _ => ApiError::unavailable(&message),
     })

@@ -3,20 +3,20 @@
 //! expiry, holds the client to its message rate and closes with the
 //! contract's close codes.
 //!
-//! Message rate: every frame the client sends (text, binary or ping) takes a
-//! token from a per-connection bucket (`limits.msg_rate`, `limits.msg_burst`).
-//! A frame over the rate gets a `rate_limited` error and is not executed;
-//! those refusals take from a second bucket (`limits.msg_close_after`,
-//! refilling at the same rate), and a client that empties it too, i.e. keeps
-//! sending at more than twice its rate, is closed with 1008.
+//! This file holds the session's state and its life: admission, the
+//! welcome, the main loop, the timers, the drain and the close. What a
+//! command does is decided in `commands` (pure) and run in `effects`; what
+//! a subscribe recovers is `recovery` (pure); how frames reach the socket
+//! is `writer`.
 //!
 //! Everything a session waits on is in one `select!`: one timer (the
-//! nearest of ping, pong deadline, token expiry and drain), its outbound
-//! queue and the socket. The queue also carries close requests and the
-//! node's drain (a 1012 close at a random moment in the drain window), and
-//! wakes the session when a frame was dropped for it, so an overflow always
-//! ends in a 1013 close. Commands run one at a time, so the frames one
-//! connection publishes reach the broker in the order it sent them.
+//! nearest of ping, pong deadline, token expiry, drain and held writes),
+//! its outbound queue and the socket. The queue also carries close requests
+//! and the node's drain (a 1012 close at a random moment in the drain
+//! window), and wakes the session when a frame was dropped for it, so an
+//! overflow always ends in a 1013 close. Commands run one at a time, so the
+//! frames one connection publishes reach the broker in the order it sent
+//! them.
 //!
 //! Memory: an idle connection is what matters. The session's state is one
 //! box, the task's future is the idle `select!` and a few pointers (the
@@ -29,29 +29,22 @@
 //! the echo, or 1002 for an invalid code) and flushed before the socket
 //! closes; a malformed close (1-byte payload, reason not UTF-8) gets 1002
 //! or 1007.
-//!
-//! Recovery: a `subscribe` on a channel with history joins the hub first,
-//! then reads the channel's history, answers with the position it read and
-//! (with `since`) writes the missed messages right after the reply. Live
-//! frames queued meanwhile that the reply's position already covers are
-//! dropped when they come off the queue ([`Resume`]), so the client sees
-//! every message after its `since` exactly once, in order.
+
+mod commands;
+mod effects;
+mod recovery;
+mod writer;
 
 use std::borrow::Cow;
 use std::future::{poll_fn, Future};
-use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::value::RawValue;
-use serde_json::{json, Value};
 use switchboard_protocol::frame::decode_command;
-use switchboard_protocol::position::MAX_HISTORY_LIMIT;
-use switchboard_protocol::{close, ChannelName, Command, ErrorCode, Position, ServerFrame};
+use switchboard_protocol::{close, ChannelName, ErrorCode, ServerFrame};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, timeout, Instant};
@@ -61,24 +54,16 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::auth::{AuthError, Claims};
-use crate::backend::subscribe_proxy::Decision;
-use crate::broker::{self, BrokerError};
-use crate::config::MAX_HISTORY_SIZE;
-use crate::history::{HistoryPage, HistoryQuery, DEFAULT_HISTORY_LIMIT};
-use crate::hub::{Delivery, Outbound, SessionHandle, SLOW_CONSUMER_REASON};
+use self::commands::{Caller, Rate, RateVerdict};
+use self::recovery::Resume;
+use crate::auth::Claims;
+use crate::hub::{Outbound, SessionHandle};
 use crate::limits::Slots;
 use crate::metrics::{Closed, OpenSession};
 use crate::node::Node;
-use crate::presence::Member;
 
-/// Frames written per flush when the queue has a backlog.
-const WRITE_BATCH: usize = 64;
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-/// The write list keeps this many slots between writes; a longer one (a
-/// batch) is given back after its write, so a burst does not stay resident.
-const OUT_KEEP: usize = 1;
 
 /// How a session ends.
 #[derive(Debug)]
@@ -119,41 +104,6 @@ pub struct Opened {
     pub admission: Admission,
 }
 
-/// The client's message-rate buckets, as two theoretical arrival times
-/// (GCRA, the algorithm governor implements). Written by hand because a
-/// governor direct limiter carries its own clock and quota, about 100 bytes
-/// each (see the `session_state_stays_small` test), and every session held
-/// two; the rate and bursts here come from the node's configuration.
-#[derive(Debug)]
-struct Rate {
-    commands: Instant,
-    refusals: Instant,
-}
-
-impl Rate {
-    fn new(now: Instant) -> Rate {
-        Rate {
-            commands: now,
-            refusals: now,
-        }
-    }
-
-    /// Takes one token from a bucket refilling at `per_second` and holding
-    /// at most `burst`; false when it is empty.
-    fn take(tat: &mut Instant, now: Instant, per_second: u32, burst: u32) -> bool {
-        let per_second = per_second.max(1);
-        let interval = Duration::from_secs(1) / per_second;
-        let tolerance = interval * burst.max(1);
-        let start = (*tat).max(now);
-        let next = start + interval;
-        if next.saturating_duration_since(now) > tolerance {
-            return false;
-        }
-        *tat = next;
-        true
-    }
-}
-
 impl End {
     /// How the metrics count this end.
     fn closed(&self) -> Closed {
@@ -164,18 +114,6 @@ impl End {
         }
     }
 }
-
-/// A channel this session just (re)subscribed to with history: live frames
-/// queued before its reply that the reply's position already covers.
-#[derive(Debug)]
-struct Resume {
-    channel: Box<str>,
-    offset: u64,
-    epoch: Box<str>,
-}
-
-/// A command's result, and frames to write right after its reply.
-type Done = (Value, Vec<Utf8Bytes>);
 
 /// A session's whole state, in one heap allocation made when it opens: the
 /// task's future then holds a pointer to it and the idle `select!`, and the
@@ -422,34 +360,6 @@ where
         next
     }
 
-    /// When held frames go out.
-    fn flush_at(&self) -> Instant {
-        self.last_write + self.node.config.session.write_coalesce
-    }
-
-    /// A frame for the client. Adaptive write coalescing: a connection that
-    /// has not written for `write_coalesce` writes it at once (a quiet
-    /// connection never waits); one that wrote more recently is receiving
-    /// steadily, so it holds the frame and writes everything queued by the
-    /// end of the window in one vectored write (earlier if the queue reaches
-    /// its flush size). No timer exists unless a flush is pending, so an
-    /// idle connection costs nothing more. Returns the frame when it is to
-    /// be written now (it is in `out` either way).
-    fn stage(&mut self, first: Arc<Delivery>) -> bool {
-        // Sized to the backlog: a single frame takes one slot, which is all
-        // an idle session keeps between writes.
-        let backlog = self.handle.queued_items().min(WRITE_BATCH - 1);
-        self.out.reserve_exact(1 + backlog);
-        if Session::<S>::admit(&mut self.resumed, &first) {
-            self.out.push(first.frame.clone());
-        }
-        if Instant::now() >= self.flush_at() {
-            return true;
-        }
-        self.handle.set_holding(true);
-        false
-    }
-
     async fn on_timer(&mut self) -> Result<(), End> {
         let now = Instant::now();
         if self.handle.holding() && now >= self.flush_at() {
@@ -473,167 +383,9 @@ where
             if self.pong_deadline.is_none() {
                 self.pong_deadline = Some(now + config.pong_timeout);
             }
-            let limit = config.pong_timeout;
-            let ping = std::pin::pin!(self.ws.send(Message::Ping(Default::default())));
-            bounded_write(limit, ping).await?;
+            self.send_ping().await?;
         }
         Ok(())
-    }
-
-    /// Whether a queued delivery goes out: false for what a recovery or the
-    /// reply of a subscribe already covered. Costs nothing unless a
-    /// subscribe just happened; an entry lives until the first frame of its
-    /// channel beyond the position it recorded.
-    fn admit(resumed: &mut Vec<Resume>, delivery: &Delivery) -> bool {
-        if resumed.is_empty() {
-            return true;
-        }
-        let Some((offset, epoch)) = &delivery.position else {
-            return true;
-        };
-        let Some(i) = resumed.iter().position(|r| r.channel == delivery.channel) else {
-            return true;
-        };
-        let resume = &resumed[i];
-        if *resume.epoch == **epoch && *offset <= resume.offset {
-            return false;
-        }
-        resumed.swap_remove(i);
-        true
-    }
-
-    /// Writes `first` (if any), the frames held back and whatever else is
-    /// queued (up to [`WRITE_BATCH`] frames) in one vectored write, then
-    /// flushes once. The immediate write and the end of a coalescing window
-    /// share this one future, so the session task stays its size.
-    async fn write_batch(&mut self) -> Result<(), End> {
-        self.handle.set_holding(false);
-        let close_after = self.collect_more();
-        self.write_out().await?;
-        if self.handle.is_slow() {
-            return Err(End::Close(
-                close::SLOW_CONSUMER,
-                SLOW_CONSUMER_REASON.into(),
-            ));
-        }
-        close_after.map_or(Ok(()), Err)
-    }
-
-    /// Moves what is queued into `out`, up to [`WRITE_BATCH`] frames in
-    /// all; returns a close request met on the way.
-    fn collect_more(&mut self) -> Option<End> {
-        let room = WRITE_BATCH.saturating_sub(self.out.len());
-        self.out.reserve_exact(self.handle.queued_items().min(room));
-        let (mut close, mut drain) = (None, None);
-        let (out, resumed) = (&mut self.out, &mut self.resumed);
-        self.handle.take_batch(room, |item| match item {
-            Outbound::Frame(delivery) => {
-                if Session::<S>::admit(resumed, &delivery) {
-                    out.push(delivery.frame.clone());
-                }
-                true
-            }
-            Outbound::Close(code, reason) => {
-                close = Some(End::Close(code, reason.into()));
-                false
-            }
-            Outbound::Drain(delay) => {
-                drain = Some(delay);
-                true
-            }
-        });
-        if let Some(delay) = drain {
-            self.drain(delay);
-        }
-        close
-    }
-
-    /// Writes `out` as text frames straight to the socket: each frame's
-    /// header and its shared payload go out in one vectored write, so a
-    /// payload is never copied and no write buffer stays at a burst's
-    /// high-water mark (tungstenite keeps its buffer's capacity).
-    /// Whatever tungstenite still holds (a pong, say) is flushed first, so
-    /// frames never interleave. The write state lives in the session, so
-    /// this future is a pointer.
-    async fn write_out(&mut self) -> Result<(), End> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        if self.batch && self.out.len() > 1 {
-            self.join_out();
-        }
-        poll_fn(|cx| self.poll_write_out(cx)).await
-    }
-
-    /// For a client that asked for batched frames: the frames in `out`
-    /// become one text frame, one message per line (compact JSON has no raw
-    /// newline). This copies the payloads once per connection, which costs
-    /// far less than the frame headers and parsing it saves the client.
-    fn join_out(&mut self) {
-        let len = self.out.iter().map(|f| f.len() + 1).sum::<usize>() - 1;
-        let mut joined = String::with_capacity(len);
-        for (i, frame) in self.out.iter().enumerate() {
-            if i > 0 {
-                joined.push('\n');
-            }
-            joined.push_str(frame.as_str());
-        }
-        self.out.clear();
-        self.out.push(Utf8Bytes::from(joined));
-    }
-
-    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), End>> {
-        let result = match self.poll_out(cx) {
-            Poll::Ready(result) => result.map_err(|error| End::Gone(ws_error_reason(&error))),
-            Poll::Pending => {
-                // A client that cannot take a write within the pong timeout
-                // is as dead as one that does not answer pings.
-                let limit = self.node.config.session.pong_timeout;
-                let timer = self
-                    .write_timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-                ready!(timer.as_mut().poll(cx));
-                // A frame cut short: no close frame can follow it.
-                self.torn = self.out_done > 0;
-                Err(End::Close(
-                    close::SLOW_CONSUMER,
-                    "slow consumer: write timed out".into(),
-                ))
-            }
-        };
-        self.write_timer = None;
-        self.last_write = Instant::now();
-        self.out.clear();
-        self.out_done = 0;
-        if self.out.capacity() > OUT_KEEP {
-            self.out = Vec::new();
-        }
-        Poll::Ready(result)
-    }
-
-    fn poll_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        if self.out_done == 0 {
-            ready!(futures_util::Sink::<Message>::poll_flush(
-                Pin::new(&mut self.ws),
-                cx
-            ))?;
-        }
-        let io = self.ws.get_mut();
-        let mut writes = 0;
-        let written = poll_write_frames(io, cx, &self.out, &mut self.out_done, &mut writes);
-        // Counted as they happen: a write that completes later still counts
-        // the system calls made before it returned pending.
-        self.node.metrics.frames_written(0, writes);
-        ready!(written)?;
-        self.node.metrics.frames_written(self.out.len(), 0);
-        ready!(Pin::new(io).poll_flush(cx))?;
-        Poll::Ready(Ok(()))
-    }
-
-    async fn send_text(&mut self, text: String) -> Result<(), End> {
-        self.out.reserve_exact(1);
-        self.out.push(Utf8Bytes::from(text));
-        self.write_out().await
     }
 
     async fn on_message(&mut self, message: Option<Result<Message, WsError>>) -> Result<(), End> {
@@ -644,15 +396,9 @@ where
             Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Ping(_)))
         );
         if counted {
-            let limits = &self.node.config.limits;
-            let now = Instant::now();
-            if !Rate::take(
-                &mut self.rate.commands,
-                now,
-                limits.msg_rate,
-                limits.msg_burst,
-            ) {
-                return self.over_rate(message).await;
+            match self.rate.check(Instant::now(), &self.node.config) {
+                RateVerdict::Run => {}
+                verdict => return self.over_rate(message, verdict).await,
             }
         }
         match message {
@@ -696,22 +442,17 @@ where
     /// A frame beyond the message rate: refused with `rate_limited` (pings
     /// silently), or the connection closed with 1008 when the client keeps
     /// going past its refusal allowance.
-    async fn over_rate(&mut self, message: Option<Result<Message, WsError>>) -> Result<(), End> {
-        let limits = &self.node.config.limits;
-        let per_second = limits.msg_rate;
+    async fn over_rate(
+        &mut self,
+        message: Option<Result<Message, WsError>>,
+        verdict: RateVerdict,
+    ) -> Result<(), End> {
         self.node.metrics.command_rate_limited();
-        let now = Instant::now();
-        if !Rate::take(
-            &mut self.rate.refusals,
-            now,
-            per_second,
-            limits.msg_close_after,
-        ) {
-            return Err(End::Close(
-                close::POLICY,
-                format!("message rate limit of {per_second}/s exceeded persistently").into(),
-            ));
-        }
+        let (code, reason) = match verdict {
+            RateVerdict::Run => return Ok(()),
+            RateVerdict::Close(code, reason) => return Err(End::Close(code, reason.into())),
+            RateVerdict::Refuse(refusal) => refusal,
+        };
         let id = match &message {
             Some(Ok(Message::Text(text))) => match decode_command(text) {
                 Ok(request) => request.id,
@@ -720,14 +461,12 @@ where
             Some(Ok(Message::Binary(_))) => None,
             _ => return Ok(()),
         };
-        let frame = ServerFrame::failure(
-            id,
-            ErrorCode::RateLimited,
-            &format!("message rate limit of {per_second}/s exceeded; command not executed"),
-        );
-        self.send_text(frame).await
+        self.send_text(ServerFrame::failure(id, code, &reason))
+            .await
     }
 
+    /// A command: decided by its rules, run, answered (and, after a
+    /// subscribe that recovered, followed by the replayed messages).
     async fn on_text(&mut self, text: &str) -> Result<(), End> {
         self.node.metrics.client_message(text.len());
         let request = match decode_command(text) {
@@ -741,38 +480,20 @@ where
         };
         let id = request.id;
         let kind = request.command.kind();
-        let result = match request.command {
-            Command::Subscribe { channel, since } => self.subscribe(channel, since).await,
-            Command::Unsubscribe { channel } => self.unsubscribe(&channel).await.map(none),
-            Command::Publish { channel, data } => self.publish(&channel, data).await.map(none),
-            Command::Presence { channel } => self.presence(&channel).await.map(none),
-            Command::Refresh { token } => self.refresh(&token).map(none),
-            Command::History {
-                channel,
-                since,
-                limit,
-            } => self.history(&channel, since, limit).await.map(none),
-            Command::Ping => Ok(none(json!({}))),
+        let caller = Caller {
+            claims: &self.claims,
+            subscriptions: &self.subscriptions,
+        };
+        let result = match commands::decide(request.command, &caller, &self.node.config) {
+            Ok(effect) => self.execute(effect).await,
+            Err(refusal) => Err(refusal),
         };
         self.node
             .metrics
             .command(kind, result.as_ref().err().map(|(code, _)| *code));
-        let (frame, replay) = match (result, id) {
-            (Ok((value, replay)), Some(id)) => (
-                Some(
-                    ServerFrame::Reply {
-                        id,
-                        result: Some(&value),
-                        error: None,
-                    }
-                    .encode(),
-                ),
-                replay,
-            ),
-            (Ok((_, replay)), None) => (None, replay),
-            (Err((code, message)), id) => {
-                (Some(ServerFrame::failure(id, code, &message)), Vec::new())
-            }
+        let (frame, replay) = match result {
+            Ok((value, replay)) => (commands::reply_frame(id, Ok(&value)), replay),
+            Err(refusal) => (commands::reply_frame(id, Err(&refusal)), Vec::new()),
         };
         if replay.is_empty() {
             return match frame {
@@ -786,474 +507,6 @@ where
         self.out.extend(replay);
         self.write_out().await
     }
-
-    async fn subscribe(
-        &mut self,
-        channel: ChannelName,
-        since: Option<Position>,
-    ) -> Result<Done, (ErrorCode, String)> {
-        if self.subscriptions.contains(&channel) {
-            return Ok(none(json!({})));
-        }
-        // The `info` of this subscription's presence entry and `join`: the
-        // token's, or what the backend answered for it.
-        let info = if self.claims.channels.allows(channel.as_str()) {
-            self.claims.info.clone()
-        } else {
-            self.authorize(&channel).await?
-        };
-        let max = self.node.config.session.max_channels;
-        if self.subscriptions.len() >= max {
-            return Err((
-                ErrorCode::BadRequest,
-                format!("subscription limit of {max} channels reached"),
-            ));
-        }
-        let node = Arc::clone(&self.node);
-        if node.hub.subscribe(channel.as_str(), &self.handle) {
-            if let Err(error) = node.broker.subscribe(channel.as_str()).await {
-                tracing::warn!(message = "broker subscribe failed", channel = %channel, %error, connection_id = %self.connection_id);
-                self.undo_subscribe(&channel).await;
-                return Err((
-                    ErrorCode::Internal,
-                    "subscription failed: broker unavailable".into(),
-                ));
-            }
-        }
-        let namespace = node.config.namespace(channel.namespace());
-        // Read after joining the hub and the broker: every message after the
-        // position read here reaches this session, live or from history.
-        let (result, replay) = if namespace.history().enabled() {
-            match self.recover(&channel, since).await {
-                Ok(done) => done,
-                Err(error) => {
-                    self.undo_subscribe(&channel).await;
-                    return Err(error);
-                }
-            }
-        } else {
-            let result = match since {
-                Some(_) => json!({ "recovered": false }),
-                None => json!({}),
-            };
-            (result, Vec::new())
-        };
-        let namespace = node.config.namespace(channel.namespace());
-        if namespace.presence {
-            let member = Member {
-                user: Arc::clone(&self.claims.user),
-                connection_id: Arc::clone(&self.connection_id),
-                info,
-            };
-            if let Err(error) = node.presence.join(channel.as_str(), &member).await {
-                tracing::warn!(message = "presence join failed", channel = %channel, %error, connection_id = %self.connection_id);
-            } else if namespace.join_leave {
-                let frame = ServerFrame::Join {
-                    channel: channel.as_str(),
-                    user: &self.claims.user,
-                    connection_id: &self.connection_id,
-                    info: member.info.as_deref(),
-                }
-                .encode();
-                if let Err(error) = node
-                    .broker
-                    .publish(channel.as_str(), Utf8Bytes::from(frame))
-                    .await
-                {
-                    tracing::warn!(message = "join event not published", channel = %channel, %error, connection_id = %self.connection_id);
-                }
-            }
-        }
-        node.metrics.subscribed(channel.as_str());
-        node.occupancy
-            .subscribed(channel.as_str(), &self.claims.user, namespace.presence);
-        if self.subscriptions.len() == self.subscriptions.capacity() {
-            // Grow one at a time while small: most sessions hold one or two.
-            let more = self.subscriptions.len().clamp(1, 8);
-            self.subscriptions.reserve_exact(more);
-        }
-        self.subscriptions.push(channel);
-        Ok((result, replay))
-    }
-
-    /// Whether `presence` and `history` may read a channel: the token
-    /// grants it, or the session subscribed to it (the backend allowed it).
-    fn may_read(&self, channel: &ChannelName) -> bool {
-        self.claims.channels.allows(channel.as_str()) || self.subscriptions.contains(channel)
-    }
-
-    /// A subscribe the token does not grant: refused, or asked of the
-    /// backend when the channel's namespace has a subscribe proxy. Allowed,
-    /// it yields the subscription's presence `info`.
-    async fn authorize(
-        &mut self,
-        channel: &ChannelName,
-    ) -> Result<Option<Arc<RawValue>>, (ErrorCode, String)> {
-        let node = &self.node;
-        let (Some(url), Some(proxy)) = (
-            node.config
-                .namespace(channel.namespace())
-                .subscribe_proxy
-                .as_ref(),
-            node.subscribe_proxy.as_ref(),
-        ) else {
-            return Err((
-                ErrorCode::Forbidden,
-                format!("token does not grant subscribing to {channel}"),
-            ));
-        };
-        let decision = proxy
-            .ask(
-                url,
-                &self.claims.user,
-                channel.as_str(),
-                self.claims.info.as_deref(),
-                &self.connection_id,
-            )
-            .await;
-        match decision {
-            Ok(Decision::Allow { info }) => Ok(info.or_else(|| self.claims.info.clone())),
-            Ok(Decision::Deny { reason }) => {
-                tracing::info!(message = "subscribe refused by the backend", channel = %channel, reason = reason.as_deref().unwrap_or(""), connection_id = %self.connection_id);
-                let mut message = format!("the backend refused subscribing to {channel}");
-                if let Some(reason) = reason {
-                    message.push_str(": ");
-                    message.push_str(&reason);
-                }
-                Err((ErrorCode::Forbidden, message))
-            }
-            Err(error) => {
-                tracing::warn!(message = "subscribe proxy failed", channel = %channel, %error, connection_id = %self.connection_id);
-                Err((ErrorCode::Unavailable, error.client_message()))
-            }
-        }
-    }
-
-    /// Leaves the hub (and the broker) after a subscribe that failed midway.
-    async fn undo_subscribe(&mut self, channel: &ChannelName) {
-        let node = &self.node;
-        if node.hub.unsubscribe(channel.as_str(), self.handle.id) {
-            let _ = node.broker.unsubscribe(channel.as_str()).await;
-        }
-        self.resumed.retain(|r| *r.channel != *channel.as_str());
-    }
-
-    /// Reads the channel's position (and, with `since`, what the client
-    /// missed) for a subscribe; records what queued frames to drop.
-    async fn recover(
-        &mut self,
-        channel: &ChannelName,
-        since: Option<Position>,
-    ) -> Result<Done, (ErrorCode, String)> {
-        // Without `since` only the position is needed: read one message,
-        // not the whole history, on every plain subscribe.
-        let query = HistoryQuery {
-            limit: if since.is_some() { MAX_HISTORY_SIZE } else { 1 },
-            since: since.clone(),
-        };
-        let page = self.read_history(channel, &query, "subscribe").await?;
-        let node = &self.node;
-        node.broker.holding(channel.as_str(), &page.top);
-        let (recovered, replay) = match &since {
-            None => (None, Vec::new()),
-            Some(since) if page.is_beyond_top(since) => {
-                return Err(beyond_top(since, &page));
-            }
-            Some(since) => {
-                let recovered = page.continues(since);
-                node.metrics.recovery(recovered);
-                let replay: Vec<Utf8Bytes> = if recovered {
-                    page.messages.into_iter().map(|(_, frame)| frame).collect()
-                } else {
-                    Vec::new()
-                };
-                node.metrics.replayed("session", replay.len());
-                (Some(recovered), replay)
-            }
-        };
-        self.resumed.retain(|r| *r.channel != *channel.as_str());
-        self.resumed.reserve_exact(1);
-        self.resumed.push(Resume {
-            channel: channel.as_str().into(),
-            offset: page.top.offset,
-            epoch: page.top.epoch.as_str().into(),
-        });
-        let mut result = json!({ "offset": page.top.offset, "epoch": page.top.epoch });
-        if let Some(recovered) = recovered {
-            result["recovered"] = json!(recovered);
-        }
-        Ok((result, replay))
-    }
-
-    async fn read_history(
-        &mut self,
-        channel: &ChannelName,
-        query: &HistoryQuery,
-        reason: &'static str,
-    ) -> Result<HistoryPage, (ErrorCode, String)> {
-        let node = &self.node;
-        let policy = node.config.namespace(channel.namespace()).history();
-        let page = node.broker.history(channel.as_str(), policy, query).await;
-        node.metrics.history_read(reason, page.is_ok());
-        page.map_err(|BrokerError::Unavailable(error)| {
-            tracing::warn!(message = "history read failed", channel = %channel, %error, connection_id = %self.connection_id);
-            (ErrorCode::Internal, "history unavailable".into())
-        })
-    }
-
-    /// The `history` command: stored messages, newest `limit` or after `since`.
-    async fn history(
-        &mut self,
-        channel: &ChannelName,
-        since: Option<Position>,
-        limit: Option<usize>,
-    ) -> Result<Value, (ErrorCode, String)> {
-        if !self.may_read(channel) {
-            return Err((
-                ErrorCode::Forbidden,
-                format!("token does not grant access to {channel}"),
-            ));
-        }
-        if !self
-            .node
-            .config
-            .namespace(channel.namespace())
-            .history()
-            .enabled()
-        {
-            return Err(history_disabled(channel));
-        }
-        let query = HistoryQuery {
-            since,
-            limit: limit
-                .unwrap_or(DEFAULT_HISTORY_LIMIT)
-                .min(MAX_HISTORY_LIMIT),
-        };
-        let page = self.read_history(channel, &query, "history").await?;
-        history_result(&query, page)
-    }
-
-    async fn unsubscribe(&mut self, channel: &ChannelName) -> Result<Value, (ErrorCode, String)> {
-        if let Some(i) = self.subscriptions.iter().position(|c| c == channel) {
-            self.subscriptions.swap_remove(i);
-            if self.subscriptions.is_empty() {
-                self.subscriptions = Vec::new();
-            }
-            self.resumed.retain(|r| *r.channel != *channel.as_str());
-            self.leave(channel).await;
-        }
-        Ok(json!({}))
-    }
-
-    /// Drops one subscription: hub, broker, presence and the `leave` event.
-    async fn leave(&mut self, channel: &ChannelName) {
-        let node = &self.node;
-        node.metrics.unsubscribed(channel.as_str());
-        let namespace = node.config.namespace(channel.namespace());
-        node.occupancy
-            .unsubscribed(channel.as_str(), &self.claims.user, namespace.presence);
-        if node.hub.unsubscribe(channel.as_str(), self.handle.id) {
-            if let Err(error) = node.broker.unsubscribe(channel.as_str()).await {
-                tracing::warn!(message = "broker unsubscribe failed", channel = %channel, %error, connection_id = %self.connection_id);
-            }
-        }
-        if !namespace.presence {
-            return;
-        }
-        if let Err(error) = node
-            .presence
-            .leave(channel.as_str(), &self.connection_id)
-            .await
-        {
-            tracing::warn!(message = "presence leave failed", channel = %channel, %error, connection_id = %self.connection_id);
-            return;
-        }
-        if namespace.join_leave {
-            let frame = ServerFrame::Leave {
-                channel: channel.as_str(),
-                user: &self.claims.user,
-                connection_id: &self.connection_id,
-            }
-            .encode();
-            if let Err(error) = node
-                .broker
-                .publish(channel.as_str(), Utf8Bytes::from(frame))
-                .await
-            {
-                tracing::warn!(message = "leave event not published", channel = %channel, %error, connection_id = %self.connection_id);
-            }
-        }
-    }
-
-    async fn leave_all(&mut self) {
-        for channel in std::mem::take(&mut self.subscriptions) {
-            self.leave(&channel).await;
-        }
-    }
-
-    async fn publish(
-        &mut self,
-        channel: &ChannelName,
-        data: &serde_json::value::RawValue,
-    ) -> Result<Value, (ErrorCode, String)> {
-        if !self.claims.publish.allows(channel.as_str()) {
-            return Err((
-                ErrorCode::Forbidden,
-                format!("token does not grant publishing to {channel}"),
-            ));
-        }
-        let node = &self.node;
-        let policy = node.config.namespace(channel.namespace()).history();
-        let published = broker::publish_message(&*node.broker, channel.as_str(), data, policy)
-            .await
-            .map(|position| match position {
-                Some(p) => json!({ "offset": p.offset, "epoch": p.epoch }),
-                None => json!({}),
-            });
-        match published {
-            Ok(result) => Ok(result),
-            Err(error) => {
-                tracing::warn!(message = "publish failed", channel = %channel, %error, connection_id = %self.connection_id);
-                Err((
-                    ErrorCode::Internal,
-                    "message not published: broker unavailable".into(),
-                ))
-            }
-        }
-    }
-
-    async fn presence(&mut self, channel: &ChannelName) -> Result<Value, (ErrorCode, String)> {
-        if !self.may_read(channel) {
-            return Err((
-                ErrorCode::Forbidden,
-                format!("token does not grant access to {channel}"),
-            ));
-        }
-        if !self.node.config.namespace(channel.namespace()).presence {
-            return Err((
-                ErrorCode::BadRequest,
-                format!(
-                    "presence is disabled for namespace {:?}",
-                    channel.namespace()
-                ),
-            ));
-        }
-        match self.node.presence.members(channel.as_str()).await {
-            Ok(members) => Ok(json!({ "members": members })),
-            Err(error) => {
-                tracing::warn!(message = "presence read failed", channel = %channel, %error, connection_id = %self.connection_id);
-                Err((ErrorCode::Internal, "presence unavailable".into()))
-            }
-        }
-    }
-
-    fn refresh(&mut self, token: &str) -> Result<Value, (ErrorCode, String)> {
-        let claims = self
-            .node
-            .verifier
-            .verify(token)
-            .map_err(|error| match error {
-                AuthError::Expired => (ErrorCode::TokenExpired, error.to_string()),
-                _ => (ErrorCode::Unauthorized, error.to_string()),
-            })?;
-        if claims.user != self.claims.user {
-            tracing::info!(message = "refresh refused", reason = "other_user", connection_id = %self.connection_id);
-            return Err((ErrorCode::Forbidden, "token belongs to another user".into()));
-        }
-        let lifetime = claims.lifetime(SystemTime::now(), self.node.verifier.leeway());
-        self.expires_at = Instant::now() + lifetime;
-        self.claims = claims;
-        Ok(json!({ "expires_in": lifetime.as_secs() }))
-    }
-}
-
-/// A result with nothing to write after its reply.
-fn none(value: Value) -> Done {
-    (value, Vec::new())
-}
-
-/// A client that cannot take a write within the pong timeout is as dead as
-/// one that does not answer pings. The timer is made (boxed) only when the
-/// write does not complete at once, so the usual write carries none in the
-/// session's state.
-async fn bounded_write<F>(limit: Duration, mut write: Pin<&mut F>) -> Result<(), End>
-where
-    F: Future<Output = Result<(), WsError>> + ?Sized,
-{
-    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    let result = poll_fn(|cx| {
-        if let Poll::Ready(result) = write.as_mut().poll(cx) {
-            return Poll::Ready(Some(result));
-        }
-        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        timer.as_mut().poll(cx).map(|()| None)
-    })
-    .await;
-    match result {
-        Some(Ok(())) => Ok(()),
-        Some(Err(error)) => Err(End::Gone(ws_error_reason(&error))),
-        None => Err(End::Close(
-            close::SLOW_CONSUMER,
-            "slow consumer: write timed out".into(),
-        )),
-    }
-}
-
-/// The error for a `since` ahead of the channel's stream.
-pub fn beyond_top(since: &Position, page: &HistoryPage) -> (ErrorCode, String) {
-    (
-        ErrorCode::BadRequest,
-        format!(
-            "since.offset {} is beyond the channel's latest offset {}",
-            since.offset, page.top.offset
-        ),
-    )
-}
-
-/// The error for history on a namespace without it.
-pub fn history_disabled(channel: &ChannelName) -> (ErrorCode, String) {
-    (
-        ErrorCode::BadRequest,
-        format!(
-            "history is disabled for namespace {:?}",
-            channel.namespace()
-        ),
-    )
-}
-
-/// The result of a `history` command or `GET /api/history`:
-/// `{offset, epoch, messages, recovered?}`. With `since`, `recovered`
-/// says whether `messages` continue right after it; when not, the
-/// messages are what history still holds.
-pub fn history_result(
-    query: &HistoryQuery,
-    page: HistoryPage,
-) -> Result<Value, (ErrorCode, String)> {
-    let recovered = match &query.since {
-        Some(since) if page.is_beyond_top(since) => return Err(beyond_top(since, &page)),
-        Some(since) => Some(page.continues(since)),
-        None => None,
-    };
-    // Stored frames are the `message` frames subscribers got; a bounded
-    // read (at most MAX_HISTORY_LIMIT) is parsed back to sit in the reply.
-    let messages = page
-        .messages
-        .iter()
-        .map(|(_, frame)| serde_json::from_str::<Value>(frame))
-        .collect::<Result<Vec<Value>, _>>()
-        .map_err(|error| {
-            tracing::warn!(message = "stored frames are not JSON", %error);
-            (ErrorCode::Internal, "history unavailable".to_owned())
-        })?;
-    let mut result = json!({
-        "offset": page.top.offset,
-        "epoch": page.top.epoch,
-        "messages": messages,
-    });
-    if let Some(recovered) = recovered {
-        result["recovered"] = json!(recovered);
-    }
-    Ok(result)
 }
 
 /// A uniformly random moment within the drain window: reconnects spread
@@ -1270,89 +523,6 @@ fn ws_error_reason(error: &WsError) -> &'static str {
         WsError::ConnectionClosed | WsError::AlreadyClosed => "connection closed",
         WsError::Io(_) => "socket error",
         _ => "websocket error",
-    }
-}
-
-/// Frames gathered per vectored write (two slices each): a whole
-/// [`WRITE_BATCH`] in one system call.
-const FRAMES_PER_WRITE: usize = WRITE_BATCH;
-
-/// Writes an unmasked, final text frame header for `len` payload bytes
-/// (RFC 6455 §5.2); returns its length.
-fn text_header(len: usize, out: &mut [u8; 10]) -> usize {
-    out[0] = 0x81;
-    if len < 126 {
-        out[1] = len as u8;
-        2
-    } else if let Ok(len) = u16::try_from(len) {
-        out[1] = 126;
-        out[2..4].copy_from_slice(&len.to_be_bytes());
-        4
-    } else {
-        out[1] = 127;
-        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-        10
-    }
-}
-
-/// Writes `frames` as text frames; `done` counts the bytes already written
-/// (headers included) across calls, so a write that returns pending
-/// resumes where it stopped.
-fn poll_write_frames<W>(
-    io: &mut W,
-    cx: &mut Context<'_>,
-    frames: &[Utf8Bytes],
-    done: &mut usize,
-    writes: &mut usize,
-) -> Poll<io::Result<()>>
-where
-    W: AsyncWrite + Unpin,
-{
-    loop {
-        // The first frame not written in full, and how far into it.
-        let mut skip = *done;
-        let mut first = 0;
-        while let Some(frame) = frames.get(first) {
-            let len = frame.len();
-            let size = text_header(len, &mut [0; 10]) + len;
-            if skip < size {
-                break;
-            }
-            skip -= size;
-            first += 1;
-        }
-        if first == frames.len() {
-            return Poll::Ready(Ok(()));
-        }
-        let chunk = &frames[first..frames.len().min(first + FRAMES_PER_WRITE)];
-        let mut headers = [[0u8; 10]; FRAMES_PER_WRITE];
-        let mut header_lens = [0usize; FRAMES_PER_WRITE];
-        for ((frame, header), header_len) in chunk.iter().zip(&mut headers).zip(&mut header_lens) {
-            *header_len = text_header(frame.len(), header);
-        }
-        let mut slices = [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
-        let mut count = 0;
-        for (k, frame) in chunk.iter().enumerate() {
-            let mut header = &headers[k][..header_lens[k]];
-            let mut payload = frame.as_bytes();
-            if k == 0 {
-                let cut = skip.min(header.len());
-                header = &header[cut..];
-                payload = &payload[skip - cut..];
-            }
-            for part in [header, payload] {
-                if !part.is_empty() {
-                    slices[count] = IoSlice::new(part);
-                    count += 1;
-                }
-            }
-        }
-        let written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
-        *writes += 1;
-        if written == 0 {
-            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-        }
-        *done += written;
     }
 }
 
@@ -1373,64 +543,5 @@ mod tests {
             size <= SESSION_STATE_BOUND,
             "a session's state is {size} bytes, over {SESSION_STATE_BOUND}"
         );
-    }
-
-    #[test]
-    fn text_headers_follow_rfc_6455() {
-        let header = |len| {
-            let mut out = [0; 10];
-            let n = text_header(len, &mut out);
-            out[..n].to_vec()
-        };
-        assert_eq!(header(5), [0x81, 5]);
-        assert_eq!(header(126), [0x81, 126, 0, 126]);
-        assert_eq!(header(65_535), [0x81, 126, 0xff, 0xff]);
-        assert_eq!(header(70_000), [0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
-    }
-
-    #[test]
-    fn rate_buckets_hold_a_burst_then_refill() {
-        let now = Instant::now();
-        let mut tat = now;
-        for _ in 0..3 {
-            assert!(Rate::take(&mut tat, now, 10, 3));
-        }
-        assert!(!Rate::take(&mut tat, now, 10, 3), "the burst is spent");
-        let later = now + Duration::from_millis(100);
-        assert!(Rate::take(&mut tat, later, 10, 3), "one token per 100 ms");
-        assert!(!Rate::take(&mut tat, later, 10, 3));
-    }
-
-    /// Frames written through a socket that takes a few bytes at a time
-    /// arrive whole and in order.
-    #[tokio::test]
-    async fn frames_survive_short_writes() {
-        let (client, mut server) = tokio::io::duplex(7);
-        let frames = vec![
-            Utf8Bytes::from("a".repeat(3)),
-            Utf8Bytes::from("b".repeat(200)),
-            Utf8Bytes::from("c".repeat(70_000)),
-        ];
-        let reader = tokio::spawn(async move {
-            use tokio::io::AsyncReadExt;
-            let mut all = Vec::new();
-            server.read_to_end(&mut all).await.map(|_| all)
-        });
-        let mut client = client;
-        let mut done = 0;
-        poll_fn(|cx| poll_write_frames(&mut client, cx, &frames, &mut done, &mut 0))
-            .await
-            .unwrap();
-        drop(client);
-        let all = reader.await.unwrap().unwrap();
-        let mut expected = Vec::new();
-        for frame in &frames {
-            let mut header = [0; 10];
-            let n = text_header(frame.len(), &mut header);
-            expected.extend_from_slice(&header[..n]);
-            expected.extend_from_slice(frame.as_bytes());
-        }
-        assert_eq!(done, expected.len());
-        assert!(all == expected, "the bytes differ");
     }
 }

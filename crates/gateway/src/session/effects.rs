@@ -1,0 +1,343 @@
+//! Running what a command decided ([`Effect`]): the session's calls to the
+//! hub, the broker, presence, occupancy, history and the subscribe proxy,
+//! with their failures logged and turned into the client's error.
+//!
+//! The rules (grants, namespace features, limits) were applied by
+//! `commands::decide` before anything here runs; what is left is the order
+//! of the calls, which the contract depends on. A subscribe joins the hub
+//! and the broker before it reads the channel's position (so every later
+//! message reaches the session, live or replayed), and a failure midway
+//! leaves the hub again. The `join` and `leave` presence events go through
+//! the broker like any message. These are methods of the session, called
+//! by its main loop one command at a time.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use switchboard_protocol::{ChannelName, ErrorCode, Position, ServerFrame};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::commands::{self, Effect, Refusal};
+use super::recovery;
+use super::Session;
+use crate::backend::subscribe_proxy::Decision;
+use crate::broker::{self, BrokerError};
+use crate::history::{self, HistoryPage, HistoryQuery};
+use crate::presence::Member;
+
+/// A command's result, and frames to write right after its reply.
+type Done = (Value, Vec<Utf8Bytes>);
+
+/// A result with nothing to write after its reply.
+fn none(value: Value) -> Done {
+    (value, Vec::new())
+}
+
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Runs what a command decided; its result, or the client's error.
+    pub(super) async fn execute(&mut self, effect: Effect<'_>) -> Result<Done, Refusal> {
+        match effect {
+            Effect::Reply(value) => Ok(none(value)),
+            Effect::Subscribe {
+                channel,
+                since,
+                info,
+            } => self.subscribe(channel, since, info).await,
+            Effect::AskBackend { channel, since } => {
+                let info = self.authorize(&channel).await?;
+                commands::subscription_room(self.subscriptions.len(), &self.node.config)?;
+                self.subscribe(channel, since, info).await
+            }
+            Effect::Unsubscribe { channel } => {
+                self.unsubscribe(&channel).await;
+                Ok(none(json!({})))
+            }
+            Effect::Publish { channel, data } => self.publish(&channel, data).await.map(none),
+            Effect::Presence { channel } => self.presence(&channel).await.map(none),
+            Effect::History { channel, query } => {
+                let page = self.read_history(&channel, &query, "history").await?;
+                history::reply(&query, page).map(none)
+            }
+            Effect::Refresh { token } => self.refresh(&token).map(none),
+        }
+    }
+
+    /// Joins a channel the session may subscribe to: hub and broker, then
+    /// its position (and what the client missed), then presence.
+    async fn subscribe(
+        &mut self,
+        channel: ChannelName,
+        since: Option<Position>,
+        info: Option<Arc<RawValue>>,
+    ) -> Result<Done, Refusal> {
+        let node = Arc::clone(&self.node);
+        if node.hub.subscribe(channel.as_str(), &self.handle) {
+            if let Err(error) = node.broker.subscribe(channel.as_str()).await {
+                tracing::warn!(message = "broker subscribe failed", channel = %channel, %error, connection_id = %self.connection_id);
+                self.undo_subscribe(&channel).await;
+                return Err((
+                    ErrorCode::Internal,
+                    "subscription failed: broker unavailable".into(),
+                ));
+            }
+        }
+        let namespace = node.config.namespace(channel.namespace());
+        // Read after joining the hub and the broker: every message after the
+        // position read here reaches this session, live or from history.
+        let (result, replay) = if namespace.history().enabled() {
+            match self.recover(&channel, since).await {
+                Ok(done) => done,
+                Err(error) => {
+                    self.undo_subscribe(&channel).await;
+                    return Err(error);
+                }
+            }
+        } else {
+            (recovery::without_history(since.as_ref()), Vec::new())
+        };
+        if namespace.presence {
+            self.join(&channel, info).await;
+        }
+        node.metrics.subscribed(channel.as_str());
+        node.occupancy
+            .subscribed(channel.as_str(), &self.claims.user, namespace.presence);
+        if self.subscriptions.len() == self.subscriptions.capacity() {
+            // Grow one at a time while small: most sessions hold one or two.
+            let more = self.subscriptions.len().clamp(1, 8);
+            self.subscriptions.reserve_exact(more);
+        }
+        self.subscriptions.push(channel);
+        Ok((result, replay))
+    }
+
+    /// Enters the channel's presence and, where the namespace asks for it,
+    /// publishes the `join` event.
+    async fn join(&mut self, channel: &ChannelName, info: Option<Arc<RawValue>>) {
+        let node = &self.node;
+        let member = Member {
+            user: Arc::clone(&self.claims.user),
+            connection_id: Arc::clone(&self.connection_id),
+            info,
+        };
+        if let Err(error) = node.presence.join(channel.as_str(), &member).await {
+            tracing::warn!(message = "presence join failed", channel = %channel, %error, connection_id = %self.connection_id);
+        } else if node.config.namespace(channel.namespace()).join_leave {
+            let frame = ServerFrame::Join {
+                channel: channel.as_str(),
+                user: &self.claims.user,
+                connection_id: &self.connection_id,
+                info: member.info.as_deref(),
+            }
+            .encode();
+            if let Err(error) = node
+                .broker
+                .publish(channel.as_str(), Utf8Bytes::from(frame))
+                .await
+            {
+                tracing::warn!(message = "join event not published", channel = %channel, %error, connection_id = %self.connection_id);
+            }
+        }
+    }
+
+    /// A subscribe the token does not grant, on a namespace with a
+    /// subscribe proxy: asked of the backend. Allowed, it yields the
+    /// subscription's presence `info`.
+    async fn authorize(&mut self, channel: &ChannelName) -> Result<Option<Arc<RawValue>>, Refusal> {
+        let node = &self.node;
+        let (Some(url), Some(proxy)) = (
+            node.config
+                .namespace(channel.namespace())
+                .subscribe_proxy
+                .as_ref(),
+            node.subscribe_proxy.as_ref(),
+        ) else {
+            return Err(commands::not_granted(channel));
+        };
+        let decision = proxy
+            .ask(
+                url,
+                &self.claims.user,
+                channel.as_str(),
+                self.claims.info.as_deref(),
+                &self.connection_id,
+            )
+            .await;
+        match decision {
+            Ok(Decision::Allow { info }) => Ok(info.or_else(|| self.claims.info.clone())),
+            Ok(Decision::Deny { reason }) => {
+                tracing::info!(message = "subscribe refused by the backend", channel = %channel, reason = reason.as_deref().unwrap_or(""), connection_id = %self.connection_id);
+                let mut message = format!("the backend refused subscribing to {channel}");
+                if let Some(reason) = reason {
+                    message.push_str(": ");
+                    message.push_str(&reason);
+                }
+                Err((ErrorCode::Forbidden, message))
+            }
+            Err(error) => {
+                tracing::warn!(message = "subscribe proxy failed", channel = %channel, %error, connection_id = %self.connection_id);
+                Err((ErrorCode::Unavailable, error.client_message()))
+            }
+        }
+    }
+
+    /// Leaves the hub (and the broker) after a subscribe that failed midway.
+    async fn undo_subscribe(&mut self, channel: &ChannelName) {
+        let node = &self.node;
+        if node.hub.unsubscribe(channel.as_str(), self.handle.id) {
+            let _ = node.broker.unsubscribe(channel.as_str()).await;
+        }
+        recovery::forget(&mut self.resumed, channel.as_str());
+    }
+
+    /// Reads the channel's position (and, with `since`, what the client
+    /// missed) for a subscribe; records what queued frames to drop.
+    async fn recover(
+        &mut self,
+        channel: &ChannelName,
+        since: Option<Position>,
+    ) -> Result<Done, Refusal> {
+        let query = recovery::query(since);
+        let page = self.read_history(channel, &query, "subscribe").await?;
+        let node = &self.node;
+        node.broker.holding(channel.as_str(), &page.top);
+        let recovery = recovery::recover(channel.as_str(), query.since.as_ref(), page)?;
+        if let Some(recovered) = recovery.recovered {
+            node.metrics.recovery(recovered);
+            node.metrics.replayed("session", recovery.replay.len());
+        }
+        recovery::record(&mut self.resumed, recovery.resume);
+        Ok((recovery.result, recovery.replay))
+    }
+
+    async fn read_history(
+        &mut self,
+        channel: &ChannelName,
+        query: &HistoryQuery,
+        reason: &'static str,
+    ) -> Result<HistoryPage, Refusal> {
+        let node = &self.node;
+        let policy = node.config.namespace(channel.namespace()).history();
+        let page = node.broker.history(channel.as_str(), policy, query).await;
+        node.metrics.history_read(reason, page.is_ok());
+        page.map_err(|BrokerError::Unavailable(error)| {
+            tracing::warn!(message = "history read failed", channel = %channel, %error, connection_id = %self.connection_id);
+            (ErrorCode::Internal, "history unavailable".into())
+        })
+    }
+
+    async fn unsubscribe(&mut self, channel: &ChannelName) {
+        if let Some(i) = self.subscriptions.iter().position(|c| c == channel) {
+            self.subscriptions.swap_remove(i);
+            if self.subscriptions.is_empty() {
+                self.subscriptions = Vec::new();
+            }
+            recovery::forget(&mut self.resumed, channel.as_str());
+            self.leave(channel).await;
+        }
+    }
+
+    /// Drops one subscription: hub, broker, presence and the `leave` event.
+    async fn leave(&mut self, channel: &ChannelName) {
+        let node = &self.node;
+        node.metrics.unsubscribed(channel.as_str());
+        let namespace = node.config.namespace(channel.namespace());
+        node.occupancy
+            .unsubscribed(channel.as_str(), &self.claims.user, namespace.presence);
+        if node.hub.unsubscribe(channel.as_str(), self.handle.id) {
+            if let Err(error) = node.broker.unsubscribe(channel.as_str()).await {
+                tracing::warn!(message = "broker unsubscribe failed", channel = %channel, %error, connection_id = %self.connection_id);
+            }
+        }
+        if !namespace.presence {
+            return;
+        }
+        if let Err(error) = node
+            .presence
+            .leave(channel.as_str(), &self.connection_id)
+            .await
+        {
+            tracing::warn!(message = "presence leave failed", channel = %channel, %error, connection_id = %self.connection_id);
+            return;
+        }
+        if namespace.join_leave {
+            let frame = ServerFrame::Leave {
+                channel: channel.as_str(),
+                user: &self.claims.user,
+                connection_id: &self.connection_id,
+            }
+            .encode();
+            if let Err(error) = node
+                .broker
+                .publish(channel.as_str(), Utf8Bytes::from(frame))
+                .await
+            {
+                tracing::warn!(message = "leave event not published", channel = %channel, %error, connection_id = %self.connection_id);
+            }
+        }
+    }
+
+    /// Leaves every channel (the session ends).
+    pub(super) async fn leave_all(&mut self) {
+        for channel in std::mem::take(&mut self.subscriptions) {
+            self.leave(&channel).await;
+        }
+    }
+
+    async fn publish(&mut self, channel: &ChannelName, data: &RawValue) -> Result<Value, Refusal> {
+        let node = &self.node;
+        let policy = node.config.namespace(channel.namespace()).history();
+        let published = broker::publish_message(&*node.broker, channel.as_str(), data, policy)
+            .await
+            .map(|position| match position {
+                Some(p) => json!({ "offset": p.offset, "epoch": p.epoch }),
+                None => json!({}),
+            });
+        match published {
+            Ok(result) => Ok(result),
+            Err(error) => {
+                tracing::warn!(message = "publish failed", channel = %channel, %error, connection_id = %self.connection_id);
+                Err((
+                    ErrorCode::Internal,
+                    "message not published: broker unavailable".into(),
+                ))
+            }
+        }
+    }
+
+    async fn presence(&mut self, channel: &ChannelName) -> Result<Value, Refusal> {
+        match self.node.presence.members(channel.as_str()).await {
+            Ok(members) => Ok(json!({ "members": members })),
+            Err(error) => {
+                tracing::warn!(message = "presence read failed", channel = %channel, %error, connection_id = %self.connection_id);
+                Err((ErrorCode::Internal, "presence unavailable".into()))
+            }
+        }
+    }
+
+    /// A new token for this session: its claims and expiry replace the old.
+    fn refresh(&mut self, token: &str) -> Result<Value, Refusal> {
+        let verifier = &self.node.verifier;
+        let refreshed = commands::refresh(
+            verifier.verify(token),
+            &self.claims.user,
+            SystemTime::now(),
+            verifier.leeway(),
+        );
+        let refreshed = refreshed.inspect_err(|(code, _)| {
+            if *code == ErrorCode::Forbidden {
+                tracing::info!(message = "refresh refused", reason = "other_user", connection_id = %self.connection_id);
+            }
+        })?;
+        let result = refreshed.result();
+        self.expires_at = Instant::now() + refreshed.lifetime;
+        self.claims = refreshed.claims;
+        Ok(result)
+    }
+}

@@ -1,0 +1,376 @@
+//! How frames reach a session's socket: the replies and the frames the hub
+//! queued are written straight to the socket as vectored writes of their
+//! shared payloads, a burst coalesced into one write.
+//!
+//! Adaptive write coalescing: a connection that has not written for
+//! `session.write_coalesce` writes a frame at once (a quiet connection
+//! never waits); one that wrote more recently is receiving steadily, so it
+//! holds the frame and writes everything queued by the end of the window in
+//! one vectored write (earlier once [`WRITE_BATCH`] frames are queued).
+//! A text frame's header is written here (RFC 6455 §5.2) next to its
+//! payload, so a payload is never copied and no write buffer stays at a
+//! burst's size; a client that asked for batched frames gets a burst as one
+//! frame, one message per line.
+//!
+//! A write that cannot complete within the pong timeout closes the session
+//! as a slow consumer (1013). The write state (`out`, `out_done`, the write
+//! timer) lives in the session's state, so the futures here stay pointers.
+//! These are methods of the session; the main loop in `mod.rs` calls them.
+
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use switchboard_protocol::close;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+
+use super::{recovery, ws_error_reason, End, Session};
+use crate::hub::{Delivery, Outbound, SLOW_CONSUMER_REASON};
+
+/// Frames written per flush when the queue has a backlog.
+const WRITE_BATCH: usize = 64;
+/// The write list keeps this many slots between writes; a longer one (a
+/// batch) is given back after its write, so a burst does not stay resident.
+const OUT_KEEP: usize = 1;
+
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// When held frames go out.
+    pub(super) fn flush_at(&self) -> Instant {
+        self.last_write + self.node.config.session.write_coalesce
+    }
+
+    /// A frame for the client. Adaptive write coalescing: a connection that
+    /// has not written for `write_coalesce` writes it at once (a quiet
+    /// connection never waits); one that wrote more recently is receiving
+    /// steadily, so it holds the frame and writes everything queued by the
+    /// end of the window in one vectored write (earlier if the queue reaches
+    /// its flush size). No timer exists unless a flush is pending, so an
+    /// idle connection costs nothing more. Returns whether to write now
+    /// (the frame is in `out` either way).
+    pub(super) fn stage(&mut self, first: Arc<Delivery>) -> bool {
+        // Sized to the backlog: a single frame takes one slot, which is all
+        // an idle session keeps between writes.
+        let backlog = self.handle.queued_items().min(WRITE_BATCH - 1);
+        self.out.reserve_exact(1 + backlog);
+        if recovery::admit(&mut self.resumed, &first) {
+            self.out.push(first.frame.clone());
+        }
+        if Instant::now() >= self.flush_at() {
+            return true;
+        }
+        self.handle.set_holding(true);
+        false
+    }
+
+    /// Writes `first` (if any), the frames held back and whatever else is
+    /// queued (up to [`WRITE_BATCH`] frames) in one vectored write, then
+    /// flushes once. The immediate write and the end of a coalescing window
+    /// share this one future, so the session task stays its size.
+    pub(super) async fn write_batch(&mut self) -> Result<(), End> {
+        self.handle.set_holding(false);
+        let close_after = self.collect_more();
+        self.write_out().await?;
+        if self.handle.is_slow() {
+            return Err(End::Close(
+                close::SLOW_CONSUMER,
+                SLOW_CONSUMER_REASON.into(),
+            ));
+        }
+        close_after.map_or(Ok(()), Err)
+    }
+
+    /// Moves what is queued into `out`, up to [`WRITE_BATCH`] frames in
+    /// all; returns a close request met on the way.
+    fn collect_more(&mut self) -> Option<End> {
+        let room = WRITE_BATCH.saturating_sub(self.out.len());
+        self.out.reserve_exact(self.handle.queued_items().min(room));
+        let (mut close, mut drain) = (None, None);
+        let (out, resumed) = (&mut self.out, &mut self.resumed);
+        self.handle.take_batch(room, |item| match item {
+            Outbound::Frame(delivery) => {
+                if recovery::admit(resumed, &delivery) {
+                    out.push(delivery.frame.clone());
+                }
+                true
+            }
+            Outbound::Close(code, reason) => {
+                close = Some(End::Close(code, reason.into()));
+                false
+            }
+            Outbound::Drain(delay) => {
+                drain = Some(delay);
+                true
+            }
+        });
+        if let Some(delay) = drain {
+            self.drain(delay);
+        }
+        close
+    }
+
+    /// Writes `out` as text frames straight to the socket: each frame's
+    /// header and its shared payload go out in one vectored write, so a
+    /// payload is never copied and no write buffer stays at a burst's
+    /// high-water mark (tungstenite keeps its buffer's capacity).
+    /// Whatever tungstenite still holds (a pong, say) is flushed first, so
+    /// frames never interleave. The write state lives in the session, so
+    /// this future is a pointer.
+    pub(super) async fn write_out(&mut self) -> Result<(), End> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        if self.batch && self.out.len() > 1 {
+            self.join_out();
+        }
+        poll_fn(|cx| self.poll_write_out(cx)).await
+    }
+
+    /// For a client that asked for batched frames: the frames in `out`
+    /// become one text frame, one message per line (compact JSON has no raw
+    /// newline). This copies the payloads once per connection, which costs
+    /// far less than the frame headers and parsing it saves the client.
+    fn join_out(&mut self) {
+        let len = self.out.iter().map(|f| f.len() + 1).sum::<usize>() - 1;
+        let mut joined = String::with_capacity(len);
+        for (i, frame) in self.out.iter().enumerate() {
+            if i > 0 {
+                joined.push('\n');
+            }
+            joined.push_str(frame.as_str());
+        }
+        self.out.clear();
+        self.out.push(Utf8Bytes::from(joined));
+    }
+
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), End>> {
+        let result = match self.poll_out(cx) {
+            Poll::Ready(result) => result.map_err(|error| End::Gone(ws_error_reason(&error))),
+            Poll::Pending => {
+                // A client that cannot take a write within the pong timeout
+                // is as dead as one that does not answer pings.
+                let limit = self.node.config.session.pong_timeout;
+                let timer = self
+                    .write_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                ready!(timer.as_mut().poll(cx));
+                // A frame cut short: no close frame can follow it.
+                self.torn = self.out_done > 0;
+                Err(End::Close(
+                    close::SLOW_CONSUMER,
+                    "slow consumer: write timed out".into(),
+                ))
+            }
+        };
+        self.write_timer = None;
+        self.last_write = Instant::now();
+        self.out.clear();
+        self.out_done = 0;
+        if self.out.capacity() > OUT_KEEP {
+            self.out = Vec::new();
+        }
+        Poll::Ready(result)
+    }
+
+    fn poll_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        if self.out_done == 0 {
+            ready!(futures_util::Sink::<Message>::poll_flush(
+                Pin::new(&mut self.ws),
+                cx
+            ))?;
+        }
+        let io = self.ws.get_mut();
+        let mut writes = 0;
+        let written = poll_write_frames(io, cx, &self.out, &mut self.out_done, &mut writes);
+        // Counted as they happen: a write that completes later still counts
+        // the system calls made before it returned pending.
+        self.node.metrics.frames_written(0, writes);
+        ready!(written)?;
+        self.node.metrics.frames_written(self.out.len(), 0);
+        ready!(Pin::new(io).poll_flush(cx))?;
+        Poll::Ready(Ok(()))
+    }
+
+    pub(super) async fn send_text(&mut self, text: String) -> Result<(), End> {
+        self.out.reserve_exact(1);
+        self.out.push(Utf8Bytes::from(text));
+        self.write_out().await
+    }
+
+    /// Pings the client; a ping the socket cannot take within the pong
+    /// timeout ends the session like a missing pong.
+    pub(super) async fn send_ping(&mut self) -> Result<(), End> {
+        let limit = self.node.config.session.pong_timeout;
+        let ping = std::pin::pin!(self.ws.send(Message::Ping(Default::default())));
+        bounded_write(limit, ping).await
+    }
+}
+
+/// A client that cannot take a write within the pong timeout is as dead as
+/// one that does not answer pings. The timer is made (boxed) only when the
+/// write does not complete at once, so the usual write carries none in the
+/// session's state.
+async fn bounded_write<F>(limit: Duration, mut write: Pin<&mut F>) -> Result<(), End>
+where
+    F: Future<Output = Result<(), WsError>> + ?Sized,
+{
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let result = poll_fn(|cx| {
+        if let Poll::Ready(result) = write.as_mut().poll(cx) {
+            return Poll::Ready(Some(result));
+        }
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await;
+    match result {
+        Some(Ok(())) => Ok(()),
+        Some(Err(error)) => Err(End::Gone(ws_error_reason(&error))),
+        None => Err(End::Close(
+            close::SLOW_CONSUMER,
+            "slow consumer: write timed out".into(),
+        )),
+    }
+}
+
+/// Frames gathered per vectored write (two slices each): a whole
+/// [`WRITE_BATCH`] in one system call.
+const FRAMES_PER_WRITE: usize = WRITE_BATCH;
+
+/// Writes an unmasked, final text frame header for `len` payload bytes
+/// (RFC 6455 §5.2); returns its length.
+fn text_header(len: usize, out: &mut [u8; 10]) -> usize {
+    out[0] = 0x81;
+    if len < 126 {
+        out[1] = len as u8;
+        2
+    } else if let Ok(len) = u16::try_from(len) {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&len.to_be_bytes());
+        4
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    }
+}
+
+/// Writes `frames` as text frames; `done` counts the bytes already written
+/// (headers included) across calls, so a write that returns pending
+/// resumes where it stopped.
+fn poll_write_frames<W>(
+    io: &mut W,
+    cx: &mut Context<'_>,
+    frames: &[Utf8Bytes],
+    done: &mut usize,
+    writes: &mut usize,
+) -> Poll<io::Result<()>>
+where
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        // The first frame not written in full, and how far into it.
+        let mut skip = *done;
+        let mut first = 0;
+        while let Some(frame) = frames.get(first) {
+            let len = frame.len();
+            let size = text_header(len, &mut [0; 10]) + len;
+            if skip < size {
+                break;
+            }
+            skip -= size;
+            first += 1;
+        }
+        if first == frames.len() {
+            return Poll::Ready(Ok(()));
+        }
+        let chunk = &frames[first..frames.len().min(first + FRAMES_PER_WRITE)];
+        let mut headers = [[0u8; 10]; FRAMES_PER_WRITE];
+        let mut header_lens = [0usize; FRAMES_PER_WRITE];
+        for ((frame, header), header_len) in chunk.iter().zip(&mut headers).zip(&mut header_lens) {
+            *header_len = text_header(frame.len(), header);
+        }
+        let mut slices = [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
+        let mut count = 0;
+        for (k, frame) in chunk.iter().enumerate() {
+            let mut header = &headers[k][..header_lens[k]];
+            let mut payload = frame.as_bytes();
+            if k == 0 {
+                let cut = skip.min(header.len());
+                header = &header[cut..];
+                payload = &payload[skip - cut..];
+            }
+            for part in [header, payload] {
+                if !part.is_empty() {
+                    slices[count] = IoSlice::new(part);
+                    count += 1;
+                }
+            }
+        }
+        let written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
+        *writes += 1;
+        if written == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        *done += written;
+    }
+}
+
+#[cfg(test)]
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_headers_follow_rfc_6455() {
+        let header = |len| {
+            let mut out = [0; 10];
+            let n = text_header(len, &mut out);
+            out[..n].to_vec()
+        };
+        assert_eq!(header(5), [0x81, 5]);
+        assert_eq!(header(126), [0x81, 126, 0, 126]);
+        assert_eq!(header(65_535), [0x81, 126, 0xff, 0xff]);
+        assert_eq!(header(70_000), [0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+    }
+
+    /// arrive whole and in order.
+    #[tokio::test]
+    async fn frames_survive_short_writes() {
+        let (client, mut server) = tokio::io::duplex(7);
+        let frames = vec![
+            Utf8Bytes::from("a".repeat(3)),
+            Utf8Bytes::from("b".repeat(200)),
+            Utf8Bytes::from("c".repeat(70_000)),
+        ];
+        let reader = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut all = Vec::new();
+            server.read_to_end(&mut all).await.map(|_| all)
+        });
+        let mut client = client;
+        let mut done = 0;
+        poll_fn(|cx| poll_write_frames(&mut client, cx, &frames, &mut done, &mut 0))
+            .await
+            .unwrap();
+        drop(client);
+        let all = reader.await.unwrap().unwrap();
+        let mut expected = Vec::new();
+        for frame in &frames {
+            let mut header = [0; 10];
+            let n = text_header(frame.len(), &mut header);
+            expected.extend_from_slice(&header[..n]);
+            expected.extend_from_slice(frame.as_bytes());
+        }
+        assert_eq!(done, expected.len());
+        assert!(all == expected, "the bytes differ");
+    }
+}
