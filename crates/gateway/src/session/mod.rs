@@ -68,7 +68,7 @@ use crate::config::MAX_HISTORY_SIZE;
 use crate::history::{HistoryPage, HistoryQuery, DEFAULT_HISTORY_LIMIT};
 use crate::hub::{Delivery, Outbound, SessionHandle, SLOW_CONSUMER_REASON};
 use crate::limits::Slots;
-use crate::metrics::{Closed, OpenSession};
+use crate::metrics::sessions::{Closed, OpenSession};
 use crate::node::Node;
 use crate::presence::Member;
 
