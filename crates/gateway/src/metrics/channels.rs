@@ -5,7 +5,7 @@
 //! A namespace is a label only when it is configured in `[namespaces.*]`;
 //! every other channel counts as [`OTHER_NAMESPACE`], so the series stay
 //! bounded whatever channel names clients use. The children of each label
-//! are resolved at start-up ([`Flow`]), so the per-message paths (publish,
+//! are resolved at start-up (a `Flow` each), so the per-message paths (publish,
 //! fan-out) cost a map lookup and a few atomic additions, and no lock.
 
 use std::collections::HashMap;
