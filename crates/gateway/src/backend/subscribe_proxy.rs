@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::backend;
-use crate::metrics::{Metrics, ProxyResult};
+use crate::metrics::subscribe_proxy::ProxyResult;
+use crate::metrics::Metrics;
 
 /// The longest a backend answer is cached, whatever `ttl` it names.
 pub const MAX_TTL: Duration = Duration::from_secs(3600);

@@ -248,7 +248,10 @@ fn refuse(node: &Node, peer: SocketAddr, client_ip: IpAddr, refusal: Refusal) ->
     let reason = refusal.reason();
     let response = refusal.into_response();
     node.metrics
-        .refused(metrics::Refusal::from_status(response.status(), reason));
+        .refused(metrics::sessions::Refusal::from_status(
+            response.status(),
+            reason,
+        ));
     response
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, Registry};
 
-use crate::metrics::{counter_vec, gauge_vec, histogram_vec};
+use crate::metrics::registry::{counter_vec, gauge_vec, histogram_vec};
 
 /// Every event name, for the metric's labels.
 pub const EVENT_NAMES: [&str; 6] = [

@@ -19,7 +19,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use thiserror::Error;
 
-use crate::metrics::{Metrics, PresenceOp};
+use crate::metrics::presence::PresenceOp;
+use crate::metrics::Metrics;
 
 /// One connection present in a channel.
 #[derive(Debug, Clone, Serialize)]

@@ -5,7 +5,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::metrics::{Metrics, RedisLink};
+use crate::metrics::redis_links::RedisLink;
+use crate::metrics::Metrics;
 
 /// Connectivity shared by the broker and presence, for `/readyz` and the
 /// `switchboard_redis_connected` gauges.

@@ -59,7 +59,7 @@ use self::recovery::Resume;
 use crate::auth::Claims;
 use crate::hub::{Outbound, SessionHandle};
 use crate::limits::Slots;
-use crate::metrics::{Closed, OpenSession};
+use crate::metrics::sessions::{Closed, OpenSession};
 use crate::node::Node;
 
 /// How long a close handshake may take before the socket is dropped.

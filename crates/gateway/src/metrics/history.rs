@@ -1,0 +1,108 @@
+//! History and recovery: messages stored with their offsets, reads by
+//! reason, clients' resumes, and how this node keeps its own feed whole
+//! (gaps filled from history, resets, duplicates dropped after a repair).
+//!
+//! Both recovery outcomes are exposed at 0 from the start, so rates and
+//! the recovery alert work before the first resume.
+
+use prometheus::{IntCounter, IntCounterVec, Registry};
+
+use crate::metrics::registry::{counter, counter_vec};
+
+/// The history metrics of one node.
+#[derive(Debug)]
+pub(super) struct HistoryMetrics {
+    appends: IntCounter,
+    reads: IntCounterVec,
+    recoveries: IntCounterVec,
+    replayed: IntCounterVec,
+    gaps_repaired: IntCounter,
+    stream_resets: IntCounter,
+    relay_duplicates: IntCounter,
+}
+
+impl HistoryMetrics {
+    pub(super) fn new(r: &Registry) -> HistoryMetrics {
+        let recoveries = counter_vec(
+            r,
+            "switchboard_recoveries_total",
+            "Subscribes with since, by outcome: recovered (every missed message replayed) or not_recovered (the client was told to reload).",
+            &["outcome"],
+        );
+        for outcome in ["recovered", "not_recovered"] {
+            recoveries.with_label_values(&[outcome]);
+        }
+        HistoryMetrics {
+            appends: counter(
+                r,
+                "switchboard_history_appends_total",
+                "Messages this node stored in a channel's history (each with its offset) and published.",
+            ),
+            reads: counter_vec(
+                r,
+                "switchboard_history_reads_total",
+                "History reads by reason (subscribe, history, api, repair) and result (ok or error).",
+                &["reason", "result"],
+            ),
+            recoveries,
+            replayed: counter_vec(
+                r,
+                "switchboard_messages_replayed_total",
+                "Messages delivered from history instead of Pub/Sub: by session (a client's recovery) or node (gap repair, per node, before fan-out).",
+                &["by"],
+            ),
+            gaps_repaired: counter(
+                r,
+                "switchboard_gaps_repaired_total",
+                "Gaps in this node's Pub/Sub feed (a skipped offset, or a reconnect) filled from history.",
+            ),
+            stream_resets: counter(
+                r,
+                "switchboard_stream_resets_total",
+                "Times this node told a channel's subscribers with a reset frame that messages may be lost (epoch changed, or a gap history could not fill).",
+            ),
+            relay_duplicates: counter(
+                r,
+                "switchboard_relay_duplicates_total",
+                "Pub/Sub messages dropped because a gap repair had already delivered them.",
+            ),
+        }
+    }
+
+    pub(super) fn appended(&self) {
+        self.appends.inc();
+    }
+
+    pub(super) fn read(&self, reason: &'static str, ok: bool) {
+        self.reads
+            .with_label_values(&[reason, if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    pub(super) fn recovery(&self, recovered: bool) {
+        let outcome = if recovered {
+            "recovered"
+        } else {
+            "not_recovered"
+        };
+        self.recoveries.with_label_values(&[outcome]).inc();
+    }
+
+    pub(super) fn replayed(&self, by: &'static str, count: usize) {
+        if count > 0 {
+            self.replayed.with_label_values(&[by]).inc_by(count as u64);
+        }
+    }
+
+    pub(super) fn gap_repaired(&self) {
+        self.gaps_repaired.inc();
+    }
+
+    pub(super) fn stream_reset(&self) {
+        self.stream_resets.inc();
+    }
+
+    pub(super) fn relay_duplicate(&self) {
+        self.relay_duplicates.inc();
+    }
+}
