@@ -50,8 +50,9 @@ use crate::history::redis::{self as redis_history, Payload};
 use crate::history::{HistoryPage, HistoryQuery, Relay, Tracker};
 use crate::hub::{Delivery, Hub};
 use crate::redis::health::RedisHealth;
-use crate::redis::link::{Link, Mode, Target, REDIS_TIMEOUT};
+use crate::redis::link::Link;
 use crate::redis::pubsub::{channel_of, publish_command, pubsub_channel, CONTROL_CHANNEL};
+use crate::redis::target::{Mode, Target, REDIS_TIMEOUT};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Short enough that a node finds a new master within about two seconds of

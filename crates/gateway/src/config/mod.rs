@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use crate::redis::link::{Target, TlsFiles};
+use crate::redis::target::{Target, TlsFiles};
 use std::str::FromStr;
 use std::time::Duration;
 
