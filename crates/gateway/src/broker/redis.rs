@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use switchboard_protocol::{MessageParts, Position, ServerFrame};
 
 use crate::broker::{Broker, BrokerError, Health};
-use crate::config::{HistoryPolicy, DEFAULT_HISTORY_TTL, MAX_HISTORY_SIZE};
+use crate::config::namespaces::{HistoryPolicy, DEFAULT_HISTORY_TTL, MAX_HISTORY_SIZE};
 use crate::history::redis::{self as redis_history, Payload};
 use crate::history::{HistoryPage, HistoryQuery, Relay, Tracker};
 use crate::hub::{Delivery, Hub};

@@ -64,7 +64,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::auth::{AuthError, Claims};
 use crate::backend::subscribe_proxy::Decision;
 use crate::broker::{self, BrokerError};
-use crate::config::MAX_HISTORY_SIZE;
+use crate::config::namespaces::MAX_HISTORY_SIZE;
 use crate::history::{HistoryPage, HistoryQuery, DEFAULT_HISTORY_LIMIT};
 use crate::hub::{Delivery, Outbound, SessionHandle, SLOW_CONSUMER_REASON};
 use crate::limits::Slots;
