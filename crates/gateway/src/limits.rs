@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::config::LimitsConfig;
+use crate::config::limits::LimitsConfig;
 
 /// Why admission refused a connection, with when to retry.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use switchboard_gateway::auth::dev_token::{mint_hs256, DevToken};
-use switchboard_gateway::config::{Config, LogFormat, ProcessEnv};
+use switchboard_gateway::config::env::ProcessEnv;
+use switchboard_gateway::config::node::LogFormat;
+use switchboard_gateway::config::Config;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]

@@ -24,7 +24,8 @@ use crate::occupancy::{ChannelCounts, ChannelPage, ListQuery, Occupancy};
 use crate::presence::redis::RedisPresence;
 use crate::presence::{CountedPresence, MemoryPresence, Presence};
 use crate::redis::health::RedisHealth;
-use crate::redis::link::{Link, Target};
+use crate::redis::link::Link;
+use crate::redis::target::Target;
 
 #[derive(Debug)]
 pub struct Node {

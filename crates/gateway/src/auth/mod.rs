@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use switchboard_protocol::{ChannelError, PatternSet};
 use thiserror::Error;
 
-use crate::config::JwtConfig;
+use crate::config::auth::JwtConfig;
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;

@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend;
-use crate::config::WebhookConfig;
+use crate::config::backend::WebhookConfig;
 use crate::metrics::webhooks::WebhookMetrics;
 use crate::occupancy::redis::EVENTS_KEY;
 use crate::redis::link::Link;

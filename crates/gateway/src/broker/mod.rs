@@ -26,7 +26,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::config::HistoryPolicy;
+use crate::config::namespaces::HistoryPolicy;
 use crate::history::{HistoryPage, HistoryQuery, MemoryHistory};
 use crate::hub::{Delivery, Hub};
 

@@ -1,10 +1,15 @@
-//! The `Origin` check of the handshake: exact origins, `https://*.example.com`
-//! wildcards (any depth of sub-domain, never the apex), or `*` for any.
+//! The `allowed_origins` setting, for the `Origin` check of the handshake:
+//! exact origins, `https://*.example.com` wildcards (any depth of
+//! sub-domain, never the apex), or `*` for any.
 //!
 //! Browsers always send `Origin` on a WebSocket handshake, so a page from
 //! another site cannot ride a user's token; non-browser clients send none and
 //! are let through (they authenticate by token alone). With an empty list no
 //! browser page may connect.
+
+use crate::config::env::{env_list, ConfigError, Env, Key};
+
+const ALLOWED_ORIGINS: Key = Key::new("allowed_origins", "SWITCHBOARD_ALLOWED_ORIGINS");
 
 /// One allowed origin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +88,17 @@ impl AllowedOrigins {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
+
+/// The `allowed_origins` setting: the environment's comma-separated list,
+/// else the file's (empty when neither is set).
+pub(super) fn allowed_origins(
+    env: &dyn Env,
+    from_file: Option<Vec<String>>,
+) -> Result<AllowedOrigins, ConfigError> {
+    let origins = env_list(env, &ALLOWED_ORIGINS).unwrap_or_else(|| from_file.unwrap_or_default());
+    AllowedOrigins::parse(&origins)
+        .map_err(|message| ConfigError::new(ALLOWED_ORIGINS.name(), message))
 }
 
 #[cfg(test)]

@@ -6,6 +6,10 @@ use std::net::{IpAddr, SocketAddr};
 use http::HeaderMap;
 use ipnet::IpNet;
 
+use crate::config::env::{env_list, ConfigError, Env, Key};
+
+const TRUSTED_PROXIES: Key = Key::new("trusted_proxies", "SWITCHBOARD_TRUSTED_PROXIES");
+
 /// The CIDR ranges whose forwarding headers are believed.
 #[derive(Debug, Clone, Default)]
 pub struct TrustedProxies {
@@ -93,6 +97,17 @@ fn canonical(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     }
+}
+
+/// The `trusted_proxies` setting: the environment's comma-separated list,
+/// else the file's (empty when neither is set: no header is believed).
+pub(super) fn trusted_proxies(
+    env: &dyn Env,
+    from_file: Option<Vec<String>>,
+) -> Result<TrustedProxies, ConfigError> {
+    let proxies = env_list(env, &TRUSTED_PROXIES).unwrap_or_else(|| from_file.unwrap_or_default());
+    TrustedProxies::parse(&proxies)
+        .map_err(|message| ConfigError::new(TRUSTED_PROXIES.name(), message))
 }
 
 #[cfg(test)]

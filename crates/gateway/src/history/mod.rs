@@ -26,7 +26,7 @@ use switchboard_protocol::{ChannelName, ErrorCode, Position};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::config::{HistoryPolicy, HISTORY_META_TTL};
+use crate::config::namespaces::{HistoryPolicy, HISTORY_META_TTL};
 
 /// Messages a `history` command returns when it names no `limit`.
 pub const DEFAULT_HISTORY_LIMIT: usize = 100;

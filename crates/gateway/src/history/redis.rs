@@ -24,7 +24,7 @@ use std::sync::LazyLock;
 use switchboard_protocol::{MessageParts, Position};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::config::{HistoryPolicy, HISTORY_META_TTL};
+use crate::config::namespaces::{HistoryPolicy, HISTORY_META_TTL};
 use crate::history::{new_epoch, select, HistoryPage, HistoryQuery};
 use crate::redis::link::Link;
 use crate::redis::pubsub::{publish_command, pubsub_channel};

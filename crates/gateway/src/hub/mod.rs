@@ -22,7 +22,7 @@ use indexmap::IndexMap;
 use switchboard_protocol::close::SLOW_CONSUMER;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::config::QUEUE_ENTRY_OVERHEAD;
+use crate::config::session::QUEUE_ENTRY_OVERHEAD;
 use crate::metrics::Metrics;
 use crate::occupancy::{ChannelCounts, ChannelPage, ListQuery};
 

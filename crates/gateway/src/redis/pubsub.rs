@@ -2,7 +2,7 @@
 //! shared by the broker (which subscribes), history (whose script publishes)
 //! and presence (which publishes a crashed node's `leave` events).
 
-use crate::redis::link::Mode;
+use crate::redis::target::Mode;
 
 /// The Pub/Sub channel carrying a Switchboard channel's frames.
 pub const CHANNEL_PREFIX: &str = "sb:ch:";

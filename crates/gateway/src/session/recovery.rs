@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use switchboard_protocol::{ErrorCode, Position};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::config::MAX_HISTORY_SIZE;
+use crate::config::namespaces::MAX_HISTORY_SIZE;
 use crate::history::{self, HistoryPage, HistoryQuery};
 use crate::hub::Delivery;
 

@@ -20,12 +20,13 @@ use serde::{Deserialize, Serialize};
 use switchboard_protocol::{close, ServerFrame};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::config::{DEFAULT_HISTORY_TTL, MAX_HISTORY_SIZE};
+use crate::config::namespaces::{DEFAULT_HISTORY_TTL, MAX_HISTORY_SIZE};
 use crate::history::redis::{self as redis_history, Payload};
 use crate::history::{HistoryQuery, Relay, Tracker};
 use crate::hub::{Delivery, Hub};
-use crate::redis::link::{Link, Mode};
+use crate::redis::link::Link;
 use crate::redis::pubsub::{channel_of, CONTROL_CHANNEL};
+use crate::redis::target::Mode;
 
 /// Cluster-wide commands on the control channel.
 #[derive(Debug, Serialize, Deserialize)]

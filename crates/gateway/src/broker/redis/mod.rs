@@ -39,13 +39,14 @@ use switchboard_protocol::{MessageParts, Position};
 use crate::broker::redis::feed::{lock, Control, Feed};
 use crate::broker::redis::subscriber::{Subscriber, SubscriptionOp};
 use crate::broker::{Broker, BrokerError, Health};
-use crate::config::HistoryPolicy;
+use crate::config::namespaces::HistoryPolicy;
 use crate::history::redis as redis_history;
 use crate::history::{HistoryPage, HistoryQuery, Tracker};
 use crate::hub::Hub;
 use crate::redis::health::RedisHealth;
-use crate::redis::link::{Link, Mode, Target};
+use crate::redis::link::Link;
 use crate::redis::pubsub::{publish_command, pubsub_channel, CONTROL_CHANNEL};
+use crate::redis::target::{Mode, Target};
 
 /// The broker of a node in cluster mode.
 pub struct RedisBroker {

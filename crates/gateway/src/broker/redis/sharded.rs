@@ -21,8 +21,8 @@ use crate::broker::redis::subscriber::{
     Subscriber, SubscriptionOp, BACKOFF_MAX, BACKOFF_MIN, PUBSUB_PING,
 };
 use crate::broker::BrokerError;
-use crate::redis::link::{Mode, REDIS_TIMEOUT};
 use crate::redis::pubsub::{pubsub_channel, CONTROL_CHANNEL};
+use crate::redis::target::{Mode, REDIS_TIMEOUT};
 
 impl Subscriber {
     /// The Pub/Sub task on a Redis Cluster: sharded subscriptions on one

@@ -23,8 +23,8 @@ use crate::broker::redis::feed::Feed;
 use crate::broker::BrokerError;
 use crate::hub::Hub;
 use crate::redis::health::RedisHealth;
-use crate::redis::link::{Mode, Target, REDIS_TIMEOUT};
 use crate::redis::pubsub::{pubsub_channel, CONTROL_CHANNEL};
+use crate::redis::target::{Mode, Target, REDIS_TIMEOUT};
 
 pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Short enough that a node finds a new master within about two seconds of
