@@ -1,12 +1,16 @@
 //! The Switchboard gateway node as a library: the `switchboard` binary is a
 //! thin `main` over [`run`], and integration tests drive the same code.
 //!
-//! Map: `config` (file + environment), `server` (HTTP routes and the accept
-//! loop), `handshake` (refusals before the upgrade), `auth` (JWT), `origin`, `limits` (admission limits),
-//! `session` (one task per WebSocket), `hub` (local fan-out), `broker`
-//! (cross-node delivery), `history` (offsets, recovery, gap detection; its
-//! Redis keys and scripts in `redis_history`), `presence`, `node` (shared
-//! state), `metrics` (Prometheus), `response`.
+//! Map (docs/architecture.md has the whole code map): `config` (file and
+//! environment, one module per section), `metrics` (Prometheus), `redis`
+//! (which Redis, the pooled link, Pub/Sub names, link health), `hub`
+//! (local fan-out), `history`, `presence` and `occupancy` (each a shared
+//! part in `mod.rs`, its Redis form in `redis`), `broker` (cross-node
+//! delivery, in memory or on Redis), `auth` (JWT), `limits` (admission),
+//! `backend` (webhooks, subscribe proxy), `node` (the shared state),
+//! `session` (one task per WebSocket), `http` (accept loop, handshake,
+//! server API). Dependencies run one way, in that order, bottom first;
+//! `scripts/check-layers.py` keeps it so.
 
 pub mod auth;
 pub mod backend;

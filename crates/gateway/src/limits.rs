@@ -1,7 +1,8 @@
-//! Admission limits, decided before any JWT work (who the client is, the
-//! peer or the address a trusted proxy forwarded, is
-//! [`crate::config::proxies`]): how fast one client address may open connections (a token bucket), and how many connections
-//! one address and one user may hold at once on this node.
+//! Admission limits, decided before any JWT work: how fast one client
+//! address may open connections (a token bucket), and how many connections
+//! one address and one user may hold at once on this node. Who the client
+//! is (the peer, or the address a trusted proxy forwarded) is decided by
+//! `config::proxies`.
 //!
 //! The buckets are governor's GCRA limiters; the concurrent counts are plain
 //! maps of counters released by RAII guards, because no crate counts

@@ -1,5 +1,5 @@
 //! Hostile input over real sockets, beyond the malformed-frame cases in
-//! session.rs: invalid UTF-8, ids reused or left out, channel names that
+//! tests/session.rs: invalid UTF-8, ids reused or left out, channel names that
 //! break the rules, JSON nested far past any parser's comfort, and
 //! handshakes with a 100 KB token or header. Each gets a clear error or
 //! refusal, and the node stays healthy for everyone else.

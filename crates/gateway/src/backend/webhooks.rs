@@ -1,5 +1,5 @@
 //! Webhooks: delivers the presence and occupancy events queued by
-//! `redis_occupancy` to the backend's URLs, signed, in batches, at least
+//! `occupancy::redis` to the backend's URLs, signed, in batches, at least
 //! once.
 //!
 //! Every URL has its own consumer group on the event stream, so a slow or

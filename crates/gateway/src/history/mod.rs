@@ -9,7 +9,7 @@
 //! the node-side gap detector ([`Tracker`]). Offsets are assigned where the
 //! message is stored, in the same step that publishes it: under the
 //! channel's lock in memory, inside one Lua script on Redis
-//! (`redis_history`).
+//! (`history::redis`).
 //!
 //! It also says what a history read answers a client ([`reply`],
 //! [`beyond_top`], [`disabled`]): the `history` command of a session and

@@ -5,7 +5,7 @@
 //! Sessions report every connect, disconnect, subscribe and unsubscribe
 //! here; the call only updates counters under a lock and never waits on
 //! Redis, so it costs the session nothing. The node remembers which counts
-//! changed, and `redis_occupancy` writes their new values to Redis in
+//! changed, and `occupancy::redis` writes their new values to Redis in
 //! batches, where the cluster-wide sums live and where the transitions (a
 //! user's first connection, a channel's last subscriber) become webhook
 //! events. A single node keeps nothing here (it has no webhooks) and lists
@@ -155,7 +155,7 @@ fn bump(map: &mut HashMap<Arc<str>, u32>, key: &Arc<str>, delta: i32) -> u32 {
 }
 
 impl Occupancy {
-    /// `cluster`: counts are kept, for `redis_occupancy` to write; else
+    /// `cluster`: counts are kept, for `occupancy::redis` to write; else
     /// every report is a no-op.
     pub fn new(cluster: bool) -> Occupancy {
         Occupancy {

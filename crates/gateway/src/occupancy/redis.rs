@@ -20,7 +20,7 @@
 //! connect and subscribe (batched per node), never per message.
 //!
 //! A dead node's counts are removed by the node that reaps it
-//! (`redis_presence`), through the same script, so its users go offline
+//! (`presence::redis`), through the same script, so its users go offline
 //! (after the grace period) within the lease bound.
 //!
 //! Keys (docs/architecture.md lists them):

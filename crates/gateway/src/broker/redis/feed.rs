@@ -2,7 +2,7 @@
 //! channel messages in offset order, and commands on the control channel.
 //!
 //! Gap repair: messages of channels with history arrive as
-//! `<offset>:<epoch>:<frame>` (see `redis_history`). The node remembers the
+//! `<offset>:<epoch>:<frame>` (see `history::redis`). The node remembers the
 //! last offset it relayed per channel ([`Tracker`]); when Pub/Sub hands it a
 //! later offset than the next one, or the link comes back after a drop, it
 //! reads the missing range from history and delivers it, in order, before
