@@ -39,54 +39,84 @@ pub fn list_key(channel: &str) -> String {
     format!("sb:hist:{{{channel}}}:list")
 }
 
-/// The check both scripts start with: whether the channel's meta was
-/// written by a master this server has since replaced. Replication is
-/// asynchronous, so a replica promoted by a failover (Sentinel, or a
-/// cluster shard's) may lack its old master's last writes: offsets it would
-/// hand out next may already have been used, and messages readers saw may be
-/// gone. Such a stream restarts under a new epoch, so subscribers are told
-/// (`reset`, `recovered: false`) instead of missing messages silently.
-/// A promoted server has a non-zero `master_replid2` (the old master's
-/// replication id) until it restarts; a master restarted from its own
-/// append-only file has none, so it keeps its epochs. Sets `replid` (this
-/// server's id) and `promoted_stale` (the meta's writer is not this server,
-/// and this server was promoted). KEYS[1] is the meta hash.
+/// How both scripts learn whether a channel's meta was written by a master
+/// this server has since replaced. Replication is asynchronous, so a
+/// replica promoted by a failover (Sentinel, or a cluster shard's) may lack
+/// its old master's last writes: offsets it would hand out next may already
+/// have been used, and messages readers saw may be gone. Such a stream
+/// restarts under a new epoch, so subscribers are told (`reset`,
+/// `recovered: false`) instead of missing messages silently.
+///
+/// Each meta records `rid`, the replication id of the server that last
+/// wrote it. The node passes the id of the server it is connected to
+/// (`known`, read when its connection opened; see `redis::replication`),
+/// or `''` when it does not know it. A meta whose `rid` is that id was
+/// written here: nothing to ask. Otherwise (a new server, an unknown id)
+/// the script reads `INFO replication` once per call: a promoted server has
+/// a non-zero `master_replid2` (the old master's id) until it restarts, so
+/// a meta from another writer on a promoted server is stale; a master
+/// restarted from its own append-only file has none and keeps its epochs.
+/// `stream(meta_key)` returns the meta's epoch (nil when none), whether it
+/// is stale, this server's id and the meta's `rid`.
 const STALE_CHECK: &str = r"
-local info = redis.call('INFO', 'replication')
-local replid = string.match(info, 'master_replid:(%x+)') or ''
-local replid2 = string.match(info, 'master_replid2:(%x+)') or ''
-local meta = redis.call('HMGET', KEYS[1], 'epoch', 'rid')
-local epoch = meta[1]
-local promoted_stale = epoch and meta[2] ~= replid and string.find(replid2, '[^0]') ~= nil
+local known = ARGV[1]
+local info_replid, info_replid2
+local function stream(meta_key)
+  local meta = redis.call('HMGET', meta_key, 'epoch', 'rid')
+  local epoch = meta[1]
+  if known ~= '' and ((not epoch) or meta[2] == known) then
+    return epoch, false, known, meta[2]
+  end
+  if not info_replid then
+    local info = redis.call('INFO', 'replication')
+    info_replid = string.match(info, 'master_replid:(%x+)') or ''
+    info_replid2 = string.match(info, 'master_replid2:(%x+)') or ''
+  end
+  local stale = epoch and meta[2] ~= info_replid and string.find(info_replid2, '[^0]') ~= nil
+  return epoch, stale, info_replid, meta[2]
+end
 ";
 
-/// KEYS: meta, list. ARGV: Pub/Sub channel, frame head, frame tail, size,
-/// ttl ms, meta ttl ms, epoch to start if none, publish command (`PUBLISH`,
-/// or `SPUBLISH` on a cluster). Returns {offset, epoch}.
+/// Stores and publishes messages, one after the other: for each, the
+/// channel's next offset, the list append and trim, both TTLs and the
+/// PUBLISH, as one atomic step per call. KEYS: meta and list of each
+/// message. ARGV: known replication id, epoch to start where none,
+/// meta ttl ms, publish command (`PUBLISH`, or `SPUBLISH` on a cluster),
+/// then five per message: Pub/Sub channel, frame head, frame tail, size,
+/// ttl ms. Returns {offset, epoch} of each message, flattened. On a
+/// cluster every key of one call must share a slot (one channel).
 static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
         "{STALE_CHECK}{}",
         r"
-if (not epoch) or promoted_stale then
-  epoch = ARGV[7]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0, 'rid', replid)
-elseif meta[2] ~= replid then
-  redis.call('HSET', KEYS[1], 'rid', replid)
+local out = {}
+for i = 0, #KEYS / 2 - 1 do
+  local meta_key, list_key, a = KEYS[2 * i + 1], KEYS[2 * i + 2], 4 + 5 * i
+  local epoch, stale, replid, rid = stream(meta_key)
+  if (not epoch) or stale then
+    epoch = ARGV[2]
+    redis.call('DEL', list_key)
+    redis.call('HSET', meta_key, 'epoch', epoch, 'top', 0, 'rid', replid)
+  elseif rid ~= replid then
+    redis.call('HSET', meta_key, 'rid', replid)
+  end
+  local offset = redis.call('HINCRBY', meta_key, 'top', 1)
+  local frame = ARGV[a + 2] .. offset .. ARGV[a + 3]
+  redis.call('RPUSH', list_key, frame)
+  redis.call('LTRIM', list_key, -tonumber(ARGV[a + 4]), -1)
+  redis.call('PEXPIRE', list_key, ARGV[a + 5])
+  redis.call('PEXPIRE', meta_key, ARGV[3])
+  redis.call(ARGV[4], ARGV[a + 1], offset .. ':' .. epoch .. ':' .. frame)
+  out[2 * i + 1] = offset
+  out[2 * i + 2] = epoch
 end
-local offset = redis.call('HINCRBY', KEYS[1], 'top', 1)
-local frame = ARGV[2] .. offset .. ARGV[3]
-redis.call('RPUSH', KEYS[2], frame)
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call(ARGV[8], ARGV[1], offset .. ':' .. epoch .. ':' .. frame)
-return {offset, epoch}
+return out
 "
     ))
 });
 
-/// KEYS: meta, list. ARGV: since offset (-1: none), since epoch, limit,
+/// KEYS: meta, list. ARGV: known replication id, since offset (-1: none),
+/// since epoch, limit,
 /// epoch to start if none, ttl ms of a meta created here (a channel never
 /// published: kept as long as its messages would be, so reads of random
 /// names cannot pile up keys for a day). Returns {top, epoch, first, frames}
@@ -95,26 +125,30 @@ static READ: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
         "{STALE_CHECK}{}",
         r"
+local epoch, stale, replid, rid = stream(KEYS[1])
 local top = 0
-if (not epoch) or promoted_stale then
+if (not epoch) or stale then
   local created = not epoch
-  epoch = ARGV[4]
+  epoch = ARGV[5]
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0, 'rid', replid)
   if created then
-    redis.call('PEXPIRE', KEYS[1], ARGV[5])
+    redis.call('PEXPIRE', KEYS[1], ARGV[6])
   end
 else
+  if rid ~= replid then
+    redis.call('HSET', KEYS[1], 'rid', replid)
+  end
   top = tonumber(redis.call('HGET', KEYS[1], 'top'))
 end
 local len = math.min(redis.call('LLEN', KEYS[2]), top)
 local first = top - len + 1
-local since = tonumber(ARGV[1])
-local limit = tonumber(ARGV[3])
+local since = tonumber(ARGV[2])
+local limit = tonumber(ARGV[4])
 local from = first
 if since < 0 then
   from = math.max(first, top + 1 - limit)
-elseif ARGV[2] == epoch then
+elseif ARGV[3] == epoch then
   from = math.max(first, since + 1)
 end
 local frames = {}
@@ -133,27 +167,66 @@ fn millis(duration: std::time::Duration) -> u64 {
         .max(1)
 }
 
-/// Stores and publishes one message; returns its position.
-pub async fn append(
-    link: &Link,
-    channel: &str,
-    message: &MessageParts,
-    policy: HistoryPolicy,
-) -> Result<Position, String> {
-    let mut invocation = PUBLISH.prepare_invoke();
-    invocation
-        .key(meta_key(channel))
-        .key(list_key(channel))
-        .arg(pubsub_channel(link.mode(), channel))
-        .arg(&message.head)
-        .arg(&message.tail)
-        .arg(policy.size.max(1))
-        .arg(millis(policy.ttl))
-        .arg(millis(HISTORY_META_TTL))
-        .arg(new_epoch())
-        .arg(publish_command(link.mode()));
-    let (offset, epoch): (u64, String) = link.run_script(&invocation).await?;
-    Ok(Position { offset, epoch })
+/// A message to store and publish: its channel, its frame in two parts
+/// (around the offset) and the channel's history policy.
+pub struct Append<'a> {
+    pub channel: &'a str,
+    pub message: &'a MessageParts,
+    pub policy: HistoryPolicy,
+}
+
+/// Stores and publishes messages in one script call, in order; returns
+/// their positions. On a cluster they must all be on one channel.
+pub async fn append(link: &Link, messages: &[Append<'_>]) -> Result<Vec<Position>, String> {
+    let mode = link.mode();
+    let epoch = new_epoch();
+    let publish = publish_command(mode);
+    let flat: Vec<redis::Value> = link
+        .run_script_as(|known| {
+            let mut invocation = PUBLISH.prepare_invoke();
+            invocation
+                .arg(known)
+                .arg(&epoch)
+                .arg(millis(HISTORY_META_TTL))
+                .arg(publish);
+            for Append {
+                channel,
+                message,
+                policy,
+            } in messages
+            {
+                invocation
+                    .key(meta_key(channel))
+                    .key(list_key(channel))
+                    .arg(pubsub_channel(mode, channel))
+                    .arg(&message.head)
+                    .arg(&message.tail)
+                    .arg(policy.size.max(1))
+                    .arg(millis(policy.ttl));
+            }
+            invocation
+        })
+        .await?;
+    positions(flat, messages.len())
+}
+
+/// The publish script's reply: offset and epoch of each message.
+fn positions(flat: Vec<redis::Value>, expected: usize) -> Result<Vec<Position>, String> {
+    if flat.len() != 2 * expected {
+        return Err(format!(
+            "history script answered {} values for {expected} messages",
+            flat.len()
+        ));
+    }
+    let mut values = flat.into_iter();
+    let mut positions = Vec::with_capacity(expected);
+    while let (Some(offset), Some(epoch)) = (values.next(), values.next()) {
+        positions.push(Position {
+            offset: redis::from_redis_value(offset).map_err(|e| e.to_string())?,
+            epoch: redis::from_redis_value(epoch).map_err(|e| e.to_string())?,
+        });
+    }
+    Ok(positions)
 }
 
 /// Reads a page of a channel's history; a channel never published gets its
@@ -173,17 +246,22 @@ pub async fn read(
         ),
         None => (-1, ""),
     };
-    let mut invocation = READ.prepare_invoke();
-    invocation
-        .key(meta_key(channel))
-        .key(list_key(channel))
-        .arg(since_offset)
-        .arg(since_epoch)
-        .arg(query.limit.max(1))
-        .arg(new_epoch())
-        .arg(millis(created_ttl));
-    let (top, epoch, first, frames): (u64, String, u64, Vec<String>) =
-        link.run_script(&invocation).await?;
+    let epoch = new_epoch();
+    let (top, epoch, first, frames): (u64, String, u64, Vec<String>) = link
+        .run_script_as(|known| {
+            let mut invocation = READ.prepare_invoke();
+            invocation
+                .key(meta_key(channel))
+                .key(list_key(channel))
+                .arg(known)
+                .arg(since_offset)
+                .arg(since_epoch)
+                .arg(query.limit.max(1))
+                .arg(epoch)
+                .arg(millis(created_ttl));
+            invocation
+        })
+        .await?;
     // The script selected with the same rule; recompute where it started.
     let len = (top + 1).saturating_sub(first);
     let from = select(top, len, &epoch, query).map_or(first, |(from, _)| from);

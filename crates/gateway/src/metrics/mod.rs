@@ -235,6 +235,11 @@ impl Metrics {
         self.redis_links.published(elapsed, ok);
     }
 
+    /// One history script call stored and published `messages`.
+    pub fn redis_batched(&self, messages: usize) {
+        self.redis_links.batched(messages);
+    }
+
     /// The Pub/Sub connection came back after being lost.
     pub fn redis_reconnected(&self) {
         self.redis_links.reconnected();

@@ -1,5 +1,6 @@
 //! The node's links to Redis: whether each works, how often the Pub/Sub
-//! connection came back, and the round trip of every PUBLISH.
+//! connection came back, the round trip of every PUBLISH and how many
+//! messages each history script call carried.
 //!
 //! `redis::health` sets the link gauges (both down until shown to work);
 //! the Redis broker counts its publishes and reconnects.
@@ -10,12 +11,15 @@ use prometheus::{Histogram, IntCounter, IntGaugeVec, Registry};
 
 use crate::metrics::registry::{counter, gauge_vec, histogram, IO_BUCKETS};
 
+/// Messages per history script call.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
 /// Which Redis link a connection-state gauge describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RedisLink {
     /// The node's dedicated Pub/Sub connection.
     PubSub,
-    /// Commands through the pool, as shown by the lease renewal each second.
+    /// Commands through the shared link, as shown by the lease renewal each second.
     Commands,
 }
 
@@ -33,6 +37,7 @@ impl RedisLink {
 pub(super) struct RedisLinkMetrics {
     publish_duration: Histogram,
     publish_errors: IntCounter,
+    publish_batch: Histogram,
     reconnects: IntCounter,
     connected: IntGaugeVec,
 }
@@ -43,13 +48,19 @@ impl RedisLinkMetrics {
             publish_duration: histogram(
                 r,
                 "switchboard_redis_publish_duration_seconds",
-                "Time of a PUBLISH to Redis, including waiting for a pooled connection.",
+                "Time from handing a message to Redis (PUBLISH, or the history script) to its answer, including the wait for the call before it on a channel with history.",
                 IO_BUCKETS,
             ),
             publish_errors: counter(
                 r,
                 "switchboard_redis_publish_errors_total",
                 "PUBLISH commands to Redis that failed or timed out (the message was not published).",
+            ),
+            publish_batch: histogram(
+                r,
+                "switchboard_redis_publish_batch_messages",
+                "Messages stored and published by one history script call: the publishes that arrived while the call before was in flight.",
+                BATCH_BUCKETS,
             ),
             reconnects: counter(
                 r,
@@ -70,6 +81,10 @@ impl RedisLinkMetrics {
         if !ok {
             self.publish_errors.inc();
         }
+    }
+
+    pub(super) fn batched(&self, messages: usize) {
+        self.publish_batch.observe(messages as f64);
     }
 
     pub(super) fn reconnected(&self) {

@@ -1,74 +1,99 @@
 //! Commands, pipelines and scripts on the configured Redis ([`Link`]), each
 //! within [`REDIS_TIMEOUT`]:
-//! - one server or Sentinel: a pool of multiplexed connections. Under
-//!   Sentinel each new connection asks the sentinels for the master again
-//!   (and checks its `ROLE`), so a failover is followed as soon as the old
-//!   master's connections break; a connection that fails, times out or meets
-//!   a read-only replica leaves the pool instead of going back to it.
+//! - one server or Sentinel: one shared multiplexed connection. Every
+//!   command of the node goes out on it as soon as it is issued, so
+//!   concurrent commands are pipelined (the connection writes whatever is
+//!   queued in one go and matches the replies in order) instead of taking
+//!   turns on a pool. A command never waits for a check first: a connection
+//!   that fails a command, times out or meets a read-only replica is
+//!   replaced for the next one, one the server closed is replaced before
+//!   the next (its driver says so), and one that carried nothing for
+//!   [`HEALTH_CHECK_AFTER`] is checked (`INFO replication`) before its next
+//!   command, so a server that went away while the node was quiet costs no
+//!   failed command. Under Sentinel a new connection asks the sentinels for
+//!   the master again (and checks its `ROLE`), so a failover is followed as
+//!   soon as the old master's connection breaks.
 //! - Cluster: one multiplexed cluster connection that routes each command to
 //!   the shard owning its key's slot; the redis crate follows `MOVED`/`ASK`
 //!   and refreshes the slot map after a shard failover. Pipelines there are
 //!   not atomic and run command by command (see [`Link::query_pipe`]).
 //!
+//! The check a connection opens with also reads the server's replication
+//! id, which the history scripts take as an argument ([`Link::run_script_as`])
+//! instead of asking the server on every publish; see `history::redis`.
+//!
 //! The clients come from the [`Target`] (`target`). The Pub/Sub side (a
 //! dedicated connection, or sharded subscriptions on a cluster) is the
 //! broker's, not the link's.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use deadpool::managed::{self, Metrics as PoolMetrics, Object, RecycleResult};
 use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::SentinelClient;
+use redis::AsyncConnectionConfig;
 use redis::RedisError;
+use redis::{PushInfo, PushKind};
+use tokio::time::Instant;
 
+use crate::redis::replication;
 use crate::redis::target::{explain, Mode, Target, REDIS_TIMEOUT};
 
-/// Pooled connections per node (one server or Sentinel).
-const POOL_SIZE: usize = 32;
+/// A shared connection that carried no reply for this long is checked
+/// before its next command.
+pub const HEALTH_CHECK_AFTER: Duration = Duration::from_secs(1);
 
-/// Opens pooled connections: to one server, or to the master the sentinels
-/// name at that moment.
+/// Opens the shared connection: to one server, or to the master the
+/// sentinels name at that moment.
 enum Connector {
     Server(redis::Client),
     Sentinel(tokio::sync::Mutex<SentinelClient>),
 }
 
-struct Manager {
-    connector: Connector,
-    tls: bool,
-}
-
-impl managed::Manager for Manager {
-    type Type = MultiplexedConnection;
-    type Error = String;
-
-    async fn create(&self) -> Result<MultiplexedConnection, String> {
-        let connected = match &self.connector {
-            Connector::Server(client) => client.get_multiplexed_async_connection().await,
-            Connector::Sentinel(sentinel) => sentinel.lock().await.get_async_connection().await,
+impl Connector {
+    /// A new connection, and the flag its driver raises when the server
+    /// closes it, so the node knows without sending anything.
+    async fn connect(&self) -> redis::RedisResult<(MultiplexedConnection, Arc<AtomicBool>)> {
+        let closed = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&closed);
+        let config = AsyncConnectionConfig::new().set_push_sender(move |push: PushInfo| {
+            if push.kind == PushKind::Disconnection {
+                flag.store(true, Ordering::Relaxed);
+            }
+            Ok::<(), std::convert::Infallible>(())
+        });
+        let conn = match self {
+            Connector::Server(client) => {
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?
+            }
+            Connector::Sentinel(sentinel) => {
+                sentinel
+                    .lock()
+                    .await
+                    .get_async_connection_with_config(&config)
+                    .await?
+            }
         };
-        connected.map_err(|e| explain(&e, self.tls))
-    }
-
-    /// A PING before a pooled connection is reused, as deadpool-redis does:
-    /// the connection cannot tell by itself that its server went away (a
-    /// restart, a failover), and a command sent on it would fail once for
-    /// every connection in the pool.
-    async fn recycle(
-        &self,
-        conn: &mut MultiplexedConnection,
-        _: &PoolMetrics,
-    ) -> RecycleResult<String> {
-        redis::cmd("PING")
-            .query_async::<()>(conn)
-            .await
-            .map_err(|e| managed::RecycleError::Message(e.to_string().into()))
+        Ok((conn, closed))
     }
 }
 
-type Pool = managed::Pool<Manager>;
+/// The shared connection to one server and what the node knows of it.
+struct Shared {
+    conn: MultiplexedConnection,
+    /// The server's replication id when its last check found a master;
+    /// empty otherwise (the scripts then read it themselves).
+    replid: String,
+    /// When it last answered, in milliseconds since the link's `born`.
+    answered: AtomicU64,
+    /// Raised when the server closed it.
+    closed: Arc<AtomicBool>,
+}
 
 /// Commands, pipelines and scripts on the configured Redis.
 #[derive(Clone)]
@@ -77,16 +102,22 @@ pub struct Link {
     mode: Mode,
 }
 
-enum Inner {
-    Pooled {
-        pool: Pool,
-        tls: bool,
+struct Inner {
+    kind: Kind,
+    tls: bool,
+    born: Instant,
+}
+
+enum Kind {
+    Shared {
+        connector: Connector,
+        current: Mutex<Option<Arc<Shared>>>,
+        connecting: tokio::sync::Mutex<()>,
     },
     Cluster {
         client: Box<ClusterClient>,
         connection: Mutex<Option<ClusterConnection>>,
         connecting: tokio::sync::Mutex<()>,
-        tls: bool,
     },
 }
 
@@ -101,34 +132,33 @@ impl Link {
     /// is away at start-up shows as not ready rather than stopping the node.
     pub fn new(target: &Target) -> Result<Link, String> {
         let tls = target.tls();
-        let inner = if let Some(client) = target.server_client() {
-            Inner::Pooled {
-                pool: pool(
-                    Connector::Server(client.map_err(|e| target.explain(&e))?),
-                    tls,
-                )?,
-                tls,
-            }
-        } else if let Some(client) = target.sentinel_client() {
+        let shared = |connector| Kind::Shared {
+            connector,
+            current: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+        };
+        let kind = if let Some(client) = target.server_client(true) {
+            shared(Connector::Server(client.map_err(|e| target.explain(&e))?))
+        } else if let Some(client) = target.sentinel_client(true) {
             let client = client.map_err(|e| target.explain(&e))?;
-            Inner::Pooled {
-                pool: pool(Connector::Sentinel(tokio::sync::Mutex::new(client)), tls)?,
-                tls,
-            }
+            shared(Connector::Sentinel(tokio::sync::Mutex::new(client)))
         } else {
             let client = target
                 .cluster_client(None)
                 .ok_or("no Redis target")?
                 .map_err(|e| target.explain(&e))?;
-            Inner::Cluster {
+            Kind::Cluster {
                 client: Box::new(client),
                 connection: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
-                tls,
             }
         };
         Ok(Link {
-            inner: Arc::new(inner),
+            inner: Arc::new(Inner {
+                kind,
+                tls,
+                born: Instant::now(),
+            }),
             mode: target.mode(),
         })
     }
@@ -142,8 +172,10 @@ impl Link {
         &self,
         command: &redis::Cmd,
     ) -> Result<T, String> {
-        self.with_connection(async |conn: &mut Connection| command.query_async::<T>(conn).await)
-            .await
+        self.with_connection(async |conn: &mut Connection, _: &str| {
+            command.query_async::<T>(conn).await
+        })
+        .await
     }
 
     /// Runs a pipeline. On a cluster a pipeline may span slots, so its
@@ -154,14 +186,14 @@ impl Link {
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, String> {
-        match &*self.inner {
-            Inner::Pooled { .. } => {
-                self.with_connection(async |conn: &mut Connection| {
+        match &self.inner.kind {
+            Kind::Shared { .. } => {
+                self.with_connection(async |conn: &mut Connection, _: &str| {
                     pipe.query_async::<T>(conn).await
                 })
                 .await
             }
-            Inner::Cluster { .. } => {
+            Kind::Cluster { .. } => {
                 let replies = futures_util::future::try_join_all(
                     pipe.cmd_iter()
                         .map(|command| self.query::<redis::Value>(command)),
@@ -178,74 +210,161 @@ impl Link {
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, String> {
-        self.with_connection(async |conn: &mut Connection| invocation.invoke_async::<T>(conn).await)
-            .await
+        self.with_connection(async |conn: &mut Connection, _: &str| {
+            invocation.invoke_async::<T>(conn).await
+        })
+        .await
+    }
+
+    /// Runs the script `build` makes for the server's replication id as the
+    /// node last read it on this connection (empty when not known: on a
+    /// cluster, or when the server was not a master).
+    pub async fn run_script_as<T: redis::FromRedisValue + Send>(
+        &self,
+        build: impl FnOnce(&str) -> redis::ScriptInvocation<'static>,
+    ) -> Result<T, String> {
+        self.with_connection(async |conn: &mut Connection, replid: &str| {
+            build(replid).invoke_async::<T>(conn).await
+        })
+        .await
     }
 
     /// Takes a connection and runs `work` on it, all within [`REDIS_TIMEOUT`].
     async fn with_connection<T>(
         &self,
-        work: impl AsyncFnOnce(&mut Connection) -> redis::RedisResult<T>,
+        work: impl AsyncFnOnce(&mut Connection, &str) -> redis::RedisResult<T>,
     ) -> Result<T, String> {
-        let deadline = tokio::time::Instant::now() + REDIS_TIMEOUT;
-        let mut conn = match tokio::time::timeout_at(deadline, self.connection()).await {
-            Ok(Ok(conn)) => conn,
+        let deadline = Instant::now() + REDIS_TIMEOUT;
+        let (mut conn, shared) = match tokio::time::timeout_at(deadline, self.connection()).await {
+            Ok(Ok(taken)) => taken,
             Ok(Err(error)) => return Err(error),
             Err(_) => return Err("redis timed out".to_owned()),
         };
-        let tls = match &*self.inner {
-            Inner::Pooled { tls, .. } | Inner::Cluster { tls, .. } => *tls,
-        };
-        match tokio::time::timeout_at(deadline, work(&mut conn)).await {
-            Ok(Ok(value)) => Ok(value),
+        let replid = shared.as_ref().map_or("", |shared| shared.replid.as_str());
+        match tokio::time::timeout_at(deadline, work(&mut conn, replid)).await {
+            Ok(Ok(value)) => {
+                if let Some(shared) = &shared {
+                    shared.answered.store(self.now_ms(), Ordering::Relaxed);
+                }
+                Ok(value)
+            }
             Ok(Err(error)) => {
                 if broken(&error) {
-                    conn.discard();
+                    self.forget(shared.as_ref());
                 }
-                Err(explain(&error, tls))
+                Err(explain(&error, self.inner.tls))
             }
             Err(_) => {
                 // Whatever this connection is stuck on, the next command
                 // should not wait behind it.
-                conn.discard();
+                self.forget(shared.as_ref());
                 Err("redis timed out".to_owned())
             }
         }
     }
 
-    async fn connection(&self) -> Result<Connection, String> {
-        match &*self.inner {
-            Inner::Pooled { pool, .. } => match pool.get().await {
-                Ok(conn) => Ok(Connection::Pooled(conn)),
-                Err(managed::PoolError::Backend(error)) => Err(error),
-                Err(error) => Err(error.to_string()),
-            },
-            Inner::Cluster {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.inner.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    async fn connection(&self) -> Result<(Connection, Option<Arc<Shared>>), String> {
+        match &self.inner.kind {
+            Kind::Shared {
+                connector,
+                current,
+                connecting,
+            } => {
+                let shared = self.shared(connector, current, connecting).await?;
+                Ok((Connection::Shared(shared.conn.clone()), Some(shared)))
+            }
+            Kind::Cluster {
                 client,
                 connection,
                 connecting,
-                tls,
-            } => cluster_connection(client, connection, connecting, *tls)
+            } => cluster_connection(client, connection, connecting, self.inner.tls)
                 .await
-                .map(Connection::Cluster),
+                .map(|conn| (Connection::Cluster(conn), None)),
+        }
+    }
+
+    /// The shared connection: the current one while it answers, else a
+    /// checked one. A caller that finds the current one fresh takes it
+    /// without waiting, so the commands of one caller leave in the order it
+    /// issued them.
+    async fn shared(
+        &self,
+        connector: &Connector,
+        current: &Mutex<Option<Arc<Shared>>>,
+        connecting: &tokio::sync::Mutex<()>,
+    ) -> Result<Arc<Shared>, String> {
+        let cached = || current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let idle_limit = u64::try_from(HEALTH_CHECK_AFTER.as_millis()).unwrap_or(u64::MAX);
+        let fresh = |shared: &Shared| {
+            !shared.closed.load(Ordering::Relaxed)
+                && self
+                    .now_ms()
+                    .saturating_sub(shared.answered.load(Ordering::Relaxed))
+                    < idle_limit
+        };
+        if let Some(shared) = cached().filter(|shared| fresh(shared)) {
+            return Ok(shared);
+        }
+        let _one_at_a_time = connecting.lock().await;
+        let mut open = match cached() {
+            Some(shared) if fresh(&shared) => return Ok(shared),
+            // Quiet for a while: check it rather than trust it.
+            Some(shared) if !shared.closed.load(Ordering::Relaxed) => {
+                Some((shared.conn.clone(), Arc::clone(&shared.closed)))
+            }
+            _ => None,
+        };
+        let mut checked = None;
+        if let Some((conn, _)) = &mut open {
+            checked = replication::check(conn).await.ok();
+        }
+        let (conn, closed, replid) = match (open, checked) {
+            (Some((conn, closed)), Some(replid)) => (conn, closed, replid),
+            _ => {
+                let (mut conn, closed) = connector
+                    .connect()
+                    .await
+                    .map_err(|e| explain(&e, self.inner.tls))?;
+                let replid = replication::check(&mut conn)
+                    .await
+                    .map_err(|e| explain(&e, self.inner.tls))?;
+                (conn, closed, replid)
+            }
+        };
+        let shared = Arc::new(Shared {
+            conn,
+            replid,
+            answered: AtomicU64::new(self.now_ms()),
+            closed,
+        });
+        *current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&shared));
+        Ok(shared)
+    }
+
+    /// Drops a failed shared connection, unless it was replaced already.
+    fn forget(&self, failed: Option<&Arc<Shared>>) {
+        let (Kind::Shared { current, .. }, Some(failed)) = (&self.inner.kind, failed) else {
+            // The cluster connection reconnects its shards by itself.
+            return;
+        };
+        let mut current = current.lock().unwrap_or_else(|e| e.into_inner());
+        if current
+            .as_ref()
+            .is_some_and(|shared| Arc::ptr_eq(shared, failed))
+        {
+            *current = None;
         }
     }
 }
 
 /// A connection taken for one command, pipeline or script.
 enum Connection {
-    Pooled(Object<Manager>),
+    Shared(MultiplexedConnection),
     Cluster(ClusterConnection),
-}
-
-impl Connection {
-    /// Keeps a failed pooled connection from going back to the pool. (The
-    /// cluster connection reconnects its shards by itself.)
-    fn discard(self) {
-        if let Connection::Pooled(conn) = self {
-            drop(Object::take(conn));
-        }
-    }
 }
 
 impl redis::aio::ConnectionLike for Connection {
@@ -254,7 +373,7 @@ impl redis::aio::ConnectionLike for Connection {
         cmd: &'a redis::Cmd,
     ) -> redis::RedisFuture<'a, redis::Value> {
         match self {
-            Connection::Pooled(conn) => conn.req_packed_command(cmd),
+            Connection::Shared(conn) => conn.req_packed_command(cmd),
             Connection::Cluster(conn) => conn.req_packed_command(cmd),
         }
     }
@@ -266,14 +385,14 @@ impl redis::aio::ConnectionLike for Connection {
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         match self {
-            Connection::Pooled(conn) => conn.req_packed_commands(cmd, offset, count),
+            Connection::Shared(conn) => conn.req_packed_commands(cmd, offset, count),
             Connection::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Connection::Pooled(conn) => conn.get_db(),
+            Connection::Shared(conn) => conn.get_db(),
             Connection::Cluster(conn) => conn.get_db(),
         }
     }
@@ -303,17 +422,7 @@ async fn cluster_connection(
     Ok(conn)
 }
 
-fn pool(connector: Connector, tls: bool) -> Result<Pool, String> {
-    Pool::builder(Manager { connector, tls })
-        .max_size(POOL_SIZE)
-        .runtime(deadpool::Runtime::Tokio1)
-        .wait_timeout(Some(REDIS_TIMEOUT))
-        .create_timeout(Some(REDIS_TIMEOUT))
-        .build()
-        .map_err(|error| format!("cannot create the Redis pool: {error}"))
-}
-
-/// Whether a connection that returned `error` should leave the pool: it is
+/// Whether the connection that returned `error` should be replaced: it is
 /// broken, or it reaches a server that can no longer take writes (a master
 /// demoted by a failover answers READONLY).
 fn broken(error: &RedisError) -> bool {

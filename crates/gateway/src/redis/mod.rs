@@ -1,10 +1,12 @@
 //! Talking to Redis, shared by every Redis-backed part (broker, history,
 //! presence, occupancy, webhooks): which Redis and the clients per mode
 //! (`target`, which configuration parses `redis_url` with and which depends
-//! on nothing else in the crate), the pooled link that runs commands
-//! (`link`), Pub/Sub channel names (`pubsub`) and link health (`health`).
+//! on nothing else in the crate), the shared link that runs commands
+//! (`link`), what a server says of its replication role (`replication`),
+//! Pub/Sub channel names (`pubsub`) and link health (`health`).
 
 pub mod health;
 pub mod link;
 pub mod pubsub;
+pub mod replication;
 pub mod target;

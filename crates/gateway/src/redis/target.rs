@@ -30,8 +30,8 @@ use std::time::Duration;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
-    ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError,
-    TlsCertificates, TlsMode,
+    ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion,
+    RedisError, TlsCertificates, TlsMode,
 };
 
 /// A Redis command (or connection attempt) that takes longer than this
@@ -184,19 +184,33 @@ impl Target {
             })
     }
 
-    /// A client for one server; `None` for a cluster.
-    pub(super) fn server_client(&self) -> Option<Result<redis::Client, RedisError>> {
-        match &self.kind {
-            Kind::Server(info) if self.tls => Some(redis::Client::build_with_tls(
-                info.clone(),
-                self.tls_certificates(),
-            )),
-            Kind::Server(info) => Some(redis::Client::open(info.clone())),
-            _ => None,
+    /// A client for one server; `None` for a cluster. With `resp3` its
+    /// connections speak RESP3 (needed to hear when the server closes them).
+    pub(super) fn server_client(&self, resp3: bool) -> Option<Result<redis::Client, RedisError>> {
+        let Kind::Server(info) = &self.kind else {
+            return None;
+        };
+        let mut info = info.clone();
+        if resp3 {
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
+            info = info.set_redis_settings(settings);
         }
+        Some(if self.tls {
+            redis::Client::build_with_tls(info, self.tls_certificates())
+        } else {
+            redis::Client::open(info)
+        })
     }
 
-    pub(super) fn sentinel_client(&self) -> Option<Result<SentinelClient, RedisError>> {
+    /// A client for the master the sentinels name; `resp3` as for
+    /// [`Target::server_client`].
+    pub(super) fn sentinel_client(
+        &self,
+        resp3: bool,
+    ) -> Option<Result<SentinelClient, RedisError>> {
         let Kind::Sentinel {
             sentinels,
             master,
@@ -216,6 +230,9 @@ impl Target {
                 SentinelServerType::Master,
             )?
             .set_client_to_redis_db(*db);
+            if resp3 {
+                builder = builder.set_client_to_redis_protocol(ProtocolVersion::RESP3);
+            }
             if let Some(username) = username {
                 builder = builder.set_client_to_redis_username(username);
             }
@@ -278,10 +295,10 @@ impl Target {
     /// A client for the node's dedicated Pub/Sub connection (one server, or
     /// the master the sentinels name now). Not for a cluster.
     pub async fn pubsub_client(&self) -> Result<redis::Client, String> {
-        if let Some(client) = self.server_client() {
+        if let Some(client) = self.server_client(false) {
             return client.map_err(|e| self.explain(&e));
         }
-        match self.sentinel_client() {
+        match self.sentinel_client(false) {
             Some(client) => {
                 let mut client = client.map_err(|e| self.explain(&e))?;
                 client

@@ -1,7 +1,9 @@
 //! The cluster broker on Redis Pub/Sub.
 //!
-//! Publishes go through the node's [`Link`] (a pool, or the cluster
-//! connection). On one server or under Sentinel each node holds one
+//! Publishes go through the node's [`Link`] (one shared, pipelined
+//! connection, or the cluster connection); on channels with history they
+//! queue for the node's next history script call (`publisher`), which
+//! stores and publishes every message that arrived meanwhile. On one server or under Sentinel each node holds one
 //! dedicated Pub/Sub connection, owned by one task, which SUBSCRIBEs to
 //! `sb:ch:<channel>` when the channel's first local subscriber arrives and
 //! UNSUBSCRIBEs when the last one leaves (the hub keeps the refcount; never
@@ -23,6 +25,7 @@
 //! repair that keeps each channel's stream in order, in `feed`.
 
 mod feed;
+mod publisher;
 mod sharded;
 mod subscriber;
 
@@ -37,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use switchboard_protocol::{MessageParts, Position};
 
 use crate::broker::redis::feed::{lock, Control, Feed};
+use crate::broker::redis::publisher::Publisher;
 use crate::broker::redis::subscriber::{Subscriber, SubscriptionOp};
 use crate::broker::{Broker, BrokerError, Health};
 use crate::config::namespaces::HistoryPolicy;
@@ -51,6 +55,7 @@ use crate::redis::target::{Mode, Target};
 /// The broker of a node in cluster mode.
 pub struct RedisBroker {
     link: Link,
+    publisher: Publisher,
     hub: Arc<Hub>,
     health: Arc<RedisHealth>,
     ops: mpsc::UnboundedSender<SubscriptionOp>,
@@ -90,8 +95,10 @@ impl RedisBroker {
         } else {
             tokio::spawn(subscriber.run(rx, shutdown));
         }
+        let publisher = Publisher::start(link.clone(), Arc::clone(hub.metrics()));
         Ok(RedisBroker {
             link,
+            publisher,
             hub,
             health,
             ops,
@@ -128,7 +135,7 @@ impl Broker for RedisBroker {
         policy: HistoryPolicy,
     ) -> Result<Position, BrokerError> {
         let started = std::time::Instant::now();
-        let stored = redis_history::append(&self.link, channel, message, policy).await;
+        let stored = self.publisher.append(channel, message, policy).await;
         let metrics = self.hub.metrics();
         metrics.redis_published(started.elapsed(), stored.is_ok());
         match stored {
