@@ -206,6 +206,19 @@ fn report(what: &str, outage: &Failover) -> usize {
     missed_total
 }
 
+/// Replication is asynchronous, so a promoted replica may lack the old
+/// master's last writes: the channel's stream restarts under a new epoch,
+/// and a client resuming from before the failover is told it was not
+/// recovered instead of missing messages silently.
+async fn promoted_server_started_a_new_epoch(node: &Gateway, channel: &str, before: &Position) {
+    let (mut conn, _) = node.connect("resumer").await;
+    let reply = within(conn.subscribe_since(channel, Some(before)))
+        .await
+        .unwrap();
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_ne!(reply["epoch"], before.epoch.as_str(), "{reply}");
+}
+
 /// A member joined on one node is seen through another.
 async fn presence_works(joiner: &Gateway, reader: &Gateway, channel: &str) {
     let (mut conn, welcome) = joiner.connect("pat").await;
@@ -229,6 +242,7 @@ async fn nodes_follow_a_sentinel_failover_without_a_restart() {
     let a = node(&url, "gw-a", &[]).await;
     let b = node(&url, "gw-b", &[]).await;
     presence_works(&a, &b, "room:before").await;
+    let mark = publish(&a, "feed:sentinel", json!({ "n": "mark" })).await;
 
     let outage = fail_over_under_load(&[&a, &b], "feed:sentinel", || {
         let old = sentinels.kill_master();
@@ -236,6 +250,7 @@ async fn nodes_follow_a_sentinel_failover_without_a_restart() {
     })
     .await;
     report("sentinel failover", &outage);
+    promoted_server_started_a_new_epoch(&a, "feed:sentinel", &mark).await;
     if !outage.not_ready.is_null() {
         let reason = outage.not_ready.to_string();
         assert!(reason.contains("redis"), "{reason}");
@@ -333,6 +348,7 @@ async fn a_redis_cluster_spreads_channels_over_its_shards_and_survives_a_shard_f
 
     // Kill the master of the loaded channel's shard.
     let channel = "feed:failover";
+    let mark = publish(&a, channel, json!({ "n": "mark" })).await;
     let victim = cluster.master_for_slot(cluster.slot_of(&shard_channel(channel)));
     let outage = fail_over_under_load(&[&a, &b, &c], channel, || {
         let started = Instant::now();
@@ -342,6 +358,7 @@ async fn a_redis_cluster_spreads_channels_over_its_shards_and_survives_a_shard_f
     })
     .await;
     report("cluster shard failover", &outage);
+    promoted_server_started_a_new_epoch(&b, channel, &mark).await;
     // Still served, by the new master, with no gateway restarted.
     let moved = cluster.master_for_slot(cluster.slot_of(&shard_channel(channel)));
     assert_ne!(moved, victim);

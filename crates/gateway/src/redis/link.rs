@@ -110,7 +110,7 @@ struct Inner {
 
 enum Kind {
     Shared {
-        connector: Connector,
+        connector: Box<Connector>,
         current: Mutex<Option<Arc<Shared>>>,
         connecting: tokio::sync::Mutex<()>,
     },
@@ -133,7 +133,7 @@ impl Link {
     pub fn new(target: &Target) -> Result<Link, String> {
         let tls = target.tls();
         let shared = |connector| Kind::Shared {
-            connector,
+            connector: Box::new(connector),
             current: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
         };
