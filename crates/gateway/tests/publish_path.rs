@@ -224,3 +224,68 @@ async fn a_redis_killed_mid_batch_loses_nothing_acknowledged() {
         }
     }
 }
+
+#[tokio::test]
+async fn history_keeps_its_size_and_ttl_with_lazy_trims_and_refreshes() {
+    // The script trims a list only once it is an eighth over history_size
+    // and refreshes the TTLs only every eighth of history_ttl (each set an
+    // eighth longer); neither may show through the contract.
+    let redis = Redis::start();
+    let config = "[namespaces.feed]\nhistory_size = 8\nhistory_ttl = \"16s\"\n";
+    let a = cluster_node(&redis, "gw-a", config).await;
+    let mut positions = Vec::new();
+    for n in 1..=30u64 {
+        let body = json!({ "channel": "feed:t", "data": { "n": n } }).to_string();
+        let (status, reply) = api(&a, "POST", "/api/publish", &body).await;
+        assert_eq!(status, 200, "{reply}");
+        positions.push((
+            reply["offset"].as_u64().unwrap(),
+            reply["epoch"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let len: u64 = redis
+        .cli(&["LLEN", "sb:hist:{feed:t}:list"])
+        .parse()
+        .unwrap();
+    assert!((8..=9).contains(&len), "the list holds {len} frames");
+    let list_ttl: u64 = redis
+        .cli(&["PTTL", "sb:hist:{feed:t}:list"])
+        .parse()
+        .unwrap();
+    assert!(
+        list_ttl > 15_000 && list_ttl <= 18_000,
+        "list PTTL {list_ttl}"
+    );
+    let meta_ttl: u64 = redis
+        .cli(&["PTTL", "sb:hist:{feed:t}:meta"])
+        .parse()
+        .unwrap();
+    assert!(
+        meta_ttl > 86_000_000 && meta_ttl <= 86_402_000,
+        "meta PTTL {meta_ttl}"
+    );
+
+    // Reads see exactly history_size messages, whatever the list holds.
+    let (status, page) = api(&a, "GET", "/api/history/feed:t?limit=100", "").await;
+    assert_eq!(status, 200, "{page}");
+    let offsets: Vec<u64> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, (23..=30).collect::<Vec<_>>());
+    let (mut conn, _) = a.connect("ann").await;
+    let epoch = positions[0].1.clone();
+    let old = switchboard_client::Position::new(21, &epoch);
+    let reply = within(conn.subscribe_since("feed:t", Some(&old)))
+        .await
+        .unwrap();
+    assert_eq!(reply["recovered"], false, "{reply}");
+    let (mut conn, _) = a.connect("bob").await;
+    let kept = switchboard_client::Position::new(22, &epoch);
+    let reply = within(conn.subscribe_since("feed:t", Some(&kept)))
+        .await
+        .unwrap();
+    assert_eq!(reply["recovered"], true, "{reply}");
+}

@@ -2,15 +2,19 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `sb:hist:{<channel>}:meta` | hash | `epoch`, `top` (the latest offset); expires [`HISTORY_META_TTL`] after the last publish (`history_ttl` after a read created it, for a channel never published) |
-//! | `sb:hist:{<channel>}:list` | list | the newest `history_size` frames, oldest first; expires `history_ttl` after the last publish |
+//! | `sb:hist:{<channel>}:meta` | hash | `epoch`, `top` (the latest offset), `rid` (the replication id of the server that wrote it), `ex` (when the TTLs were last refreshed, Redis time in ms); expires [`HISTORY_META_TTL`] after the last publish (`history_ttl` after a read created it, for a channel never published) |
+//! | `sb:hist:{<channel>}:list` | list | the newest `history_size` frames, oldest first (up to an eighth more between trims, never read); expires `history_ttl` after the last publish |
 //!
 //! Both keys carry the channel in a hash tag, so each script touches one
 //! slot (ready for Redis Cluster). The list holds frames only: the frame at
 //! index `-k` has offset `top - k + 1`, so no offset is stored twice.
 //!
 //! The publish script increments `top`, completes the frame with that
-//! offset, appends and trims the list, refreshes both TTLs and PUBLISHes
+//! offset, appends to the list (trimming it once it is an eighth over
+//! `history_size`, so most publishes skip the LTRIM), refreshes both TTLs
+//! when an eighth of `history_ttl` has passed since they last were (each
+//! TTL is set an eighth longer, so a key still lives at least its TTL after
+//! the last publish, and most publishes skip both PEXPIREs) and PUBLISHes
 //! `<offset>:<epoch>:<frame>` on the channel's Pub/Sub channel, all in one
 //! atomic step: an acknowledged message is stored and published, and no two
 //! nodes ever hand out the same offset. When the meta hash is missing
@@ -57,15 +61,15 @@ pub fn list_key(channel: &str) -> String {
 /// a meta from another writer on a promoted server is stale; a master
 /// restarted from its own append-only file has none and keeps its epochs.
 /// `stream(meta_key)` returns the meta's epoch (nil when none), whether it
-/// is stale, this server's id and the meta's `rid`.
+/// is stale, this server's id, the meta's `rid` and its `ex`.
 const STALE_CHECK: &str = r"
 local known = ARGV[1]
 local info_replid, info_replid2
 local function stream(meta_key)
-  local meta = redis.call('HMGET', meta_key, 'epoch', 'rid')
+  local meta = redis.call('HMGET', meta_key, 'epoch', 'rid', 'ex')
   local epoch = meta[1]
   if known ~= '' and ((not epoch) or meta[2] == known) then
-    return epoch, false, known, meta[2]
+    return epoch, false, known, meta[2], meta[3]
   end
   if not info_replid then
     local info = redis.call('INFO', 'replication')
@@ -73,13 +77,14 @@ local function stream(meta_key)
     info_replid2 = string.match(info, 'master_replid2:(%x+)') or ''
   end
   local stale = epoch and meta[2] ~= info_replid and string.find(info_replid2, '[^0]') ~= nil
-  return epoch, stale, info_replid, meta[2]
+  return epoch, stale, info_replid, meta[2], meta[3]
 end
 ";
 
 /// Stores and publishes messages, one after the other: for each, the
-/// channel's next offset, the list append and trim, both TTLs and the
-/// PUBLISH, as one atomic step per call. KEYS: meta and list of each
+/// channel's next offset, the list append (and trim, past the slack), the
+/// TTLs (when due) and the PUBLISH, as one atomic step per call: four Redis
+/// calls per message in the steady state. KEYS: meta and list of each
 /// message. ARGV: known replication id, epoch to start where none,
 /// meta ttl ms, publish command (`PUBLISH`, or `SPUBLISH` on a cluster),
 /// then five per message: Pub/Sub channel, frame head, frame tail, size,
@@ -90,11 +95,15 @@ static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| {
         "{STALE_CHECK}{}",
         r"
 local out = {}
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 for i = 0, #KEYS / 2 - 1 do
   local meta_key, list_key, a = KEYS[2 * i + 1], KEYS[2 * i + 2], 4 + 5 * i
-  local epoch, stale, replid, rid = stream(meta_key)
+  local epoch, stale, replid, rid, ex = stream(meta_key)
+  local ttl = tonumber(ARGV[a + 5])
   if (not epoch) or stale then
     epoch = ARGV[2]
+    ex = nil
     redis.call('DEL', list_key)
     redis.call('HSET', meta_key, 'epoch', epoch, 'top', 0, 'rid', replid)
   elseif rid ~= replid then
@@ -102,10 +111,16 @@ for i = 0, #KEYS / 2 - 1 do
   end
   local offset = redis.call('HINCRBY', meta_key, 'top', 1)
   local frame = ARGV[a + 2] .. offset .. ARGV[a + 3]
-  redis.call('RPUSH', list_key, frame)
-  redis.call('LTRIM', list_key, -tonumber(ARGV[a + 4]), -1)
-  redis.call('PEXPIRE', list_key, ARGV[a + 5])
-  redis.call('PEXPIRE', meta_key, ARGV[3])
+  local size = tonumber(ARGV[a + 4])
+  if redis.call('RPUSH', list_key, frame) > size + math.floor(size / 8) then
+    redis.call('LTRIM', list_key, -size, -1)
+  end
+  ex = tonumber(ex)
+  if (not ex) or math.abs(now - ex) >= math.floor(ttl / 8) then
+    redis.call('PEXPIRE', list_key, ttl + math.floor(ttl / 8))
+    redis.call('PEXPIRE', meta_key, tonumber(ARGV[3]) + math.floor(ttl / 8))
+    redis.call('HSET', meta_key, 'ex', now)
+  end
   redis.call(ARGV[4], ARGV[a + 1], offset .. ':' .. epoch .. ':' .. frame)
   out[2 * i + 1] = offset
   out[2 * i + 2] = epoch
@@ -116,8 +131,9 @@ return out
 });
 
 /// KEYS: meta, list. ARGV: known replication id, since offset (-1: none),
-/// since epoch, limit,
-/// epoch to start if none, ttl ms of a meta created here (a channel never
+/// since epoch, limit, epoch to start if none, the most messages to count
+/// as kept (`history_size`; 0: all the list holds, which the publish script
+/// trims only once it is an eighth over), ttl ms of a meta created here (a channel never
 /// published: kept as long as its messages would be, so reads of random
 /// names cannot pile up keys for a day). Returns {top, epoch, first, frames}
 /// with the same selection as [`crate::history::select`].
@@ -133,7 +149,7 @@ if (not epoch) or stale then
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0, 'rid', replid)
   if created then
-    redis.call('PEXPIRE', KEYS[1], ARGV[6])
+    redis.call('PEXPIRE', KEYS[1], ARGV[7])
   end
 else
   if rid ~= replid then
@@ -142,6 +158,10 @@ else
   top = tonumber(redis.call('HGET', KEYS[1], 'top'))
 end
 local len = math.min(redis.call('LLEN', KEYS[2]), top)
+local kept = tonumber(ARGV[6])
+if kept > 0 then
+  len = math.min(len, kept)
+end
 local first = top - len + 1
 local since = tonumber(ARGV[2])
 local limit = tonumber(ARGV[4])
@@ -231,11 +251,13 @@ fn positions(flat: Vec<redis::Value>, expected: usize) -> Result<Vec<Position>, 
 
 /// Reads a page of a channel's history; a channel never published gets its
 /// position now, kept for `created_ttl` unless a publish extends it.
+/// `kept` is the channel's `history_size` (`None`: whatever the list holds).
 pub async fn read(
     link: &Link,
     channel: &str,
     query: &HistoryQuery,
     created_ttl: std::time::Duration,
+    kept: Option<usize>,
 ) -> Result<HistoryPage, String> {
     let (since_offset, since_epoch) = match &query.since {
         // Offsets beyond i64 cannot exist in Redis; such a `since` reads as
@@ -258,6 +280,7 @@ pub async fn read(
                 .arg(since_epoch)
                 .arg(query.limit.max(1))
                 .arg(epoch)
+                .arg(kept.unwrap_or(0))
                 .arg(millis(created_ttl));
             invocation
         })

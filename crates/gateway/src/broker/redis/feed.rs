@@ -146,7 +146,8 @@ impl Feed {
         let metrics = self.hub.metrics();
         // The channel was read (or published) before, so its position
         // exists; should it have vanished, the default TTL bounds the new one.
-        let page = match redis_history::read(&self.link, channel, &query, DEFAULT_HISTORY_TTL).await
+        let page = match redis_history::read(&self.link, channel, &query, DEFAULT_HISTORY_TTL, None)
+            .await
         {
             Ok(page) => page,
             Err(error) => {

@@ -157,7 +157,7 @@ impl Broker for RedisBroker {
         policy: HistoryPolicy,
         query: &HistoryQuery,
     ) -> Result<HistoryPage, BrokerError> {
-        redis_history::read(&self.link, channel, query, policy.ttl)
+        redis_history::read(&self.link, channel, query, policy.ttl, Some(policy.size))
             .await
             .map_err(BrokerError::Unavailable)
     }
