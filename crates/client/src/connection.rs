@@ -7,6 +7,7 @@ use std::io::ErrorKind;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::Value;
+use switchboard_protocol::batch::BatchMessage;
 use switchboard_protocol::{close, ErrorBody, Incoming, Outgoing, Position};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -31,6 +32,30 @@ pub struct Welcome {
     /// several messages per text frame, one per line. [`Connection`] splits
     /// them; callers see one [`Incoming`] per message either way.
     pub batch: bool,
+}
+
+/// The entries of a `publish_batch` reply's `{"replies": [...]}`: an entry
+/// with `error` is that message's error.
+fn batch_replies(result: Value) -> Result<Vec<Result<Value, ErrorBody>>, ClientError> {
+    let Value::Object(mut result) = result else {
+        return Err(ClientError::Protocol(
+            "publish_batch result is not an object".into(),
+        ));
+    };
+    let Some(Value::Array(replies)) = result.remove("replies") else {
+        return Err(ClientError::Protocol(
+            "publish_batch result has no replies".into(),
+        ));
+    };
+    replies
+        .into_iter()
+        .map(|reply| match reply.get("error") {
+            Some(error) => serde_json::from_value::<ErrorBody>(error.clone())
+                .map(Err)
+                .map_err(|e| ClientError::Protocol(format!("bad error in a batch reply: {e}"))),
+            None => Ok(Ok(reply)),
+        })
+        .collect()
 }
 
 /// One member in a `presence` reply.
@@ -215,6 +240,25 @@ impl Connection {
             ..Outgoing::new("publish")
         })
         .await
+    }
+
+    /// Publishes many messages in one `publish_batch` command, handed to the
+    /// broker in list order. Returns, in the same order, each message's
+    /// result (what [`Connection::publish`] returns for it) or its own error
+    /// (bad channel, no grant, over the message rate, broker unavailable).
+    /// The call as a whole fails only as any command does (an empty or
+    /// over-long list, a closed connection).
+    pub async fn publish_batch(
+        &mut self,
+        messages: &[BatchMessage<'_>],
+    ) -> Result<Vec<Result<Value, ErrorBody>>, ClientError> {
+        let result = self
+            .request(Outgoing {
+                messages: Some(messages),
+                ..Outgoing::new("publish_batch")
+            })
+            .await?;
+        batch_replies(result)
     }
 
     /// Reads `channel`'s stored messages: those after `since`, or the newest
@@ -438,6 +482,26 @@ mod tests {
 
     fn decode(text: &str) -> Incoming {
         Incoming::decode(text).unwrap()
+    }
+
+    #[test]
+    fn batch_replies_split_results_and_errors() {
+        let result = json!({"replies": [
+            {"offset": 1, "epoch": "E"},
+            {"error": {"code": "forbidden", "message": "no"}},
+            {},
+        ]});
+        let replies = batch_replies(result).unwrap();
+        assert_eq!(replies[0], Ok(json!({"offset": 1, "epoch": "E"})));
+        assert_eq!(
+            replies[1],
+            Err(ErrorBody {
+                code: "forbidden".into(),
+                message: "no".into()
+            })
+        );
+        assert_eq!(replies[2], Ok(json!({})));
+        assert!(batch_replies(json!({})).is_err());
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //!
 //! - [`Connection`]: one WebSocket, no reconnect. Request helpers send a
 //!   command with a fresh `id` and wait for its reply, buffering pushes that
-//!   arrive meanwhile; raw helpers send and read arbitrary frames. For tests.
+//!   arrive meanwhile (among them [`Connection::publish_batch`], many
+//!   publishes in one command with a result or error per message); raw
+//!   helpers send and read arbitrary frames. For tests.
 //! - [`Client`]: a long-lived client that reconnects with exponential backoff
 //!   and full jitter, resubscribes its channels on every connect, and reports
 //!   what happens as [`Event`]s on a channel. For the load tool and drain tests.
@@ -51,5 +53,6 @@ pub use backoff::{backoff_cap, backoff_delay};
 pub use client::{Client, ClientConfig, Event};
 pub use connection::{Connection, Frame, Member, Welcome};
 pub use error::ClientError;
+pub use switchboard_protocol::batch::BatchMessage;
 pub use switchboard_protocol::{close, ErrorBody, ErrorCode, Incoming, Position};
 pub use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, Message};

@@ -11,8 +11,10 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use thiserror::Error;
 
+use crate::batch::{decode_messages, BatchMessage, Entry};
 use crate::channel::ChannelName;
 use crate::codes::ErrorCode;
+pub use crate::json::{nesting_depth, present, MAX_DATA_DEPTH};
 use crate::position::{valid_epoch, Position, MAX_EPOCH_LEN, MAX_HISTORY_LIMIT};
 
 /// A decoded client command with its optional `id`.
@@ -38,6 +40,11 @@ pub enum Command<'a> {
         channel: ChannelName,
         data: &'a RawValue,
     },
+    /// Many publishes in one command; each entry decoded on its own (see
+    /// [`crate::batch`]).
+    PublishBatch {
+        messages: Vec<Entry<'a>>,
+    },
     Presence {
         channel: ChannelName,
     },
@@ -60,6 +67,7 @@ impl Command<'_> {
             Command::Subscribe { .. } => "subscribe",
             Command::Unsubscribe { .. } => "unsubscribe",
             Command::Publish { .. } => "publish",
+            Command::PublishBatch { .. } => "publish_batch",
             Command::Presence { .. } => "presence",
             Command::Refresh { .. } => "refresh",
             Command::History { .. } => "history",
@@ -92,40 +100,6 @@ impl CommandError {
     }
 }
 
-/// The deepest nesting of arrays and objects accepted in `data`. serde_json
-/// already refuses frames nested past 128 levels while decoding; the limit
-/// here is lower so subscribers' own parsers (often recursive) stay safe.
-pub const MAX_DATA_DEPTH: usize = 32;
-
-/// The deepest array/object nesting of a valid JSON text, by one scan that
-/// skips strings. Written by hand: serde_json does not expose depth, and
-/// re-parsing `data` into a tree just to measure it would cost an allocation
-/// per node on every publish.
-pub fn nesting_depth(json: &str) -> usize {
-    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for b in json.bytes() {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                max = max.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    max
-}
-
 /// The fields of a command frame, each still raw JSON.
 #[derive(Deserialize)]
 struct RawCommand<'a> {
@@ -144,15 +118,8 @@ struct RawCommand<'a> {
     since: Option<&'a RawValue>,
     #[serde(borrow)]
     limit: Option<&'a RawValue>,
-}
-
-/// Deserializes an optional raw field so that `null` counts as present
-/// (`Some("null")`), unlike serde's default where it reads as absent. For
-/// `#[serde(default, deserialize_with = "...")]` on `Option<&RawValue>`.
-pub fn present<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<&'de RawValue>, D::Error> {
-    <&'de RawValue as Deserialize>::deserialize(deserializer).map(Some)
+    #[serde(borrow)]
+    messages: Option<&'a RawValue>,
 }
 
 fn describe_json_error(error: &serde_json::Error) -> String {
@@ -219,6 +186,14 @@ pub fn decode_command(text: &str) -> Result<Request<'_>, CommandError> {
                 ));
             }
             Command::Publish { channel, data }
+        }
+        "publish_batch" => {
+            let raw = raw
+                .messages
+                .ok_or_else(|| CommandError::bad(id, "missing field messages"))?;
+            let messages =
+                decode_messages(raw).map_err(|message| CommandError::bad(id, message))?;
+            Command::PublishBatch { messages }
         }
         "refresh" => {
             let raw = raw
@@ -483,6 +458,9 @@ pub struct Outgoing<'a> {
     pub since: Option<&'a Position>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// The entries of a `publish_batch`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<&'a [BatchMessage<'a>]>,
 }
 
 impl<'a> Outgoing<'a> {
@@ -496,6 +474,7 @@ impl<'a> Outgoing<'a> {
             token: None,
             since: None,
             limit: None,
+            messages: None,
         }
     }
 }
@@ -574,13 +553,6 @@ mod tests {
             (e.id, e.message.as_str()),
             (Some(3), "data is nested deeper than 32 levels")
         );
-    }
-
-    #[test]
-    fn nesting_depth_skips_strings() {
-        assert_eq!(nesting_depth("1"), 0);
-        assert_eq!(nesting_depth(r#"{"a":[1,{"b":"[[[["}]}"#), 3);
-        assert_eq!(nesting_depth(r#"["\"[", []]"#), 2);
     }
 
     #[test]

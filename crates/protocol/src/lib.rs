@@ -6,9 +6,11 @@
 //! share one definition of the protocol, and so it can be tested (and fuzzed)
 //! without sockets or clocks.
 
+pub mod batch;
 pub mod channel;
 pub mod codes;
 pub mod frame;
+pub mod json;
 pub mod position;
 
 pub use channel::{ChannelError, ChannelName, Pattern, PatternSet};

@@ -1,6 +1,6 @@
-// Two browser pages on two gateway nodes behind NGINX chat with each other,
-// and both presence lists show both users. Writes the demo's screenshot to
-// target/demo.png.
+// Two browser pages on two gateway nodes behind NGINX chat with each other
+// (also through the SDK's publishBatch), and both presence lists show both
+// users. Writes the demo's screenshot to target/demo.png.
 
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
@@ -64,6 +64,28 @@ test("two pages on two nodes behind NGINX chat and see each other in presence", 
       );
     }
     assert.deepEqual(shown[alice.label], shown[bob.label], "both pages show the same offsets");
+
+    // publishBatch in the browser: two messages from alice's page, one
+    // result each, and both reach bob's page on the other node.
+    const results = await alice.evaluate(() =>
+      window.demo.sb.publishBatch([
+        { channel: window.demo.channel, data: { user: "alice", text: "batch one" } },
+        { channel: window.demo.channel, data: { user: "alice", text: "batch two" } },
+      ]),
+    );
+    const last = shown[alice.label].at(-1).offset;
+    assert.deepEqual(
+      results.map((r) => r.offset).sort((x, y) => x - y),
+      [last + 1, last + 2],
+      `the batch's offsets: ${JSON.stringify(results)}`,
+    );
+    await eventually(
+      async () => {
+        const texts = (await snapshot(bob)).messages.map((m) => m.text);
+        return texts.includes("batch one") && texts.includes("batch two");
+      },
+      { what: "bob seeing alice's batch" },
+    );
 
     // Nothing went wrong on the way.
     for (const page of [alice, bob]) {

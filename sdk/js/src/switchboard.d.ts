@@ -210,6 +210,15 @@ export interface PublishResult {
   epoch?: string;
 }
 
+/** One message of publishBatch(). */
+export interface BatchMessage<T = unknown> {
+  channel: string;
+  data: T;
+}
+
+/** One entry per message of publishBatch(): its PublishResult, or its own error. */
+export type BatchResult = PublishResult | SwitchboardError;
+
 export interface HistoryMessage<T = unknown> {
   type: "message";
   channel: string;
@@ -260,6 +269,11 @@ export class Switchboard {
   /** Throws "already_subscribed" if the channel already has a subscription. */
   subscribe<T = unknown>(channel: string, handlers?: SubscriptionHandlers<T>): Subscription<T>;
   publish<T = unknown>(channel: string, data: T): Promise<PublishResult>;
+  /**
+   * 1 to 1000 messages in one command, in list order. Resolves with one entry
+   * per message, in order: its PublishResult or a SwitchboardError of its own.
+   */
+  publishBatch<T = unknown>(messages: BatchMessage<T>[]): Promise<BatchResult[]>;
   presence(channel: string): Promise<Member[]>;
   history<T = unknown>(channel: string, options?: HistoryOptions): Promise<HistoryResult<T>>;
   /** Resolves with the round trip in milliseconds. */

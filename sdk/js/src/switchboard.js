@@ -59,6 +59,8 @@ const DEFAULTS = Object.freeze({
 // setTimeout silently fires at once for delays above 2^31-1 ms (~24.8 days);
 // a token valid for a month must not trigger a refresh storm.
 const MAX_TIMER_MS = 2_147_483_647;
+/** The most messages one publishBatch() may carry (the server's limit). */
+const MAX_BATCH_MESSAGES = 1000;
 // 2^30 already exceeds any sane backoff.max / backoff.min ratio.
 const MAX_BACKOFF_EXPONENT = 30;
 
@@ -205,6 +207,34 @@ export class Switchboard {
   /** Publishes without subscribing (the `publish` grant is enough). */
   publish(channel, data) {
     return this._command({ type: "publish", channel, data });
+  }
+
+  /**
+   * Publishes many messages in one command (`publish_batch`), handed to the
+   * broker in list order. Resolves with one entry per message, in order:
+   * what publish() would resolve with ({offset, epoch}, or {} on channels
+   * without history), or a SwitchboardError carrying that message's own
+   * code and message (bad channel, no grant, rate_limited, internal). Each
+   * message counts against the message rate like a publish. Rejects only
+   * when the command as a whole fails: 0 or more than 1000 messages, not
+   * connected, a frame over maxFrameBytes, no reply in time.
+   */
+  publishBatch(messages) {
+    if (!Array.isArray(messages) || messages.length < 1 || messages.length > MAX_BATCH_MESSAGES) {
+      return Promise.reject(new SwitchboardError("bad_request", `messages must hold 1 to ${MAX_BATCH_MESSAGES} messages`));
+    }
+    const list = messages.map((m) => ({ channel: m?.channel, data: m?.data }));
+    return this._command({ type: "publish_batch", messages: list }).then((result) => {
+      const replies = result?.replies;
+      if (!Array.isArray(replies) || replies.length !== list.length) {
+        throw new SwitchboardError("internal", `the batch reply does not hold one result per message`);
+      }
+      return replies.map((reply) =>
+        reply?.error && typeof reply.error === "object"
+          ? new SwitchboardError(String(reply.error.code ?? "internal"), String(reply.error.message ?? ""))
+          : reply ?? {},
+      );
+    });
   }
 
   /** Resolves with the channel's members: [{user, connection_id, info}]. */

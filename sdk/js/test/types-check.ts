@@ -83,6 +83,16 @@ async function use(): Promise<void> {
   await sub.unsubscribe();
   const rtt: number = await sb.ping();
   await sb.publish("notifications:alice", { any: "json" });
+  const results = await sb.publishBatch<ChatMessage>([
+    { channel: "chat:a", data: { text: "one", from: "alice" } },
+    { channel: "chat:b", data: { text: "two", from: "alice" } },
+  ]);
+  for (const r of results) {
+    if (r instanceof SwitchboardError) console.log(r.code, r.message);
+    else console.log(r.offset, r.epoch);
+  }
+  // @ts-expect-error: every message has the batch's payload type
+  await sb.publishBatch<ChatMessage>([{ channel: "chat:a", data: { txt: "typo" } }]);
   console.log(members.length, rtt, sub.state, sub.position?.offset, sb.state, sb.stats.unknownFrames);
   // @ts-expect-error: stats are read-only
   sb.stats.unknownFrames = 0;

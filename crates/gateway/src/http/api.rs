@@ -13,6 +13,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `POST /api/publish` `{"channel", "data"}` | `{"ok": true}`, with `offset` and `epoch` on channels with history |
+//! | `POST /api/batch` `{"messages": [{"channel", "data"}, ...]}` | `{"replies": [...]}`: each message's publish answer or its own error (`batch`) |
 //! | `GET /api/presence/{channel}` | `{"members": [{"user", "connection_id", "info"}]}` |
 //! | `GET /api/history/{channel}?limit=&since=&epoch=` | `{"offset", "epoch", "messages", "recovered"?}` |
 //! | `POST /api/disconnect` `{"user"}` | `{"ok": true}` |
@@ -31,6 +32,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use subtle::{Choice, ConstantTimeEq};
+use switchboard_protocol::batch::decode_messages;
 use switchboard_protocol::channel::validate_channel;
 use switchboard_protocol::frame::{nesting_depth, MAX_DATA_DEPTH};
 use switchboard_protocol::position::{valid_epoch, MAX_EPOCH_LEN, MAX_HISTORY_LIMIT};
@@ -38,6 +40,7 @@ use switchboard_protocol::{ChannelName, ErrorCode, Position};
 
 use crate::broker;
 use crate::history::{self, HistoryQuery, DEFAULT_HISTORY_LIMIT};
+use crate::http::batch;
 use crate::http::response::{self, Body};
 use crate::node::Node;
 use crate::occupancy::{ListQuery, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
@@ -46,6 +49,7 @@ use crate::occupancy::{ListQuery, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route<'a> {
     Publish,
+    Batch,
     /// The channel as it appears in the path, still percent-encoded.
     Presence(&'a str),
     History(&'a str),
@@ -59,6 +63,7 @@ impl<'a> Route<'a> {
     fn of(path: &'a str) -> Route<'a> {
         match path {
             "/api/publish" => Route::Publish,
+            "/api/batch" => Route::Batch,
             "/api/disconnect" => Route::Disconnect,
             "/api/channels" => Route::Channels,
             _ => {
@@ -79,6 +84,7 @@ impl<'a> Route<'a> {
     fn label(self) -> &'static str {
         match self {
             Route::Publish => "publish",
+            Route::Batch => "batch",
             Route::Presence(_) => "presence",
             Route::History(_) => "history",
             Route::Disconnect => "disconnect",
@@ -212,6 +218,7 @@ async fn dispatch(
     let method = request.method().clone();
     match (route, method) {
         (Route::Publish, Method::POST) => publish(node, request.into_body()).await,
+        (Route::Batch, Method::POST) => publish_batch(node, request.into_body()).await,
         (Route::Presence(channel), Method::GET) => presence(node, channel).await,
         (Route::History(channel), Method::GET) => {
             history(node, channel, request.uri().query().unwrap_or("")).await
@@ -219,7 +226,9 @@ async fn dispatch(
         (Route::Disconnect, Method::POST) => disconnect(node, request.into_body()).await,
         (Route::Channels, Method::GET) => channels(node, request.uri().query().unwrap_or("")).await,
         (Route::Channel(channel), Method::GET) => channel_counts(node, channel).await,
-        (Route::Publish | Route::Disconnect, _) => Err(ApiError::method_not_allowed(Method::POST)),
+        (Route::Publish | Route::Batch | Route::Disconnect, _) => {
+            Err(ApiError::method_not_allowed(Method::POST))
+        }
         (Route::Presence(_) | Route::History(_) | Route::Channels | Route::Channel(_), _) => {
             Err(ApiError::method_not_allowed(Method::GET))
         }
@@ -317,6 +326,25 @@ async fn publish(node: &Node, body: Incoming) -> Result<Value, ApiError> {
             ))
         }
     }
+}
+
+/// `POST /api/batch` `{"messages": [{"channel", "data"}, ...]}`: the list
+/// is checked here, each message in `batch`.
+async fn publish_batch(node: &Node, body: Incoming) -> Result<Value, ApiError> {
+    #[derive(Deserialize)]
+    struct BatchBody<'a> {
+        #[serde(borrow)]
+        messages: Option<&'a RawValue>,
+    }
+
+    let limit = batch::body_limit(node.config.session.max_frame_bytes);
+    let bytes = read_body(body, limit).await?;
+    let body: BatchBody<'_> = parse_object(&bytes)?;
+    let messages = body
+        .messages
+        .ok_or_else(|| ApiError::bad_request("missing field messages"))?;
+    let entries = decode_messages(messages).map_err(ApiError::bad_request)?;
+    Ok(batch::publish(node, entries).await)
 }
 
 /// `GET /api/presence/{channel}`; the channel may be percent-encoded.
@@ -603,6 +631,7 @@ mod tests {
     #[test]
     fn routes() {
         assert_eq!(Route::of("/api/publish"), Route::Publish);
+        assert_eq!(Route::of("/api/batch"), Route::Batch);
         assert_eq!(Route::of("/api/disconnect"), Route::Disconnect);
         assert_eq!(
             Route::of("/api/presence/chat:a/b"),

@@ -1,8 +1,9 @@
 //! The node's HTTP side: the accept loop and routes (`server`), the checks
-//! before a WebSocket upgrade (`handshake`), the server API (`api`), the
-//! demo page (`demo`) and the JSON error bodies they share (`response`).
+//! before a WebSocket upgrade (`handshake`), the server API (`api`, its
+//! `POST /api/batch` in `batch`), the demo page (`demo`) and the JSON error bodies they share (`response`).
 
 pub mod api;
+pub mod batch;
 pub mod demo;
 pub mod handshake;
 pub mod response;

@@ -102,10 +102,11 @@ impl Closed {
 
 /// The command label values: the protocol's command types, and `invalid`
 /// for frames that do not decode (which is never `ok`).
-const COMMANDS: [&str; 8] = [
+const COMMANDS: [&str; 9] = [
     "subscribe",
     "unsubscribe",
     "publish",
+    "publish_batch",
     "presence",
     "refresh",
     "history",

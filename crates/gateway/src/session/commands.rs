@@ -5,16 +5,9 @@
 //! [`decide`] reads the token's grants, the session's subscriptions and the
 //! node's configuration (namespace features, `session.max_channels`) and
 //! returns an [`Effect`] for the session to run against the hub, the broker,
-//! presence, history or the subscribe proxy, or a [`Refusal`]. The message
-//! rate ([`Rate`]), a `refresh` ([`refresh`]) and the reply frame of a
-//! command's result ([`reply_frame`]) are decided here too.
-//!
-//! Message rate: every frame the client sends (text, binary or ping) takes a
-//! token from a per-connection bucket (`limits.msg_rate`, `limits.msg_burst`).
-//! A frame over the rate gets a `rate_limited` error and is not executed;
-//! those refusals take from a second bucket (`limits.msg_close_after`,
-//! refilling at the same rate), and a client that empties it too, i.e. keeps
-//! sending at more than twice its rate, is closed with 1008.
+//! presence, history or the subscribe proxy, or a [`Refusal`]. A `refresh`
+//! ([`refresh`]) and the reply frame of a command's result
+//! ([`reply_frame`]) are decided here too; the message rate is `rate`'s.
 //!
 //! Pure: no I/O, no node, no clock read (the caller passes `now`), so every
 //! rule is tested here without a socket.
@@ -24,9 +17,9 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use switchboard_protocol::batch::Publication;
 use switchboard_protocol::position::MAX_HISTORY_LIMIT;
-use switchboard_protocol::{close, ChannelName, Command, ErrorCode, Position, ServerFrame};
-use tokio::time::Instant;
+use switchboard_protocol::{ChannelName, Command, ErrorCode, Position, ServerFrame};
 
 use crate::auth::{AuthError, Claims};
 use crate::config::Config;
@@ -75,6 +68,11 @@ pub enum Effect<'a> {
         channel: ChannelName,
         data: &'a RawValue,
     },
+    /// Publish each message that passed, in list order; the others' errors
+    /// go in their places in the reply.
+    PublishBatch {
+        messages: Vec<Result<Publication<'a>, Refusal>>,
+    },
     /// List the channel's members.
     Presence { channel: ChannelName },
     /// Read the channel's stored messages.
@@ -101,14 +99,23 @@ pub fn decide<'a>(
             Effect::Reply(json!({}))
         }),
         Command::Publish { channel, data } => {
-            if !caller.claims.publish.allows(channel.as_str()) {
-                return Err((
-                    ErrorCode::Forbidden,
-                    format!("token does not grant publishing to {channel}"),
-                ));
-            }
+            may_publish(&channel, caller)?;
             Ok(Effect::Publish { channel, data })
         }
+        // Each message is checked as a single `publish` is; the batch as a
+        // whole is never refused here (its list was read by the decoder).
+        Command::PublishBatch { messages } => Ok(Effect::PublishBatch {
+            messages: messages
+                .into_iter()
+                .map(|entry| {
+                    let message = entry
+                        .message
+                        .map_err(|error| (ErrorCode::BadRequest, error))?;
+                    may_publish(&message.channel, caller)?;
+                    Ok(message)
+                })
+                .collect(),
+        }),
         Command::Presence { channel } => {
             readable(&channel, caller)?;
             if !config.namespace(channel.namespace()).presence {
@@ -196,6 +203,16 @@ pub fn subscription_room(held: usize, config: &Config) -> Result<(), Refusal> {
     Ok(())
 }
 
+fn may_publish(channel: &ChannelName, caller: &Caller<'_>) -> Result<(), Refusal> {
+    if caller.claims.publish.allows(channel.as_str()) {
+        return Ok(());
+    }
+    Err((
+        ErrorCode::Forbidden,
+        format!("token does not grant publishing to {channel}"),
+    ))
+}
+
 fn readable(channel: &ChannelName, caller: &Caller<'_>) -> Result<(), Refusal> {
     if caller.may_read(channel) {
         return Ok(());
@@ -256,73 +273,6 @@ pub fn reply_frame(id: Option<u64>, result: Result<&Value, &Refusal>) -> Option<
         ),
         (Ok(_), None) => None,
         (Err((code, message)), id) => Some(ServerFrame::failure(id, *code, message)),
-    }
-}
-
-/// The client's message-rate buckets, as two theoretical arrival times
-/// (GCRA, the algorithm governor implements). Written by hand because a
-/// governor direct limiter carries its own clock and quota, about 100 bytes
-/// each (see the `session_state_stays_small` test), and every session held
-/// two; the rate and bursts here come from the node's configuration.
-#[derive(Debug)]
-pub struct Rate {
-    commands: Instant,
-    refusals: Instant,
-}
-
-/// What becomes of a frame the client sent, by its message rate.
-#[derive(Debug, PartialEq, Eq)]
-pub enum RateVerdict {
-    /// Within the rate: run it.
-    Run,
-    /// Over the rate: not run; a command gets this error.
-    Refuse(Refusal),
-    /// Over the rate past the refusal allowance: close with this code and
-    /// reason.
-    Close(u16, String),
-}
-
-impl Rate {
-    pub fn new(now: Instant) -> Rate {
-        Rate {
-            commands: now,
-            refusals: now,
-        }
-    }
-
-    /// Takes a frame the client sent at `now` from the buckets of
-    /// `config.limits`.
-    pub fn check(&mut self, now: Instant, config: &Config) -> RateVerdict {
-        let limits = &config.limits;
-        let per_second = limits.msg_rate;
-        if Rate::take(&mut self.commands, now, per_second, limits.msg_burst) {
-            return RateVerdict::Run;
-        }
-        if !Rate::take(&mut self.refusals, now, per_second, limits.msg_close_after) {
-            return RateVerdict::Close(
-                close::POLICY,
-                format!("message rate limit of {per_second}/s exceeded persistently"),
-            );
-        }
-        RateVerdict::Refuse((
-            ErrorCode::RateLimited,
-            format!("message rate limit of {per_second}/s exceeded; command not executed"),
-        ))
-    }
-
-    /// Takes one token from a bucket refilling at `per_second` and holding
-    /// at most `burst`; false when it is empty.
-    fn take(tat: &mut Instant, now: Instant, per_second: u32, burst: u32) -> bool {
-        let per_second = per_second.max(1);
-        let interval = Duration::from_secs(1) / per_second;
-        let tolerance = interval * burst.max(1);
-        let start = (*tat).max(now);
-        let next = start + interval;
-        if next.saturating_duration_since(now) > tolerance {
-            return false;
-        }
-        *tat = next;
-        true
     }
 }
 
@@ -504,6 +454,37 @@ mod tests {
     }
 
     #[test]
+    fn each_message_of_a_batch_is_checked_as_a_single_publish() {
+        let text = r#"{"type":"publish_batch","id":1,"messages":[
+            {"channel":"chat:a","data":1},
+            {"channel":"quiet:a","data":2},
+            {"channel":"chat:*","data":3},
+            {"channel":"chat:b"},
+            {"channel":"chat:a","data":4}]}"#;
+        let messages = match verdict(text, &[]) {
+            Ok(Effect::PublishBatch { messages }) => messages,
+            other => panic!("not a batch: {other:?}"),
+        };
+        let shown: Vec<_> = messages
+            .iter()
+            .map(|m| match m {
+                Ok(p) => Ok((p.channel.as_str(), p.data.get())),
+                Err(refusal) => Err(refusal.clone()),
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                Ok(("chat:a", "1")),
+                Err(forbidden("token does not grant publishing to quiet:a")),
+                Err(bad_request("invalid channel: '*' may only end a pattern")),
+                Err(bad_request("missing field data")),
+                Ok(("chat:a", "4")),
+            ]
+        );
+    }
+
+    #[test]
     fn a_channel_already_held_is_answered_at_once() {
         let held = ["chat:a", "doc:a"];
         for text in [
@@ -595,45 +576,6 @@ mod tests {
             Ok(Effect::History { query, .. }) => assert_eq!(query.limit, MAX_HISTORY_LIMIT),
             other => panic!("not a history read: {other:?}"),
         }
-    }
-
-    #[test]
-    fn rate_buckets_hold_a_burst_then_refill() {
-        let now = Instant::now();
-        let mut tat = now;
-        for _ in 0..3 {
-            assert!(Rate::take(&mut tat, now, 10, 3));
-        }
-        assert!(!Rate::take(&mut tat, now, 10, 3), "the burst is spent");
-        let later = now + Duration::from_millis(100);
-        assert!(Rate::take(&mut tat, later, 10, 3), "one token per 100 ms");
-        assert!(!Rate::take(&mut tat, later, 10, 3));
-    }
-
-    #[test]
-    fn frames_over_the_rate_are_refused_then_the_connection_closed() {
-        let config = config();
-        let now = Instant::now();
-        let mut rate = Rate::new(now);
-        for _ in 0..3 {
-            assert_eq!(rate.check(now, &config), RateVerdict::Run, "the burst");
-        }
-        let refused = RateVerdict::Refuse((
-            ErrorCode::RateLimited,
-            "message rate limit of 10/s exceeded; command not executed".to_owned(),
-        ));
-        assert_eq!(rate.check(now, &config), refused);
-        assert_eq!(rate.check(now, &config), refused);
-        assert_eq!(
-            rate.check(now, &config),
-            RateVerdict::Close(
-                close::POLICY,
-                "message rate limit of 10/s exceeded persistently".to_owned()
-            ),
-            "past the refusal allowance"
-        );
-        let later = now + Duration::from_millis(100);
-        assert_eq!(rate.check(later, &config), RateVerdict::Run, "refilled");
     }
 
     #[test]

@@ -60,6 +60,7 @@ where
                 Ok(none(json!({})))
             }
             Effect::Publish { channel, data } => self.publish(&channel, data).await.map(none),
+            Effect::PublishBatch { messages } => self.publish_batch(messages).await.map(none),
             Effect::Presence { channel } => self.presence(&channel).await.map(none),
             Effect::History { channel, query } => {
                 let page = self.read_history(&channel, &query, "history").await?;

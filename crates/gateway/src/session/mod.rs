@@ -5,9 +5,10 @@
 //!
 //! This file holds the session's state and its life: admission, the
 //! welcome, the main loop, the timers, the drain and the close. What a
-//! command does is decided in `commands` (pure) and run in `effects`; what
-//! a subscribe recovers is `recovery` (pure); how frames reach the socket
-//! is `writer`.
+//! command does is decided in `commands` (pure) and run in `effects` (a
+//! `publish_batch` in `batch`); the message rate is `rate` (pure); what a
+//! subscribe recovers is `recovery` (pure); how frames reach the socket is
+//! `writer`.
 //!
 //! Everything a session waits on is in one `select!`: one timer (the
 //! nearest of ping, pong deadline, token expiry, drain and held writes),
@@ -30,8 +31,10 @@
 //! closes; a malformed close (1-byte payload, reason not UTF-8) gets 1002
 //! or 1007.
 
+mod batch;
 mod commands;
 mod effects;
+mod rate;
 mod recovery;
 mod writer;
 
@@ -54,7 +57,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use self::commands::{Caller, Rate, RateVerdict};
+use self::commands::Caller;
+use self::rate::{Rate, RateVerdict};
 use self::recovery::Resume;
 use crate::auth::Claims;
 use crate::hub::{Outbound, SessionHandle};
