@@ -3,7 +3,7 @@
 //!
 //! Map (docs/architecture.md has the whole code map): `config` (file and
 //! environment, one module per section), `metrics` (Prometheus), `redis`
-//! (which Redis, the pooled link, Pub/Sub names, link health), `hub`
+//! (which Redis, the shared link, Pub/Sub names, link health), `hub`
 //! (local fan-out), `history`, `presence` and `occupancy` (each a shared
 //! part in `mod.rs`, its Redis form in `redis`), `broker` (cross-node
 //! delivery, in memory or on Redis), `auth` (JWT), `limits` (admission),

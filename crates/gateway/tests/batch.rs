@@ -539,13 +539,10 @@ async fn batches_cross_cluster_nodes_with_dense_offsets() {
 }
 
 /// List order on one channel in cluster mode. The batch hands its messages
-/// to the broker concurrently, in list order on their first poll; today's
-/// pooled Redis link runs each on its own pooled connection, so Redis may
-/// receive them in another order. The pipelined link of issue 24 (one
-/// script call for the publishes queued together) keeps the order: run
-/// this with `--ignored` once it has landed, then drop the `ignore`.
+/// to the broker concurrently, in list order on their first poll; the
+/// node's publisher queues them in that order and stores them in script
+/// calls that keep it.
 #[tokio::test]
-#[ignore = "needs the pipelined Redis publish path of issue 24"]
 async fn a_cluster_batch_keeps_list_order_on_one_channel() {
     let redis = Redis::start();
     let a = cluster_node(&redis, "gw-a", "").await;
