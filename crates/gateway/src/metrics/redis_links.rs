@@ -12,7 +12,7 @@ use prometheus::{Histogram, IntCounter, IntGaugeVec, Registry};
 use crate::metrics::registry::{counter, gauge_vec, histogram, IO_BUCKETS};
 
 /// Messages per history script call.
-const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 /// Which Redis link a connection-state gauge describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

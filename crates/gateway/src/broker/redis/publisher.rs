@@ -29,7 +29,7 @@ use crate::redis::link::Link;
 use crate::redis::target::Mode;
 
 /// The most messages one script call stores.
-pub const MAX_BATCH: usize = 128;
+pub const MAX_BATCH: usize = 256;
 
 /// A message waiting for the next script call.
 struct Pending {
