@@ -22,9 +22,15 @@
 #   6. fan-out past the syscall floor: one node, 1,000 subscribers on one
 #      channel, at 10 (quiet), 500 and 700 messages/s, with server CPU µs per
 #      delivery; embedded and on Redis; write_coalesce 0 (off) and the
-#      default, plain and batched frames.
+#      default, plain and batched frames;
+#   7. the publish path (issue 24), on one Redis and on a 3-shard Redis
+#      Cluster: Redis and node CPU µs per publish for 200 rooms of 10 on node
+#      B fed by 8 WebSocket publishers on node A at 5,000/s (history on and
+#      off); acked publishes/s of 8 serial publishers into 200 rooms of 1;
+#      the batch API (batches of 100 over 1,000 channels) with every message
+#      read back from history. About 4 minutes.
 #
-# BENCH_SCENARIOS (default "1 2 3 4 5 6") picks scenarios, e.g.
+# BENCH_SCENARIOS (default "1 2 3 4 5 6 7") picks scenarios, e.g.
 # `BENCH_SCENARIOS=3 make bench` for the cross-node ones alone.
 #
 # GATEWAY and LOAD name the gateway and load tool binaries (default
@@ -59,7 +65,7 @@ GATEWAY=${GATEWAY:-target/release/switchboard}
 LOAD=${LOAD:-target/release/switchboard-loadtest}
 SECRET=bench-secret-bench-secret-bench-secret
 API_KEY=bench-api-key-0123456789
-SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3 4 5 6} "
+SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3 4 5 6 7} "
 BACKEND_SECRET=bench-backend-secret-bench-backend-secret
 
 # Each connection is a descriptor: take the whole hard limit (20,000 here).
@@ -505,6 +511,86 @@ fanout1k mem-def "embedded, write_coalesce default (10ms)" "" "" plain
 fanout1k mem-def-batch "embedded, default, batched frames" "" "" batch
 fanout1k redis-off "on Redis, write_coalesce 0" "redis://127.0.0.1:$REDIS_PORT/" 0s plain
 fanout1k redis-def-batch "on Redis, default, batched frames" "redis://127.0.0.1:$REDIS_PORT/" "" batch
+fi
+
+# ---------------------------------------------------------------- scenario 7
+# publish_path NAME LABEL URL REDIS_PIDS: issue 24's publish-path rows on
+# one Redis set-up (URL; REDIS_PIDS, comma-separated, are every redis-server
+# whose CPU is summed): two fresh nodes, publishers on A, subscribers on B.
+# CPU per publish is each process's utime+stime over the measured window
+# (after the warm-up) divided by the publishes acknowledged in it.
+publish_path() {
+    local name=$1 label=$2 url=$3 redis_pids=$4 key
+    local on="$TMP/pp-history-on.toml" off="$TMP/pp-history-off.toml" big="$TMP/pp-history-big.toml"
+    printf '[namespaces.bench]\nhistory_size = 100\n' >"$on"
+    printf '[namespaces.bench]\nhistory_size = 0\n' >"$off"
+    # The batch run's read-back needs every message still in history.
+    printf '[namespaces.bench]\nhistory_size = 10000\nhistory_ttl = "10m"\n' >"$big"
+    # num KEY JQ: a figure from a report with two decimals, or n/a.
+    num() {
+        jq -r "$2 // \"n/a\" | if type == \"number\" then (. * 100 | round / 100 | tostring) else . end" \
+            "$OUT/$1.json" 2>/dev/null || echo n/a
+    }
+    errors() { num "$1" '.errors + .publish_errors + .connect_errors + .disconnects'; }
+
+    # a. rooms of 10, 8 WebSocket publishers (each awaits its ack) at 5,000/s.
+    for history in on off; do
+        key="pp-rooms-$name-$history"
+        if [ "$history" = on ]; then start_pair "$key" "$url" "$on"; else start_pair "$key" "$url" "$off"; fi
+        load "$key" --target "127.0.0.1:$PORT_B" --publish-target "127.0.0.1:$PORT_A" \
+            --connections 2000 --shape rooms --room-size 10 --ramp 4000 \
+            --via client --publishers 8 --in-flight 1 --rate 5000 --duration 12s --warmup 3s \
+            --server-pid "$PID_A,$PID_B" --redis-pid "$redis_pids" || true
+        row "publish path, $label: 200 rooms x 10 on node B, 8 WS publishers on node A at 5000/s, history $history" \
+            "Redis $(num "$key" .redis_cpu_us_per_publish) µs, node A $(num "$key" '.servers[0].cpu_us_per_publish') µs per publish" \
+            "$(num "$key" ".publishes_per_sec | round") acked publishes/s; node B $(num "$key" '.servers[1].cpu_us_per_publish') µs per publish ($(num "$key" '.servers[1].cpu_us_per_delivery') µs per delivery); delivery p50 $(num "$key" .latency_us.p50/1000) / p99 $(num "$key" .latency_us.p99/1000) ms; $(num "$key" .undelivered) deliveries undelivered, $(errors "$key") errors"
+        stop_pair
+    done
+
+    # b. 8 serial WebSocket publishers at saturation, rooms of 1.
+    key="pp-serial-$name"
+    start_pair "$key" "$url" "$on"
+    load "$key" --target "127.0.0.1:$PORT_B" --publish-target "127.0.0.1:$PORT_A" \
+        --connections 200 --shape rooms --room-size 1 --ramp 4000 \
+        --via client --publishers 8 --in-flight 1 --rate 0 --duration 12s --warmup 3s \
+        --exactly-once --server-pid "$PID_A,$PID_B" --redis-pid "$redis_pids" || true
+    row "publish path, $label: 8 serial WS publishers on node A at saturation, 200 rooms x 1 on node B, history on" \
+        "$(num "$key" ".publishes_per_sec | round") acked publishes/s, $(num "$key" .exactly_once.lost_messages) lost, delivery p99 $(num "$key" .latency_us.p99/1000) ms" \
+        "each publisher awaits its ack before the next; p50 $(num "$key" .latency_us.p50/1000) ms; Redis $(num "$key" .redis_cpu_us_per_publish) µs, node A $(num "$key" '.servers[0].cpu_us_per_publish') µs per publish; $(errors "$key") errors"
+    stop_pair
+
+    # c. the batch API: batches of 100 from one HTTP client over 1,000
+    # channels (no subscribers) through one node, then every channel's
+    # history read back.
+    key="pp-batch-$name"
+    local port
+    port=$(free_port)
+    start_node "$key" "$port" "$url" "$big"
+    load "$key" --target "127.0.0.1:$port" --connections 0 --shape rooms --channels 1000 \
+        --via batch --batch-size 100 --publishers 1 --rate 0 --duration 8s --warmup 2s \
+        --history-check --server-pid "$NODE_PID" --redis-pid "$redis_pids" || true
+    local failed
+    failed=$(jq -r '.batch.last_request_error // ""' "$OUT/$key.json" 2>/dev/null || echo "no report")
+    if [ "$(num "$key" .published)" = 0 ] || [ "$(num "$key" .published)" = n/a ]; then
+        row "publish path, $label: batch API, batches of 100 from one HTTP client over 1000 channels, history on" \
+            "n/a: no message accepted" "${failed:-see $OUT/$key.log}"
+    else
+        row "publish path, $label: batch API, batches of 100 from one HTTP client over 1000 channels, history on" \
+            "$(num "$key" ".publishes_per_sec | round") messages/s, $(num "$key" .batch.message_errors) per-message errors, history check $(jq -r 'if .history_check.accepted > 0 and .history_check.found == .history_check.accepted and .history_check.missing + .history_check.trimmed + .history_check.gaps + .history_check.out_of_order + .history_check.duplicates + .history_check.read_errors == 0 then "OK" else "FAILED" end' "$OUT/$key.json")" \
+            "$(num "$key" .history_check.found) of $(num "$key" .history_check.accepted) accepted messages in history at their offsets, $(num "$key" .history_check.gaps) gaps, $(num "$key" .history_check.out_of_order) out of order; $(num "$key" .batch.request_errors) failed requests; Redis $(num "$key" .redis_cpu_us_per_publish) µs, node $(num "$key" '.servers[0].cpu_us_per_publish') µs per message"
+    fi
+    stop_pid "$NODE_PID"
+}
+
+if [[ $SCENARIOS == *" 7 "* ]]; then
+echo "scenario 7: the publish path (issue 24), one Redis and a 3-shard Redis Cluster"
+[ -n "${REDIS_PORT:-}" ] || start_redis
+publish_path single "one Redis" "redis://127.0.0.1:$REDIS_PORT/" "$REDIS_PID"
+[ -n "${CLUSTER_URL:-}" ] || start_cluster
+SHARD_PIDS=$(for port in $(echo "${CLUSTER_URL#redis+cluster://}" | tr ',' '\n' | cut -d: -f2); do
+        redis-cli -p "$port" INFO server | tr -d '\r' | sed -n 's/^process_id://p'
+    done | paste -sd, -)
+publish_path cluster "3-shard cluster" "$CLUSTER_URL" "$SHARD_PIDS"
 fi
 
 # -------------------------------------------------------------------- table

@@ -29,10 +29,51 @@ pub struct Context {
     pub expected: AtomicU64,
     /// Accepted message numbers (bit set), kept for the exactly-once check.
     pub acks: Option<Mutex<Vec<u64>>>,
+    /// Every accepted message with the offset and epoch of its reply (batch
+    /// and API publishers), kept for the history check.
+    pub accepted_log: Option<Mutex<AcceptedLog>>,
     /// Cancelled when the run is over: subscribers close.
     pub stop: CancellationToken,
     /// Errors already printed, so a failure storm prints a few lines only.
     printed: AtomicU64,
+}
+
+/// One accepted message, as its reply gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// The message number (its channel is `k % channels`).
+    pub k: u64,
+    pub offset: Option<u64>,
+    /// Index into [`AcceptedLog::epochs`].
+    pub epoch: Option<u32>,
+    /// The publisher worker that sent it.
+    pub publisher: u32,
+}
+
+/// The accepted messages of a run, with their epochs stored once.
+#[derive(Debug, Default)]
+pub struct AcceptedLog {
+    pub entries: Vec<Accepted>,
+    pub epochs: Vec<String>,
+}
+
+impl AcceptedLog {
+    /// Records message `k` accepted by `publisher` at `offset` of `epoch`.
+    pub fn push(&mut self, k: u64, publisher: u32, offset: Option<u64>, epoch: Option<&str>) {
+        let epoch = epoch.map(|e| match self.epochs.iter().position(|known| known == e) {
+            Some(i) => i as u32,
+            None => {
+                self.epochs.push(e.to_owned());
+                (self.epochs.len() - 1) as u32
+            }
+        });
+        self.entries.push(Accepted {
+            k,
+            offset,
+            epoch,
+            publisher,
+        });
+    }
 }
 
 /// At most this many individual error lines per run.
@@ -46,6 +87,9 @@ impl Context {
         Context {
             subscriptions_total: subscribers_per_channel.iter().sum(),
             acks: plan.exactly_once.then(|| Mutex::new(Vec::new())),
+            accepted_log: plan
+                .history_check
+                .then(|| Mutex::new(AcceptedLog::default())),
             stats: Stats::default(),
             channels,
             subscribers_per_channel,
@@ -80,7 +124,7 @@ impl Context {
         self.print_error(error);
     }
 
-    fn print_error(&self, line: &str) {
+    pub fn print_error(&self, line: &str) {
         let n = self.printed.fetch_add(1, Ordering::Relaxed);
         if n < PRINTED_ERRORS {
             eprintln!("error: {line}");

@@ -9,15 +9,19 @@
 //! ledger on it also proves that every subscriber got every accepted message
 //! once.
 //!
-//! The modules depend one way, bottom up: `plan`, `stats`, `token`, `cpu`
-//! and `conn` (the WebSocket client side) use nothing above them;
-//! `context` (what every task of a run shares) sits on `plan` and `stats`;
-//! `subscriber` and `publisher` use `context` and `conn`, never each other;
-//! `run` drives them all. `python3 scripts/check-layers.py` checks it.
+//! The modules depend one way, bottom up: `plan`, `stats`, `token`, `cpu`,
+//! `conn` (the WebSocket client side) and `http_client` (the server API client
+//! side) use nothing above them; `context` (what every task of a run
+//! shares) sits on `plan` and `stats`; `subscriber`, `publisher` and
+//! `history` (the read-back of a batch run) use `context`, `conn` and
+//! `http_client`, never each other; `run` drives them all.
+//! `python3 scripts/check-layers.py` checks it.
 
 pub mod conn;
 pub mod context;
 pub mod cpu;
+pub mod history;
+pub mod http_client;
 pub mod plan;
 pub mod publisher;
 pub mod run;
@@ -27,7 +31,7 @@ pub mod token;
 
 pub use plan::{Plan, PublishVia, Shape};
 pub use run::run;
-pub use stats::{Ledger, Report};
+pub use stats::{HistoryCheck, Ledger, Report};
 
 /// Raises this process's open-file soft limit to its hard limit (each
 /// connection is a descriptor); returns the limit now in force.

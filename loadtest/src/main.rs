@@ -7,6 +7,15 @@
 //! switchboard-loadtest --target 127.0.0.1:8080 --secret "$SECRET" --api-key "$KEY" \
 //!     --connections 10000 --shape one --rate 20 --duration 30s
 //! ```
+//!
+//! The batch API across 1,000 channels with no subscribers, then every
+//! accepted message read back from history:
+//!
+//! ```text
+//! switchboard-loadtest --target 127.0.0.1:8080 --secret "$SECRET" --api-key "$KEY" \
+//!     --connections 0 --shape rooms --channels 1000 --via batch --batch-size 100 \
+//!     --publishers 1 --rate 0 --duration 8s --history-check --redis-pid "$REDIS_PID"
+//! ```
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +46,8 @@ enum ViaArg {
     Api,
     /// `publish` commands from WebSocket clients.
     Client,
+    /// POST /api/batch with the API key, --batch-size messages per request.
+    Batch,
 }
 
 /// Load generator for Switchboard gateways.
@@ -77,12 +88,26 @@ struct Args {
     /// Connections per room (rooms, mix).
     #[arg(long, default_value_t = 10)]
     room_size: usize,
+    /// Publish over this many channels (rooms only): rooms past those the
+    /// connections fill have no subscribers, e.g. `--connections 0 --shape
+    /// rooms --channels 1000`.
+    #[arg(long)]
+    channels: Option<usize>,
     /// How messages are published.
     #[arg(long, value_enum, default_value_t = ViaArg::Api)]
     via: ViaArg,
-    /// Publisher connections working in parallel.
+    /// Publisher connections working in parallel (with --via batch: batch
+    /// requests in flight, one per connection).
     #[arg(long, default_value_t = 4)]
     publishers: usize,
+    /// Publish commands each WebSocket publisher (--via client) keeps in
+    /// flight: 1 waits for each acknowledgement before the next publish (a
+    /// serial publisher); 0 pipelines without a limit.
+    #[arg(long, default_value_t = 0)]
+    in_flight: usize,
+    /// Messages per POST /api/batch request (--via batch), 1 to 10000.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
     /// Messages per second over all channels; 0 = as fast as the window allows.
     #[arg(long, default_value_t = 10.0)]
     rate: f64,
@@ -120,6 +145,16 @@ struct Args {
     /// measured window is reported per delivery (read from /proc).
     #[arg(long = "server-pid", value_delimiter = ',')]
     server_pids: Vec<u32>,
+    /// A Redis server process (repeat or comma-separate for every shard of
+    /// a Cluster: they are summed) whose CPU time over the measured window
+    /// is reported per accepted publish (read from /proc).
+    #[arg(long = "redis-pid", value_delimiter = ',')]
+    redis_pids: Vec<u32>,
+    /// After a --via batch (or api) run, read every channel's history back
+    /// (GET /api/history) and check that every accepted message is there at
+    /// its offset, in order, with no gaps; --strict fails when it is not.
+    #[arg(long)]
+    history_check: bool,
     /// Subscribers ask for batched frames (`batch=1`: several messages per
     /// frame, one per line), as the JS SDK does by default.
     #[arg(long)]
@@ -140,8 +175,20 @@ fn plan(args: &Args) -> Result<Plan, String> {
     if args.warmup >= args.duration && args.shape != ShapeArg::Idle && args.publishers > 0 {
         return Err("--warmup must be shorter than --duration".into());
     }
-    if matches!(args.via, ViaArg::Api) && args.api_key.is_none() && args.publishers > 0 {
-        return Err("--via api needs --api-key (or SWITCHBOARD_API_KEY)".into());
+    if matches!(args.via, ViaArg::Api | ViaArg::Batch)
+        && args.api_key.is_none()
+        && args.publishers > 0
+    {
+        return Err("--via api and --via batch need --api-key (or SWITCHBOARD_API_KEY)".into());
+    }
+    if !(1..=10_000).contains(&args.batch_size) {
+        return Err("--batch-size must be from 1 to 10000".into());
+    }
+    if args.channels.is_some() && args.shape != ShapeArg::Rooms {
+        return Err("--channels goes with --shape rooms".into());
+    }
+    if args.history_check && matches!(args.via, ViaArg::Client) {
+        return Err("--history-check goes with --via batch or --via api".into());
     }
     let limit = raise_open_files().map_err(|e| format!("cannot raise the open-file limit: {e}"))?;
     let needed = (args.connections + args.publishers * 2 + 64) as u64;
@@ -177,7 +224,13 @@ fn plan(args: &Args) -> Result<Plan, String> {
     plan.via = match args.via {
         ViaArg::Api => PublishVia::Api,
         ViaArg::Client => PublishVia::Client,
+        ViaArg::Batch => PublishVia::Batch,
     };
+    plan.channel_count = args.channels;
+    plan.in_flight = args.in_flight;
+    plan.batch_size = args.batch_size;
+    plan.redis_pids.clone_from(&args.redis_pids);
+    plan.history_check = args.history_check;
     plan.publishers = args.publishers;
     plan.rate = args.rate;
     plan.window = args.window;

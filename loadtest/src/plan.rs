@@ -30,6 +30,9 @@ pub enum PublishVia {
     Api,
     /// `publish` commands from WebSocket clients granted publishing.
     Client,
+    /// `POST /api/batch` with the API key: `batch_size` messages per
+    /// request, one request in flight per publisher.
+    Batch,
 }
 
 /// One bounded load run.
@@ -84,6 +87,23 @@ pub struct Plan {
     pub server_pids: Vec<u32>,
     /// Subscribers ask for batched frames (several messages per frame).
     pub batch: bool,
+    /// Messages per `POST /api/batch` request (`PublishVia::Batch`).
+    pub batch_size: usize,
+    /// Channels published to, when more than the shape gives (`Shape::Rooms`
+    /// only): the rooms past the subscribed ones have no subscribers, so a
+    /// run can spread publishes over many channels with few connections.
+    pub channel_count: Option<usize>,
+    /// `publish` commands a WebSocket publisher keeps in flight; 1 waits for
+    /// each reply before the next publish (a serial publisher), 0 pipelines
+    /// without a limit (only the delivery window bounds it).
+    pub in_flight: usize,
+    /// Redis server processes (one, or every shard of a Cluster) whose CPU
+    /// time over the measured window is reported per accepted publish.
+    pub redis_pids: Vec<u32>,
+    /// After publishing, read every channel's history through
+    /// `GET /api/history/{channel}` and check that every accepted message is
+    /// there at its offset, in order, with no gaps (`PublishVia::Batch` or `Api`).
+    pub history_check: bool,
 }
 
 impl Plan {
@@ -113,6 +133,11 @@ impl Plan {
             progress: false,
             server_pids: Vec::new(),
             batch: false,
+            batch_size: 100,
+            channel_count: None,
+            in_flight: 0,
+            redis_pids: Vec::new(),
+            history_check: false,
         }
     }
 
@@ -122,7 +147,12 @@ impl Plan {
         match self.shape {
             Shape::Idle => Vec::new(),
             Shape::OneChannel => vec![BROADCAST.to_owned()],
-            Shape::Rooms { size } => (0..rooms(self.connections, size)).map(room).collect(),
+            Shape::Rooms { size } => {
+                let subscribed = rooms(self.connections, size);
+                (0..subscribed.max(self.channel_count.unwrap_or(0)))
+                    .map(room)
+                    .collect()
+            }
             Shape::Mix { size } => std::iter::once(BROADCAST.to_owned())
                 .chain((0..rooms(self.connections, size)).map(room))
                 .collect(),
@@ -198,5 +228,24 @@ mod tests {
         assert_eq!(plan.subscribers_per_channel(), vec![25, 10, 10, 5]);
         plan.source_count = 3;
         assert_eq!(plan.source(4), Ipv4Addr::new(127, 0, 0, 3));
+    }
+
+    #[test]
+    fn a_channel_count_spreads_rooms_past_the_subscribed_ones() {
+        let mut plan = Plan::new(
+            "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!()),
+            "s",
+        );
+        plan.shape = Shape::Rooms { size: 10 };
+        plan.connections = 0;
+        plan.channel_count = Some(1000);
+        let channels = plan.channels();
+        assert_eq!(channels.len(), 1000);
+        assert_eq!(channels[999], "bench:room.999");
+        assert!(plan.subscribers_per_channel().iter().all(|&n| n == 0));
+        // Fewer channels than the rooms the connections fill: the rooms win.
+        plan.connections = 25;
+        plan.channel_count = Some(2);
+        assert_eq!(plan.subscribers_per_channel(), vec![10, 10, 5]);
     }
 }

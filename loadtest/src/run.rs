@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
 use crate::plan::{Plan, PublishVia};
-use crate::publisher;
-use crate::stats::{now_us, Ledger, Percentiles, Report};
+use crate::stats::{now_us, Ledger, Percentiles, Report, Window};
 use crate::subscriber::{self, Received};
+use crate::{cpu, history, publisher};
 
 /// Runs a plan to its end and reports what it measured.
 pub async fn run(plan: Plan) -> Report {
@@ -40,7 +40,7 @@ pub async fn run(plan: Plan) -> Report {
         );
     }
 
-    let (measured, server_cpu) = publish(&ctx).await;
+    let (measured, window) = publish(&ctx).await;
     drain(&ctx).await;
     progress.cancel();
     ctx.stop.cancel();
@@ -50,7 +50,22 @@ pub async fn run(plan: Plan) -> Report {
         check_exactly_once(&ctx, &acks, &received)
     });
     let mut report = ctx.stats.report(measured, ledger);
-    report.set_server_cpu(server_cpu);
+    report.undelivered = ctx
+        .expected
+        .load(Ordering::Relaxed)
+        .saturating_sub(ctx.stats.deliveries.load(Ordering::Relaxed));
+    if let Some(window) = &window {
+        report.set_window(window);
+    }
+    if ctx.plan.via == PublishVia::Batch {
+        report.batch = Some(ctx.stats.batch_figures(ctx.plan.batch_size));
+    }
+    if ctx.plan.history_check {
+        if ctx.plan.progress {
+            eprintln!("reading history back...");
+        }
+        report.history_check = history::check(Arc::clone(&ctx)).await;
+    }
     report
 }
 
@@ -88,8 +103,9 @@ async fn ramp(ctx: &Arc<Context>, started: Instant) -> JoinSet<Option<Received>>
 }
 
 /// Publishes for the planned duration; returns how long deliveries were
-/// measured, and the servers' CPU time over that window (when asked for).
-async fn publish(ctx: &Arc<Context>) -> (Duration, Option<Duration>) {
+/// measured, and what the measured window saw (publishes accepted in it,
+/// the watched processes' CPU time).
+async fn publish(ctx: &Arc<Context>) -> (Duration, Option<Window>) {
     let plan = &ctx.plan;
     let start = Instant::now();
     let end = start + plan.duration;
@@ -104,32 +120,43 @@ async fn publish(ctx: &Arc<Context>) -> (Duration, Option<Duration>) {
         }
         return (Duration::ZERO, None);
     }
-    // The servers' CPU over the measured window: from the end of the
-    // warm-up to the end of publishing.
-    let cpu = (!plan.server_pids.is_empty()).then(|| {
-        let pids = plan.server_pids.clone();
+    // The measured window: from the end of the warm-up to the end of
+    // publishing. Publishes accepted and CPU used are read at both ends.
+    let window = {
+        let ctx = Arc::clone(ctx);
         let (from, to) = (start + plan.warmup, end);
         tokio::spawn(async move {
+            let (servers, redis) = (&ctx.plan.server_pids, &ctx.plan.redis_pids);
             sleep_until(from).await;
-            let before = crate::cpu::cpu_time(&pids)?;
+            let published = ctx.stats.published.load(Ordering::Relaxed);
+            let (servers_before, redis_before) = (cpu::cpu_times(servers), cpu::cpu_times(redis));
             sleep_until(to).await;
-            crate::cpu::cpu_time(&pids)?.checked_sub(before)
+            Window {
+                published: ctx.stats.published.load(Ordering::Relaxed) - published,
+                servers: cpu::used(&servers_before, &cpu::cpu_times(servers)),
+                redis: cpu::used(&redis_before, &cpu::cpu_times(redis)),
+                server_pids: servers.clone(),
+                redis_pids: redis.clone(),
+            }
         })
-    });
+    };
     let mut workers = JoinSet::new();
     for n in 0..plan.publishers {
         let ctx = Arc::clone(ctx);
         match plan.via {
-            PublishVia::Api => workers.spawn(publisher::api(ctx, start, end)),
+            PublishVia::Api => workers.spawn(publisher::api(ctx, n, start, end)),
             PublishVia::Client => workers.spawn(publisher::client(ctx, n, start, end)),
+            PublishVia::Batch => workers.spawn(publisher::batch(ctx, n, start, end)),
         };
     }
     workers.join_all().await;
-    let server_cpu = match cpu {
-        Some(task) => task.await.ok().flatten(),
-        None => None,
-    };
-    (plan.duration.saturating_sub(plan.warmup), server_cpu)
+    if Instant::now() + Duration::from_millis(100) < end {
+        // Every publisher gave up (say, a gateway without the batch API):
+        // nothing left to measure.
+        window.abort();
+        return (Duration::ZERO, None);
+    }
+    (plan.duration.saturating_sub(plan.warmup), window.await.ok())
 }
 
 /// Waits until every owed delivery arrived, nothing arrived for half a
@@ -159,6 +186,7 @@ fn check_exactly_once(ctx: &Context, acks: &[u64], received: &[Received]) -> Led
     let channels = ctx.channels.len().max(1) as u64;
     let published = acks.len() as u64 * 64;
     let mut ledger = Ledger::default();
+    let mut lost: Vec<u64> = Vec::new();
     for subscriber in received {
         ledger.duplicates += subscriber.duplicates;
         for (channel, bits) in &subscriber.channels {
@@ -168,7 +196,14 @@ fn check_exactly_once(ctx: &Context, acks: &[u64], received: &[Received]) -> Led
                 let acked = Received::has(acks, k);
                 let got = Received::has(bits, k / channels);
                 match (acked, got) {
-                    (true, false) => ledger.missing += 1,
+                    (true, false) => {
+                        ledger.missing += 1;
+                        let word = (k / 64) as usize;
+                        if lost.len() <= word {
+                            lost.resize(word + 1, 0);
+                        }
+                        lost[word] |= 1u64 << (k % 64);
+                    }
                     (false, true) => ledger.unacknowledged += 1,
                     _ => {}
                 }
@@ -176,6 +211,7 @@ fn check_exactly_once(ctx: &Context, acks: &[u64], received: &[Received]) -> Led
             }
         }
     }
+    ledger.lost_messages = lost.iter().map(|w| u64::from(w.count_ones())).sum();
     ledger
 }
 

@@ -3,6 +3,8 @@
 //! connections for a few seconds, checking that every subscriber received
 //! every accepted message exactly once and that nothing else went wrong.
 //! Timing is printed, never asserted (the machine is shared and noisy).
+//! Also the measuring side of issue 24: serial WebSocket publishers with
+//! CPU per publish, and the history read-back of an API run.
 
 #![allow(clippy::unwrap_used)]
 
@@ -78,4 +80,91 @@ async fn every_subscriber_gets_every_message_once_across_two_nodes() {
     plan.publish_target = Some(a.addr);
     plan.via = PublishVia::Api;
     assert_exactly_once(&run(plan).await);
+}
+
+/// A cluster node on `redis` that does not throttle a load run.
+async fn unthrottled_node(redis: &Redis, node_id: &str) -> Gateway {
+    let gateway = unthrottled(Gateway::builder())
+        .env("SWITCHBOARD_REDIS_URL", &redis.url())
+        .env("SWITCHBOARD_NODE_ID", node_id)
+        .env("SWITCHBOARD_API_KEY", API_KEY)
+        .start();
+    wait_ready(&gateway, 200).await;
+    gateway
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_publishers_report_acked_publishes_and_cpu_per_publish() {
+    let redis = Redis::start();
+    let a = unthrottled_node(&redis, "gw-a").await;
+    let b = unthrottled_node(&redis, "gw-b").await;
+    let mut plan = short_plan(&b);
+    plan.publish_target = Some(a.addr);
+    plan.connections = 20;
+    plan.shape = Shape::Rooms { size: 1 };
+    plan.via = PublishVia::Client;
+    plan.publishers = 2;
+    plan.in_flight = 1;
+    plan.rate = 0.0;
+    // The gateways' pids are not at hand here: this process stands in for
+    // both, so the per-process accounting is exercised.
+    plan.server_pids = vec![std::process::id()];
+    plan.redis_pids = vec![std::process::id()];
+    let report = run(plan).await;
+    println!("{report}");
+    assert!(report.clean(), "{report}");
+    let ledger = report.exactly_once.as_ref().unwrap();
+    assert_eq!(ledger.lost_messages, 0, "{report}");
+    assert_eq!(report.undelivered, 0, "{report}");
+    assert!(report.published_in_window > 0, "{report}");
+    assert!(report.publishes_per_sec > 0.0, "{report}");
+    assert_eq!(report.servers.len(), 1, "{report}");
+    assert!(report.servers[0].cpu_us_per_publish.is_some(), "{report}");
+    assert!(report.redis_cpu_us_per_publish.is_some(), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_api_publish_reads_back_from_history_in_order() {
+    let redis = Redis::start();
+    let a = unthrottled_node(&redis, "gw-a").await;
+    let mut plan = short_plan(&a);
+    plan.connections = 0;
+    plan.shape = Shape::Rooms { size: 10 };
+    plan.channel_count = Some(50);
+    plan.via = PublishVia::Api;
+    plan.publishers = 3;
+    plan.rate = 500.0;
+    plan.exactly_once = false;
+    plan.history_check = true;
+    let report = run(plan).await;
+    println!("{report}");
+    let check = report.history_check.as_ref().unwrap();
+    assert!(check.ok(), "{report}");
+    assert_eq!(check.channels, 50, "{report}");
+    assert_eq!(check.accepted, report.published, "{report}");
+    assert!(report.clean(), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_check_fails_when_history_cannot_hold_the_run() {
+    let gateway = unthrottled(Gateway::builder())
+        .env("SWITCHBOARD_API_KEY", API_KEY)
+        .toml("[namespaces.bench]\nhistory_size = 5\n")
+        .start();
+    let mut plan = short_plan(&gateway);
+    plan.connections = 0;
+    plan.shape = Shape::Rooms { size: 10 };
+    plan.channel_count = Some(2);
+    plan.via = PublishVia::Api;
+    plan.publishers = 1;
+    plan.rate = 100.0;
+    plan.duration = Duration::from_secs(1);
+    plan.exactly_once = false;
+    plan.history_check = true;
+    let report = run(plan).await;
+    println!("{report}");
+    let check = report.history_check.as_ref().unwrap();
+    assert!(check.trimmed > 0, "{report}");
+    assert_eq!(check.found, 10, "the newest 5 of each channel: {report}");
+    assert!(!check.ok() && !report.clean(), "{report}");
 }
