@@ -146,6 +146,9 @@ struct Session<S> {
     /// When the socket was last written to (write coalescing; whether
     /// frames are being held is the handle's `holding` flag).
     last_write: Instant,
+    /// The last write of queued frames carried several (write coalescing):
+    /// frames arrive faster than one per window, so the next one waits.
+    batching: bool,
     /// The client asked for batched frames (`?batch=1`): frames written
     /// together go out as one text frame, one message per line.
     batch: bool,
@@ -201,6 +204,7 @@ where
         drain_at: None,
         torn: false,
         last_write: now,
+        batching: false,
         batch,
         subscriptions: Vec::new(),
         resumed: Vec::new(),

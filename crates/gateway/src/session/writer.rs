@@ -2,11 +2,16 @@
 //! queued are written straight to the socket as vectored writes of their
 //! shared payloads, a burst coalesced into one write.
 //!
-//! Adaptive write coalescing: a connection that has not written for
-//! `session.write_coalesce` writes a frame at once (a quiet connection
-//! never waits); one that wrote more recently is receiving steadily, so it
-//! holds the frame and writes everything queued by the end of the window in
-//! one vectored write (earlier once [`WRITE_BATCH`] frames are queued).
+//! Adaptive write coalescing: a frame waits only when waiting batches. It
+//! goes out at once unless more frames are sure to follow within
+//! `session.write_coalesce` of the last write: another frame is already
+//! queued behind it (a backlog), or the connection's last write of queued
+//! frames carried several (frames arrive faster than the window). Then the
+//! connection holds it and writes everything queued by the end of the
+//! window in one vectored write (earlier once its queue reaches its flush
+//! size). So a quiet connection, or one receiving a frame per window or
+//! less (100 msg/s at the 10 ms default), never waits, and a flush that
+//! gathered a single frame ends the holding. `0s` turns coalescing off.
 //! A text frame's header is written here (RFC 6455 §5.2) next to its
 //! payload, so a payload is never copied and no write buffer stays at a
 //! burst's size; a client that asked for batched frames gets a burst as one
@@ -38,6 +43,9 @@ const WRITE_BATCH: usize = 64;
 /// The write list keeps this many slots between writes; a longer one (a
 /// batch) is given back after its write, so a burst does not stay resident.
 const OUT_KEEP: usize = 1;
+/// A write that carried at least this many queued frames shows frames
+/// arriving faster than one per window: the next frame waits for the window.
+const BATCH_PAYS: usize = 2;
 
 impl<S> Session<S>
 where
@@ -48,25 +56,29 @@ where
         self.last_write + self.node.config.session.write_coalesce
     }
 
-    /// A frame for the client. Adaptive write coalescing: a connection that
-    /// has not written for `write_coalesce` writes it at once (a quiet
-    /// connection never waits); one that wrote more recently is receiving
-    /// steadily, so it holds the frame and writes everything queued by the
-    /// end of the window in one vectored write (earlier if the queue reaches
-    /// its flush size). No timer exists unless a flush is pending, so an
-    /// idle connection costs nothing more. Returns whether to write now
-    /// (the frame is in `out` either way).
+    /// A frame for the client. Adaptive write coalescing: the frame waits
+    /// only when waiting batches, i.e. when another frame is already queued
+    /// behind it or the last write carried several, and the connection
+    /// wrote less than `write_coalesce` ago; then it is held and everything
+    /// queued by the end of the window (or until the queue reaches its
+    /// flush size) goes out in one vectored write. Otherwise it is written
+    /// at once: a quiet connection, or one that gets about a frame per
+    /// window, never waits for nothing. No timer exists unless a flush is
+    /// pending, so an idle connection costs nothing more. Returns whether
+    /// to write now (the frame is in `out` either way).
     pub(super) fn stage(&mut self, first: Arc<Delivery>) -> bool {
+        let queued = self.handle.queued_items();
         // Sized to the backlog: a single frame takes one slot, which is all
         // an idle session keeps between writes.
-        let backlog = self.handle.queued_items().min(WRITE_BATCH - 1);
-        self.out.reserve_exact(1 + backlog);
+        self.out.reserve_exact(1 + queued.min(WRITE_BATCH - 1));
         if recovery::admit(&mut self.resumed, &first) {
             self.out.push(first.frame.clone());
         }
-        if Instant::now() >= self.flush_at() {
+        let pays = queued > 0 || self.batching;
+        if !pays || Instant::now() >= self.flush_at() {
             return true;
         }
+        self.node.metrics.coalesce_wait();
         self.handle.set_holding(true);
         false
     }
@@ -78,6 +90,8 @@ where
     pub(super) async fn write_batch(&mut self) -> Result<(), End> {
         self.handle.set_holding(false);
         let close_after = self.collect_more();
+        // Counted before batched frames are joined into one.
+        self.batching = self.out.len() >= BATCH_PAYS;
         self.write_out().await?;
         if self.handle.is_slow() {
             return Err(End::Close(
@@ -324,7 +338,6 @@ where
     }
 }
 
-#[cfg(test)]
 #[cfg(test)]
 mod tests {
     use super::*;
