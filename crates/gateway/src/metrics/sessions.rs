@@ -228,7 +228,7 @@ impl SessionMetrics {
             coalesce_waits: counter(
                 r,
                 "switchboard_coalesce_waits_total",
-                "Frames held back to be written with the ones that follow (adaptive write coalescing waited: a backlog, or a last write that carried several frames).",
+                "Frames held back to be written with the ones that follow (adaptive write coalescing waited: the connection's last writes showed frames arriving faster than the window).",
             ),
             send_queue_bytes: gauge(
                 r,

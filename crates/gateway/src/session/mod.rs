@@ -146,8 +146,8 @@ struct Session<S> {
     /// When the socket was last written to (write coalescing; whether
     /// frames are being held is the handle's `holding` flag).
     last_write: Instant,
-    /// The last write of queued frames carried several (write coalescing):
-    /// frames arrive faster than one per window, so the next one waits.
+    /// Write coalescing: the last write of queued frames showed them
+    /// arriving faster than the window, so the next frame waits for it.
     batching: bool,
     /// The client asked for batched frames (`?batch=1`): frames written
     /// together go out as one text frame, one message per line.

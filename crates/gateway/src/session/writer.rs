@@ -2,16 +2,17 @@
 //! queued are written straight to the socket as vectored writes of their
 //! shared payloads, a burst coalesced into one write.
 //!
-//! Adaptive write coalescing: a frame waits only when waiting batches. It
-//! goes out at once unless more frames are sure to follow within
-//! `session.write_coalesce` of the last write: another frame is already
-//! queued behind it (a backlog), or the connection's last write of queued
-//! frames carried several (frames arrive faster than the window). Then the
-//! connection holds it and writes everything queued by the end of the
-//! window in one vectored write (earlier once its queue reaches its flush
-//! size). So a quiet connection, or one receiving a frame per window or
-//! less (100 msg/s at the 10 ms default), never waits, and a flush that
-//! gathered a single frame ends the holding. `0s` turns coalescing off.
+//! Adaptive write coalescing: a frame waits only when waiting batches. A
+//! connection starts holding frames once a write finds it behind (at least
+//! [`START_HOLDING`] frames queued when it writes), and keeps holding while
+//! each held window gathers at least [`KEEP_HOLDING`]: frames then arrive
+//! faster than the window, so it holds each new frame until
+//! `session.write_coalesce` after its last write (or until its queue
+//! reaches its flush size) and writes everything queued in one vectored
+//! write. Otherwise a frame is written at once: a quiet connection, or one
+//! receiving a frame per window or less (100 msg/s at the 10 ms default),
+//! never waits, and a backlog goes out at once in one write (waiting would
+//! delay frames that are already late). `0s` turns coalescing off.
 //! A text frame's header is written here (RFC 6455 §5.2) next to its
 //! payload, so a payload is never copied and no write buffer stays at a
 //! burst's size; a client that asked for batched frames gets a burst as one
@@ -43,9 +44,13 @@ const WRITE_BATCH: usize = 64;
 /// The write list keeps this many slots between writes; a longer one (a
 /// batch) is given back after its write, so a burst does not stay resident.
 const OUT_KEEP: usize = 1;
-/// A write that carried at least this many queued frames shows frames
-/// arriving faster than one per window: the next frame waits for the window.
-const BATCH_PAYS: usize = 2;
+/// Frames a write must find queued (the connection fell behind) for the
+/// frames after it to wait for the coalescing window: frames arrive faster
+/// than they are written one at a time.
+const START_HOLDING: usize = 3;
+/// Frames a held window must gather for the connection to keep holding:
+/// one frame per window means waiting saved nothing.
+const KEEP_HOLDING: usize = 2;
 
 impl<S> Session<S>
 where
@@ -56,26 +61,25 @@ where
         self.last_write + self.node.config.session.write_coalesce
     }
 
-    /// A frame for the client. Adaptive write coalescing: the frame waits
-    /// only when waiting batches, i.e. when another frame is already queued
-    /// behind it or the last write carried several, and the connection
-    /// wrote less than `write_coalesce` ago; then it is held and everything
-    /// queued by the end of the window (or until the queue reaches its
-    /// flush size) goes out in one vectored write. Otherwise it is written
-    /// at once: a quiet connection, or one that gets about a frame per
-    /// window, never waits for nothing. No timer exists unless a flush is
-    /// pending, so an idle connection costs nothing more. Returns whether
-    /// to write now (the frame is in `out` either way).
+    /// A frame for the client. Adaptive write coalescing: a connection
+    /// whose last write of queued frames showed frames arriving faster than
+    /// the window (`batching`) holds the frame if it wrote less than
+    /// `write_coalesce` ago, and writes everything queued by the end of the
+    /// window (or once the queue reaches its flush size) in one vectored
+    /// write. Any other frame is written at once, with whatever is queued
+    /// behind it: a quiet connection, or one that gets a frame per window,
+    /// never waits for nothing. No timer exists unless a flush is pending,
+    /// so an idle connection costs nothing more. Returns whether to write
+    /// now (the frame is in `out` either way).
     pub(super) fn stage(&mut self, first: Arc<Delivery>) -> bool {
-        let queued = self.handle.queued_items();
         // Sized to the backlog: a single frame takes one slot, which is all
         // an idle session keeps between writes.
-        self.out.reserve_exact(1 + queued.min(WRITE_BATCH - 1));
+        let backlog = self.handle.queued_items().min(WRITE_BATCH - 1);
+        self.out.reserve_exact(1 + backlog);
         if recovery::admit(&mut self.resumed, &first) {
             self.out.push(first.frame.clone());
         }
-        let pays = queued > 0 || self.batching;
-        if !pays || Instant::now() >= self.flush_at() {
+        if !self.batching || Instant::now() >= self.flush_at() {
             return true;
         }
         self.node.metrics.coalesce_wait();
@@ -88,10 +92,12 @@ where
     /// flushes once. The immediate write and the end of a coalescing window
     /// share this one future, so the session task stays its size.
     pub(super) async fn write_batch(&mut self) -> Result<(), End> {
+        let held = self.handle.holding();
         self.handle.set_holding(false);
         let close_after = self.collect_more();
         // Counted before batched frames are joined into one.
-        self.batching = self.out.len() >= BATCH_PAYS;
+        let enough = if held { KEEP_HOLDING } else { START_HOLDING };
+        self.batching = self.out.len() >= enough;
         self.write_out().await?;
         if self.handle.is_slow() {
             return Err(End::Close(
