@@ -1,10 +1,11 @@
 //! Adaptive write coalescing, on a real gateway with real sockets: a frame
 //! waits only when waiting batches. A connection that gets a frame at a
 //! time is written to at once, never held (counted by
-//! `switchboard_coalesce_waits_total`), however recently it wrote; one with
-//! a backlog gets it in one system call (counted by
+//! `switchboard_coalesce_waits_total`), however recently it wrote; a
+//! backlog goes out at once in one system call (counted by
 //! `switchboard_socket_writes_total`, and seen as one batched frame), in
-//! order; and order holds under a long stream.
+//! order, and makes the next frame wait for the window, until a window
+//! gathers a single frame; and order holds under a long stream.
 //!
 //! A backlog is made without racing the scheduler: the subscriber's session
 //! is kept busy by a subscribe that waits for the backend (the subscribe
@@ -94,10 +95,14 @@ impl Backend {
         }
     }
 
-    /// A gateway at the default `write_coalesce` whose `stall` namespace asks
-    /// this backend about subscribes.
-    fn gateway(&self) -> Gateway {
-        Gateway::builder()
+    /// A gateway (at `write_coalesce`, or the default) whose `stall`
+    /// namespace asks this backend about subscribes.
+    fn gateway(&self, write_coalesce: Option<&str>) -> Gateway {
+        let mut builder = Gateway::builder();
+        if let Some(window) = write_coalesce {
+            builder = builder.env("SWITCHBOARD_WRITE_COALESCE", window);
+        }
+        builder
             .env(
                 "SWITCHBOARD_BACKEND_SECRET",
                 "backend-secret-backend-secret-0123456789",
@@ -132,15 +137,15 @@ fn news_token(user: &str) -> String {
 /// Keeps `socket`'s session busy with a subscribe the backend holds, has
 /// `n` messages published to `channel` (which `socket` and `others` more
 /// hold) queued behind it, then lets the backend answer and reads the
-/// subscribe's reply. Returns the node's socket writes and frames written
-/// just before the release.
+/// subscribe's reply. Returns the node's socket writes, frames written and
+/// coalescing waits just before the release.
 async fn publish_behind_a_busy_session(
     gateway: &Gateway,
     backend: &Backend,
     socket: &mut RawSocket,
     publisher: &mut switchboard_client::Connection,
     (channel, n, others): (&str, u64, u64),
-) -> (u64, u64) {
+) -> (u64, u64, u64) {
     use futures_util::SinkExt;
     let delivered = counter_sum(gateway, "switchboard_messages_delivered_total").await;
     socket
@@ -162,23 +167,24 @@ async fn publish_behind_a_busy_session(
     .await;
     let writes = counter(gateway, "switchboard_socket_writes_total").await;
     let frames = counter(gateway, "switchboard_frames_written_total").await;
+    let waits = counter(gateway, "switchboard_coalesce_waits_total").await;
     backend.release.send(()).unwrap();
     let reply = raw_frames(socket, 1).await.remove(0);
     assert!(
         reply.contains(r#""type":"reply""#) && reply.contains(r#""id":2"#),
         "{reply}"
     );
-    (writes, frames)
+    (writes, frames, waits)
 }
 
 #[tokio::test]
-async fn a_connection_with_a_backlog_gets_it_in_one_write_in_order() {
+async fn a_backlog_goes_out_in_one_write_then_frames_wait_until_a_window_gathers_one() {
     let backend = Backend::start();
-    let gateway = backend.gateway();
+    let gateway = backend.gateway(Some("1s"));
     let (mut publisher, _) = gateway.connect_token(&news_token("publisher")).await;
     let mut subscriber =
         raw_subscriber(&gateway, &news_token("subscriber"), "news:burst", false).await;
-    let (writes, frames) = publish_behind_a_busy_session(
+    let (writes, frames, waits) = publish_behind_a_busy_session(
         &gateway,
         &backend,
         &mut subscriber,
@@ -186,27 +192,41 @@ async fn a_connection_with_a_backlog_gets_it_in_one_write_in_order() {
         ("news:burst", 10, 0),
     )
     .await;
+    // The ten frames queued behind the reply go out at once, in one write,
+    // in order.
     let received = raw_frames(&mut subscriber, 10).await;
     for (k, frame) in received.iter().enumerate() {
         let message: serde_json::Value = serde_json::from_str(frame).unwrap();
         assert_eq!(message["channel"], "news:burst");
         assert_eq!(message["data"], json!({ "k": k }));
     }
-    // The reply to the held subscribe, then the ten frames queued behind
-    // it. Counted when a write returns, which the client may beat.
+    // That write found the connection behind: the next frame waits for the
+    // window (1 s after that write) to gather what follows. It gathers only
+    // itself, so the frame after it is written at once.
+    for _ in 0..2 {
+        burst(&mut publisher, "news:burst", 1).await;
+        let frame = raw_frames(&mut subscriber, 1).await;
+        assert!(frame[0].contains(r#""data":{"k":0}"#), "{frame:?}");
+    }
+    // Counted when a write returns, which the client may beat.
     let (mut used, mut written) = (0, 0);
     for _ in 0..100 {
         written = counter(&gateway, "switchboard_frames_written_total").await - frames;
         used = counter(&gateway, "switchboard_socket_writes_total").await - writes;
-        if written >= 11 {
+        if written >= 13 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(written, 11);
+    assert_eq!(written, 13, "the reply, ten frames, then two");
     assert_eq!(
-        used, 2,
-        "the reply, then ten frames queued behind each other in one write"
+        used, 4,
+        "the reply, the ten queued frames in one write, then one write each"
+    );
+    assert_eq!(
+        counter(&gateway, "switchboard_coalesce_waits_total").await - waits,
+        1,
+        "only the frame after the backlog waited"
     );
 }
 
@@ -304,7 +324,7 @@ async fn raw_subscriber(gateway: &Gateway, token: &str, channel: &str, batch: bo
 #[tokio::test]
 async fn a_client_that_asked_for_batched_frames_gets_several_messages_per_frame() {
     let backend = Backend::start();
-    let gateway = backend.gateway();
+    let gateway = backend.gateway(None);
     let (mut publisher, _) = gateway.connect_token(&news_token("publisher")).await;
     let mut batched = raw_subscriber(&gateway, &news_token("batched"), "news:batch", true).await;
     let mut plain = raw_subscriber(&gateway, &news_token("plain"), "news:batch", false).await;
