@@ -68,9 +68,9 @@ where
     /// window (or once the queue reaches its flush size) in one vectored
     /// write. Any other frame is written at once, with whatever is queued
     /// behind it: a quiet connection, or one that gets a frame per window,
-    /// never waits for nothing. No timer exists unless a flush is pending,
-    /// so an idle connection costs nothing more. Returns whether to write
-    /// now (the frame is in `out` either way).
+    /// never waits. No timer exists unless a flush is pending, so an idle
+    /// connection costs nothing more. Returns whether to write now (the
+    /// frame is in `out` either way).
     pub(super) fn stage(&mut self, first: Arc<Delivery>) -> bool {
         // Sized to the backlog: a single frame takes one slot, which is all
         // an idle session keeps between writes.
