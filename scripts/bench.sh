@@ -22,7 +22,7 @@
 #   6. fan-out past the syscall floor: one node, 1,000 subscribers on one
 #      channel, at 10 (quiet), 500 and 700 messages/s, with server CPU µs per
 #      delivery; embedded and on Redis; write_coalesce 0 (off) and the
-#      default, plain and batched frames;
+#      default, plain and batched frames; then cross-node coalescing (issue 24);
 #   7. the publish path (issue 24), on one Redis and on a 3-shard Redis
 #      Cluster: Redis and node CPU µs per publish for 200 rooms of 10 on node
 #      B fed by 8 WebSocket publishers on node A at 5,000/s (history on and
@@ -503,6 +503,28 @@ fanout1k() {
     stop_pid "$pid"
 }
 
+# coalesce_cross: scenario 3's 1k-subscriber run (node B's subscribers, 100
+# msg/s published on node A: 100k deliveries/s through one Redis, history
+# on), 8 s measured with node B's CPU, at the default write_coalesce and at
+# 0s, two rounds: the default must add no latency where it saves no CPU.
+coalesce_cross() {
+    [ -n "${REDIS_PORT:-}" ] || start_redis
+    printf '[namespaces.bench]\nhistory_size = 100\n' >"$TMP/coalesce-cross.toml"
+    local round setting name
+    for round in 1 2; do
+        for setting in default 0s; do
+            name="cc-$setting-$round"
+            COALESCE=${setting#default} start_pair "$name" "redis://127.0.0.1:$REDIS_PORT/" "$TMP/coalesce-cross.toml"
+            load "$name" --target "127.0.0.1:$PORT_B" --publish-target "127.0.0.1:$PORT_A" --shape one \
+                --ramp 4000 --connections 1000 --rate 100 --duration 10s --warmup 2s --server-pid "$PID_B"
+            row "cross-node coalescing, write_coalesce $setting, round $round: 1k subscribers on B x 100 msg/s on A" \
+                "p50 $(ms "$(field "$name" .latency_us.p50)") / p99 $(ms "$(field "$name" .latency_us.p99)") ms, node B CPU $(printf '%.2f' "$(field "$name" .server_cpu_secs)") s ($(printf '%.2f' "$(field "$name" .server_cpu_us_per_delivery)") µs per delivery)" \
+                "$(printf '%.0f' "$(field "$name" .deliveries_per_sec)") deliveries/s over the 8 s measured; $(field "$name" .disconnects) disconnects, $(field "$name" '.errors + .publish_errors + .connect_errors') errors"
+            stop_pair
+        done
+    done
+}
+
 if [[ $SCENARIOS == *" 6 "* ]]; then
 echo "scenario 6: one node, 1k subscribers on one channel, write coalescing and batched frames"
 [ -n "${REDIS_PORT:-}" ] || start_redis
@@ -511,6 +533,7 @@ fanout1k mem-def "embedded, write_coalesce default (10ms)" "" "" plain
 fanout1k mem-def-batch "embedded, default, batched frames" "" "" batch
 fanout1k redis-off "on Redis, write_coalesce 0" "redis://127.0.0.1:$REDIS_PORT/" 0s plain
 fanout1k redis-def-batch "on Redis, default, batched frames" "redis://127.0.0.1:$REDIS_PORT/" "" batch
+coalesce_cross
 fi
 
 # ---------------------------------------------------------------- scenario 7

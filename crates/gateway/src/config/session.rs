@@ -26,7 +26,8 @@ pub const DEFAULT_MAX_CHANNELS: usize = 128;
 pub const DEFAULT_SEND_QUEUE_BYTES: usize = 1 << 20;
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
 pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(10);
-/// Chosen from measurements (docs/benchmarks.md, write coalescing).
+/// Chosen from measurements (docs/benchmarks.md, write coalescing, and
+/// coalescing that never adds latency).
 pub const DEFAULT_WRITE_COALESCE: Duration = Duration::from_millis(10);
 
 const MAX_FRAME_BYTES: Key = Key::new("session.max_frame_bytes", "SWITCHBOARD_MAX_FRAME_BYTES");
@@ -46,9 +47,12 @@ pub struct SessionConfig {
     pub send_queue_bytes: usize,
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
-    /// A connection that wrote less than this long ago holds new frames
-    /// until this long after that write, then writes them all at once
-    /// (0: every frame is written as soon as it is queued).
+    /// Adaptive write coalescing's window: a connection whose last writes
+    /// showed frames arriving faster than this (a write found 3 or more
+    /// queued, or the last held window gathered 2 or more) holds a new
+    /// frame until this long after its last write, then writes everything
+    /// queued at once; any other frame is written at once. 0: every frame
+    /// is written as soon as it is taken off the queue.
     pub write_coalesce: Duration,
 }
 

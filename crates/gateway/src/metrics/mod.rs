@@ -182,6 +182,12 @@ impl Metrics {
         self.sessions.frames_written(frames, writes);
     }
 
+    /// A session held a frame back to write it with the ones that follow.
+    #[inline]
+    pub fn coalesce_wait(&self) {
+        self.sessions.coalesce_wait();
+    }
+
     /// The bytes waiting in every session's send queue, read from the hub
     /// at scrape time (so the per-frame path touches no shared counter).
     pub fn set_send_queue_bytes(&self, bytes: usize) {

@@ -142,6 +142,7 @@ pub(super) struct SessionMetrics {
     send_queue_bytes: IntGauge,
     socket_writes: IntCounter,
     frames_written: IntCounter,
+    coalesce_waits: IntCounter,
 }
 
 impl SessionMetrics {
@@ -225,6 +226,11 @@ impl SessionMetrics {
                 "switchboard_frames_written_total",
                 "Server frames (messages, replies, events) written to client sockets.",
             ),
+            coalesce_waits: counter(
+                r,
+                "switchboard_coalesce_waits_total",
+                "Frames held back to be written with the ones that follow (adaptive write coalescing waited: the connection's last writes showed frames arriving faster than the window).",
+            ),
             send_queue_bytes: gauge(
                 r,
                 "switchboard_send_queue_bytes",
@@ -286,6 +292,10 @@ impl SessionMetrics {
     pub(super) fn frames_written(&self, frames: usize, writes: usize) {
         self.frames_written.inc_by(frames as u64);
         self.socket_writes.inc_by(writes as u64);
+    }
+
+    pub(super) fn coalesce_wait(&self) {
+        self.coalesce_waits.inc();
     }
 
     pub(super) fn set_send_queue_bytes(&self, bytes: usize) {

@@ -150,6 +150,9 @@ struct Session<S> {
     /// When the socket was last written to (write coalescing; whether
     /// frames are being held is the handle's `holding` flag).
     last_write: Instant,
+    /// Write coalescing: the last write of queued frames showed them
+    /// arriving faster than the window, so the next frame waits for it.
+    batching: bool,
     /// The client asked for batched frames (`?batch=1`): frames written
     /// together go out as one text frame, one message per line.
     batch: bool,
@@ -205,6 +208,7 @@ where
         drain_at: None,
         torn: false,
         last_write: now,
+        batching: false,
         batch,
         subscriptions: Vec::new(),
         resumed: Vec::new(),

@@ -2,11 +2,17 @@
 //! queued are written straight to the socket as vectored writes of their
 //! shared payloads, a burst coalesced into one write.
 //!
-//! Adaptive write coalescing: a connection that has not written for
-//! `session.write_coalesce` writes a frame at once (a quiet connection
-//! never waits); one that wrote more recently is receiving steadily, so it
-//! holds the frame and writes everything queued by the end of the window in
-//! one vectored write (earlier once [`WRITE_BATCH`] frames are queued).
+//! Adaptive write coalescing: a frame waits only when waiting batches. A
+//! connection starts holding frames once a write finds it behind (at least
+//! [`START_HOLDING`] frames queued when it writes), and keeps holding while
+//! each held window gathers at least [`KEEP_HOLDING`]: frames then arrive
+//! faster than the window, so it holds each new frame until
+//! `session.write_coalesce` after its last write (or until its queue
+//! reaches its flush size) and writes everything queued in one vectored
+//! write. Otherwise a frame is written at once: a quiet connection, or one
+//! receiving a frame per window or less (100 msg/s at the 10 ms default),
+//! never waits, and a backlog goes out at once in one write (waiting would
+//! delay frames that are already late). `0s` turns coalescing off.
 //! A text frame's header is written here (RFC 6455 §5.2) next to its
 //! payload, so a payload is never copied and no write buffer stays at a
 //! burst's size; a client that asked for batched frames gets a burst as one
@@ -38,6 +44,13 @@ const WRITE_BATCH: usize = 64;
 /// The write list keeps this many slots between writes; a longer one (a
 /// batch) is given back after its write, so a burst does not stay resident.
 const OUT_KEEP: usize = 1;
+/// Frames a write must find queued (the connection fell behind) for the
+/// frames after it to wait for the coalescing window: frames arrive faster
+/// than they are written one at a time.
+const START_HOLDING: usize = 3;
+/// Frames a held window must gather for the connection to keep holding:
+/// one frame per window means waiting saved nothing.
+const KEEP_HOLDING: usize = 2;
 
 impl<S> Session<S>
 where
@@ -48,14 +61,16 @@ where
         self.last_write + self.node.config.session.write_coalesce
     }
 
-    /// A frame for the client. Adaptive write coalescing: a connection that
-    /// has not written for `write_coalesce` writes it at once (a quiet
-    /// connection never waits); one that wrote more recently is receiving
-    /// steadily, so it holds the frame and writes everything queued by the
-    /// end of the window in one vectored write (earlier if the queue reaches
-    /// its flush size). No timer exists unless a flush is pending, so an
-    /// idle connection costs nothing more. Returns whether to write now
-    /// (the frame is in `out` either way).
+    /// A frame for the client. Adaptive write coalescing: a connection
+    /// whose last write of queued frames showed frames arriving faster than
+    /// the window (`batching`) holds the frame if it wrote less than
+    /// `write_coalesce` ago, and writes everything queued by the end of the
+    /// window (or once the queue reaches its flush size) in one vectored
+    /// write. Any other frame is written at once, with whatever is queued
+    /// behind it: a quiet connection, or one that gets a frame per window,
+    /// never waits. No timer exists unless a flush is pending, so an idle
+    /// connection costs nothing more. Returns whether to write now (the
+    /// frame is in `out` either way).
     pub(super) fn stage(&mut self, first: Arc<Delivery>) -> bool {
         // Sized to the backlog: a single frame takes one slot, which is all
         // an idle session keeps between writes.
@@ -64,9 +79,10 @@ where
         if recovery::admit(&mut self.resumed, &first) {
             self.out.push(first.frame.clone());
         }
-        if Instant::now() >= self.flush_at() {
+        if !self.batching || Instant::now() >= self.flush_at() {
             return true;
         }
+        self.node.metrics.coalesce_wait();
         self.handle.set_holding(true);
         false
     }
@@ -76,8 +92,12 @@ where
     /// flushes once. The immediate write and the end of a coalescing window
     /// share this one future, so the session task stays its size.
     pub(super) async fn write_batch(&mut self) -> Result<(), End> {
+        let held = self.handle.holding();
         self.handle.set_holding(false);
         let close_after = self.collect_more();
+        // Counted before batched frames are joined into one.
+        let enough = if held { KEEP_HOLDING } else { START_HOLDING };
+        self.batching = self.out.len() >= enough;
         self.write_out().await?;
         if self.handle.is_slow() {
             return Err(End::Close(
@@ -324,7 +344,6 @@ where
     }
 }
 
-#[cfg(test)]
 #[cfg(test)]
 mod tests {
     use super::*;
