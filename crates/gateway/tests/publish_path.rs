@@ -289,3 +289,43 @@ async fn history_keeps_its_size_and_ttl_with_lazy_trims_and_refreshes() {
         .unwrap();
     assert_eq!(reply["recovered"], true, "{reply}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_without_history_share_pipelines_in_each_publishers_order() {
+    // Channels without history go out as pipelined PUBLISHes from the same
+    // queue: nothing stored, every message delivered, each publisher's in
+    // its order.
+    let redis = Redis::start();
+    let config = "[namespaces.live]\nhistory_size = 0\n";
+    let a = cluster_node(&redis, "gw-a", config).await;
+    let b = cluster_node(&redis, "gw-b", config).await;
+    let (mut subscriber, _) = b.connect("sub").await;
+    within(subscriber.subscribe("live:x")).await.unwrap();
+    let publishers = (0..4u64).map(|p| {
+        let a = &a;
+        async move {
+            let (mut conn, _) = a.connect(&format!("pub{p}")).await;
+            for n in 0..30u64 {
+                let reply = within(conn.publish("live:x", &json!({ "p": p, "n": n })))
+                    .await
+                    .unwrap();
+                assert_eq!(reply, json!({}), "no position without history");
+            }
+        }
+    });
+    futures_util::future::join_all(publishers).await;
+    let mut next_n: HashMap<u64, u64> = HashMap::new();
+    for _ in 0..120 {
+        match within(subscriber.next_event()).await.unwrap() {
+            Incoming::Message { offset, data, .. } => {
+                assert_eq!(offset, None);
+                let p = data["p"].as_u64().unwrap();
+                let n = next_n.entry(p).or_insert(0);
+                assert_eq!(data["n"].as_u64(), Some(*n), "publisher {p}'s order");
+                *n += 1;
+            }
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+    assert_eq!(redis.cli(&["EXISTS", "sb:hist:{live:x}:list"]), "0");
+}

@@ -1,9 +1,12 @@
 //! The cluster broker on Redis Pub/Sub.
 //!
 //! Publishes go through the node's [`Link`] (one shared, pipelined
-//! connection, or the cluster connection); on channels with history they
-//! queue for the node's next history script call (`publisher`), which
-//! stores and publishes every message that arrived meanwhile. On one server or under Sentinel each node holds one
+//! connection, or the cluster connection). On one server or under Sentinel
+//! they queue for the node's next call (`publisher`), which stores and
+//! publishes every message with history that arrived meanwhile in one
+//! history script call and sends the others as one pipeline of PUBLISHes;
+//! on a cluster only those with history queue (per channel), the others go
+//! straight to their shard. On one server or under Sentinel each node holds one
 //! dedicated Pub/Sub connection, owned by one task, which SUBSCRIBEs to
 //! `sb:ch:<channel>` when the channel's first local subscriber arrives and
 //! UNSUBSCRIBEs when the last one leaves (the hub keeps the refcount; never
@@ -110,19 +113,25 @@ impl RedisBroker {
 #[async_trait]
 impl Broker for RedisBroker {
     async fn publish(&self, channel: &str, frame: Utf8Bytes) -> Result<(), BrokerError> {
-        let mode = self.link.mode();
-        let mut command = redis::cmd(publish_command(mode));
-        command
-            .arg(pubsub_channel(mode, channel))
-            .arg(frame.as_bytes());
         let started = std::time::Instant::now();
-        let published = self.link.query::<i64>(&command).await;
+        let length = frame.len();
+        let published = if self.link.mode() == Mode::Cluster {
+            // A cluster pipeline runs command by command anyway (each on
+            // its shard): the queue would only add its own cost.
+            let mut command = redis::cmd(publish_command(Mode::Cluster));
+            command
+                .arg(pubsub_channel(Mode::Cluster, channel))
+                .arg(frame.as_bytes());
+            self.link.query::<i64>(&command).await.map(drop)
+        } else {
+            self.publisher.publish(channel, frame).await
+        };
         let metrics = self.hub.metrics();
         metrics.redis_published(started.elapsed(), published.is_ok());
         if published.is_ok() {
-            metrics.published(channel, frame.len());
+            metrics.published(channel, length);
         }
-        published.map(drop).map_err(|error| {
+        published.map_err(|error| {
             self.health.record_error(&error);
             BrokerError::Unavailable(error)
         })

@@ -1,6 +1,7 @@
-//! Messages with history on their way to Redis: publishes that arrive while
-//! a history script call is in flight are stored and published together by
-//! the next call, in arrival order.
+//! Messages on their way to Redis: publishes that arrive while a call is in
+//! flight go together in the next one, in arrival order: those on channels
+//! with history stored and published by one history script call, the
+//! others as one pipeline of PUBLISHes beside it.
 //!
 //! One script call per message cost Redis about as much again as the work
 //! itself (a round trip, a script start), and one Redis serves the whole
@@ -15,18 +16,21 @@
 //!
 //! On a Redis Cluster every key of one script call must share a slot, so
 //! a gathered batch is split per channel and the channels' calls run side
-//! by side, each on its shard.
+//! by side, each on its shard; the broker sends PUBLISHes without history
+//! straight to their shard there, as a cluster pipeline is no pipeline.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use switchboard_protocol::{MessageParts, Position};
 use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::config::namespaces::HistoryPolicy;
 use crate::history::redis::{self as redis_history, Append};
 use crate::metrics::Metrics;
 use crate::redis::link::Link;
+use crate::redis::pubsub::{publish_command, pubsub_channel};
 use crate::redis::target::Mode;
 
 /// The most messages one script call stores.
@@ -35,12 +39,24 @@ pub const MAX_BATCH: usize = 256;
 /// The longest a publish waits for others to share its script call.
 pub const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
-/// A message waiting for the next script call.
+/// A message waiting for the next call.
 struct Pending {
     channel: Arc<str>,
-    message: MessageParts,
-    policy: HistoryPolicy,
-    reply: oneshot::Sender<Result<Position, String>>,
+    message: Message,
+}
+
+/// What to do with it: store and publish (the history script), or only
+/// publish (PUBLISH, on channels without history).
+enum Message {
+    Stored {
+        parts: MessageParts,
+        policy: HistoryPolicy,
+        reply: oneshot::Sender<Result<Position, String>>,
+    },
+    Plain {
+        frame: Utf8Bytes,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// The queue in front of the node's history script calls.
@@ -67,9 +83,32 @@ impl Publisher {
         let (reply, answer) = oneshot::channel();
         let queued = self.queue.send(Pending {
             channel: Arc::from(channel),
-            message: message.clone(),
-            policy,
-            reply,
+            message: Message::Stored {
+                parts: message.clone(),
+                policy,
+                reply,
+            },
+        });
+        async move {
+            queued.map_err(|_| "the publisher stopped".to_owned())?;
+            answer
+                .await
+                .map_err(|_| "the publisher stopped".to_owned())?
+        }
+    }
+
+    /// Publishes a frame on a channel without history, in the same queue
+    /// (so the PUBLISHes a node sends together share one pipeline, in
+    /// arrival order). Queued when this is called.
+    pub fn publish(
+        &self,
+        channel: &str,
+        frame: Utf8Bytes,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+        let (reply, answer) = oneshot::channel();
+        let queued = self.queue.send(Pending {
+            channel: Arc::from(channel),
+            message: Message::Plain { frame, reply },
         });
         async move {
             queued.map_err(|_| "the publisher stopped".to_owned())?;
@@ -142,31 +181,77 @@ fn per_channel(batch: Vec<Pending>) -> Vec<Vec<Pending>> {
     groups
 }
 
-/// One script call for `group`; every message gets its position, or the
-/// call's error.
+/// One round trip for `group`: the history script for its stored
+/// messages and one pipeline of PUBLISHes for the others, side by side;
+/// every message gets its answer, or its part's error.
 async fn call(link: &Link, metrics: &Metrics, group: Vec<Pending>) {
+    let mut stored = Vec::new();
+    let mut plain = Vec::new();
+    for Pending { channel, message } in group {
+        match message {
+            Message::Stored {
+                parts,
+                policy,
+                reply,
+            } => stored.push((channel, parts, policy, reply)),
+            Message::Plain { frame, reply } => plain.push((channel, frame, reply)),
+        }
+    }
+    tokio::join!(store(link, metrics, stored), publish(link, plain));
+}
+
+type Stored = (
+    Arc<str>,
+    MessageParts,
+    HistoryPolicy,
+    oneshot::Sender<Result<Position, String>>,
+);
+
+async fn store(link: &Link, metrics: &Metrics, group: Vec<Stored>) {
+    if group.is_empty() {
+        return;
+    }
     metrics.redis_batched(group.len());
     let appends: Vec<Append<'_>> = group
         .iter()
-        .map(|pending| Append {
-            channel: &pending.channel,
-            message: &pending.message,
-            policy: pending.policy,
+        .map(|(channel, parts, policy, _)| Append {
+            channel,
+            message: parts,
+            policy: *policy,
         })
         .collect();
     let stored = redis_history::append(link, &appends).await;
     drop(appends);
     match stored {
         Ok(positions) => {
-            for (pending, position) in group.into_iter().zip(positions) {
-                let _ = pending.reply.send(Ok(position));
+            for ((_, _, _, reply), position) in group.into_iter().zip(positions) {
+                let _ = reply.send(Ok(position));
             }
         }
         Err(error) => {
-            for pending in group {
-                let _ = pending.reply.send(Err(error.clone()));
+            for (_, _, _, reply) in group {
+                let _ = reply.send(Err(error.clone()));
             }
         }
+    }
+}
+
+type Plain = (Arc<str>, Utf8Bytes, oneshot::Sender<Result<(), String>>);
+
+async fn publish(link: &Link, group: Vec<Plain>) {
+    if group.is_empty() {
+        return;
+    }
+    let mode = link.mode();
+    let mut pipe = redis::pipe();
+    for (channel, frame, _) in &group {
+        pipe.cmd(publish_command(mode))
+            .arg(pubsub_channel(mode, channel))
+            .arg(frame.as_bytes());
+    }
+    let published = link.query_pipe::<Vec<i64>>(&pipe).await.map(drop);
+    for (_, _, reply) in group {
+        let _ = reply.send(published.clone());
     }
 }
 
@@ -177,15 +262,10 @@ mod tests {
     fn pending(channel: &str, n: u64) -> Pending {
         Pending {
             channel: Arc::from(channel),
-            message: MessageParts {
-                head: n.to_string(),
-                tail: String::new(),
+            message: Message::Plain {
+                frame: Utf8Bytes::from(n.to_string()),
+                reply: oneshot::channel().0,
             },
-            policy: HistoryPolicy {
-                size: 1,
-                ttl: std::time::Duration::from_secs(1),
-            },
-            reply: oneshot::channel().0,
         }
     }
 
@@ -203,7 +283,10 @@ mod tests {
             .map(|group| {
                 group
                     .into_iter()
-                    .map(|p| (p.channel.to_string(), p.message.head))
+                    .map(|p| match p.message {
+                        Message::Plain { frame, .. } => (p.channel.to_string(), frame.to_string()),
+                        Message::Stored { parts, .. } => (p.channel.to_string(), parts.head),
+                    })
                     .collect()
             })
             .collect();
