@@ -50,11 +50,12 @@ pub trait Broker: Send + Sync {
     /// node, outside history (join/leave events, channels without history).
     async fn publish(&self, channel: &str, frame: Utf8Bytes) -> Result<(), BrokerError>;
     /// Stores a message in the channel's history under the next offset and
-    /// publishes it, as one step; returns its position.
+    /// publishes it, as one step; returns its position. The message is the
+    /// broker's to keep (the Redis broker hands it to its publisher task).
     async fn publish_stored(
         &self,
         channel: &str,
-        message: &MessageParts,
+        message: MessageParts,
         policy: HistoryPolicy,
     ) -> Result<Position, BrokerError>;
     /// Reads the channel's history. A channel never published gets its
@@ -93,7 +94,7 @@ pub async fn publish_message(
     if policy.enabled() {
         let message = MessageParts::new(channel, data);
         return broker
-            .publish_stored(channel, &message, policy)
+            .publish_stored(channel, message, policy)
             .await
             .map(Some);
     }
@@ -179,7 +180,7 @@ impl Broker for MemoryBroker {
     async fn publish_stored(
         &self,
         channel: &str,
-        message: &MessageParts,
+        message: MessageParts,
         policy: HistoryPolicy,
     ) -> Result<Position, BrokerError> {
         let slot = self.slot().await?;

@@ -140,7 +140,7 @@ impl Broker for RedisBroker {
     async fn publish_stored(
         &self,
         channel: &str,
-        message: &MessageParts,
+        message: MessageParts,
         policy: HistoryPolicy,
     ) -> Result<Position, BrokerError> {
         let started = std::time::Instant::now();
@@ -148,9 +148,9 @@ impl Broker for RedisBroker {
         let metrics = self.hub.metrics();
         metrics.redis_published(started.elapsed(), stored.is_ok());
         match stored {
-            Ok(position) => {
+            Ok((position, length)) => {
                 metrics.history_appended();
-                metrics.published(channel, message.frame_len(position.offset));
+                metrics.published(channel, length);
                 Ok(position)
             }
             Err(error) => {

@@ -51,7 +51,7 @@ enum Message {
     Stored {
         parts: MessageParts,
         policy: HistoryPolicy,
-        reply: oneshot::Sender<Result<Position, String>>,
+        reply: oneshot::Sender<Result<(Position, usize), String>>,
     },
     Plain {
         frame: Utf8Bytes,
@@ -72,29 +72,20 @@ impl Publisher {
         Publisher { queue }
     }
 
-    /// Stores and publishes one message; returns its position. The message
-    /// is queued when this is called, before the returned future is polled.
+    /// Stores and publishes one message; returns its position and the
+    /// length of its frame. The message is queued when this is called,
+    /// before the returned future is polled.
     pub fn append(
         &self,
         channel: &str,
-        message: &MessageParts,
+        parts: MessageParts,
         policy: HistoryPolicy,
-    ) -> impl std::future::Future<Output = Result<Position, String>> + Send + 'static {
-        let (reply, answer) = oneshot::channel();
-        let queued = self.queue.send(Pending {
-            channel: Arc::from(channel),
-            message: Message::Stored {
-                parts: message.clone(),
-                policy,
-                reply,
-            },
-        });
-        async move {
-            queued.map_err(|_| "the publisher stopped".to_owned())?;
-            answer
-                .await
-                .map_err(|_| "the publisher stopped".to_owned())?
-        }
+    ) -> impl std::future::Future<Output = Result<(Position, usize), String>> + Send + 'static {
+        self.enqueue(channel, move |reply| Message::Stored {
+            parts,
+            policy,
+            reply,
+        })
     }
 
     /// Publishes a frame on a channel without history, in the same queue
@@ -105,10 +96,20 @@ impl Publisher {
         channel: &str,
         frame: Utf8Bytes,
     ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+        self.enqueue(channel, move |reply| Message::Plain { frame, reply })
+    }
+
+    /// Queues the message `make` builds around its reply sender, now; the
+    /// future waits for the reply.
+    fn enqueue<T: Send + 'static>(
+        &self,
+        channel: &str,
+        make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Message,
+    ) -> impl std::future::Future<Output = Result<T, String>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
         let queued = self.queue.send(Pending {
             channel: Arc::from(channel),
-            message: Message::Plain { frame, reply },
+            message: make(reply),
         });
         async move {
             queued.map_err(|_| "the publisher stopped".to_owned())?;
@@ -204,7 +205,7 @@ type Stored = (
     Arc<str>,
     MessageParts,
     HistoryPolicy,
-    oneshot::Sender<Result<Position, String>>,
+    oneshot::Sender<Result<(Position, usize), String>>,
 );
 
 async fn store(link: &Link, metrics: &Metrics, group: Vec<Stored>) {
@@ -224,8 +225,9 @@ async fn store(link: &Link, metrics: &Metrics, group: Vec<Stored>) {
     drop(appends);
     match stored {
         Ok(positions) => {
-            for ((_, _, _, reply), position) in group.into_iter().zip(positions) {
-                let _ = reply.send(Ok(position));
+            for ((_, parts, _, reply), position) in group.into_iter().zip(positions) {
+                let length = parts.frame_len(position.offset);
+                let _ = reply.send(Ok((position, length)));
             }
         }
         Err(error) => {
