@@ -46,7 +46,7 @@ cat <<MSG
 
     ${bin}/switchboard-cli '${url}'
 
-  More tokens: SWITCHBOARD_JWT_HS256_SECRET=${SWITCHBOARD_JWT_HS256_SECRET} ${bin}/switchboard token --user alice
+  More tokens: SWITCHBOARD_JWT_HS256_SECRET=${SWITCHBOARD_JWT_HS256_SECRET} ${bin}/switchboard token --user alice --channel 'chat:*'
 
 MSG
 exec "$bin/switchboard" --config config/dev.toml

@@ -69,12 +69,21 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// What `switchboard token` needs, printed when it cannot sign: the README's
+/// Tokens section shows the same line.
+const TOKEN_HINT: &str = "switchboard token signs with the HS256 secret the nodes verify with: \
+set the same SWITCHBOARD_JWT_HS256_SECRET, e.g. for a node started by make run:\n  \
+SWITCHBOARD_JWT_HS256_SECRET=switchboard-dev-secret-not-for-production switchboard token --user alice --channel 'chat:*'";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref(), &ProcessEnv) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("switchboard: {error}");
+            if matches!(cli.command, Some(Cmd::Token { .. })) {
+                eprintln!("{TOKEN_HINT}");
+            }
             return ExitCode::from(2);
         }
     };
@@ -89,6 +98,7 @@ fn main() -> ExitCode {
         } => {
             let Some(secret) = config.jwt.hs256_secret.as_deref() else {
                 eprintln!("switchboard: minting tokens needs SWITCHBOARD_JWT_HS256_SECRET");
+                eprintln!("{TOKEN_HINT}");
                 return ExitCode::from(2);
             };
             let info = match info.map(|text| serde_json::from_str(&text)).transpose() {

@@ -385,8 +385,6 @@ async fn refusals(cases: &mut Cases) {
     }));
     let gateway = Gateway::builder()
         .env("SWITCHBOARD_BACKEND_SECRET", BACKEND_SECRET)
-        // The subscription cap needs 129 subscribes in a row.
-        .env("SWITCHBOARD_MSG_BURST", "1000")
         .toml(&format!(
             "[namespaces.quiet]\npresence = false\nhistory_size = 0\n\
              [namespaces.doc]\nsubscribe_proxy = \"{}\"\n\
