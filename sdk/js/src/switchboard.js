@@ -1054,15 +1054,44 @@ function parseUrl(url) {
   return parsed;
 }
 
+/** Whether `value` can be called with `new` (a class or a function, not an arrow function or an instance). */
+function isConstructor(value) {
+  if (typeof value !== "function") return false;
+  try {
+    // Throws exactly when `value` is not a constructor; constructs nothing.
+    Reflect.construct(String, [], value);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** A short description of a wrong option value, for error messages. */
+function describeValue(value) {
+  if (typeof value === "function") return "a function that cannot be called with new (an arrow function or a method)";
+  if (Array.isArray(value)) return "an array";
+  if (typeof value === "object") {
+    const name = value.constructor?.name;
+    return name && name !== "Object" ? `an instance of ${name} (pass the class, not a socket)` : "an object";
+  }
+  return `${typeof value} ${JSON.stringify(value)}`;
+}
+
 function normalizeOptions(options) {
   if (typeof options?.getToken !== "function") {
     throw new SwitchboardError(CODES.badOptions, "options.getToken must be a function returning (a promise of) a JWT");
   }
-  const WebSocketImpl = options.WebSocket ?? globalThis.WebSocket;
-  if (typeof WebSocketImpl !== "function") {
+  if (options.WebSocket != null && !isConstructor(options.WebSocket)) {
     throw new SwitchboardError(
       CODES.badOptions,
-      "no WebSocket implementation: pass options.WebSocket, or run Node 20 with --experimental-websocket",
+      `options.WebSocket must be a WebSocket class to construct sockets with (globalThis.WebSocket, or the ws package's WebSocket), not ${describeValue(options.WebSocket)}`,
+    );
+  }
+  const WebSocketImpl = options.WebSocket ?? globalThis.WebSocket;
+  if (!isConstructor(WebSocketImpl)) {
+    throw new SwitchboardError(
+      CODES.badOptions,
+      "no WebSocket implementation: this runtime has no globalThis.WebSocket; pass options.WebSocket, or run Node 20 with --experimental-websocket",
     );
   }
   const backoff = { ...DEFAULTS.backoff, ...options.backoff };

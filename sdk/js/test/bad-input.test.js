@@ -53,6 +53,42 @@ test("bad options throw bad_options synchronously", () => {
   }
 });
 
+test("a WebSocket option that is not a class says so, and names what it got", () => {
+  const prefix =
+    "options.WebSocket must be a WebSocket class to construct sockets with (globalThis.WebSocket, or the ws package's WebSocket), not ";
+  const cases = [
+    ["ws", "string \"ws\""],
+    [42, "number 42"],
+    [{}, "an object"],
+    [[WebSocket], "an array"],
+    [() => WebSocket, "a function that cannot be called with new (an arrow function or a method)"],
+    [new FakeSocket("ws://example.com/ws"), "an instance of FakeSocket (pass the class, not a socket)"],
+  ];
+  for (const [value, what] of cases) {
+    assert.throws(
+      () => new Switchboard("ws://example.com/ws", { getToken, WebSocket: value }),
+      (err) => err instanceof SwitchboardError && err.code === "bad_options" && err.message === prefix + what,
+      String(what),
+    );
+  }
+  // Without the option and without a global, the message says that instead.
+  const saved = globalThis.WebSocket;
+  globalThis.WebSocket = undefined;
+  try {
+    assert.throws(
+      () => new Switchboard("ws://example.com/ws", { getToken }),
+      (err) =>
+        err.code === "bad_options" &&
+        err.message ===
+          "no WebSocket implementation: this runtime has no globalThis.WebSocket; pass options.WebSocket, or run Node 20 with --experimental-websocket",
+    );
+  } finally {
+    globalThis.WebSocket = saved;
+  }
+  // A class is taken.
+  assert.doesNotThrow(() => new Switchboard("ws://example.com/ws", { getToken, WebSocket: FakeSocket }).disconnect());
+});
+
 /** A client whose WebSocket constructions are counted. */
 function countingClient(tokenFn, options = {}) {
   let sockets = 0;
