@@ -620,6 +620,7 @@ fi
 {
     echo
     echo "Switchboard benchmarks ($(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
+    echo "command: make bench (scripts/bench.sh), scenarios$(echo "$SCENARIOS" | tr -s ' ' | sed 's/ $//')${GATEWAY:+, gateway $GATEWAY}"
     echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name:[[:space:]]*//p'), $(free -g | awk '/^Mem:/ {print $2}') GiB, Linux $(uname -r); load average before the table: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo
     echo "| scenario | result | notes |"

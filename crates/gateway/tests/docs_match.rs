@@ -1,7 +1,11 @@
-//! The README's commands, run as a newcomer copies them: the Tokens
-//! section's `switchboard token` line signs a token that a node started the
-//! way `make run` starts one accepts, and without a secret the command says
-//! which variable to set instead of failing obscurely.
+//! The docs against the tree, read as a newcomer reads them: the README's
+//! Tokens section's `switchboard token` line signs a token that a node
+//! started the way `make run` starts one accepts, and without a secret the
+//! command says which variable to set instead of failing obscurely;
+//! docs/benchmarks.md has one "Latest run" table saying when, on which
+//! commit and with which command it was measured, and older tables only
+//! under "History". (The command errors of docs/protocol.md have their own
+//! file, `command_errors.rs`.)
 
 #![allow(clippy::unwrap_used)]
 
@@ -91,4 +95,51 @@ fn without_a_secret_the_token_command_shows_the_line_that_works() {
          SWITCHBOARD_JWT_HS256_SECRET, e.g. for a node started by make run:\n  \
          SWITCHBOARD_JWT_HS256_SECRET=switchboard-dev-secret-not-for-production switchboard token --user alice --channel 'chat:*'\n"
     );
+}
+
+#[test]
+fn benchmarks_have_one_latest_run_with_its_date_commit_and_command() {
+    let text = std::fs::read_to_string(root().join("docs/benchmarks.md")).unwrap();
+    let sections: Vec<&str> = text.split("\n## ").collect();
+    let latest: Vec<&&str> = sections
+        .iter()
+        .filter(|s| s.starts_with("Latest run\n"))
+        .collect();
+    assert_eq!(latest.len(), 1, "one \"## Latest run\" section");
+    let latest = latest[0];
+    let header = latest
+        .lines()
+        .find(|l| l.starts_with("Switchboard benchmarks ("))
+        .expect("the run's header line, as make bench prints it");
+    // Switchboard benchmarks (2026-12-05T22:10Z, commit 1a2b3c4)
+    let inside = header
+        .trim_start_matches("Switchboard benchmarks (")
+        .trim_end_matches(')');
+    let (date, commit) = inside.split_once(", commit ").expect("date and commit");
+    assert!(
+        date.len() == 17 && date.as_bytes()[10] == b'T' && date.ends_with('Z'),
+        "{date}"
+    );
+    assert!(
+        commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit()),
+        "{commit}"
+    );
+    assert!(
+        latest.lines().any(|l| l.starts_with("command: make bench")),
+        "the command that produced it"
+    );
+    let tables = latest
+        .lines()
+        .filter(|l| l.starts_with("| scenario | result |"))
+        .count();
+    assert_eq!(tables, 1, "one table in the latest run");
+    // A full-run table anywhere else is history.
+    let history = text.find("\n## History\n").expect("a History section");
+    let latest_at = text.find("\n## Latest run\n").unwrap();
+    for (at, _) in text.match_indices("| scenario | result |") {
+        assert!(
+            at > history || (at > latest_at && at < latest_at + 1 + latest.len()),
+            "a run table outside \"Latest run\" and \"History\" at byte {at}"
+        );
+    }
 }
