@@ -381,3 +381,73 @@ async fn a_replay_within_the_cap_is_whole() {
     );
     within(conn.close()).await.unwrap();
 }
+
+/// Many small messages of varying sizes: the Redis script reads them in
+/// several chunks and must stop exactly where the rule does (the memory
+/// store too): the replay is the longest run from `since` whose frames,
+/// each counted as its length plus the queue's overhead, fit in the cap.
+async fn cut_exactly_at_the_cap(gateway: &Gateway) {
+    const CAP: usize = 16 * 1024;
+    const COUNT: u64 = 600;
+    let data = |n: u64| json!({ "n": n, "pad": "y".repeat((n % 13 * 25) as usize) });
+    let frame = |n: u64| {
+        format!(
+            r#"{{"type":"message","channel":"{CHANNEL}","offset":{n},"data":{}}}"#,
+            data(n)
+        )
+    };
+    let mut epoch = String::new();
+    for n in 1..=COUNT {
+        epoch = publish(gateway, &data(n)).await.epoch;
+    }
+    let since = Position::new(40, &epoch);
+    let mut ws = never_reading(gateway, "small", &since).await;
+    let reply = next_json(&mut ws).await;
+    let mut used = 0;
+    let mut end = since.offset;
+    while used + frame(end + 1).len() + ENTRY_OVERHEAD <= CAP {
+        used += frame(end + 1).len() + ENTRY_OVERHEAD;
+        end += 1;
+    }
+    assert!(end - since.offset > 50, "a cut after several chunks: {end}");
+    assert_eq!(
+        reply,
+        json!({
+            "type": "reply",
+            "id": 1,
+            "result": { "offset": COUNT, "epoch": epoch, "recovered": false, "replayed_to": end },
+        })
+    );
+    for n in since.offset + 1..=end {
+        assert_eq!(next_text(&mut ws).await, frame(n));
+    }
+    let ping = json!({ "type": "ping", "id": 2 }).to_string();
+    within(ws.send(Message::text(ping))).await.unwrap();
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({ "type": "reply", "id": 2, "result": {} }),
+        "nothing after the replay"
+    );
+}
+
+fn small_frames() -> String {
+    "[session]\nmax_frame_bytes = 8192\nsend_queue_bytes = 16384\n\
+     [namespaces.feed]\nhistory_size = 1000\n"
+        .to_owned()
+}
+
+#[tokio::test]
+async fn the_redis_script_cuts_exactly_at_the_cap() {
+    let redis = Redis::start();
+    let gateway = cluster_node(&redis, "gw-a", &small_frames()).await;
+    cut_exactly_at_the_cap(&gateway).await;
+}
+
+#[tokio::test]
+async fn the_memory_store_cuts_exactly_at_the_cap() {
+    let gateway = Gateway::builder()
+        .env("SWITCHBOARD_API_KEY", API_KEY)
+        .toml(&small_frames())
+        .start();
+    cut_exactly_at_the_cap(&gateway).await;
+}
