@@ -6,14 +6,15 @@
 //! shape of a read ([`HistoryQuery`], [`HistoryPage`]), the rule that picks
 //! which stored messages a read returns ([`select`], mirrored by the Redis
 //! script), the in-memory store of the single node ([`MemoryHistory`]) and
-//! the node-side gap detector ([`Tracker`]). A read may be bounded in bytes
-//! as well as in messages ([`HistoryQuery::max_bytes`], [`fitting`]): a
-//! subscribe's replay is bounded by the send queue's byte cap, and the
-//! store stops there, so a node never even reads more than that for one
-//! connection. Offsets are assigned where the
+//! the node-side gap detector ([`Tracker`]). Offsets are assigned where the
 //! message is stored, in the same step that publishes it: under the
 //! channel's lock in memory, inside one Lua script on Redis
 //! (`history::redis`).
+//!
+//! A read may be bounded in bytes as well as in messages
+//! ([`HistoryQuery::max_bytes`], [`fitting`]): a subscribe's replay is
+//! bounded by the send queue's byte cap, and the store stops there, so a
+//! node never even reads more than that for one connection.
 //!
 //! It also says what a history read answers a client ([`reply`],
 //! [`beyond_top`], [`disabled`]): the `history` command of a session and
