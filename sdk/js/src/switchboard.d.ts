@@ -150,6 +150,8 @@ export interface SwitchboardStats {
   messages: number;
   /** Messages dropped because their offset was at or below the known position. */
   duplicates: number;
+  /** Messages delivered from `history` pages after a cut replay (also counted in `messages`). */
+  paged: number;
   /** Replies that came after their command timed out. */
   staleReplies: number;
 }
@@ -176,7 +178,10 @@ export interface Member {
 export interface RecoverEvent {
   /**
    * false: messages may have been lost while away; reload the channel's
-   * state. Always true for the first subscribe.
+   * state. Always true for the first subscribe. After a replay the server
+   * cut at its send queue's size (`replayed_to`), the SDK pages the rest
+   * through `history` first and reports once done: true when every missed
+   * message was delivered.
    */
   recovered: boolean;
   /** Absent on channels without history. */
@@ -202,6 +207,8 @@ export interface SubscribeResult {
   offset?: number;
   epoch?: string;
   recovered?: boolean;
+  /** With recovered: false, the replay was cut here; the rest is in history (the SDK pages it). */
+  replayed_to?: number;
 }
 
 /** {offset, epoch} on channels with history, else {}. */

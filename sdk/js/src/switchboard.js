@@ -61,6 +61,12 @@ const DEFAULTS = Object.freeze({
 const MAX_TIMER_MS = 2_147_483_647;
 /** The most messages one publishBatch() may carry (the server's limit). */
 const MAX_BATCH_MESSAGES = 1000;
+/**
+ * Messages per `history` page when catching up after a cut replay: the
+ * server's default `history` limit, so a long catch-up stays well within
+ * the default message rate's burst.
+ */
+const CATCH_UP_PAGE = 100;
 // 2^30 already exceeds any sane backoff.max / backoff.min ratio.
 const MAX_BACKOFF_EXPONENT = 30;
 
@@ -133,6 +139,7 @@ export class Switchboard {
       unknownFrames: 0, // server frames ignored: invalid JSON, unknown type, missing fields
       messages: 0, // message frames delivered to onMessage
       duplicates: 0, // message frames dropped: offset at or below the known position
+      paged: 0, // messages delivered from history pages after a cut replay
       staleReplies: 0, // replies whose command already timed out
     };
   }
@@ -702,6 +709,10 @@ export class Switchboard {
     if (frame.error && typeof frame.error === "object") {
       pending.reject(new SwitchboardError(String(frame.error.code ?? "internal"), String(frame.error.message ?? "")));
     } else {
+      // The SDK's own hook runs before the next frame is read, so what
+      // follows the reply (a replay, live messages) meets the state the
+      // reply set; the promise settles later, in a microtask.
+      pending.onResult?.(frame.result ?? {});
       pending.resolve(frame.result ?? {});
     }
   }
@@ -727,7 +738,7 @@ export class Switchboard {
    * rejects "offline" at once when not connected, "timeout" after
    * requestTimeout, "disconnected" if the socket closes first.
    */
-  _command(frame) {
+  _command(frame, onResult) {
     if (!this._welcomed) {
       return Promise.reject(new SwitchboardError(CODES.offline, `not connected (state: ${this._state}); the command was not sent`));
     }
@@ -743,7 +754,7 @@ export class Switchboard {
         this._pending.delete(id);
         reject(new SwitchboardError(CODES.timeout, `no reply to ${frame.type} within ${this._opts.requestTimeout} ms`));
       }, this._opts.requestTimeout);
-      this._pending.set(id, { resolve, reject, timer });
+      this._pending.set(id, { resolve, reject, timer, onResult });
       try {
         this._ws.send(text);
       } catch (err) {
@@ -782,14 +793,54 @@ export class Switchboard {
     if (since) frame.since = { offset: since.offset, epoch: since.epoch };
     const gen = this._gen;
     sub._subscribing();
-    this._command(frame).then(
-      (result) => {
-        if (gen === this._gen) sub._onSubscribed(result, since);
-      },
+    const onResult = (result) => {
+      if (gen === this._gen) sub._onSubscribed(result, since);
+    };
+    this._command(frame, onResult).then(
+      () => {},
       (err) => {
         if (gen === this._gen) this._onSubscribeFailed(sub, err);
       },
     );
+  }
+
+  /**
+   * Asks for the next page of a subscription catching up after a cut
+   * replay (see Subscription._catchUp). The page is handled as its reply is
+   * read, in order with the frames around it.
+   */
+  _sendCatchUpPage(sub, catchUp) {
+    const gen = this._gen;
+    // The first page is asked for as the subscribe reply is read, before
+    // the replay that follows it: start after the replay.
+    const since = { offset: Math.max(sub._position.offset, catchUp.replayedTo), epoch: catchUp.epoch };
+    const frame = { type: "history", channel: sub.channel, since, limit: CATCH_UP_PAGE };
+    const onResult = (result) => {
+      if (gen === this._gen) sub._onCatchUpPage(catchUp, result);
+    };
+    this._command(frame, onResult).then(
+      () => {},
+      (err) => {
+        if (gen === this._gen) this._onCatchUpFailed(sub, catchUp, err);
+      },
+    );
+  }
+
+  _onCatchUpFailed(sub, catchUp, err) {
+    if (sub._catchUp !== catchUp) return; // finished, reset or unsubscribed meanwhile
+    if (err.code === CODES.disconnected || err.code === CODES.offline) return; // resumes from the position
+    if (TRANSIENT_SUBSCRIBE_ERRORS.has(err.code)) {
+      sub._notifyError(err);
+      sub._retryTimer = this._clock.setTimeout(() => {
+        sub._retryTimer = null;
+        if (this._welcomed && sub._catchUp === catchUp) this._sendCatchUpPage(sub, catchUp);
+      }, clampDelay(sub._nextRetryDelay(this._opts.backoff, this._clock.random())));
+      return;
+    }
+    // A timeout or an answer retrying cannot fix: start over. The resubscribe
+    // resumes from the position the pages reached, so nothing is lost.
+    sub._notifyError(err);
+    if (this._ws) this._abandon(this._ws, `history catch-up failed: ${err.code}`, { handshakeFailed: false });
   }
 
   _onSubscribeFailed(sub, err) {
@@ -884,6 +935,9 @@ export class Subscription {
     this._handlers = handlers ?? {};
     this._state = "subscribing"; // | "subscribed" | "unsubscribed" | "failed"
     this._position = null; // {offset, epoch} of the last message seen
+    // After a cut replay (recovered: false with replayed_to): {until, epoch}
+    // while the rest is paged through `history`; null otherwise.
+    this._catchUp = null;
     this._everSubscribed = false;
     this._retryAttempt = 0;
     this._retryTimer = null;
@@ -923,6 +977,7 @@ export class Subscription {
   unsubscribe() {
     if (this._state === "unsubscribed" || this._state === "failed") return Promise.resolve();
     this._state = "unsubscribed";
+    this._catchUp = null;
     this._cancelRetry();
     this._rejectReady(new SwitchboardError(CODES.unsubscribed, `unsubscribed from ${this.channel}`));
     return this._client._unsubscribe(this);
@@ -936,6 +991,8 @@ export class Subscription {
   }
 
   _connectionLost() {
+    // The resubscribe resumes from the position reached, pages included.
+    this._catchUp = null;
     this._cancelRetry();
     this._retryAttempt = 0;
     if (this._state === "subscribed") this._state = "subscribing";
@@ -948,14 +1005,31 @@ export class Subscription {
     const resumed = this._everSubscribed;
     this._everSubscribed = true;
     const hasPosition = typeof result.offset === "number" && typeof result.epoch === "string";
-    // recovered:true → the missed messages follow and advance the position
-    // from `since`; otherwise the reply's position is where we stand.
-    if (hasPosition && !(since && result.recovered === true)) {
+    // A cut replay: the messages after `since` up to replayed_to follow,
+    // the rest up to the reply's offset are paged through `history`.
+    const cut =
+      hasPosition &&
+      since &&
+      result.recovered === false &&
+      Number.isSafeInteger(result.replayed_to) &&
+      result.epoch === since.epoch &&
+      result.replayed_to >= since.offset &&
+      result.replayed_to <= result.offset;
+    // recovered:true (or a cut replay) → the missed messages follow and
+    // advance the position from `since`; otherwise the reply's position is
+    // where we stand.
+    if (hasPosition && !(since && (result.recovered === true || cut))) {
       this._position = { offset: result.offset, epoch: result.epoch };
     }
     if (!this._readySettled) {
       this._readySettled = true;
       this._resolveReady(result);
+    }
+    if (cut) {
+      // onRecover comes once the pages caught up (or failed to).
+      this._catchUp = { until: result.offset, epoch: result.epoch, replayedTo: result.replayed_to };
+      this._client._sendCatchUpPage(this, this._catchUp);
+      return;
     }
     if (hasPosition) {
       this._client._callHandler(this._handlers.onRecover, {
@@ -980,6 +1054,11 @@ export class Subscription {
             client.stats.duplicates += 1;
             return;
           }
+          // Catching up, only the next offset goes out (the cut replay);
+          // live messages beyond it are dropped here and come with a
+          // history page, since each page reads up to the channel's latest
+          // offset and is read after them.
+          if (this._catchUp && frame.offset !== this._position.offset + 1) return;
           this._position.offset = frame.offset;
         }
         client.stats.messages += 1;
@@ -998,10 +1077,68 @@ export class Subscription {
           return;
         }
         this._position = { offset: frame.offset, epoch: frame.epoch };
+        this._catchUp = null; // the stream's past is gone: nothing left to page
         client._callHandler(this._handlers.onReset, { offset: frame.offset, epoch: frame.epoch });
         return;
       }
     }
+  }
+
+  /**
+   * A `history` page while catching up after a cut replay: its messages go
+   * out in order (those at or below the position are dropped), then either
+   * the position reached the page's latest offset (caught up: live
+   * messages flow again, onRecover says recovered) or the next page is
+   * asked for. A page that does not continue the position means messages
+   * were trimmed meanwhile: onRecover says not recovered, and the page's
+   * position is taken, as after any recovered: false.
+   */
+  _onCatchUpPage(catchUp, result) {
+    if (this._catchUp !== catchUp || this._state !== "subscribed") return;
+    const client = this._client;
+    const top = result.offset;
+    const page = typeof top === "number" && typeof result.epoch === "string" ? { offset: top, epoch: result.epoch } : null;
+    if (!page || page.epoch !== catchUp.epoch || result.recovered !== true) {
+      this._endCatchUp(false, page);
+      return;
+    }
+    let progressed = false;
+    for (const message of Array.isArray(result.messages) ? result.messages : []) {
+      const offset = message?.offset;
+      if (typeof offset !== "number" || offset <= this._position.offset) continue;
+      if (offset !== this._position.offset + 1) {
+        // A hole the page itself shows: report it rather than skip it.
+        this._endCatchUp(false, page);
+        return;
+      }
+      this._position.offset = offset;
+      progressed = true;
+      client.stats.messages += 1;
+      client.stats.paged += 1;
+      client._callHandler(this._handlers.onMessage, message.data, { channel: this.channel, offset });
+      if (this._catchUp !== catchUp) return; // a handler unsubscribed or disconnected
+    }
+    if (this._position.offset >= top) {
+      this._endCatchUp(true, null);
+    } else if (progressed) {
+      client._sendCatchUpPage(this, catchUp);
+    } else {
+      // History holds less than its own latest offset says: messages expired.
+      this._endCatchUp(false, page);
+    }
+  }
+
+  /**
+   * Ends a catch-up and tells the application: recovered (everything up to
+   * the subscribe reply's offset was delivered), or not, with `page`'s
+   * position (when known) taken as ours, as after any recovered: false.
+   */
+  _endCatchUp(recovered, page) {
+    const catchUp = this._catchUp;
+    this._catchUp = null;
+    if (page) this._position = { ...page };
+    const at = recovered || !page ? { offset: catchUp.until, epoch: catchUp.epoch } : page;
+    this._client._callHandler(this._handlers.onRecover, { recovered, offset: at.offset, epoch: at.epoch });
   }
 
   _notifyError(err) {

@@ -15,7 +15,7 @@ test("every member declared in switchboard.d.ts exists at runtime", () => {
     assert.equal(typeof sb[name], "function", `Switchboard#${name}`);
   }
   assert.equal(sb.state, "stopped");
-  assert.deepEqual(Object.keys(sb.stats).sort(), ["connects", "duplicates", "messages", "reconnects", "staleReplies", "unknownFrames"]);
+  assert.deepEqual(Object.keys(sb.stats).sort(), ["connects", "duplicates", "messages", "paged", "reconnects", "staleReplies", "unknownFrames"]);
   assert.ok(sub instanceof Subscription);
   for (const name of ["publish", "presence", "history", "unsubscribe"]) {
     assert.equal(typeof sub[name], "function", `Subscription#${name}`);

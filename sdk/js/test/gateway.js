@@ -4,7 +4,9 @@
 
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createServer } from "node:net";
 import { createInterface } from "node:readline";
@@ -42,19 +44,27 @@ export async function restartablePort() {
 /**
  * Starts `target/debug/switchboard` on 127.0.0.1 (by default on a free port
  * it can be restarted on) and resolves once it logs "listening". `env` adds
- * or overrides variables.
+ * or overrides variables; `config`, TOML text, is passed as its config file
+ * (for the settings that have no variable, such as namespaces).
  */
-export async function startGateway({ port, env = {} } = {}) {
+export async function startGateway({ port, env = {}, config } = {}) {
   if (!existsSync(BINARY)) {
     throw new Error(`${BINARY} is missing: run \`cargo build -p switchboard-gateway\` first`);
   }
-  const gateway = new Gateway(env);
+  const args = [];
+  if (config !== undefined) {
+    const path = join(mkdtempSync(join(tmpdir(), "switchboard-sdk-")), "switchboard.toml");
+    writeFileSync(path, config);
+    args.push("--config", path);
+  }
+  const gateway = new Gateway(env, args);
   await gateway.start(port ?? (await restartablePort()));
   return gateway;
 }
 
 class Gateway {
-  constructor(env) {
+  constructor(env, args = []) {
+    this.args = args;
     this.env = {
       SWITCHBOARD_LOG_FORMAT: "json",
       SWITCHBOARD_JWT_HS256_SECRET: SECRET,
@@ -79,7 +89,7 @@ class Gateway {
   }
 
   async start(port) {
-    const child = spawn(BINARY, [], {
+    const child = spawn(BINARY, this.args, {
       env: { PATH: process.env.PATH, ...this.env, SWITCHBOARD_LISTEN: `127.0.0.1:${port}` },
       stdio: ["ignore", "ignore", "pipe"],
     });

@@ -11,6 +11,11 @@
 //! channel's lock in memory, inside one Lua script on Redis
 //! (`history::redis`).
 //!
+//! A read may be bounded in bytes as well as in messages
+//! ([`HistoryQuery::max_bytes`], [`fitting`]): a subscribe's replay is
+//! bounded by the send queue's byte cap, and the store stops there, so a
+//! node never even reads more than that for one connection.
+//!
 //! It also says what a history read answers a client ([`reply`],
 //! [`beyond_top`], [`disabled`]): the `history` command of a session and
 //! the server API's `GET /api/history` give the same answer, so both take
@@ -27,6 +32,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::config::namespaces::{HistoryPolicy, HISTORY_META_TTL};
+use crate::config::session::QUEUE_ENTRY_OVERHEAD;
 
 /// Messages a `history` command returns when it names no `limit`.
 pub const DEFAULT_HISTORY_LIMIT: usize = 100;
@@ -42,6 +48,35 @@ pub fn new_epoch() -> String {
 pub struct HistoryQuery {
     pub since: Option<Position>,
     pub limit: usize,
+    /// With a value, the read returns only the first of the selected
+    /// messages (oldest first) whose costs ([`frame_cost`]) sum to at most
+    /// this many bytes: a prefix, so it still continues after `since`.
+    pub max_bytes: Option<usize>,
+}
+
+/// What a stored frame costs against a byte bound: its length plus the
+/// overhead a send queue charges for it (`QUEUE_ENTRY_OVERHEAD`), so a
+/// replay and live traffic are counted alike. The Redis read script counts
+/// the same way.
+pub fn frame_cost(len: usize) -> usize {
+    len.saturating_add(QUEUE_ENTRY_OVERHEAD)
+}
+
+/// How many of the frames whose lengths `lens` gives, in order, fit in
+/// `max_bytes` ([`frame_cost`] each): all of them without a bound.
+pub fn fitting(max_bytes: Option<usize>, lens: impl IntoIterator<Item = usize>) -> usize {
+    let mut used = 0usize;
+    let mut count = 0;
+    for len in lens {
+        if let Some(max) = max_bytes {
+            used = used.saturating_add(frame_cost(len));
+            if used > max {
+                break;
+            }
+        }
+        count += 1;
+    }
+    count
 }
 
 /// What a read returns.
@@ -180,7 +215,7 @@ impl Stream {
     fn page(&self, query: &HistoryQuery) -> HistoryPage {
         let len = self.frames.len() as u64;
         let first = self.top + 1 - len;
-        let messages = select(self.top, len, &self.epoch, query)
+        let mut messages: Vec<(u64, Utf8Bytes)> = select(self.top, len, &self.epoch, query)
             .map(|(from, to)| {
                 (from..=to)
                     .filter_map(|offset| {
@@ -190,6 +225,8 @@ impl Stream {
                     .collect()
             })
             .unwrap_or_default();
+        let fit = fitting(query.max_bytes, messages.iter().map(|(_, f)| f.len()));
+        messages.truncate(fit);
         HistoryPage {
             top: Position::new(self.top, &*self.epoch),
             first,
@@ -416,6 +453,7 @@ mod tests {
         HistoryQuery {
             since: since.map(|(o, e)| Position::new(o, e)),
             limit,
+            max_bytes: None,
         }
     }
 
@@ -445,6 +483,47 @@ mod tests {
         );
         assert_eq!(select(0, 0, "e", &query(None, 100)), None);
         assert_eq!(select(10, 0, "e", &query(Some((3, "e")), 100)), None);
+    }
+
+    #[test]
+    fn a_byte_bound_keeps_the_frames_that_fit_in_order() {
+        let cost = frame_cost;
+        assert_eq!(
+            cost(10),
+            10 + QUEUE_ENTRY_OVERHEAD,
+            "counted as a queue counts"
+        );
+        assert_eq!(fitting(None, [1 << 30, 1 << 30]), 2, "no bound");
+        assert_eq!(fitting(Some(cost(10) + cost(20)), [10, 20, 30]), 2);
+        assert_eq!(fitting(Some(cost(10) + cost(20) - 1), [10, 20, 30]), 1);
+        assert_eq!(
+            fitting(Some(cost(10) + cost(20) + cost(1)), [10, 20, 30, 1]),
+            2,
+            "a prefix: a small frame after one that does not fit is not taken"
+        );
+        assert_eq!(fitting(Some(cost(10) - 1), [10]), 0);
+        assert_eq!(fitting(Some(0), std::iter::empty()), 0);
+        assert_eq!(fitting(Some(100), [usize::MAX, 1]), 0, "no overflow");
+    }
+
+    #[test]
+    fn memory_history_stops_a_read_at_its_byte_bound() {
+        let history = MemoryHistory::default();
+        let policy = HistoryPolicy {
+            size: 10,
+            ttl: Duration::from_secs(60),
+        };
+        let epoch = history.read("c", policy, &query(None, 1)).top.epoch;
+        for n in 1..=5 {
+            history.append("c", policy, |o| format!("m{n}@{o}"), |_, _, _| {});
+        }
+        let mut bounded = query(Some((1, &epoch)), 100);
+        bounded.max_bytes = Some(2 * frame_cost("m2@2".len()));
+        let page = history.read("c", policy, &bounded);
+        let offsets: Vec<u64> = page.messages.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, [2, 3], "the oldest after since, within the bound");
+        assert_eq!(page.top.offset, 5, "the top is the stream's, not the cut's");
+        assert!(page.continues(&Position::new(1, &epoch)));
     }
 
     #[test]

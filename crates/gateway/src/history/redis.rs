@@ -29,6 +29,7 @@ use switchboard_protocol::{MessageParts, Position};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::config::namespaces::{HistoryPolicy, HISTORY_META_TTL};
+use crate::config::session::QUEUE_ENTRY_OVERHEAD;
 use crate::history::{new_epoch, select, HistoryPage, HistoryQuery};
 use crate::redis::link::Link;
 use crate::redis::pubsub::{publish_command, pubsub_channel};
@@ -138,8 +139,15 @@ return out
 /// as kept (`history_size`; 0: all the list holds, which the publish script
 /// trims only once it is an eighth over), ttl ms of a meta created here (a channel never
 /// published: kept as long as its messages would be, so reads of random
-/// names cannot pile up keys for a day). Returns {top, epoch, first, frames}
-/// with the same selection as [`crate::history::select`].
+/// names cannot pile up keys for a day), the most bytes to return (0: no
+/// bound) and what each frame costs on top of its length. Returns {top,
+/// epoch, first, frames} with the same selection as
+/// [`crate::history::select`], cut as [`crate::history::fitting`] cuts it.
+///
+/// With a byte bound the frames are fetched in chunks, each sized from the
+/// frames seen so far to what is left of the bound, and the script stops at
+/// the first frame that does not fit: the reply (and the node) never holds
+/// more than the bound, and Redis copies at most one chunk beyond it.
 static READ: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
         "{STALE_CHECK}{}",
@@ -177,7 +185,30 @@ end
 local frames = {}
 if len > 0 and from <= top then
   local to = math.min(top, from + limit - 1)
-  frames = redis.call('LRANGE', KEYS[2], from - top - 1, to - top - 1)
+  local max_bytes = tonumber(ARGV[8])
+  if max_bytes <= 0 then
+    frames = redis.call('LRANGE', KEYS[2], from - top - 1, to - top - 1)
+  else
+    local overhead = tonumber(ARGV[9])
+    local used, n, at, chunk = 0, 0, from, 8
+    while at <= to do
+      local last = math.min(to, at + chunk - 1)
+      local got = redis.call('LRANGE', KEYS[2], at - top - 1, last - top - 1)
+      if #got == 0 then
+        break
+      end
+      for i = 1, #got do
+        used = used + #got[i] + overhead
+        if used > max_bytes then
+          return {top, epoch, first, frames}
+        end
+        n = n + 1
+        frames[n] = got[i]
+      end
+      at = last + 1
+      chunk = math.max(1, math.min(1024, math.floor((max_bytes - used) * n / used) + 1))
+    end
+  end
 end
 return {top, epoch, first, frames}
 "
@@ -284,7 +315,9 @@ pub async fn read(
                 .arg(query.limit.max(1))
                 .arg(epoch)
                 .arg(kept.unwrap_or(0))
-                .arg(millis(created_ttl));
+                .arg(millis(created_ttl))
+                .arg(query.max_bytes.map_or(0, |max| max.max(1)))
+                .arg(QUEUE_ENTRY_OVERHEAD);
             invocation
         })
         .await?;

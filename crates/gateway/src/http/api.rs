@@ -419,6 +419,7 @@ async fn history(node: &Node, encoded: &str, query: &str) -> Result<Value, ApiEr
     let query = HistoryQuery {
         since,
         limit: limit.unwrap_or(DEFAULT_HISTORY_LIMIT),
+        max_bytes: None,
     };
     let policy = node.config.namespace(channel.namespace()).history();
     let page = node.broker.history(channel.as_str(), policy, &query).await;

@@ -2,12 +2,41 @@
 //! reason, clients' resumes, and how this node keeps its own feed whole
 //! (gaps filled from history, resets, duplicates dropped after a repair).
 //!
-//! Both recovery outcomes are exposed at 0 from the start, so rates and
-//! the recovery alert work before the first resume.
+//! Every recovery outcome is exposed at 0 from the start, so rates and the
+//! recovery alert work before the first resume.
 
 use prometheus::{IntCounter, IntCounterVec, Registry};
 
 use crate::metrics::registry::{counter, counter_vec};
+
+/// How a subscribe with `since` ended, as `switchboard_recoveries_total`
+/// counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryOutcome {
+    /// Every missed message was replayed.
+    Recovered,
+    /// History holds every missed message but the replay was cut at the
+    /// send queue's byte cap: the client pages the rest through `history`.
+    Partial,
+    /// Missed messages are gone: the client was told to reload.
+    NotRecovered,
+}
+
+impl RecoveryOutcome {
+    const ALL: [RecoveryOutcome; 3] = [
+        RecoveryOutcome::Recovered,
+        RecoveryOutcome::Partial,
+        RecoveryOutcome::NotRecovered,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            RecoveryOutcome::Recovered => "recovered",
+            RecoveryOutcome::Partial => "partial",
+            RecoveryOutcome::NotRecovered => "not_recovered",
+        }
+    }
+}
 
 /// The history metrics of one node.
 #[derive(Debug)]
@@ -26,11 +55,11 @@ impl HistoryMetrics {
         let recoveries = counter_vec(
             r,
             "switchboard_recoveries_total",
-            "Subscribes with since, by outcome: recovered (every missed message replayed) or not_recovered (the client was told to reload).",
+            "Subscribes with since, by outcome: recovered (every missed message replayed), partial (replay cut at the send queue's byte cap, the rest left in history for the client to page) or not_recovered (the client was told to reload).",
             &["outcome"],
         );
-        for outcome in ["recovered", "not_recovered"] {
-            recoveries.with_label_values(&[outcome]);
+        for outcome in RecoveryOutcome::ALL {
+            recoveries.with_label_values(&[outcome.label()]);
         }
         HistoryMetrics {
             appends: counter(
@@ -79,13 +108,8 @@ impl HistoryMetrics {
             .inc();
     }
 
-    pub(super) fn recovery(&self, recovered: bool) {
-        let outcome = if recovered {
-            "recovered"
-        } else {
-            "not_recovered"
-        };
-        self.recoveries.with_label_values(&[outcome]).inc();
+    pub(super) fn recovery(&self, outcome: RecoveryOutcome) {
+        self.recoveries.with_label_values(&[outcome.label()]).inc();
     }
 
     pub(super) fn replayed(&self, by: &'static str, count: usize) {

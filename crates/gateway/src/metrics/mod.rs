@@ -269,9 +269,9 @@ impl Metrics {
         self.history.read(reason, ok);
     }
 
-    /// A subscribe with `since` recovered or not.
-    pub fn recovery(&self, recovered: bool) {
-        self.history.recovery(recovered);
+    /// How a subscribe with `since` ended.
+    pub fn recovery(&self, outcome: history::RecoveryOutcome) {
+        self.history.recovery(outcome);
     }
 
     /// `count` messages were delivered from history, `by` a session or the node.

@@ -143,6 +143,7 @@ pub fn decide<'a>(
                 limit: limit
                     .unwrap_or(DEFAULT_HISTORY_LIMIT)
                     .min(MAX_HISTORY_LIMIT),
+                max_bytes: None,
             };
             Ok(Effect::History { channel, query })
         }

@@ -198,19 +198,21 @@ where
     }
 
     /// Reads the channel's position (and, with `since`, what the client
-    /// missed) for a subscribe; records what queued frames to drop.
+    /// missed, up to the send queue's byte cap) for a subscribe; records
+    /// what queued frames to drop.
     async fn recover(
         &mut self,
         channel: &ChannelName,
         since: Option<Position>,
     ) -> Result<Done, Refusal> {
-        let query = recovery::query(since);
+        let budget = self.node.config.session.send_queue_bytes;
+        let query = recovery::query(since, budget);
         let page = self.read_history(channel, &query, "subscribe").await?;
         let node = &self.node;
         node.broker.holding(channel.as_str(), &page.top);
-        let recovery = recovery::recover(channel.as_str(), query.since.as_ref(), page)?;
-        if let Some(recovered) = recovery.recovered {
-            node.metrics.recovery(recovered);
+        let recovery = recovery::recover(channel.as_str(), query.since.as_ref(), page, budget)?;
+        if let Some(outcome) = recovery.outcome {
+            node.metrics.recovery(outcome);
             node.metrics.replayed("session", recovery.replay.len());
         }
         recovery::record(&mut self.resumed, recovery.resume);

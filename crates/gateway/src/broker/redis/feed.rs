@@ -142,6 +142,7 @@ impl Feed {
         let query = HistoryQuery {
             since: Some(known.clone()),
             limit: MAX_HISTORY_SIZE,
+            max_bytes: None,
         };
         let metrics = self.hub.metrics();
         // The channel was read (or published) before, so its position
