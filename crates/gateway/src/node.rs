@@ -30,7 +30,8 @@ use crate::presence::redis::RedisPresence;
 use crate::presence::{CountedPresence, MemoryPresence, Presence};
 use crate::redis::health::RedisHealth;
 use crate::redis::link::Link;
-use crate::redis::target::Target;
+use crate::redis::shards;
+use crate::redis::target::{Mode, Target};
 
 #[derive(Debug)]
 pub struct Node {
@@ -119,6 +120,9 @@ impl Node {
         let link = Link::new(target)?;
         tracing::info!(message = "cluster mode", redis = %target.describe());
         let background = CancellationToken::new();
+        if target.mode() == Mode::Cluster {
+            shards::start(target.clone(), Arc::clone(&health), background.clone());
+        }
         let broker = RedisBroker::start(
             target,
             link.clone(),

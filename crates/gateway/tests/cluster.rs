@@ -205,7 +205,7 @@ async fn redis_outage_is_visible_and_delivery_resumes() {
     match within(publisher.publish("room", &json!(2))).await {
         Err(ClientError::Reply(error)) => assert_eq!(
             (error.code.as_str(), error.message.as_str()),
-            ("internal", "message not published: broker unavailable")
+            ("unavailable", "message not published: broker unavailable")
         ),
         other => panic!("a publish during the outage must fail loudly: {other:?}"),
     }

@@ -657,8 +657,8 @@ async fn redis_metrics_follow_the_cluster() {
         0.0
     );
     match within(on_a.publish("chat:room", &json!("lost"))).await {
-        Err(ClientError::Reply(error)) => assert_eq!(error.code, "internal"),
-        other => panic!("expected internal, got {other:?}"),
+        Err(ClientError::Reply(error)) => assert_eq!(error.code, "unavailable"),
+        other => panic!("expected unavailable, got {other:?}"),
     }
     let ma = scrape(a.addr).await;
     assert_eq!(ma.get("switchboard_redis_publish_errors_total", &[]), 1.0);

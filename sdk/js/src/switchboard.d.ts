@@ -17,7 +17,7 @@ export type ErrorCode =
   | "too_large"
   | "token_expired"
   | "internal"
-  | "unavailable" // also a handshake refusal (503)
+  | "unavailable" // a publish while Redis has no master for it; also a handshake refusal (503)
   // handshake refusals (learnt from the probe)
   | "forbidden_origin"
   // the SDK's own

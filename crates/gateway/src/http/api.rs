@@ -103,6 +103,8 @@ struct ApiError {
     message: String,
     /// The `Allow` header of a 405.
     allow: Option<Method>,
+    /// The `Retry-After` header, in seconds.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -112,6 +114,7 @@ impl ApiError {
             code,
             message: message.into(),
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -119,8 +122,13 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    /// Redis (or the shard a channel lives on) is away for now: 503 with
+    /// `Retry-After: 1`, as the handshake's 503s.
     fn unavailable(message: &str) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        ApiError {
+            retry_after: Some(response::RETRY_AFTER_SECS),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        }
     }
 
     fn method_not_allowed(allowed: Method) -> ApiError {
@@ -135,7 +143,7 @@ impl ApiError {
     }
 
     fn into_response(self) -> Response<Body> {
-        let mut response = response::error(self.status, self.code, &self.message, None);
+        let mut response = response::error(self.status, self.code, &self.message, self.retry_after);
         if let Some(allow) = self
             .allow
             .and_then(|m| HeaderValue::from_str(m.as_str()).ok())

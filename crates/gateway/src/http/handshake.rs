@@ -19,9 +19,6 @@ use crate::limits::Limited;
 use crate::node::Node;
 use crate::session::Admission;
 
-/// Seconds a client should wait before retrying when the node is full or draining.
-const RETRY_AFTER_SECS: u64 = 1;
-
 /// Why a handshake was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -57,7 +54,7 @@ impl Refusal {
                 } else {
                     "node is at its connection limit"
                 },
-                Some(RETRY_AFTER_SECS),
+                Some(response::RETRY_AFTER_SECS),
             ),
             Refusal::ForbiddenOrigin => response::error(
                 StatusCode::FORBIDDEN,

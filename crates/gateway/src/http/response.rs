@@ -9,6 +9,10 @@ use serde_json::json;
 
 pub type Body = Full<Bytes>;
 
+/// The `Retry-After` of a 503 `unavailable` (a node at its cap or draining,
+/// Redis away): seconds.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
 /// A JSON response with a status.
 pub fn json(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));

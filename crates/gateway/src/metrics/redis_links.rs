@@ -21,6 +21,8 @@ pub enum RedisLink {
     PubSub,
     /// Commands through the shared link, as shown by the lease renewal each second.
     Commands,
+    /// On a Redis Cluster: every slot has a primary that answers (`redis::shards`).
+    Shards,
 }
 
 impl RedisLink {
@@ -28,6 +30,7 @@ impl RedisLink {
         match self {
             RedisLink::PubSub => "pubsub",
             RedisLink::Commands => "commands",
+            RedisLink::Shards => "shards",
         }
     }
 }
@@ -70,7 +73,7 @@ impl RedisLinkMetrics {
             connected: gauge_vec(
                 r,
                 "switchboard_redis_connected",
-                "1 when the Redis link works, 0 when not: pubsub (the Pub/Sub connection) or commands (the last lease renewal).",
+                "1 when the Redis link works, 0 when not: pubsub (the Pub/Sub connection), commands (the last lease renewal) or, on a Redis Cluster, shards (every slot has a primary that answers).",
                 &["link"],
             ),
         }

@@ -30,8 +30,8 @@ use std::time::Duration;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
-    ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion,
-    RedisError, TlsCertificates, TlsMode,
+    ClientTlsConfig, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo,
+    ProtocolVersion, RedisError, TlsCertificates, TlsMode,
 };
 
 /// A Redis command (or connection attempt) that takes longer than this
@@ -292,6 +292,64 @@ impl Target {
         Some(builder.build())
     }
 
+    /// On a cluster: the seed nodes of the URL, as `(host, port)`.
+    pub fn cluster_seeds(&self) -> Vec<(String, u16)> {
+        let Kind::Cluster { seeds, .. } = &self.kind else {
+            return Vec::new();
+        };
+        seeds
+            .iter()
+            .filter_map(|seed| match seed.addr() {
+                ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                    Some((host.clone(), *port))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// On a cluster: a client for one of its nodes, as the cluster client
+    /// reaches it (the URL's credentials, TLS with its certificates); for
+    /// the node's own checks of the cluster (`shards`).
+    pub(super) fn cluster_node_client(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Option<Result<redis::Client, RedisError>> {
+        let Kind::Cluster {
+            seeds,
+            username,
+            password,
+        } = &self.kind
+        else {
+            return None;
+        };
+        let seed = seeds.first()?;
+        let addr = if self.tls {
+            ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(host.to_owned(), port)
+        };
+        let mut settings = seed.redis_settings().clone();
+        if let Some(username) = username {
+            settings = settings.set_username(username);
+        }
+        if let Some(password) = password {
+            settings = settings.set_password(password);
+        }
+        let info = seed.clone().set_addr(addr).set_redis_settings(settings);
+        Some(if self.tls {
+            redis::Client::build_with_tls(info, self.tls_certificates())
+        } else {
+            redis::Client::open(info)
+        })
+    }
+
     /// A client for the node's dedicated Pub/Sub connection (one server, or
     /// the master the sentinels name now). Not for a cluster.
     pub async fn pubsub_client(&self) -> Result<redis::Client, String> {
@@ -301,13 +359,47 @@ impl Target {
         match self.sentinel_client(false) {
             Some(client) => {
                 let mut client = client.map_err(|e| self.explain(&e))?;
-                client
-                    .async_get_client()
-                    .await
-                    .map_err(|e| self.explain(&e))
+                match client.async_get_client().await {
+                    Ok(client) => Ok(client),
+                    // Say which server is away: the master the sentinels
+                    // name (when they name one they still trust).
+                    Err(error) if error.kind() == ErrorKind::MasterNameNotFoundBySentinel => {
+                        Err(self.explain(&error))
+                    }
+                    Err(error) => Err(match self.named_master(&mut client).await {
+                        Some(addr) => format!("{addr}: {}", self.explain(&error)),
+                        None => self.explain(&error),
+                    }),
+                }
             }
             None => Err("a cluster has no single Pub/Sub server".to_owned()),
         }
+    }
+
+    /// Under Sentinel: the master's address as a sentinel names it now
+    /// (`host:port`), asked within half a second, for an error message.
+    async fn named_master(&self, client: &mut SentinelClient) -> Option<String> {
+        let Kind::Sentinel { master, .. } = &self.kind else {
+            return None;
+        };
+        let ask = async {
+            let sentinel = client.async_get_sentinel_client().await.ok()?;
+            let mut conn = sentinel.get_multiplexed_async_connection().await.ok()?;
+            let addr: Vec<String> = redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(master)
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            match addr.as_slice() {
+                [host, port] => Some(format!("{host}:{port}")),
+                _ => None,
+            }
+        };
+        tokio::time::timeout(Duration::from_millis(500), ask)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// An error from the redis crate, with a hint at the setting to check.

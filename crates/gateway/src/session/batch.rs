@@ -85,7 +85,7 @@ fn result(
                 Some(Ok(Some(p))) => json!({ "offset": p.offset, "epoch": p.epoch }),
                 Some(Ok(None)) => json!({}),
                 Some(Err(_)) | None => error(&(
-                    ErrorCode::Internal,
+                    ErrorCode::Unavailable,
                     "message not published: broker unavailable".into(),
                 )),
             },
@@ -174,7 +174,7 @@ mod tests {
                 {"offset": 9, "epoch": "E"},
                 {"error": {"code": "forbidden", "message": "token does not grant publishing to x:a"}},
                 {},
-                {"error": {"code": "internal", "message": "message not published: broker unavailable"}},
+                {"error": {"code": "unavailable", "message": "message not published: broker unavailable"}},
             ]})
         );
     }

@@ -306,8 +306,10 @@ where
             Ok(result) => Ok(result),
             Err(error) => {
                 tracing::warn!(message = "publish failed", channel = %channel, %error, connection_id = %self.connection_id);
+                // Redis (or the shard of the channel) is away for now: the
+                // client may publish again later.
                 Err((
-                    ErrorCode::Internal,
+                    ErrorCode::Unavailable,
                     "message not published: broker unavailable".into(),
                 ))
             }

@@ -132,7 +132,7 @@ impl Broker for RedisBroker {
             metrics.published(channel, length);
         }
         published.map_err(|error| {
-            self.health.record_error(&error);
+            self.health.record_command_error(&error);
             BrokerError::Unavailable(error)
         })
     }
@@ -154,7 +154,7 @@ impl Broker for RedisBroker {
                 Ok(position)
             }
             Err(error) => {
-                self.health.record_error(&error);
+                self.health.record_command_error(&error);
                 Err(BrokerError::Unavailable(error))
             }
         }

@@ -37,7 +37,7 @@ impl Subscriber {
             Some(Ok(client)) => client,
             Some(Err(error)) => {
                 let error = self.target.explain(&error);
-                self.health.record_error(&error);
+                self.health.record_pubsub_error(&error);
                 tracing::error!(message = "redis cluster client refused its settings", %error);
                 return;
             }
@@ -189,7 +189,7 @@ impl Subscriber {
                             check.reset();
                             self.feed.repair_all().await;
                         } else {
-                            self.health.record_error(format!(
+                            self.health.record_pubsub_error(format!(
                                 "redis cluster: {} channels wait for their shard",
                                 waiting.len()
                             ));
@@ -211,7 +211,7 @@ impl Subscriber {
             }
             if let (Some(reason), None) = (degrade, &pending) {
                 self.health.set_pubsub(false);
-                self.health.record_error(&reason);
+                self.health.record_pubsub_error(&reason);
                 tracing::warn!(message = "redis cluster degraded", %reason);
                 let mut waiting: HashSet<String> = self.hub.channels().into_iter().collect();
                 waiting.insert(String::new());

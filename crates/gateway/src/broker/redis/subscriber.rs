@@ -113,7 +113,7 @@ impl Subscriber {
         shutdown: &CancellationToken,
     ) -> bool {
         self.health.set_pubsub(false);
-        self.health.record_error(error);
+        self.health.record_pubsub_error(error);
         tracing::warn!(message = "redis pub/sub unavailable; retrying", %error, backoff_ms = backoff.as_millis() as u64);
         let sleep = tokio::time::sleep(backoff);
         tokio::pin!(sleep);
@@ -134,16 +134,18 @@ impl Subscriber {
 
     /// Connects (under Sentinel, to the master named now) and subscribes to
     /// the control channel and every channel the hub needs. Also returns the
-    /// server's address.
+    /// server's address, which a failed connect's error starts with.
     async fn connect(
         &self,
     ) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream, String), String> {
         let client = self.target.pubsub_client().await?;
         let server = client.get_connection_info().addr().to_string();
+        // The address in the error, so `/readyz` says which server is away
+        // (under Sentinel: the master the sentinels name).
         let pubsub = client
             .get_async_pubsub()
             .await
-            .map_err(|e| self.target.explain(&e))?;
+            .map_err(|e| format!("{server}: {}", self.target.explain(&e)))?;
         let (mut sink, stream) = pubsub.split();
         sink.subscribe(CONTROL_CHANNEL)
             .await

@@ -40,7 +40,7 @@ impl RedisPresence {
                 Ok(()) => self.health.set_lease(true),
                 Err(error) => {
                     self.health.set_lease(false);
-                    self.health.record_error(&error);
+                    self.health.record_command_error(&error);
                     tracing::warn!(message = "redis lease not renewed", %error);
                     continue;
                 }
