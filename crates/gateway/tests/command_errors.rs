@@ -798,7 +798,8 @@ async fn rate(cases: &mut Cases) {
         .await;
 }
 
-/// A node in cluster mode whose Redis is killed: the `internal` errors.
+/// A node in cluster mode whose Redis is killed: the `internal` and
+/// `unavailable` errors.
 async fn redis_down(cases: &mut Cases) {
     let mut redis = Redis::start();
     let gateway = cluster_node(&redis, "down-1", "").await;
@@ -843,7 +844,7 @@ async fn redis_down(cases: &mut Cases) {
             c,
             "publish",
             json!({ "type": "publish", "channel": "chat:held", "data": 1 }),
-            "internal",
+            "unavailable",
             "message not published: broker unavailable",
         )
         .await;
@@ -851,7 +852,7 @@ async fn redis_down(cases: &mut Cases) {
         .expect_entry(
             c,
             json!({ "channel": "chat:held", "data": 1 }),
-            "internal",
+            "unavailable",
             "message not published: broker unavailable",
         )
         .await;
