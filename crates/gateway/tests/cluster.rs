@@ -171,15 +171,19 @@ async fn a_killed_node_leaves_presence_within_the_lease() {
         ["watcher"]
     );
     assert!(killed.elapsed() < Duration::from_secs(10));
-    // Its connection state is gone from Redis too.
-    assert_eq!(
-        redis.cli(&[
-            "EXISTS",
-            &format!("sb:conn:{}", doomed_welcome.connection_id)
-        ]),
-        "0"
-    );
-    assert_eq!(redis.cli(&["SISMEMBER", "sb:nodes", "gw-a"]), "0");
+    // Its connection state is gone from Redis too. The reaper publishes the
+    // leaves before it deletes the connection keys, so wait for those.
+    let conn_key = format!("sb:conn:{}", doomed_welcome.connection_id);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.cli(&["EXISTS", &conn_key]) != "0"
+        || redis.cli(&["SISMEMBER", "sb:nodes", "gw-a"]) != "0"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the dead node's connection state is still in Redis 10 s after its leave"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
