@@ -18,6 +18,8 @@ use common::*;
 use receiver::{Answer, Receiver, Request};
 use serde_json::{json, Value};
 use switchboard_gateway::backend;
+use switchboard_gateway::backend::webhook_order::{self, OrderCheck};
+use switchboard_gateway::backend::webhooks::Event;
 
 const BACKEND_SECRET: &str = "webhook-secret-webhook-secret-0123456789";
 const CHAT: &str = "[namespaces.chat]\npresence = true\n[namespaces.feed]\npresence = false\n";
@@ -96,6 +98,19 @@ async fn total(nodes: &[&Gateway], counter: &str) -> u64 {
 fn describe(event: &Value) -> String {
     let part = |key: &str| event[key].as_str().unwrap_or("-").to_owned();
     format!("{} {} {}", part("name"), part("channel"), part("user"))
+}
+
+/// Checks events as received (JSON, duplicates included) against the
+/// documented order.
+fn check_order(events: &[Value]) {
+    let events: Vec<Event> = events
+        .iter()
+        .map(|e| serde_json::from_value(e.clone()).unwrap())
+        .collect();
+    if let Err(violation) = webhook_order::check(&events, presence) {
+        let stream: Vec<String> = events.iter().map(webhook_order::describe).collect();
+        panic!("{violation}: {stream:#?}");
+    }
 }
 
 fn described(receiver: &Receiver) -> Vec<String> {
@@ -216,8 +231,8 @@ async fn every_event_arrives_once_signed_across_two_nodes() {
     assert_eq!(
         room,
         [
-            "channel_occupied chat:room -",
             "member_added chat:room alice",
+            "channel_occupied chat:room -",
             "member_added chat:room bob",
             "member_removed chat:room alice",
             "member_removed chat:room bob",
@@ -228,6 +243,7 @@ async fn every_event_arrives_once_signed_across_two_nodes() {
         let at = event["time_ms"].as_u64().unwrap();
         assert!(at > 1_700_000_000_000, "{event}");
     }
+    check_order(&all);
 
     // The metrics count them.
     let nodes = [&a, &b];
@@ -341,21 +357,22 @@ async fn a_receiver_down_for_ten_seconds_still_gets_every_event_in_order() {
         }
     }
     // Every event is there, and each channel's events are in order.
+    check_order(&all);
     for channel in ["chat:r0", "chat:r1", "chat:r2"] {
         let got: Vec<String> = unique
             .iter()
             .filter(|e| e["channel"] == channel)
             .map(describe)
             .collect();
-        let mut want = vec![format!("channel_occupied {channel} -")];
+        let mut want = Vec::new();
         for pair in expected.chunks(2) {
             if pair[0].contains(&format!(" {channel} ")) {
-                want.extend(pair.iter().cloned());
-                want.push(format!("channel_vacated {channel} -"));
+                want.push(pair[0].clone());
                 want.push(format!("channel_occupied {channel} -"));
+                want.push(pair[1].clone());
+                want.push(format!("channel_vacated {channel} -"));
             }
         }
-        want.pop();
         assert_eq!(got, want, "{channel}");
     }
     let retried = total(&[&a, &b], "switchboard_webhook_events_retried_total").await;
@@ -387,8 +404,8 @@ async fn a_reconnect_within_the_grace_period_sends_no_offline_online_pair() {
         described(&receiver),
         [
             "user_online - alice",
+            "member_added chat:room alice",
             "channel_occupied chat:room -",
-            "member_added chat:room alice"
         ]
     );
     // Leaving for good is reported once the grace period is over, dated
@@ -413,6 +430,7 @@ async fn a_reconnect_within_the_grace_period_sends_no_offline_online_pair() {
         "dated {at}, left at {left}"
     );
     assert_eq!(all.len(), 6, "{:?}", described(&receiver));
+    check_order(&all);
 }
 
 #[tokio::test]
@@ -743,4 +761,309 @@ async fn the_documented_verification_snippets_accept_a_real_request() {
             );
         }
     }
+}
+
+/// The namespaces with presence in [`CHAT`].
+fn presence(channel: &str) -> bool {
+    channel.starts_with("chat:")
+}
+
+/// The stream a receiver got, checked as it arrives: each event that comes
+/// in extends the stream by one, and that prefix is checked against the
+/// documented order ([`webhook_order::check`]; duplicates skipped by id, as
+/// a receiver does).
+struct Delivered<'a> {
+    receiver: &'a Receiver,
+    /// Requests taken so far.
+    read: usize,
+    /// Every event received, in arrival order, duplicates included.
+    events: Vec<Event>,
+}
+
+impl<'a> Delivered<'a> {
+    fn new(receiver: &'a Receiver) -> Delivered<'a> {
+        Delivered {
+            receiver,
+            read: 0,
+            events: Vec::new(),
+        }
+    }
+
+    /// Takes what arrived since the last call, checking every new prefix.
+    fn take(&mut self) {
+        let requests = self.receiver.requests();
+        for request in &requests[self.read..] {
+            for value in verified_events(request) {
+                let event: Event = serde_json::from_value(value).unwrap();
+                self.events.push(event);
+                if let Err(violation) = webhook_order::check(&self.events, presence) {
+                    panic!("{violation}\nthe stream so far:\n{}", self.dump());
+                }
+            }
+        }
+        self.read = requests.len();
+    }
+
+    fn dump(&self) -> String {
+        self.events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| format!("{i:3} {} {}", e.id, webhook_order::describe(e)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// What the stream says holds now (see `OrderCheck::standing`).
+    fn standing(&self) -> Vec<String> {
+        let mut order = OrderCheck::new(presence);
+        for event in &self.events {
+            order.push(event).unwrap();
+        }
+        order.standing()
+    }
+
+    /// The distinct events so far, as `name channel user`.
+    fn distinct(&self) -> Vec<String> {
+        let mut ids = HashSet::new();
+        self.events
+            .iter()
+            .filter(|e| ids.insert(e.id.clone()))
+            .map(webhook_order::describe)
+            .collect()
+    }
+
+    /// Takes events until the stream says `want` holds.
+    async fn until_standing(&mut self, want: &[&str], limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            self.take();
+            if self.standing() == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited {limit:?} for {want:?}; the stream says {:?}:\n{}",
+                self.standing(),
+                self.dump()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Every client closes its connection.
+    Close,
+    /// A gateway is SIGKILLed with its clients; a surviving (or newly
+    /// started) node reaps it once its lease has expired.
+    Crash,
+}
+
+/// The documented order over a run of users and channels coming and going,
+/// each delivered event checked as it arrives: first the issue's case (one
+/// member subscribes and disconnects), then three users on three channels,
+/// a reconnect and a resubscribe, spread over gateways sharing one Redis
+/// (one per grace period in `graces`), ending as `ending` says.
+async fn the_order_holds(graces: &[&str], ending: Ending) {
+    let redis = Redis::start();
+    let receiver = Receiver::start();
+    let mut gateways = Vec::new();
+    for (i, grace) in graces.iter().enumerate() {
+        gateways.push(hooked_node(&redis, &format!("gw-{i}"), &receiver, grace, &[]).await);
+    }
+    let nodes = graces.len();
+    let mut delivered = Delivered::new(&receiver);
+    let wait = Duration::from_secs(15);
+    // The second node where there is one.
+    let other = nodes - 1;
+
+    // The issue: a member subscribes and disconnects.
+    let (mut alice, _) = gateways[0].connect("alice").await;
+    within(alice.subscribe("chat:z")).await.unwrap();
+    delivered
+        .until_standing(
+            &["member chat:z alice", "occupied chat:z", "online alice"],
+            wait,
+        )
+        .await;
+    within(alice.close()).await.unwrap();
+    delivered.until_standing(&[], wait).await;
+    assert_eq!(
+        delivered.distinct(),
+        [
+            "user_online - alice",
+            "member_added chat:z alice",
+            "channel_occupied chat:z -",
+            "member_removed chat:z alice",
+            "channel_vacated chat:z -",
+            "user_offline - alice",
+        ]
+    );
+
+    // Three users on two channels with presence and one without; alice
+    // twice, once on each node.
+    let (mut alice, _) = gateways[0].connect("alice").await;
+    for channel in ["chat:z", "chat:y", "feed:f"] {
+        within(alice.subscribe(channel)).await.unwrap();
+    }
+    let (mut bob, _) = gateways[other].connect("bob").await;
+    within(bob.subscribe("chat:z")).await.unwrap();
+    within(bob.subscribe("feed:f")).await.unwrap();
+    let (mut carol, _) = gateways[other].connect("carol").await;
+    within(carol.subscribe("chat:y")).await.unwrap();
+    let (mut alice_too, _) = gateways[other].connect("alice").await;
+    within(alice_too.subscribe("chat:z")).await.unwrap();
+    let everyone = [
+        "member chat:y alice",
+        "member chat:y carol",
+        "member chat:z alice",
+        "member chat:z bob",
+        "occupied chat:y",
+        "occupied chat:z",
+        "occupied feed:f",
+        "online alice",
+        "online bob",
+        "online carol",
+    ];
+    delivered.until_standing(&everyone, wait).await;
+
+    // Bob's connection drops and comes back on the first node; carol leaves
+    // chat:y and comes back; alice's first connection leaves chat:z, which
+    // her second one holds. Within a grace period none of it is sent.
+    within(bob.close()).await.unwrap();
+    let (mut bob, _) = gateways[0].connect("bob").await;
+    within(bob.subscribe("chat:z")).await.unwrap();
+    within(carol.unsubscribe("chat:y")).await.unwrap();
+    within(carol.subscribe("chat:y")).await.unwrap();
+    within(alice.unsubscribe("chat:z")).await.unwrap();
+    // Bob's feed:f went with his first connection; alice still holds it.
+    delivered.until_standing(&everyone, wait).await;
+
+    match ending {
+        Ending::Close => {
+            within(alice.close()).await.unwrap();
+            within(bob.close()).await.unwrap();
+            within(carol.unsubscribe("chat:y")).await.unwrap();
+            within(carol.close()).await.unwrap();
+            within(alice_too.close()).await.unwrap();
+            delivered.until_standing(&[], wait).await;
+        }
+        Ending::Crash => {
+            let mut dead = gateways.remove(0);
+            dead.signal("KILL");
+            dead.wait_exit(WAIT).await;
+            drop((alice, bob));
+            // The lease (5 s), one reaper scan (1 s), the grace period,
+            // the delivery lease of the dead node if it delivered (5 s).
+            let reaped = Duration::from_secs(30);
+            if gateways.is_empty() {
+                // Its only node died: the next one to start reaps it.
+                gateways.push(hooked_node(&redis, "gw-next", &receiver, graces[0], &[]).await);
+                drop((carol, alice_too));
+                delivered.until_standing(&[], reaped).await;
+            } else {
+                // The survivor's own clients leave while the dead node's
+                // lease runs out and its departures wait out the grace
+                // period.
+                within(carol.close()).await.unwrap();
+                delivered
+                    .until_standing(
+                        &["member chat:z alice", "occupied chat:z", "online alice"],
+                        reaped,
+                    )
+                    .await;
+                within(alice_too.close()).await.unwrap();
+                delivered.until_standing(&[], wait).await;
+            }
+        }
+    }
+
+    // Nothing else is on its way: no departure held back, no duplicate out
+    // of order.
+    let distinct = delivered.distinct().len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    delivered.take();
+    assert_eq!(delivered.standing(), Vec::<String>::new());
+    assert_eq!(delivered.distinct().len(), distinct, "{}", delivered.dump());
+    println!("{}", delivered.dump());
+}
+
+#[tokio::test]
+async fn order_without_grace_on_one_node_with_clients_closing() {
+    the_order_holds(&["0s"], Ending::Close).await;
+}
+
+#[tokio::test]
+async fn order_with_grace_on_one_node_with_clients_closing() {
+    the_order_holds(&["2s"], Ending::Close).await;
+}
+
+#[tokio::test]
+async fn order_without_grace_on_two_nodes_with_clients_closing() {
+    the_order_holds(&["0s", "0s"], Ending::Close).await;
+}
+
+#[tokio::test]
+async fn order_with_grace_on_two_nodes_with_clients_closing() {
+    the_order_holds(&["2s", "2s"], Ending::Close).await;
+}
+
+#[tokio::test]
+async fn order_without_grace_on_one_node_that_crashes() {
+    the_order_holds(&["0s"], Ending::Crash).await;
+}
+
+#[tokio::test]
+async fn order_with_grace_on_one_node_that_crashes() {
+    the_order_holds(&["2s"], Ending::Crash).await;
+}
+
+#[tokio::test]
+async fn order_without_grace_on_two_nodes_one_of_which_crashes() {
+    the_order_holds(&["0s", "0s"], Ending::Crash).await;
+}
+
+#[tokio::test]
+async fn order_with_grace_on_two_nodes_one_of_which_crashes() {
+    the_order_holds(&["2s", "2s"], Ending::Crash).await;
+}
+
+/// Mid-way through a rolling change of `webhook_grace`: a node without a
+/// grace period queues its departures behind those another node holds.
+#[tokio::test]
+async fn order_on_two_nodes_with_and_without_grace() {
+    the_order_holds(&["2s", "0s"], Ending::Close).await;
+}
+
+/// Departures an earlier version held in `sb:{occ}:grace` (scored by due
+/// time in ms) are still sent when due, or cancelled by a return, so a
+/// rolling upgrade loses none and sends no extra pair.
+#[tokio::test]
+async fn departures_held_by_an_earlier_version_are_sent_or_cancelled() {
+    let redis = Redis::start();
+    let receiver = Receiver::start();
+    let a = hooked_node(&redis, "gw-a", &receiver, "1s", &[]).await;
+    let due = (now() + 2) * 1000;
+    redis.cli(&[
+        "ZADD",
+        "sb:{occ}:grace",
+        &due.to_string(),
+        r#"["u","","dora"]"#,
+        &due.to_string(),
+        r#"["m","chat:old","erin"]"#,
+    ]);
+    // Dora comes back before hers is due: neither is sent.
+    let (_dora, _) = a.connect("dora").await;
+    arrive(
+        &receiver,
+        &["member_removed chat:old erin"],
+        Duration::from_secs(10),
+    )
+    .await;
+    let all = events(&receiver);
+    assert_eq!(described(&receiver), ["member_removed chat:old erin"]);
+    // Dated when it happened: the due time less the grace period.
+    assert_eq!(all[0]["time_ms"].as_u64(), Some(due - 1000));
+    assert_eq!(redis.cli(&["ZCARD", "sb:{occ}:grace"]).trim(), "0");
 }

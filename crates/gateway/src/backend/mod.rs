@@ -9,6 +9,7 @@
 //! later; docs/protocol.md has a verification snippet.
 
 pub mod subscribe_proxy;
+pub mod webhook_order;
 pub mod webhooks;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

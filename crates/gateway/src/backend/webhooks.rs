@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
@@ -88,15 +88,17 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// One event as the backend receives it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// One event as the backend receives it (and, for receivers written in
+/// Rust, reads it back: [`crate::backend::webhook_order`] checks a stream of
+/// them).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Event {
     /// Unique per event: the queue's epoch and the stream entry id.
     pub id: String,
     pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// When it happened (for a departure: when the user left, not when
     /// the grace period ended), unix milliseconds.

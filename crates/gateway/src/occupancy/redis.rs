@@ -11,7 +11,12 @@
 //! the grace period in a sorted set: coming back within it cancels the
 //! pair, so a flapping connection sends nothing; otherwise a node moves it
 //! to the queue when due. Events go to one Redis Stream, which
-//! `webhooks` delivers.
+//! `webhooks` delivers in the order they were queued.
+//!
+//! That order is the contract in docs/protocol.md ("Order"), and the
+//! script makes it by construction (see `OCCUPANCY`). The held departures
+//! keep the order they happened in, so a grace period delays them without
+//! reordering them.
 //!
 //! Writing counts, detecting transitions and queueing events happen in one
 //! script, so a node crash can never leave a transition without its event.
@@ -20,8 +25,9 @@
 //! connect and subscribe (batched per node), never per message.
 //!
 //! A dead node's counts are removed by the node that reaps it
-//! (`presence::redis`), through the same script, so its users go offline
-//! (after the grace period) within the lease bound.
+//! (`presence::redis`), through the same script (its subscriptions, then
+//! its connections), so its users go offline (after the grace period)
+//! within the lease bound, in the same order as a clean exit.
 //!
 //! Keys (docs/architecture.md lists them):
 //! - `sb:{occ}:node:<node>` HASH `["u","",user]` / `["s"|"m",channel,user]` → this node's count
@@ -29,7 +35,8 @@
 //! - `sb:{occ}:subs` HASH channel → subscriptions in the cluster
 //! - `sb:{occ}:users:<channel>` HASH user → the user's subscriptions to it
 //! - `sb:{occ}:channels` ZSET (score 0) of channels with subscribers, for listing
-//! - `sb:{occ}:grace` ZSET pending `["u"|"m"|"c",channel,user]` → due time (ms)
+//! - `sb:{occ}:held` ZSET held departures `["u"|"m"|"c",channel,user]` → when it happened (µs), growing in the order held
+//! - `sb:{occ}:grace` ZSET, the same by due time (ms), from earlier versions: drained, never written
 //! - `sb:{occ}:events` STREAM of events; a consumer group per webhook URL
 //! - `sb:{occ}:epoch` STRING, the queue's random epoch (part of event ids)
 
@@ -46,7 +53,10 @@ const PREFIX: &str = "sb:{occ}:";
 pub const ONLINE_KEY: &str = "sb:{occ}:online";
 pub const CHANNELS_KEY: &str = "sb:{occ}:channels";
 pub const SUBS_KEY: &str = "sb:{occ}:subs";
-pub const GRACE_KEY: &str = "sb:{occ}:grace";
+pub const HELD_KEY: &str = "sb:{occ}:held";
+/// Where versions before `HELD_KEY` held departures (scored by due time,
+/// in ms, which did not keep their order); still drained and cancelled.
+pub const LEGACY_GRACE_KEY: &str = "sb:{occ}:grace";
 pub const EVENTS_KEY: &str = "sb:{occ}:events";
 pub const EPOCH_KEY: &str = "sb:{occ}:epoch";
 /// Counts per script call: bounds how long one call holds Redis.
@@ -65,19 +75,38 @@ fn users_key(channel: &str) -> String {
 }
 
 /// The script behind every change. KEYS: 1 a node's hash, 2 online, 3
-/// channels, 4 subs, 5 grace, 6 events, 7 epoch. ARGV: 1 mode, 2 events on
-/// (1/0), 3 grace ms, 4 queue retention ms, 5 an epoch for a new queue,
-/// then for `set` field/count pairs, for `reap` a scan cursor and count,
-/// for `due` a count. Returns the scan cursor (or 0) followed by the names
-/// of the events queued.
+/// channels, 4 subs, 5 held, 6 events, 7 epoch, 8 the grace set of earlier
+/// versions. ARGV: 1 mode, 2 events on (1/0), 3 grace ms, 4 queue retention
+/// ms, 5 an epoch for a new queue, then for `set` field/count pairs, for
+/// `reap` a scan cursor, a count and which counts (`s` subscriptions, `u`
+/// connections), for `due` a count. Returns the scan cursor (or 0)
+/// followed by the names of the events queued.
+///
+/// The order of the events (docs/protocol.md, "Order") is made here, by
+/// construction rather than by timing:
+/// - `apply` records a subscription's member before its channel when both
+///   rise, and after it when both fall, so a channel opens after its first
+///   member is added and closes after its last member is removed;
+/// - callers hand a user's subscriptions in before their connections when
+///   they fall (`flush` sorts each batch, `reap` makes two passes), so a
+///   user goes offline after leaving their channels;
+/// - departures held for the grace period leave `held` in the order they
+///   went in: each is scored above everything held (when it happened, in
+///   microseconds, pushed past the latest score if the clock repeats or
+///   steps back), and a departure is queued directly only while nothing is
+///   held. So with a grace period the queue gets the departures in the
+///   order they happened, as without one, minus the pairs a return
+///   cancelled.
 const OCCUPANCY: &str = r"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = math.floor(now_us / 1000)
 local hooks = ARGV[2] == '1'
 local grace = tonumber(ARGV[3])
 local retention = tonumber(ARGV[4])
 local prefix = 'sb:{occ}:'
 local epoch = nil
+local latest = nil
 local out = {'0'}
 local RISE = {u = 'user_online', m = 'member_added', c = 'channel_occupied'}
 local FALL = {u = 'user_offline', m = 'member_removed', c = 'channel_vacated'}
@@ -91,17 +120,33 @@ local function emit(name, channel, user, at)
     'name', name, 'channel', channel, 'user', user, 'time_ms', at, 'epoch', epoch)
   out[#out + 1] = name
 end
+-- Holds a departure, scored above everything held: `due` takes them in
+-- the order they were held.
+local function hold(key)
+  if latest == nil then
+    local top = redis.call('ZRANGE', KEYS[5], -1, -1, 'WITHSCORES')
+    latest = tonumber(top[2] or '0')
+  end
+  local at = now_us
+  if at <= latest then at = latest + 1 end
+  latest = at
+  redis.call('ZADD', KEYS[5], at, key)
+end
 local function rise(kind, channel, user)
   if not hooks then return end
-  if grace > 0 and redis.call('ZREM', KEYS[5], cjson.encode({kind, channel, user})) == 1 then
+  local key = cjson.encode({kind, channel, user})
+  -- Back while the departure is held: neither is sent.
+  if redis.call('ZREM', KEYS[5], key) == 1 or redis.call('ZREM', KEYS[8], key) == 1 then
     return
   end
   emit(RISE[kind], channel, user, now)
 end
 local function fall(kind, channel, user)
   if not hooks then return end
-  if grace > 0 then
-    redis.call('ZADD', KEYS[5], now + grace, cjson.encode({kind, channel, user}))
+  -- Without a grace period a departure goes straight to the queue, unless
+  -- departures are held (by a node with one): then it waits behind them.
+  if grace > 0 or redis.call('EXISTS', KEYS[5], KEYS[8]) > 0 then
+    hold(cjson.encode({kind, channel, user}))
   else
     emit(FALL[kind], channel, user, now)
   end
@@ -136,13 +181,13 @@ local function apply(field, count)
   local m_before, m_after = add(prefix .. 'users:' .. channel, user, delta)
   local c_before, c_after = add(KEYS[4], channel, delta)
   local member = kind == 'm'
-  -- A channel opens before its first member arrives and closes after
-  -- its last one leaves.
+  -- A channel opens once its first member is added, and closes once its
+  -- last member is removed.
+  if member and m_before <= 0 and m_after > 0 then rise('m', channel, user) end
   if c_before <= 0 and c_after > 0 then
     redis.call('ZADD', KEYS[3], 0, channel)
     rise('c', channel, '')
   end
-  if member and m_before <= 0 and m_after > 0 then rise('m', channel, user) end
   if member and m_before > 0 and m_after <= 0 then fall('m', channel, user) end
   if c_before > 0 and c_after <= 0 then
     redis.call('ZREM', KEYS[3], channel)
@@ -156,18 +201,32 @@ if mode == 'set' then
     apply(ARGV[i], tonumber(ARGV[i + 1]))
   end
 elseif mode == 'reap' then
+  local connections = ARGV[8] == 'u'
   local scan = redis.call('HSCAN', KEYS[1], ARGV[6], 'COUNT', tonumber(ARGV[7]))
   local fields = scan[2]
   for i = 1, #fields, 2 do
-    apply(fields[i], 0)
+    if (cjson.decode(fields[i])[1] == 'u') == connections then
+      apply(fields[i], 0)
+    end
   end
   out[1] = scan[1]
 elseif mode == 'due' then
-  local due = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[6]))
+  local limit = tonumber(ARGV[6])
+  -- Left by an earlier version, scored by when due (ms): drained, so a
+  -- rolling upgrade loses none.
+  local old = redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+  for i = 1, #old, 2 do
+    local key = cjson.decode(old[i])
+    redis.call('ZREM', KEYS[8], old[i])
+    emit(FALL[key[1]], key[2], key[3], tonumber(old[i + 1]) - grace)
+  end
+  -- The scores grow in the order the departures were held, so what is due
+  -- comes first, in that order.
+  local due = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now_us - grace * 1000, 'WITHSCORES', 'LIMIT', 0, limit)
   for i = 1, #due, 2 do
     local key = cjson.decode(due[i])
     redis.call('ZREM', KEYS[5], due[i])
-    emit(FALL[key[1]], key[2], key[3], tonumber(due[i + 1]) - grace)
+    emit(FALL[key[1]], key[2], key[3], math.floor(tonumber(due[i + 1]) / 1000))
   end
 end
 return out
@@ -219,6 +278,21 @@ fn field(count: &Count) -> String {
     serde_json::Value::from(array.to_vec()).to_string()
 }
 
+/// Where a changed count goes in a batch: connections that opened, then
+/// subscriptions that rose, subscriptions that fell, and connections that
+/// closed. So a user comes online before joining a channel and goes
+/// offline after leaving it, and a channel one user leaves as another
+/// joins stays occupied. Batches are written in order, each batch in this
+/// order (a failed one is taken again with what changed since).
+fn order(count: &Count, value: u32) -> u8 {
+    match (count, value > 0) {
+        (Count::Online(_), true) => 0,
+        (Count::Subscribed { .. }, true) => 1,
+        (Count::Subscribed { .. }, false) => 2,
+        (Count::Online(_), false) => 3,
+    }
+}
+
 impl RedisOccupancy {
     pub fn new(
         link: Link,
@@ -244,9 +318,10 @@ impl RedisOccupancy {
             ONLINE_KEY,
             CHANNELS_KEY,
             SUBS_KEY,
-            GRACE_KEY,
+            HELD_KEY,
             EVENTS_KEY,
             EPOCH_KEY,
+            LEGACY_GRACE_KEY,
         ] {
             invocation.key(key);
         }
@@ -333,13 +408,7 @@ impl RedisOccupancy {
     /// Writes every changed count.
     pub async fn flush(&self) -> Result<(), String> {
         let mut changes = self.occupancy.take_changes();
-        // Arrivals first, then subscriptions, then departures: within one
-        // batch a user comes online before joining and leaves after.
-        changes.sort_by_key(|(count, value)| match count {
-            Count::Online(_) if *value > 0 => 0,
-            Count::Subscribed { .. } => 1,
-            Count::Online(_) => 2,
-        });
+        changes.sort_by_key(|(count, value)| order(count, *value));
         for (i, chunk) in changes.chunks(BATCH).enumerate() {
             let mut args = Vec::with_capacity(chunk.len() * 2);
             for (count, value) in chunk {
@@ -364,13 +433,24 @@ impl RedisOccupancy {
     /// Removes a dead node's counts (its users' departures are queued).
     /// Called by the node holding the reap lock.
     pub async fn reap(&self, node: &str) -> Result<(), String> {
-        let mut cursor = "0".to_owned();
-        loop {
-            cursor = self.run("reap", node, &[cursor, BATCH.to_string()]).await?;
-            if cursor == "0" {
-                return Ok(());
+        // Its subscriptions, then its connections: members leave their
+        // channels before their users go offline.
+        for counts in ["s", "u"] {
+            let mut cursor = "0".to_owned();
+            loop {
+                cursor = self
+                    .run(
+                        "reap",
+                        node,
+                        &[cursor, BATCH.to_string(), counts.to_owned()],
+                    )
+                    .await?;
+                if cursor == "0" {
+                    break;
+                }
             }
         }
+        Ok(())
     }
 
     /// Every count this node holds must be written again: its lease lapsed,
@@ -444,6 +524,36 @@ impl RedisOccupancy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_opens_connections_first_and_closes_them_last() {
+        let user: Arc<str> = Arc::from("alice");
+        let sub = |channel: &str| Count::Subscribed {
+            channel: Arc::from(channel),
+            user: Arc::clone(&user),
+            presence: true,
+        };
+        let mut batch = [
+            (Count::Online(Arc::clone(&user)), 0),
+            (sub("chat:left"), 0),
+            (sub("chat:joined"), 1),
+            (Count::Online(Arc::from("bob")), 2),
+        ];
+        batch.sort_by_key(|(count, value)| order(count, *value));
+        let fields: Vec<String> = batch
+            .iter()
+            .map(|(count, value)| format!("{} {value}", field(count)))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                r#"["u","","bob"] 2"#,
+                r#"["m","chat:joined","alice"] 1"#,
+                r#"["m","chat:left","alice"] 0"#,
+                r#"["u","","alice"] 0"#,
+            ]
+        );
+    }
 
     #[test]
     fn fields_are_json_arrays_the_script_decodes() {
