@@ -15,8 +15,10 @@
 //!   soon as the old master's connection breaks.
 //! - Cluster: one multiplexed cluster connection that routes each command to
 //!   the shard owning its key's slot; the redis crate follows `MOVED`/`ASK`
-//!   and refreshes the slot map after a shard failover. Pipelines there are
-//!   not atomic and run command by command (see [`Link::query_pipe`]).
+//!   and refreshes the slot map after a shard failover; a command that
+//!   times out replaces the connection, whose map is then read afresh.
+//!   Pipelines there are not atomic and run command by command (see
+//!   [`Link::query_pipe`]).
 //!
 //! The check a connection opens with also reads the server's replication
 //! id, which the history scripts take as an argument ([`Link::run_script_as`])
@@ -116,8 +118,9 @@ enum Kind {
     },
     Cluster {
         client: Box<ClusterClient>,
-        connection: Mutex<Option<ClusterConnection>>,
-        connecting: tokio::sync::Mutex<()>,
+        /// The connection and its generation (see [`Link::forget_cluster`]).
+        connection: Mutex<Option<(u64, ClusterConnection)>>,
+        connecting: tokio::sync::Mutex<u64>,
     },
 }
 
@@ -150,7 +153,7 @@ impl Link {
             Kind::Cluster {
                 client: Box::new(client),
                 connection: Mutex::new(None),
-                connecting: tokio::sync::Mutex::new(()),
+                connecting: tokio::sync::Mutex::new(0),
             }
         };
         Ok(Link {
@@ -235,11 +238,12 @@ impl Link {
         work: impl AsyncFnOnce(&mut Connection, &str) -> redis::RedisResult<T>,
     ) -> Result<T, String> {
         let deadline = Instant::now() + REDIS_TIMEOUT;
-        let (mut conn, shared) = match tokio::time::timeout_at(deadline, self.connection()).await {
-            Ok(Ok(taken)) => taken,
-            Ok(Err(error)) => return Err(error),
-            Err(_) => return Err("redis timed out".to_owned()),
-        };
+        let (mut conn, shared, generation) =
+            match tokio::time::timeout_at(deadline, self.connection()).await {
+                Ok(Ok(taken)) => taken,
+                Ok(Err(error)) => return Err(error),
+                Err(_) => return Err("redis timed out".to_owned()),
+            };
         let replid = shared.as_ref().map_or("", |shared| shared.replid.as_str());
         match tokio::time::timeout_at(deadline, work(&mut conn, replid)).await {
             Ok(Ok(value)) => {
@@ -252,12 +256,16 @@ impl Link {
                 if broken(&error) {
                     self.forget(shared.as_ref());
                 }
+                if error.is_timeout() {
+                    self.forget_cluster(generation);
+                }
                 Err(explain(&error, self.inner.tls))
             }
             Err(_) => {
                 // Whatever this connection is stuck on, the next command
                 // should not wait behind it.
                 self.forget(shared.as_ref());
+                self.forget_cluster(generation);
                 Err("redis timed out".to_owned())
             }
         }
@@ -267,7 +275,9 @@ impl Link {
         u64::try_from(self.inner.born.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    async fn connection(&self) -> Result<(Connection, Option<Arc<Shared>>), String> {
+    /// The connection for one command: on one server or Sentinel with its
+    /// shared state, on a cluster with its generation.
+    async fn connection(&self) -> Result<(Connection, Option<Arc<Shared>>, u64), String> {
         match &self.inner.kind {
             Kind::Shared {
                 connector,
@@ -275,7 +285,7 @@ impl Link {
                 connecting,
             } => {
                 let shared = self.shared(connector, current, connecting).await?;
-                Ok((Connection::Shared(shared.conn.clone()), Some(shared)))
+                Ok((Connection::Shared(shared.conn.clone()), Some(shared), 0))
             }
             Kind::Cluster {
                 client,
@@ -283,7 +293,7 @@ impl Link {
                 connecting,
             } => cluster_connection(client, connection, connecting, self.inner.tls)
                 .await
-                .map(|conn| (Connection::Cluster(conn), None)),
+                .map(|(generation, conn)| (Connection::Cluster(conn), None, generation)),
         }
     }
 
@@ -346,6 +356,32 @@ impl Link {
     }
 
     /// Drops a failed shared connection, unless it was replaced already.
+    /// Drops the cluster connection of `generation` (if it is still the
+    /// current one) after a command on it timed out, so the next command
+    /// opens a new one with a slot map read afresh from the seeds. The
+    /// crate's connection refreshes its map only after errors it sees
+    /// itself; after a primary died with commands waiting on it, one was
+    /// seen to time out every command, the lease renewal included, for over
+    /// 15 s after the replica's promotion (tests/failover_windows.rs, about
+    /// one run in three). Commands already running on the old connection
+    /// finish on it.
+    fn forget_cluster(&self, generation: u64) {
+        let Kind::Cluster { connection, .. } = &self.inner.kind else {
+            return;
+        };
+        let mut connection = connection.lock().unwrap_or_else(|e| e.into_inner());
+        if connection
+            .as_ref()
+            .is_some_and(|(current, _)| *current == generation)
+        {
+            *connection = None;
+            tracing::info!(
+                message = "redis cluster connection replaced after a timeout",
+                generation
+            );
+        }
+    }
+
     fn forget(&self, failed: Option<&Arc<Shared>>) {
         let (Kind::Shared { current, .. }, Some(failed)) = (&self.inner.kind, failed) else {
             // The cluster connection reconnects its shards by itself.
@@ -402,24 +438,26 @@ impl redis::aio::ConnectionLike for Connection {
 /// seeds could not be reached.
 async fn cluster_connection(
     client: &ClusterClient,
-    connection: &Mutex<Option<ClusterConnection>>,
-    connecting: &tokio::sync::Mutex<()>,
+    connection: &Mutex<Option<(u64, ClusterConnection)>>,
+    connecting: &tokio::sync::Mutex<u64>,
     tls: bool,
-) -> Result<ClusterConnection, String> {
+) -> Result<(u64, ClusterConnection), String> {
     let cached = || connection.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    if let Some(conn) = cached() {
-        return Ok(conn);
+    if let Some(taken) = cached() {
+        return Ok(taken);
     }
-    let _one_at_a_time = connecting.lock().await;
-    if let Some(conn) = cached() {
-        return Ok(conn);
+    let mut made = connecting.lock().await;
+    if let Some(taken) = cached() {
+        return Ok(taken);
     }
     let conn = client
         .get_async_connection()
         .await
         .map_err(|e| format!("redis cluster: {}", explain(&e, tls)))?;
-    *connection.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
-    Ok(conn)
+    *made += 1;
+    let taken = (*made, conn);
+    *connection.lock().unwrap_or_else(|e| e.into_inner()) = Some(taken.clone());
+    Ok(taken)
 }
 
 /// Whether the connection that returned `error` should be replaced: it is
