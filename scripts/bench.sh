@@ -5,7 +5,8 @@
 #   1. idle connections: gateway resident memory (VmRSS) per connection at
 #      10k connections on one node and 50k over three nodes (a process may
 #      hold 20,000 open files here, so 50k needs three nodes and three load
-#      processes);
+#      processes); then at 10k with 0, 1 and 5 subscriptions each, embedded
+#      and in cluster mode (issue 26);
 #   2. fan-out: one channel, 10k subscribers on one node: deliveries per
 #      second at saturation, and latency at fixed rates;
 #   3. cross-node: two nodes through Redis, subscribers on node B, the
@@ -213,14 +214,15 @@ latency_row() {
 }
 
 # ---------------------------------------------------------------- scenario 1
-# idle KEY NODES CONNS_PER_NODE SHAPE LABEL: per-node RSS per connection.
+# idle KEY NODES CONNS_PER_NODE SHAPE LABEL: per-node RSS per connection;
+# nodes in cluster mode on IDLE_REDIS when it is set.
 idle() {
     local key=$1 nodes=$2 per_node=$3 shape=$4 label=$5
     local ports=() pids=() bases=() loads=()
     for n in $(seq 1 "$nodes"); do
         local port
         port=$(free_port)
-        start_node "$key-node-$n" "$port"
+        start_node "$key-node-$n" "$port" "${IDLE_REDIS:-}"
         ports+=("$port")
         pids+=("$NODE_PID")
     done
@@ -264,7 +266,8 @@ idle() {
     for pid in "${pids[@]}"; do
         stop_pid "$pid"
     done
-    row "$label" "$((sum / nodes)) B per connection (worst node $worst B)" \
+    IDLE_LAST=$((sum / nodes))
+    row "$label" "$IDLE_LAST B per connection (worst node $worst B)" \
         "$held connections held on $nodes node(s); RSS after minus RSS before, per node"
 }
 
@@ -318,6 +321,24 @@ idle idle-10k 1 10000 idle "idle, 10k connections, 1 node"
 idle idle-50k 3 16667 idle "idle, 50k connections, 3 nodes x 16.7k"
 idle rooms-10k 1 10000 rooms "10k connections each subscribed to a room of 100, 1 node"
 idle_burst burst-10k 10000 20 32768 "idle after a burst of 20 x 32 KiB messages to 10k subscribers of one channel, 1 node"
+# Memory per connection by subscriptions (issue 26), embedded and in cluster
+# mode on one redis-server of its own: none, one shared channel, five
+# shared channels each (`--shape many`, the channels' own state shared, so
+# the rows show what a connection and each of its subscriptions cost).
+idle mem-emb-1 1 10000 one "memory, embedded, 10k connections, 1 subscription each (one shared channel)"
+idle mem-emb-5 1 10000 many "memory, embedded, 10k connections, 5 subscriptions each (five shared channels)"
+start_redis
+MEM_REDIS_PID=$REDIS_PID
+IDLE_REDIS="redis://127.0.0.1:$REDIS_PORT/"
+IDLE_REDIS=$IDLE_REDIS idle mem-clu-0 1 10000 idle "memory, cluster mode (one Redis), 10k connections, no subscription"
+IDLE_REDIS=$IDLE_REDIS idle mem-clu-1 1 10000 one "memory, cluster mode (one Redis), 10k connections, 1 subscription each (one shared channel)"
+MEM_ONE=$IDLE_LAST
+IDLE_REDIS=$IDLE_REDIS idle mem-clu-5 1 10000 many "memory, cluster mode (one Redis), 10k connections, 5 subscriptions each (five shared channels)"
+row "memory, cluster mode, 5 subscriptions against 1" \
+    "$(awk -v a="$IDLE_LAST" -v b="$MEM_ONE" 'BEGIN { printf "%.2fx", a / (b > 0 ? b : 1) }')" \
+    "$IDLE_LAST B against $MEM_ONE B per connection, in the two rows above"
+stop_pid "$MEM_REDIS_PID"
+unset REDIS_PORT REDIS_PID IDLE_REDIS
 NODE_LOG=warn
 fi
 

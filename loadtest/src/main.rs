@@ -38,6 +38,8 @@ enum ShapeArg {
     Rooms,
     /// A room each, plus `bench:all`.
     Mix,
+    /// Everyone on the same --subscriptions channels.
+    Many,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -88,6 +90,10 @@ struct Args {
     /// Connections per room (rooms, mix).
     #[arg(long, default_value_t = 10)]
     room_size: usize,
+    /// Channels each connection subscribes to (many): all connections share
+    /// them, so the figure is what each subscription of a connection costs.
+    #[arg(long, default_value_t = 5)]
+    subscriptions: usize,
     /// Publish over this many channels (rooms only): rooms past those the
     /// connections fill have no subscribers, e.g. `--connections 0 --shape
     /// rooms --channels 1000`.
@@ -187,6 +193,12 @@ fn plan(args: &Args) -> Result<Plan, String> {
     if args.channels.is_some() && args.shape != ShapeArg::Rooms {
         return Err("--channels goes with --shape rooms".into());
     }
+    if !(1..=128).contains(&args.subscriptions) {
+        return Err(
+            "--subscriptions must be from 1 to 128 (the gateway's default session.max_channels)"
+                .into(),
+        );
+    }
     if args.history_check && matches!(args.via, ViaArg::Client) {
         return Err("--history-check goes with --via batch or --via api".into());
     }
@@ -219,6 +231,9 @@ fn plan(args: &Args) -> Result<Plan, String> {
         },
         ShapeArg::Mix => Shape::Mix {
             size: args.room_size.max(1),
+        },
+        ShapeArg::Many => Shape::Many {
+            count: args.subscriptions,
         },
     };
     plan.via = match args.via {

@@ -21,6 +21,10 @@ pub enum Shape {
     Rooms { size: usize },
     /// Every connection subscribes to its room and to `bench:all`.
     Mix { size: usize },
+    /// Every connection subscribes to the same `count` channels,
+    /// `bench:room.0` to `bench:room.<count-1>`: what each further
+    /// subscription of a connection costs, the channels' own state shared.
+    Many { count: usize },
 }
 
 /// How messages are published.
@@ -156,6 +160,7 @@ impl Plan {
             Shape::Mix { size } => std::iter::once(BROADCAST.to_owned())
                 .chain((0..rooms(self.connections, size)).map(room))
                 .collect(),
+            Shape::Many { count } => (0..count).map(room).collect(),
         }
     }
 
@@ -166,6 +171,7 @@ impl Plan {
             Shape::OneChannel => vec![0],
             Shape::Rooms { size } => vec![i / size.max(1)],
             Shape::Mix { size } => vec![0, 1 + i / size.max(1)],
+            Shape::Many { count } => (0..count).collect(),
         }
     }
 
@@ -226,6 +232,10 @@ mod tests {
         assert_eq!(plan.channels()[0], BROADCAST);
         assert_eq!(plan.subscriptions(11), vec![0, 2]);
         assert_eq!(plan.subscribers_per_channel(), vec![25, 10, 10, 5]);
+        plan.shape = Shape::Many { count: 5 };
+        assert_eq!(plan.channels()[4], "bench:room.4");
+        assert_eq!(plan.subscriptions(9), vec![0, 1, 2, 3, 4]);
+        assert_eq!(plan.subscribers_per_channel(), vec![25; 5]);
         plan.source_count = 3;
         assert_eq!(plan.source(4), Ipv4Addr::new(127, 0, 0, 3));
     }

@@ -69,6 +69,27 @@ async fn every_subscriber_gets_every_message_once_on_one_node() {
     assert_exactly_once(&run(plan).await);
 }
 
+/// The memory rows' shape (issue 26): every connection on the same five
+/// channels, each message of each reaching every connection once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_connection_holds_five_subscriptions_with_shape_many() {
+    let gateway = unthrottled(Gateway::builder())
+        .env("SWITCHBOARD_API_KEY", API_KEY)
+        .start();
+    let mut plan = short_plan(&gateway);
+    plan.connections = 100;
+    plan.shape = Shape::Many { count: 5 };
+    plan.rate = 100.0;
+    let report = run(plan).await;
+    println!("{report}");
+    assert_eq!(report.connections_peak, 100, "{report}");
+    assert_eq!(report.strays, 0, "{report}");
+    let ledger = report.exactly_once.as_ref().unwrap();
+    assert_eq!(ledger.streams, 500, "100 connections x 5 channels");
+    assert!(ledger.ok(), "{report}");
+    assert!(report.clean(), "{report}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_subscriber_gets_every_message_once_across_two_nodes() {
     let redis = Redis::start();
