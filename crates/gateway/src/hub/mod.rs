@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -352,18 +352,22 @@ pub struct Fanout {
 /// channel's presence, the `info` it entered with (the token's, or the
 /// subscribe proxy's). Cluster mode rewrites presence from these when Redis
 /// lost it, so the presence layer keeps no copy of its own.
+///
+/// 24 bytes: `present` is `None` until the subscription entered presence,
+/// then its `info`, or the node's one shared JSON `null` when it has none
+/// (written to Redis as `"info":null` either way), rather than a third
+/// state that would take another 8 bytes in every subscriber entry.
 #[derive(Debug)]
 struct Subscriber {
     session: Arc<SessionHandle>,
-    present: Present,
+    present: Option<Arc<RawValue>>,
 }
 
-/// Whether a subscription is in the channel's presence, with which `info`.
-#[derive(Debug, Clone)]
-enum Present {
-    No,
-    Yes(Option<Arc<RawValue>>),
-}
+/// The `info` of a subscription in presence without one.
+static NO_INFO: LazyLock<Arc<RawValue>> = LazyLock::new(|| {
+    let null: Box<RawValue> = serde_json::from_str("null").unwrap_or_else(|_| unreachable!());
+    Arc::from(null)
+});
 
 type Subscribers = IndexMap<u64, Subscriber>;
 
@@ -450,7 +454,7 @@ impl Hub {
             .get_mut(channel)
             .and_then(|s| s.get_mut(&session_id))
         {
-            subscriber.present = Present::Yes(info);
+            subscriber.present = Some(info.unwrap_or_else(|| Arc::clone(&NO_INFO)));
         }
     }
 
@@ -461,12 +465,13 @@ impl Hub {
         let mut present = Vec::new();
         for (channel, subscribers) in channels.iter() {
             for (id, subscriber) in subscribers {
-                if let Present::Yes(info) = &subscriber.present {
+                if let Some(info) = &subscriber.present {
+                    let info = (!Arc::ptr_eq(info, &NO_INFO)).then(|| Arc::clone(info));
                     present.push((
                         channel.to_string(),
                         *id,
                         Arc::clone(&subscriber.session.user),
-                        info.clone(),
+                        info,
                     ));
                 }
             }
@@ -625,7 +630,7 @@ impl Subscriber {
     fn new(session: &Arc<SessionHandle>) -> Subscriber {
         Subscriber {
             session: Arc::clone(session),
-            present: Present::No,
+            present: None,
         }
     }
 }
@@ -667,6 +672,12 @@ mod tests {
         assert!(!hub.unsubscribe("c", 1), "unsubscribing twice is harmless");
         assert!(hub.unsubscribe("c", 2));
         assert_eq!(hub.channel_count(), 0);
+    }
+
+    #[test]
+    fn a_subscriber_entry_stays_small() {
+        // Every subscription on the node holds one, in both modes.
+        assert_eq!(std::mem::size_of::<Subscriber>(), 24);
     }
 
     #[test]
