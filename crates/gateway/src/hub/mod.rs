@@ -9,6 +9,11 @@
 //! than frames bounds memory whatever the message size: a shared frame is
 //! charged in full to every queue it sits in, so the bound holds even for a
 //! queue that outlives the other recipients' copies.
+//!
+//! Each subscriber entry also says whether the subscription entered the
+//! channel's presence, with which `info`: the one record of it on the node,
+//! which cluster presence rewrites Redis from when Redis lost it (instead of
+//! keeping its own copy of every write).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Bound;
