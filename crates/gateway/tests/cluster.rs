@@ -290,6 +290,15 @@ async fn presence_and_connections_are_rewritten_after_redis_lost_them() {
         .await;
     within(alice.subscribe("chat:room")).await.unwrap();
     within(alice.subscribe("doc:1")).await.unwrap();
+    // A refreshed token's info is for the subscriptions made after it; the
+    // earlier ones keep the info they entered presence with.
+    within(alice.refresh(&sign(&json!({
+        "sub": "alice", "exp": now() + 3600, "channels": ["chat:*"],
+        "info": { "name": "Alice 2" },
+    }))))
+    .await
+    .unwrap();
+    within(alice.subscribe("chat:later")).await.unwrap();
     let (mut bob, bob_welcome) = node.connect("bob").await;
     within(bob.subscribe("chat:room")).await.unwrap();
     let (alice_id, bob_id) = (alice_welcome.connection_id, bob_welcome.connection_id);
@@ -306,13 +315,19 @@ async fn presence_and_connections_are_rewritten_after_redis_lost_them() {
         alice_id.clone(),
         Some(json!({ "role": "editor" })),
     )];
+    let later = vec![(
+        "alice".to_owned(),
+        alice_id.clone(),
+        Some(json!({ "name": "Alice 2" })),
+    )];
     assert_eq!(members(&mut bob, "chat:room").await, room);
     assert_eq!(members(&mut alice, "doc:1").await, doc);
+    assert_eq!(members(&mut bob, "chat:later").await, later);
 
     // Redis loses everything (as a restart without persistence would): the
     // lease is gone, so the node writes back what it holds.
     assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
-    node.wait_log(|e| e["message"] == "redis lease acquired" && e["entries"] == 3)
+    node.wait_log(|e| e["message"] == "redis lease acquired" && e["entries"] == 4)
         .await;
     assert_eq!(members(&mut bob, "chat:room").await, room);
     assert_eq!(
@@ -320,6 +335,7 @@ async fn presence_and_connections_are_rewritten_after_redis_lost_them() {
         doc,
         "the subscribe proxy's info, not the token's"
     );
+    assert_eq!(members(&mut bob, "chat:later").await, later);
     let (instance, _) = alice_id.rsplit_once('.').unwrap();
     for (id, user) in [(&alice_id, "alice"), (&bob_id, "bob")] {
         assert_eq!(redis.cli(&["HGET", &format!("sb:conn:{id}"), "user"]), user);
@@ -336,7 +352,7 @@ async fn presence_and_connections_are_rewritten_after_redis_lost_them() {
     assert_eq!(conns, expected);
     assert_eq!(
         redis.cli(&["SCARD", &format!("sb:node:{instance}:presence")]),
-        "3"
+        "4"
     );
 
     // The rewritten entries leave as any other.
