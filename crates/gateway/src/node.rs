@@ -26,7 +26,7 @@ use crate::metrics::webhooks::WebhookMetrics;
 use crate::metrics::Metrics;
 use crate::occupancy::redis::{EventQueue, RedisOccupancy};
 use crate::occupancy::{ChannelCounts, ChannelPage, ListQuery, Occupancy};
-use crate::presence::redis::RedisPresence;
+use crate::presence::redis::{HeldEntry, Holdings, RedisPresence};
 use crate::presence::{CountedPresence, MemoryPresence, Presence};
 use crate::redis::health::RedisHealth;
 use crate::redis::link::Link;
@@ -75,6 +75,19 @@ impl std::fmt::Debug for dyn Broker {
 impl std::fmt::Debug for dyn Presence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Presence")
+    }
+}
+
+/// The hub is what cluster presence rewrites from when Redis lost the
+/// node's state (presence keeps no copy of it; the hub and presence sit on
+/// the same layer, so the node ties them together).
+impl Holdings for Hub {
+    fn present(&self) -> Vec<HeldEntry> {
+        self.presence_entries()
+    }
+
+    fn sessions(&self) -> Vec<(u64, Arc<str>)> {
+        self.session_users()
     }
 }
 
@@ -156,8 +169,14 @@ impl Node {
             queue,
         );
         tokio::spawn(Arc::clone(&writer).maintain(background.clone()));
-        let presence =
-            RedisPresence::new(link, config.clone(), instance, health, Arc::clone(&writer));
+        let presence = RedisPresence::new(
+            link,
+            config.clone(),
+            instance,
+            health,
+            Arc::clone(&writer),
+            Arc::clone(&hub) as Arc<dyn Holdings>,
+        );
         tokio::spawn(Arc::clone(&presence).maintain(background.clone()));
         Node::build(
             config,

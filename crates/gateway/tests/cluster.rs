@@ -1,15 +1,20 @@
 //! Cluster mode over a real redis-server: cross-node delivery and presence,
 //! one Redis subscription per channel per node, a crashed node's presence
-//! reaped, Redis restarts survived, and the server API across nodes.
+//! reaped, Redis restarts survived (presence and connections rewritten from
+//! what the node holds), and the server API across nodes.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/receiver.rs"]
+mod receiver;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::json;
+use receiver::{Answer, Receiver, Request};
+use serde_json::{json, Value};
 use switchboard_client::{ClientError, Frame, Incoming};
 
 const CHAT: &str = "[namespaces.chat]\npresence = true\njoin_leave = true\n";
@@ -237,6 +242,131 @@ async fn redis_outage_is_visible_and_delivery_resumes() {
         redis.cli(&["PUBSUB", "NUMSUB", "sb:ch:room"]),
         "sb:ch:room\n1"
     );
+}
+
+/// `channel`'s members as (user, connection id, info), sorted by user.
+async fn members(
+    conn: &mut switchboard_client::Connection,
+    channel: &str,
+) -> Vec<(String, String, Option<Value>)> {
+    let mut members: Vec<_> = within(conn.presence(channel))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.user, m.connection_id, m.info))
+        .collect();
+    members.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    members
+}
+
+#[tokio::test]
+async fn presence_and_connections_are_rewritten_after_redis_lost_them() {
+    let redis = Redis::start();
+    let receiver = Receiver::start();
+    receiver.set_handler(Arc::new(|_: &Request| {
+        Answer::Json(200, json!({ "allow": true, "info": { "role": "editor" } }))
+    }));
+    let node = Gateway::builder()
+        .env("SWITCHBOARD_REDIS_URL", &redis.url())
+        .env("SWITCHBOARD_NODE_ID", "gw-a")
+        .env("SWITCHBOARD_API_KEY", API_KEY)
+        .env(
+            "SWITCHBOARD_BACKEND_SECRET",
+            "backend-secret-backend-secret-0123456789",
+        )
+        .toml(&format!(
+            "{CHAT}[namespaces.doc]\npresence = true\nsubscribe_proxy = \"{}\"\n",
+            receiver.url("/switchboard/subscribe")
+        ))
+        .start();
+    wait_ready(&node, 200).await;
+    // Alice's token grants chat:* with an info; doc:1 is allowed by the
+    // backend with an info of its own. Bob's token has no info.
+    let (mut alice, alice_welcome) = node
+        .connect_token(&sign(&json!({
+            "sub": "alice", "exp": now() + 3600, "channels": ["chat:*"],
+            "info": { "name": "Alice" },
+        })))
+        .await;
+    within(alice.subscribe("chat:room")).await.unwrap();
+    within(alice.subscribe("doc:1")).await.unwrap();
+    // A refreshed token's info is for the subscriptions made after it; the
+    // earlier ones keep the info they entered presence with.
+    within(alice.refresh(&sign(&json!({
+        "sub": "alice", "exp": now() + 3600, "channels": ["chat:*"],
+        "info": { "name": "Alice 2" },
+    }))))
+    .await
+    .unwrap();
+    within(alice.subscribe("chat:later")).await.unwrap();
+    let (mut bob, bob_welcome) = node.connect("bob").await;
+    within(bob.subscribe("chat:room")).await.unwrap();
+    let (alice_id, bob_id) = (alice_welcome.connection_id, bob_welcome.connection_id);
+    let room = vec![
+        (
+            "alice".to_owned(),
+            alice_id.clone(),
+            Some(json!({ "name": "Alice" })),
+        ),
+        ("bob".to_owned(), bob_id.clone(), None),
+    ];
+    let doc = vec![(
+        "alice".to_owned(),
+        alice_id.clone(),
+        Some(json!({ "role": "editor" })),
+    )];
+    let later = vec![(
+        "alice".to_owned(),
+        alice_id.clone(),
+        Some(json!({ "name": "Alice 2" })),
+    )];
+    assert_eq!(members(&mut bob, "chat:room").await, room);
+    assert_eq!(members(&mut alice, "doc:1").await, doc);
+    assert_eq!(members(&mut bob, "chat:later").await, later);
+
+    // Redis loses everything (as a restart without persistence would): the
+    // lease is gone, so the node writes back what it holds.
+    assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
+    node.wait_log(|e| e["message"] == "redis lease acquired" && e["entries"] == 4)
+        .await;
+    assert_eq!(members(&mut bob, "chat:room").await, room);
+    assert_eq!(
+        members(&mut alice, "doc:1").await,
+        doc,
+        "the subscribe proxy's info, not the token's"
+    );
+    assert_eq!(members(&mut bob, "chat:later").await, later);
+    let (instance, _) = alice_id.rsplit_once('.').unwrap();
+    for (id, user) in [(&alice_id, "alice"), (&bob_id, "bob")] {
+        assert_eq!(redis.cli(&["HGET", &format!("sb:conn:{id}"), "user"]), user);
+        assert_eq!(
+            redis.cli(&["HGET", &format!("sb:user:{user}"), id]),
+            instance
+        );
+    }
+    let conns = redis.cli(&["SMEMBERS", &format!("sb:node:{instance}:conns")]);
+    let mut conns: Vec<&str> = conns.lines().collect();
+    conns.sort_unstable();
+    let mut expected = vec![alice_id.as_str(), bob_id.as_str()];
+    expected.sort_unstable();
+    assert_eq!(conns, expected);
+    assert_eq!(
+        redis.cli(&["SCARD", &format!("sb:node:{instance}:presence")]),
+        "4"
+    );
+
+    // The rewritten entries leave as any other.
+    within(bob.unsubscribe("chat:room")).await.unwrap();
+    assert_eq!(members(&mut alice, "chat:room").await, room[..1].to_vec());
+    drop(bob);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.cli(&["EXISTS", &format!("sb:conn:{bob_id}")]) != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "bob's connection is still recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

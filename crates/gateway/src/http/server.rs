@@ -31,6 +31,7 @@ use crate::http::response::{self, Body};
 use crate::limits::Limited;
 use crate::metrics;
 use crate::node::Node;
+use crate::presence;
 use crate::session;
 
 /// A client must send its request headers within this time.
@@ -317,7 +318,7 @@ async fn upgrade(
         }
     };
     let id = node.next_session_id();
-    let connection_id: Arc<str> = Arc::from(format!("{}.{id}", node.instance));
+    let connection_id = presence::connection_id(&node.instance, id);
     // The cluster-wide per-user cap, and the connection's record in cluster
     // state. With Redis away the local cap (already passed) is the check.
     let max_per_user = node.limits.max_connections_per_user();
@@ -399,7 +400,12 @@ fn open_session(pending: Box<Pending>) -> impl std::future::Future<Output = ()> 
     match ws {
         Some(ws) => Either::Left(session::run(node, ws, opened)),
         None => Either::Right(Box::pin(async move {
-            if let Err(error) = node.presence.disconnected(&opened.connection_id).await {
+            let user = &opened.admission.claims.user;
+            if let Err(error) = node
+                .presence
+                .disconnected(&opened.connection_id, user)
+                .await
+            {
                 tracing::warn!(message = "connection not forgotten", %error);
             }
         })),

@@ -9,16 +9,22 @@
 //! than frames bounds memory whatever the message size: a shared frame is
 //! charged in full to every queue it sits in, so the bound holds even for a
 //! queue that outlives the other recipients' copies.
+//!
+//! Each subscriber entry also says whether the subscription entered the
+//! channel's presence, with which `info`: the one record of it on the node,
+//! which cluster presence rewrites Redis from when Redis lost it (instead of
+//! keeping its own copy of every write).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 use indexmap::IndexMap;
+use serde_json::value::RawValue;
 use switchboard_protocol::close::SLOW_CONSUMER;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -347,7 +353,31 @@ pub struct Fanout {
     pub dropped: usize,
 }
 
-type Subscribers = IndexMap<u64, Arc<SessionHandle>>;
+/// One local subscription: the session, and, once it entered the
+/// channel's presence, the `info` it entered with (the token's, or the
+/// subscribe proxy's). Cluster mode rewrites presence from these when Redis
+/// lost it, so the presence layer keeps no copy of its own.
+///
+/// 24 bytes: `present` is `None` until the subscription entered presence,
+/// then its `info`, or the node's one shared JSON `null` when it has none
+/// (written to Redis as `"info":null` either way), rather than a third
+/// state that would take another 8 bytes in every subscriber entry.
+#[derive(Debug)]
+struct Subscriber {
+    session: Arc<SessionHandle>,
+    present: Option<Arc<RawValue>>,
+}
+
+/// The `info` of a subscription in presence without one.
+static NO_INFO: LazyLock<Arc<RawValue>> = LazyLock::new(|| {
+    let null: Box<RawValue> = serde_json::from_str("null").unwrap_or_else(|_| unreachable!());
+    Arc::from(null)
+});
+
+type Subscribers = IndexMap<u64, Subscriber>;
+
+/// One presence entry this node holds: channel, session number, user, `info`.
+pub type PresentEntry = (String, u64, Arc<str>, Option<Arc<RawValue>>);
 
 /// Channel → local subscribers, and every local session (by id; a
 /// disconnect by user scans them, which is rare, rather than keeping a map
@@ -386,12 +416,14 @@ impl Hub {
         let mut channels = self.channels.write().unwrap_or_else(|e| e.into_inner());
         match channels.get_mut(channel) {
             Some(subscribers) => {
-                subscribers.insert(session.id, Arc::clone(session));
+                subscribers
+                    .entry(session.id)
+                    .or_insert_with(|| Subscriber::new(session));
                 false
             }
             None => {
                 let mut subscribers = Subscribers::with_capacity(1);
-                subscribers.insert(session.id, Arc::clone(session));
+                subscribers.insert(session.id, Subscriber::new(session));
                 channels.insert(channel.into(), subscribers);
                 self.metrics.channel_opened(channel);
                 true
@@ -417,6 +449,50 @@ impl Hub {
         false
     }
 
+    /// Records that a subscription entered the channel's presence with
+    /// `info` (before presence is written, so a rewrite after Redis lost
+    /// the node's state includes it even when that write failed). Nothing
+    /// when the session is not subscribed.
+    pub fn set_present(&self, channel: &str, session_id: u64, info: Option<Arc<RawValue>>) {
+        let mut channels = self.channels.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(subscriber) = channels
+            .get_mut(channel)
+            .and_then(|s| s.get_mut(&session_id))
+        {
+            subscriber.present = Some(info.unwrap_or_else(|| Arc::clone(&NO_INFO)));
+        }
+    }
+
+    /// Every subscription in presence on this node, for the rewrite of
+    /// cluster state (rare: O(subscriptions)).
+    pub fn presence_entries(&self) -> Vec<PresentEntry> {
+        let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
+        let mut present = Vec::new();
+        for (channel, subscribers) in channels.iter() {
+            for (id, subscriber) in subscribers {
+                if let Some(info) = &subscriber.present {
+                    let info = (!Arc::ptr_eq(info, &NO_INFO)).then(|| Arc::clone(info));
+                    present.push((
+                        channel.to_string(),
+                        *id,
+                        Arc::clone(&subscriber.session.user),
+                        info,
+                    ));
+                }
+            }
+        }
+        present
+    }
+
+    /// Every open session's number and user, for the rewrite of cluster state.
+    pub fn session_users(&self) -> Vec<(u64, Arc<str>)> {
+        let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        sessions
+            .iter()
+            .map(|(id, session)| (*id, Arc::clone(&session.user)))
+            .collect()
+    }
+
     /// Queues one frame to every local subscriber of its channel.
     pub fn deliver(&self, delivery: &Arc<Delivery>) -> Fanout {
         let timer = self.metrics.fanout();
@@ -424,7 +500,7 @@ impl Hub {
         let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
         let mut fanout = Fanout::default();
         if let Some(subscribers) = channels.get(channel) {
-            for session in subscribers.values() {
+            for Subscriber { session, .. } in subscribers.values() {
                 if session.offer(Outbound::Frame(Arc::clone(delivery))) {
                     timer.queued();
                     fanout.delivered += 1;
@@ -555,11 +631,20 @@ impl Hub {
     }
 }
 
+impl Subscriber {
+    fn new(session: &Arc<SessionHandle>) -> Subscriber {
+        Subscriber {
+            session: Arc::clone(session),
+            present: None,
+        }
+    }
+}
+
 fn counts(channel: &str, subscribers: Option<&Subscribers>) -> ChannelCounts {
     let users: HashSet<&str> = subscribers
         .into_iter()
         .flat_map(|s| s.values())
-        .map(|session| &*session.user)
+        .map(|subscriber| &*subscriber.session.user)
         .collect();
     ChannelCounts {
         channel: channel.to_owned(),
@@ -592,6 +677,57 @@ mod tests {
         assert!(!hub.unsubscribe("c", 1), "unsubscribing twice is harmless");
         assert!(hub.unsubscribe("c", 2));
         assert_eq!(hub.channel_count(), 0);
+    }
+
+    #[test]
+    fn a_subscriber_entry_stays_small() {
+        // Every subscription on the node holds one, in both modes.
+        assert_eq!(std::mem::size_of::<Subscriber>(), 24);
+    }
+
+    #[test]
+    fn presence_entries_are_the_subscriptions_that_entered_presence() {
+        let hub = Hub::new();
+        let (a, _ra) = session(1, 1024);
+        let (b, _rb) = session(2, 1024);
+        hub.register(&a);
+        hub.register(&b);
+        hub.subscribe("c", &a);
+        hub.subscribe("c", &b);
+        hub.subscribe("d", &a);
+        assert!(
+            hub.presence_entries().is_empty(),
+            "subscribed is not yet present (a subscribe may still fail)"
+        );
+        let info: Arc<RawValue> = Arc::from(RawValue::from_string("{\"k\":1}".into()).unwrap());
+        hub.set_present("c", 1, Some(Arc::clone(&info)));
+        hub.set_present("d", 1, None);
+        hub.set_present("e", 2, None);
+        hub.subscribe("c", &a);
+        let mut entries: Vec<_> = hub
+            .presence_entries()
+            .into_iter()
+            .map(|(channel, id, user, info)| (channel, id, user, info.map(|i| i.get().to_owned())))
+            .collect();
+        entries.sort();
+        assert_eq!(
+            entries,
+            vec![
+                (
+                    "c".to_owned(),
+                    1,
+                    Arc::from("u"),
+                    Some("{\"k\":1}".to_owned())
+                ),
+                ("d".to_owned(), 1, Arc::from("u"), None),
+            ],
+            "subscribing again keeps the entry; a channel not subscribed gets none"
+        );
+        hub.unsubscribe("c", 1);
+        assert_eq!(hub.presence_entries().len(), 1);
+        let mut users = hub.session_users();
+        users.sort();
+        assert_eq!(users, vec![(1, Arc::from("u")), (2, Arc::from("u"))]);
     }
 
     #[test]

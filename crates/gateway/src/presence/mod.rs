@@ -56,10 +56,23 @@ pub trait Presence: Send + Sync {
     ) -> Result<bool, PresenceError> {
         Ok(true)
     }
-    /// Forgets a closed connection.
-    async fn disconnected(&self, _connection_id: &Arc<str>) -> Result<(), PresenceError> {
+    /// The connection's session is running (registered in the hub): from
+    /// now on the node finds it there, not in presence's own records.
+    fn opened(&self, _connection_id: &Arc<str>) {}
+    /// Forgets a closed connection of `user`.
+    async fn disconnected(
+        &self,
+        _connection_id: &Arc<str>,
+        _user: &Arc<str>,
+    ) -> Result<(), PresenceError> {
         Ok(())
     }
+}
+
+/// A connection's id: `<instance>.<session number>`, where the instance is
+/// the node id plus a run id (`Node::instance`).
+pub fn connection_id(instance: &str, session: u64) -> Arc<str> {
+    Arc::from(format!("{instance}.{session}"))
 }
 
 /// Single-node presence in a map.
@@ -158,10 +171,18 @@ impl Presence for CountedPresence {
         .await
     }
 
-    async fn disconnected(&self, connection_id: &Arc<str>) -> Result<(), PresenceError> {
+    fn opened(&self, connection_id: &Arc<str>) {
+        self.inner.opened(connection_id);
+    }
+
+    async fn disconnected(
+        &self,
+        connection_id: &Arc<str>,
+        user: &Arc<str>,
+    ) -> Result<(), PresenceError> {
         self.count(
             PresenceOp::Disconnected,
-            self.inner.disconnected(connection_id),
+            self.inner.disconnected(connection_id, user),
         )
         .await
     }

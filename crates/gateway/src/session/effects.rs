@@ -127,6 +127,9 @@ where
             connection_id: Arc::clone(&self.connection_id),
             info,
         };
+        // The hub holds what presence must rewrite should Redis lose it.
+        node.hub
+            .set_present(channel.as_str(), self.handle.id, member.info.clone());
         if let Err(error) = node.presence.join(channel.as_str(), &member).await {
             tracing::warn!(message = "presence join failed", channel = %channel, %error, connection_id = %self.connection_id);
         } else if node.config.namespace(channel.namespace()).join_leave {

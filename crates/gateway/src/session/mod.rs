@@ -231,6 +231,7 @@ where
     async fn run(mut self: Box<Self>) {
         let node = Arc::clone(&self.node);
         node.hub.register(&self.handle);
+        node.presence.opened(&self.connection_id);
         node.occupancy.connected(&self.claims.user);
         // The drain walks the hub's sessions once; one that registered
         // after the walk sees the node draining here.
@@ -250,7 +251,8 @@ where
         Box::pin(self.finish(end)).await;
         node.hub.unregister(self.handle.id);
         node.occupancy.disconnected(&self.claims.user);
-        if let Err(error) = node.presence.disconnected(&self.connection_id).await {
+        let user = &self.claims.user;
+        if let Err(error) = node.presence.disconnected(&self.connection_id, user).await {
             tracing::warn!(message = "connection not forgotten", connection_id = %self.connection_id, %error);
         }
     }

@@ -1,7 +1,8 @@
 //! The node lease: renewed each second, so other nodes know this one is
 //! alive, and the upkeep that rides on it. When the lease had lapsed (Redis
 //! restarted, or the node was cut off long enough to be reaped) the node
-//! rewrites everything it owns from its mirror; removals that failed while
+//! rewrites everything it owns from what the node holds (the hub, through
+//! [`Holdings`](super::Holdings)); removals that failed while
 //! Redis was away are retried; nodes without a lease are reaped, one reaper
 //! per dead node, with their members' `leave` events; at a clean shutdown
 //! the lease is given back.
@@ -14,6 +15,7 @@ use switchboard_protocol::channel::namespace;
 use switchboard_protocol::ServerFrame;
 use tokio_util::sync::CancellationToken;
 
+use crate::presence::connection_id;
 use crate::presence::redis::{
     conn_key, conns_key, index_key, lease_key, presence_key, user_key, Entry, RedisPresence, NODES,
 };
@@ -68,10 +70,21 @@ impl RedisPresence {
         if renewed.is_some() {
             return Ok(());
         }
-        let (presence, connections) = {
-            let mirror = self.mirror();
-            (mirror.presence.clone(), mirror.connections.clone())
-        };
+        // The connections still opening first, then the hub: a session
+        // leaves `opening` only once it is in the hub, so none is missed.
+        let mut connections: Vec<(Arc<str>, Arc<str>)> = self
+            .outstanding()
+            .opening
+            .iter()
+            .map(|(id, user)| (Arc::clone(id), Arc::clone(user)))
+            .collect();
+        connections.extend(
+            self.holdings
+                .sessions()
+                .into_iter()
+                .map(|(session, user)| (connection_id(&self.node, session), user)),
+        );
+        let presence = self.holdings.present();
         // The lease first, so no reaper starts on this node's entries while
         // they are rewritten. Not a MULTI: on a cluster the keys live in
         // many slots; a rewrite cut short is redone at the next renewal.
@@ -83,8 +96,10 @@ impl RedisPresence {
             .arg(LEASE.as_millis() as u64)
             .ignore();
         pipe.cmd("SADD").arg(NODES).arg(&self.node).ignore();
-        for ((channel, connection_id), entry) in &presence {
-            self.add_entry(&mut pipe, channel, connection_id, entry);
+        for (channel, session, user, info) in &presence {
+            let entry = self.encode_entry(user, info.as_deref());
+            let id = connection_id(&self.node, *session);
+            self.add_entry(&mut pipe, channel, &id, &entry);
         }
         for (connection_id, user) in &connections {
             self.add_connection(&mut pipe, connection_id, user);
@@ -108,17 +123,14 @@ impl RedisPresence {
 
     async fn retry_pending(&self) -> Result<(), String> {
         let (leaves, disconnects, connects) = {
-            let mut mirror = self.mirror();
-            let connects: Vec<(Arc<str>, Arc<str>)> = std::mem::take(&mut mirror.pending_connects)
-                .into_iter()
-                .filter_map(|id| {
-                    let user = mirror.connections.get(&id).cloned()?;
-                    Some((id, user))
-                })
-                .collect();
+            let mut outstanding = self.outstanding();
+            let connects: Vec<(Arc<str>, Arc<str>)> =
+                std::mem::take(&mut outstanding.pending_connects)
+                    .into_iter()
+                    .collect();
             (
-                std::mem::take(&mut mirror.pending_leaves),
-                std::mem::take(&mut mirror.pending_disconnects),
+                std::mem::take(&mut outstanding.pending_leaves),
+                std::mem::take(&mut outstanding.pending_disconnects),
                 connects,
             )
         };
@@ -128,21 +140,21 @@ impl RedisPresence {
                 self.add_connection(&mut pipe, connection_id, user);
             }
             if let Err(error) = self.link.query_pipe::<()>(&pipe).await {
-                self.mirror()
-                    .pending_connects
-                    .extend(connects.into_iter().map(|(id, _)| id));
+                self.outstanding().pending_connects.extend(connects);
                 return Err(error);
             }
         }
         for (channel, connection_id) in &leaves {
             if let Err(error) = self.remove_entry(channel, connection_id).await {
-                self.mirror().pending_leaves.extend(leaves.iter().cloned());
+                self.outstanding()
+                    .pending_leaves
+                    .extend(leaves.iter().cloned());
                 return Err(error);
             }
         }
         for (connection_id, user) in &disconnects {
             if let Err(error) = self.remove_connection(connection_id, user).await {
-                self.mirror().pending_disconnects.extend(
+                self.outstanding().pending_disconnects.extend(
                     disconnects
                         .iter()
                         .map(|(id, user)| (Arc::clone(id), Arc::clone(user))),

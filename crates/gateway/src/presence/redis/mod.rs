@@ -13,6 +13,12 @@
 //! rewriting what Redis lost, retrying failed removals, reaping dead nodes,
 //! retiring) is in [`lease`].
 //!
+//! It keeps no copy of what it wrote: when Redis lost the node's state, the
+//! lease task rewrites it from what the node holds anyway ([`Holdings`]: the
+//! hub's subscriptions in presence, with their `info`, and its sessions), so
+//! a subscription costs no bytes here, only the connections still opening
+//! and the writes that failed while Redis was away ([`Outstanding`]).
+//!
 //! Redis keys (docs/architecture.md lists them with types and TTLs):
 //! - `sb:nodes` SET of node ids with state in Redis
 //! - `sb:node:<node>` STRING lease, TTL [`LEASE`](lease::LEASE)
@@ -102,19 +108,34 @@ struct Entry {
     node: String,
 }
 
-/// What this node wrote, so it can be rewritten if Redis lost it.
+/// One presence entry the node holds: channel, session number, user, `info`.
+pub type HeldEntry = (String, u64, Arc<str>, Option<Arc<RawValue>>);
+
+/// What this node holds now, read by the lease task when Redis lost the
+/// node's state: presence keeps no copy of the entries it wrote, it asks
+/// the node (the hub's subscriptions and sessions) at the rare rewrite.
+pub trait Holdings: Send + Sync {
+    /// Every subscription in presence.
+    fn present(&self) -> Vec<HeldEntry>;
+    /// Every running session's number and user.
+    fn sessions(&self) -> Vec<(u64, Arc<str>)>;
+}
+
+/// The little this node keeps beside the hub: connections not yet (or no
+/// longer) in it, and writes to retry. Each set holds only what is in
+/// flight or failed while Redis was away; nothing per subscription.
 #[derive(Debug, Default)]
-struct Mirror {
-    /// (channel, connection id) → encoded entry.
-    presence: HashMap<(String, Arc<str>), String>,
-    /// connection id → user.
-    connections: HashMap<Arc<str>, Arc<str>>,
+struct Outstanding {
+    /// connection id → user, from `connected` until the session is in the
+    /// hub (`opened`): the upgrade in between must not escape a rewrite.
+    opening: HashMap<Arc<str>, Arc<str>>,
     /// Removals that failed while Redis was away, retried by the lease task.
     pending_leaves: HashSet<(String, Arc<str>)>,
     /// connection id → user.
     pending_disconnects: HashMap<Arc<str>, Arc<str>>,
-    /// Connections admitted while Redis was away, written when it is back.
-    pending_connects: HashSet<Arc<str>>,
+    /// Connections admitted while Redis was away, written when it is back:
+    /// connection id → user.
+    pending_connects: HashMap<Arc<str>, Arc<str>>,
 }
 
 /// Presence of a node in cluster mode.
@@ -123,7 +144,9 @@ pub struct RedisPresence {
     node: String,
     config: Config,
     health: Arc<RedisHealth>,
-    mirror: Mutex<Mirror>,
+    outstanding: Mutex<Outstanding>,
+    /// What the node holds (its hub), for the rewrite.
+    holdings: Arc<dyn Holdings>,
     /// Nodes in `sb:nodes` whose lease had expired at the last scan.
     dead: Mutex<Vec<String>>,
     /// Occupancy is rewritten and reaped with the rest of the node's state.
@@ -150,13 +173,15 @@ impl RedisPresence {
         instance: String,
         health: Arc<RedisHealth>,
         occupancy: Arc<RedisOccupancy>,
+        holdings: Arc<dyn Holdings>,
     ) -> Arc<RedisPresence> {
         Arc::new(RedisPresence {
             link,
             node: instance,
             config,
             health,
-            mirror: Mutex::new(Mirror::default()),
+            outstanding: Mutex::new(Outstanding::default()),
+            holdings,
             dead: Mutex::default(),
             occupancy,
         })
@@ -166,8 +191,18 @@ impl RedisPresence {
         &self.node
     }
 
-    fn mirror(&self) -> std::sync::MutexGuard<'_, Mirror> {
-        self.mirror.lock().unwrap_or_else(|e| e.into_inner())
+    fn outstanding(&self) -> std::sync::MutexGuard<'_, Outstanding> {
+        self.outstanding.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A presence entry as this node writes it to a channel's hash.
+    fn encode_entry(&self, user: &str, info: Option<&RawValue>) -> String {
+        serde_json::json!({
+            "user": user,
+            "info": info,
+            "node": self.node,
+        })
+        .to_string()
     }
 
     /// Queues the writes recording one presence entry of this node.
@@ -259,28 +294,18 @@ impl RedisPresence {
 #[async_trait]
 impl Presence for RedisPresence {
     async fn join(&self, channel: &str, member: &Member) -> Result<(), PresenceError> {
-        let entry = serde_json::json!({
-            "user": member.user,
-            "info": member.info,
-            "node": self.node,
-        })
-        .to_string();
-        self.mirror().presence.insert(
-            (channel.to_owned(), Arc::clone(&member.connection_id)),
-            entry.clone(),
-        );
+        // The hub already holds this subscription (`Hub::set_present`), so
+        // nothing is kept here for a rewrite.
+        let entry = self.encode_entry(&member.user, member.info.as_deref());
         let mut pipe = redis::pipe();
         self.add_entry(&mut pipe, channel, &member.connection_id, &entry);
         self.link.query_pipe(&pipe).await.map_err(unavailable)
     }
 
     async fn leave(&self, channel: &str, connection_id: &str) -> Result<(), PresenceError> {
-        // Arc<str> hashes as str, so a fresh key finds the mirror's entry
-        // directly: no scan over everything this node holds.
-        let key = (channel.to_owned(), Arc::<str>::from(connection_id));
-        self.mirror().presence.remove(&key);
         if let Err(error) = self.remove_entry(channel, connection_id).await {
-            self.mirror().pending_leaves.insert(key);
+            let key = (channel.to_owned(), Arc::<str>::from(connection_id));
+            self.outstanding().pending_leaves.insert(key);
             return Err(unavailable(error));
         }
         Ok(())
@@ -315,11 +340,12 @@ impl Presence for RedisPresence {
         user: &Arc<str>,
         max_per_user: usize,
     ) -> Result<bool, PresenceError> {
-        // Mirrored first: if Redis is away the connection is admitted on the
+        // Noted first: if Redis is away the connection is admitted on the
         // local cap alone, and the lease task writes it when Redis is back
         // (without re-checking the cap: the client is already connected).
-        self.mirror()
-            .connections
+        // Until its session is in the hub, a rewrite finds it here.
+        self.outstanding()
+            .opening
             .insert(Arc::clone(connection_id), Arc::clone(user));
         // The bookkeeping the reaper goes by comes first: should this node
         // die before the script runs, its entry is still found and removed.
@@ -353,7 +379,7 @@ impl Presence for RedisPresence {
         match admitted {
             Ok(1) => Ok(true),
             Ok(_) => {
-                self.mirror().connections.remove(connection_id);
+                self.outstanding().opening.remove(connection_id);
                 let mut undo = redis::pipe();
                 undo.cmd("DEL").arg(conn_key(connection_id)).ignore();
                 undo.cmd("SREM")
@@ -366,22 +392,32 @@ impl Presence for RedisPresence {
                 Ok(false)
             }
             Err(error) => {
-                self.mirror()
+                self.outstanding()
                     .pending_connects
-                    .insert(Arc::clone(connection_id));
+                    .insert(Arc::clone(connection_id), Arc::clone(user));
                 Err(unavailable(error))
             }
         }
     }
 
-    async fn disconnected(&self, connection_id: &Arc<str>) -> Result<(), PresenceError> {
-        let Some(user) = self.mirror().connections.remove(connection_id) else {
-            return Ok(());
-        };
-        if let Err(error) = self.remove_connection(connection_id, &user).await {
-            self.mirror()
+    fn opened(&self, connection_id: &Arc<str>) {
+        self.outstanding().opening.remove(connection_id);
+    }
+
+    async fn disconnected(
+        &self,
+        connection_id: &Arc<str>,
+        user: &Arc<str>,
+    ) -> Result<(), PresenceError> {
+        {
+            let mut outstanding = self.outstanding();
+            outstanding.opening.remove(connection_id);
+            outstanding.pending_connects.remove(connection_id);
+        }
+        if let Err(error) = self.remove_connection(connection_id, user).await {
+            self.outstanding()
                 .pending_disconnects
-                .insert(Arc::clone(connection_id), user);
+                .insert(Arc::clone(connection_id), Arc::clone(user));
             return Err(unavailable(error));
         }
         Ok(())
