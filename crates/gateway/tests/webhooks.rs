@@ -448,8 +448,10 @@ async fn events_older_than_max_age_are_dead_lettered() {
     .await;
     let (alice, _) = a.connect("alice").await;
     within(alice.close()).await.unwrap();
+    // Past the 2 s max age, at the end of a retry whose backoff has jitter
+    // (up to about 4 s here): not within wait_log's usual 5 s.
     let log = a
-        .wait_log(|l| {
+        .wait_log_within(Duration::from_secs(20), |l| {
             l["message"]
                 .as_str()
                 .is_some_and(|m| m.starts_with("webhook events dead-lettered"))

@@ -178,7 +178,16 @@ impl Gateway {
 
     /// Waits until a log entry matches.
     pub async fn wait_log(&self, matches: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
+        self.wait_log_within(WAIT, matches).await
+    }
+
+    /// Waits up to `limit` until a log entry matches.
+    pub async fn wait_log_within(
+        &self,
+        limit: Duration,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(entry) = self.logs().into_iter().find(|e| matches(e)) {
                 return entry;
