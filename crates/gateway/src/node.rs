@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::occupancy::redis::{EventQueue, RedisOccupancy};
 use crate::occupancy::{ChannelCounts, ChannelPage, ListQuery, Occupancy};
 use crate::presence::redis::{HeldEntry, Holdings, RedisPresence};
-use crate::presence::{CountedPresence, MemoryPresence, Presence};
+use crate::presence::{CountedPresence, LocalEntry, MemoryPresence, Presence, Roster};
 use crate::redis::health::RedisHealth;
 use crate::redis::link::Link;
 use crate::redis::shards;
@@ -91,6 +91,13 @@ impl Holdings for Hub {
     }
 }
 
+/// A single node's presence answers from the hub (it keeps no copy either).
+impl Roster for Hub {
+    fn present_in(&self, channel: &str) -> Vec<LocalEntry> {
+        self.channel_presence(channel)
+    }
+}
+
 /// What a cluster node keeps in Redis besides messages.
 #[derive(Debug)]
 struct RedisState {
@@ -105,14 +112,25 @@ fn instance_id(node_id: &str) -> String {
 }
 
 impl Node {
-    /// A single node on the in-memory broker and presence.
+    /// A single node on the in-memory broker, with presence read from the
+    /// hub's subscriber entries.
     pub fn in_memory(config: Config) -> Result<Arc<Node>, String> {
         let hub = Arc::new(Hub::with_metrics(Arc::new(Metrics::new(
             config.namespace_names(),
             config.max_connections,
         ))));
         let broker = Arc::new(MemoryBroker::new(Arc::clone(&hub)));
-        Node::new(config, hub, broker, Arc::new(MemoryPresence::new()))
+        let instance = instance_id(&config.node_id);
+        let presence = MemoryPresence::new(Arc::clone(&hub) as Arc<dyn Roster>, instance.clone());
+        Node::build(
+            config,
+            hub,
+            broker,
+            Arc::new(presence),
+            instance,
+            Arc::new(Occupancy::new(false)),
+            None,
+        )
     }
 
     /// How long the webhook queue keeps an event: its `max_age`, plus as
@@ -178,32 +196,38 @@ impl Node {
             Arc::clone(&hub) as Arc<dyn Holdings>,
         );
         tokio::spawn(Arc::clone(&presence).maintain(background.clone()));
+        let instance = presence.instance().to_owned();
         Node::build(
             config,
             hub,
             Arc::new(broker),
             Arc::clone(&presence) as Arc<dyn Presence>,
-            background,
+            instance,
             occupancy,
-            Some(RedisState {
-                presence,
-                occupancy: writer,
-            }),
+            Some((
+                background,
+                RedisState {
+                    presence,
+                    occupancy: writer,
+                },
+            )),
         )
     }
 
+    /// A single node on any broker and presence (under a fresh instance id).
     pub fn new(
         config: Config,
         hub: Arc<Hub>,
         broker: Arc<dyn Broker>,
         presence: Arc<dyn Presence>,
     ) -> Result<Arc<Node>, String> {
+        let instance = instance_id(&config.node_id);
         Node::build(
             config,
             hub,
             broker,
             presence,
-            CancellationToken::new(),
+            instance,
             Arc::new(Occupancy::new(false)),
             None,
         )
@@ -214,10 +238,14 @@ impl Node {
         hub: Arc<Hub>,
         broker: Arc<dyn Broker>,
         presence: Arc<dyn Presence>,
-        background: CancellationToken,
+        instance: String,
         occupancy: Arc<Occupancy>,
-        redis: Option<RedisState>,
+        cluster: Option<(CancellationToken, RedisState)>,
     ) -> Result<Arc<Node>, String> {
+        let (background, redis) = match cluster {
+            Some((background, redis)) => (background, Some(redis)),
+            None => (CancellationToken::new(), None),
+        };
         let verifier = TokenVerifier::new(&config.jwt)?;
         let metrics = Arc::clone(hub.metrics());
         let subscribe_proxy = match (&config.backend_secret, config.has_subscribe_proxy()) {
@@ -232,10 +260,7 @@ impl Node {
         };
         Ok(Arc::new(Node {
             subscribe_proxy,
-            instance: redis.as_ref().map_or_else(
-                || instance_id(&config.node_id),
-                |r| r.presence.instance().to_owned(),
-            ),
+            instance,
             background,
             redis,
             occupancy,

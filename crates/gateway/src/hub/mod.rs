@@ -11,9 +11,10 @@
 //! queue that outlives the other recipients' copies.
 //!
 //! Each subscriber entry also says whether the subscription entered the
-//! channel's presence, with which `info`: the one record of it on the node,
-//! which cluster presence rewrites Redis from when Redis lost it (instead of
-//! keeping its own copy of every write).
+//! channel's presence, with which `info`: the one record of it on the node.
+//! A single node answers presence from it ([`Hub::channel_presence`]), and
+//! cluster presence rewrites Redis from it when Redis lost it
+//! ([`Hub::presence_entries`]); neither keeps a copy of its own.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Bound;
@@ -355,8 +356,9 @@ pub struct Fanout {
 
 /// One local subscription: the session, and, once it entered the
 /// channel's presence, the `info` it entered with (the token's, or the
-/// subscribe proxy's). Cluster mode rewrites presence from these when Redis
-/// lost it, so the presence layer keeps no copy of its own.
+/// subscribe proxy's). A single node lists presence from these, and cluster
+/// mode rewrites presence from them when Redis lost it, so the presence
+/// layer keeps no copy of its own.
 ///
 /// 24 bytes: `present` is `None` until the subscription entered presence,
 /// then its `info`, or the node's one shared JSON `null` when it has none
@@ -378,6 +380,9 @@ type Subscribers = IndexMap<u64, Subscriber>;
 
 /// One presence entry this node holds: channel, session number, user, `info`.
 pub type PresentEntry = (String, u64, Arc<str>, Option<Arc<RawValue>>);
+
+/// One subscription in a channel's presence: session number, user, `info`.
+pub type ChannelEntry = (u64, Arc<str>, Option<Arc<RawValue>>);
 
 /// Channel → local subscribers, and every local session (by id; a
 /// disconnect by user scans them, which is rare, rather than keeping a map
@@ -482,6 +487,25 @@ impl Hub {
             }
         }
         present
+    }
+
+    /// One channel's subscriptions in presence on this node, as session
+    /// number, user and `info`, in the hub's order (subscribe order, a
+    /// removal moving the last entry into its place): what a single node
+    /// answers presence from. O(the channel's local subscribers).
+    pub fn channel_presence(&self, channel: &str) -> Vec<ChannelEntry> {
+        let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
+        let Some(subscribers) = channels.get(channel) else {
+            return Vec::new();
+        };
+        subscribers
+            .iter()
+            .filter_map(|(id, subscriber)| {
+                let info = subscriber.present.as_ref()?;
+                let info = (!Arc::ptr_eq(info, &NO_INFO)).then(|| Arc::clone(info));
+                Some((*id, Arc::clone(&subscriber.session.user), info))
+            })
+            .collect()
     }
 
     /// Every open session's number and user, for the rewrite of cluster state.
@@ -728,6 +752,47 @@ mod tests {
         let mut users = hub.session_users();
         users.sort();
         assert_eq!(users, vec![(1, Arc::from("u")), (2, Arc::from("u"))]);
+    }
+
+    #[test]
+    fn channel_presence_lists_one_channels_present_subscriptions() {
+        let hub = Hub::new();
+        let (a, _ra) = session(1, 1024);
+        let (b, _rb) = session(2, 1024);
+        let (c, _rc) = session(3, 1024);
+        for s in [&a, &b, &c] {
+            hub.subscribe("c", s);
+        }
+        hub.subscribe("d", &a);
+        assert!(
+            hub.channel_presence("c").is_empty(),
+            "none entered presence yet"
+        );
+        let info: Arc<RawValue> = Arc::from(RawValue::from_string("{\"k\":1}".into()).unwrap());
+        hub.set_present("c", 1, Some(Arc::clone(&info)));
+        hub.set_present("c", 3, None);
+        hub.set_present("d", 1, None);
+        let listed = |channel: &str| -> Vec<(u64, String, Option<String>)> {
+            hub.channel_presence(channel)
+                .into_iter()
+                .map(|(id, user, info)| (id, user.to_string(), info.map(|i| i.get().to_owned())))
+                .collect()
+        };
+        assert_eq!(
+            listed("c"),
+            vec![
+                (1, "u".to_owned(), Some("{\"k\":1}".to_owned())),
+                (3, "u".to_owned(), None),
+            ],
+            "subscribed but not present (session 2) is left out; no info reads as None"
+        );
+        assert_eq!(listed("d"), vec![(1, "u".to_owned(), None)]);
+        assert!(listed("nowhere").is_empty());
+        hub.unsubscribe("c", 1);
+        assert_eq!(listed("c"), vec![(3, "u".to_owned(), None)]);
+        hub.unsubscribe("c", 3);
+        hub.unsubscribe("c", 2);
+        assert!(listed("c").is_empty());
     }
 
     #[test]

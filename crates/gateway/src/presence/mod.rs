@@ -1,20 +1,20 @@
 //! Presence: which connections of which users are subscribed to a channel,
 //! with the `info` from their tokens.
 //!
-//! [`MemoryPresence`] serves a single node; the Redis presence (cluster mode)
-//! implements the same trait so `presence` answers for the whole cluster.
+//! [`MemoryPresence`] serves a single node: it keeps nothing of its own and
+//! answers from the node's record of its subscriptions (a [`Roster`], the
+//! hub). The Redis presence (cluster mode) implements the same trait so
+//! `presence` answers for the whole cluster.
 //! [`CountedPresence`] wraps either and counts every operation in the
 //! node's metrics.
 
 pub mod redis;
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use indexmap::IndexMap;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use thiserror::Error;
@@ -75,46 +75,58 @@ pub fn connection_id(instance: &str, session: u64) -> Arc<str> {
     Arc::from(format!("{instance}.{session}"))
 }
 
-/// Single-node presence in a map.
-#[derive(Debug, Default)]
+/// One subscription in a channel's presence on this node: session number,
+/// user, `info`.
+pub type LocalEntry = (u64, Arc<str>, Option<Arc<RawValue>>);
+
+/// What a single node's presence is read from: the node's own record of
+/// which subscriptions entered presence, with which `info` (the hub's
+/// subscriber entries; the hub and presence sit on the same layer, so
+/// `node.rs` ties them together).
+pub trait Roster: Send + Sync {
+    /// The subscriptions in `channel`'s presence on this node, in no
+    /// particular order.
+    fn present_in(&self, channel: &str) -> Vec<LocalEntry>;
+}
+
+/// Single-node presence, read from the node's [`Roster`]. It stores
+/// nothing per subscription: the session records the subscription's
+/// presence (`Hub::set_present`) before it calls [`Presence::join`], and
+/// unsubscribing from the hub removes it before [`Presence::leave`], so
+/// `join` and `leave` have nothing left to do.
 pub struct MemoryPresence {
-    channels: Mutex<HashMap<String, IndexMap<Arc<str>, Member>>>,
+    roster: Arc<dyn Roster>,
+    /// The node's instance id, which connection ids are built from.
+    instance: String,
 }
 
 impl MemoryPresence {
-    pub fn new() -> MemoryPresence {
-        MemoryPresence::default()
+    pub fn new(roster: Arc<dyn Roster>, instance: String) -> MemoryPresence {
+        MemoryPresence { roster, instance }
     }
 }
 
 #[async_trait]
 impl Presence for MemoryPresence {
-    async fn join(&self, channel: &str, member: &Member) -> Result<(), PresenceError> {
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        channels
-            .entry(channel.to_owned())
-            .or_default()
-            .insert(Arc::clone(&member.connection_id), member.clone());
+    async fn join(&self, _channel: &str, _member: &Member) -> Result<(), PresenceError> {
         Ok(())
     }
 
-    async fn leave(&self, channel: &str, connection_id: &str) -> Result<(), PresenceError> {
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(members) = channels.get_mut(channel) {
-            members.swap_remove(connection_id);
-            if members.is_empty() {
-                channels.remove(channel);
-            }
-        }
+    async fn leave(&self, _channel: &str, _connection_id: &str) -> Result<(), PresenceError> {
         Ok(())
     }
 
     async fn members(&self, channel: &str) -> Result<Vec<Member>, PresenceError> {
-        let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(channels
-            .get(channel)
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default())
+        Ok(self
+            .roster
+            .present_in(channel)
+            .into_iter()
+            .map(|(session, user, info)| Member {
+                user,
+                connection_id: connection_id(&self.instance, session),
+                info,
+            })
+            .collect())
     }
 }
 
