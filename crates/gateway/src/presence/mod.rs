@@ -199,3 +199,47 @@ impl Presence for CountedPresence {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed(Vec<LocalEntry>);
+
+    impl Roster for Fixed {
+        fn present_in(&self, channel: &str) -> Vec<LocalEntry> {
+            if channel == "c" {
+                self.0.clone()
+            } else {
+                Vec::new()
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_presence_lists_the_roster_with_connection_ids() {
+        let info: Arc<RawValue> = Arc::from(RawValue::from_string("{\"k\":1}".into()).unwrap());
+        let roster = Fixed(vec![
+            (7, Arc::from("alice"), Some(Arc::clone(&info))),
+            (2, Arc::from("bob"), None),
+        ]);
+        let presence = MemoryPresence::new(Arc::new(roster), "n.abc123".into());
+        let member = Member {
+            user: Arc::from("carol"),
+            connection_id: connection_id("n.abc123", 9),
+            info: None,
+        };
+        presence.join("c", &member).await.unwrap();
+        presence.leave("c", "n.abc123.7").await.unwrap();
+        let members = presence.members("c").await.unwrap();
+        assert_eq!(
+            serde_json::to_value(&members).unwrap(),
+            serde_json::json!([
+                {"user": "alice", "connection_id": "n.abc123.7", "info": {"k": 1}},
+                {"user": "bob", "connection_id": "n.abc123.2", "info": null},
+            ]),
+            "the roster alone decides: join and leave change nothing"
+        );
+        assert!(presence.members("d").await.unwrap().is_empty());
+    }
+}
