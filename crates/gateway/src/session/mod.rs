@@ -36,6 +36,7 @@ mod commands;
 mod effects;
 mod rate;
 mod recovery;
+pub mod socket;
 mod writer;
 
 use std::borrow::Cow;
