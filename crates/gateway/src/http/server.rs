@@ -12,7 +12,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -22,7 +21,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
 use crate::broker::Health;
@@ -33,6 +31,7 @@ use crate::metrics;
 use crate::node::Node;
 use crate::presence;
 use crate::session;
+use crate::session::socket::Socket;
 
 /// A client must send its request headers within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -390,7 +389,7 @@ fn open_session(pending: Box<Pending>) -> impl std::future::Future<Output = ()> 
         ..
     } = *pending;
     let ws = match upgraded {
-        Some(Ok(upgraded)) => websocket(&node, upgraded),
+        Some(Ok(upgraded)) => Some(websocket(&node, upgraded)),
         Some(Err(error)) => {
             tracing::debug!(message = "upgrade failed", peer = %opened.peer, %error);
             None
@@ -412,22 +411,15 @@ fn open_session(pending: Box<Pending>) -> impl std::future::Future<Output = ()> 
     }
 }
 
-/// The WebSocket over an upgraded connection. Made without an await of its
-/// own: tokio-tungstenite's constructor is a future that completes on its
-/// first poll, and awaiting it would keep room for it in every
-/// connection's task.
-fn websocket(node: &Node, upgraded: Upgraded) -> Option<WebSocketStream<TokioIo<Upgraded>>> {
+/// The WebSocket over an upgraded connection (made without an await, so
+/// the task keeps no room for a constructor's future).
+fn websocket(node: &Node, upgraded: Upgraded) -> Socket<TokioIo<Upgraded>> {
     let max = node.config.session.max_frame_bytes;
     let config = WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
-    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-        .now_or_never();
-    if ws.is_none() {
-        tracing::warn!(message = "websocket not ready at once; connection dropped");
-    }
-    ws
+    Socket::new(TokioIo::new(upgraded), Role::Server, config)
 }
 
 #[cfg(test)]

@@ -36,6 +36,7 @@ mod commands;
 mod effects;
 mod rate;
 mod recovery;
+pub mod socket;
 mod writer;
 
 use std::borrow::Cow;
@@ -45,7 +46,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use switchboard_protocol::frame::decode_command;
 use switchboard_protocol::{close, ChannelName, ErrorCode, ServerFrame};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -55,11 +56,11 @@ use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
 
 use self::commands::Caller;
 use self::rate::{Rate, RateVerdict};
 use self::recovery::Resume;
+use self::socket::Socket;
 use crate::auth::Claims;
 use crate::hub::{Outbound, SessionHandle};
 use crate::limits::Slots;
@@ -123,7 +124,7 @@ impl End {
 /// task's future then holds a pointer to it and the idle `select!`, and the
 /// rarely-run handlers are boxed while they run.
 struct Session<S> {
-    ws: WebSocketStream<S>,
+    ws: Socket<S>,
     node: Arc<Node>,
     rate: Rate,
     handle: Arc<SessionHandle>,
@@ -163,7 +164,7 @@ struct Session<S> {
 
 /// Runs a session on an upgraded connection until it closes. The state is
 /// boxed here, before the returned future first runs.
-pub fn run<S>(node: Arc<Node>, ws: WebSocketStream<S>, opened: Opened) -> impl Future<Output = ()>
+pub fn run<S>(node: Arc<Node>, ws: Socket<S>, opened: Opened) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

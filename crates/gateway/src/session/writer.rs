@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use futures_util::SinkExt;
 use switchboard_protocol::close;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -202,10 +201,7 @@ where
 
     fn poll_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
         if self.out_done == 0 {
-            ready!(futures_util::Sink::<Message>::poll_flush(
-                Pin::new(&mut self.ws),
-                cx
-            ))?;
+            ready!(self.ws.poll_flush(cx))?;
         }
         let io = self.ws.get_mut();
         let mut writes = 0;
