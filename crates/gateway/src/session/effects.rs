@@ -79,7 +79,7 @@ where
         info: Option<Arc<RawValue>>,
     ) -> Result<Done, Refusal> {
         let node = Arc::clone(&self.node);
-        if node.hub.subscribe(channel.as_str(), &self.handle) {
+        if node.hub.subscribe(channel.as_str(), &self.handle).first {
             if let Err(error) = node.broker.subscribe(channel.as_str()).await {
                 tracing::warn!(message = "broker subscribe failed", channel = %channel, %error, connection_id = %self.connection_id);
                 self.undo_subscribe(&channel).await;
