@@ -7,7 +7,8 @@
 //! welcome, the main loop, the timers, the drain and the close. What a
 //! command does is decided in `commands` (pure) and run in `effects` (a
 //! `publish_batch` in `batch`); the message rate is `rate` (pure); what a
-//! subscribe recovers is `recovery` (pure); how frames reach the socket is
+//! subscribe recovers is `recovery` (pure); the channels held, one small
+//! entry each, are `subscriptions` (pure); how frames reach the socket is
 //! `writer`.
 //!
 //! Everything a session waits on is in one `select!`: one timer (the
@@ -36,6 +37,7 @@ mod commands;
 mod effects;
 mod rate;
 mod recovery;
+mod subscriptions;
 mod writer;
 
 use std::borrow::Cow;
@@ -47,7 +49,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
 use switchboard_protocol::frame::decode_command;
-use switchboard_protocol::{close, ChannelName, ErrorCode, ServerFrame};
+use switchboard_protocol::{close, ErrorCode, ServerFrame};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, timeout, Instant};
@@ -59,7 +61,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use self::commands::Caller;
 use self::rate::{Rate, RateVerdict};
-use self::recovery::Resume;
+use self::subscriptions::Subscriptions;
 use crate::auth::Claims;
 use crate::hub::{Outbound, SessionHandle};
 use crate::limits::Slots;
@@ -129,10 +131,9 @@ struct Session<S> {
     handle: Arc<SessionHandle>,
     connection_id: Arc<str>,
     claims: Claims,
-    /// A small list: sessions hold few channels (`session.max_channels`).
-    subscriptions: Vec<ChannelName>,
-    /// Usually empty; see [`Resume`].
-    resumed: Vec<Resume>,
+    /// One small entry per channel held (`session.max_channels` at most),
+    /// each sharing the hub's name of its channel.
+    subscriptions: Subscriptions,
     /// The frames being written: shared payloads, never copied (kept small
     /// between writes).
     out: Vec<Utf8Bytes>,
@@ -210,8 +211,7 @@ where
         last_write: now,
         batching: false,
         batch,
-        subscriptions: Vec::new(),
-        resumed: Vec::new(),
+        subscriptions: Subscriptions::default(),
         out: Vec::new(),
         out_done: 0,
         write_timer: None,
@@ -543,8 +543,9 @@ mod tests {
     type Io = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
 
     /// A session's state: the WebSocket (328 bytes of it is tungstenite's),
-    /// claims, timers and buckets, in the one box every connection holds.
-    const SESSION_STATE_BOUND: usize = 704;
+    /// claims, timers, buckets and the subscription list (24 bytes), in the
+    /// one box every connection holds.
+    const SESSION_STATE_BOUND: usize = 680;
 
     #[test]
     fn the_session_state_stays_small() {
