@@ -15,6 +15,10 @@
 //! A single node answers presence from it ([`Hub::channel_presence`]), and
 //! cluster presence rewrites Redis from it when Redis lost it
 //! ([`Hub::presence_entries`]); neither keeps a copy of its own.
+//!
+//! The hub keeps one name per channel (an `Arc<str>` key) and hands it to
+//! each session that subscribes ([`Joined`]): a subscription's entry in its
+//! session shares it instead of holding a copy of the name.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Bound;
@@ -384,12 +388,24 @@ pub type PresentEntry = (String, u64, Arc<str>, Option<Arc<RawValue>>);
 /// One subscription in a channel's presence: session number, user, `info`.
 pub type ChannelEntry = (u64, Arc<str>, Option<Arc<RawValue>>);
 
+/// What [`Hub::subscribe`] hands the session.
+#[derive(Debug)]
+pub struct Joined {
+    /// The hub's name of the channel, shared: it outlives the hub's entry
+    /// when the last subscriber leaves (a later subscribe makes a new one).
+    pub channel: Arc<str>,
+    /// The channel's first subscriber on this node.
+    pub first: bool,
+}
+
 /// Channel → local subscribers, and every local session (by id; a
 /// disconnect by user scans them, which is rare, rather than keeping a map
 /// per user).
 #[derive(Debug, Default)]
 pub struct Hub {
-    channels: RwLock<HashMap<Box<str>, Subscribers>>,
+    /// Keyed by the channel's one name on this node: every local
+    /// subscription's entry in its session shares it (looked up by `&str`).
+    channels: RwLock<HashMap<Arc<str>, Subscribers>>,
     sessions: RwLock<HashMap<u64, Arc<SessionHandle>>>,
     dropped: AtomicU64,
     metrics: Arc<Metrics>,
@@ -415,24 +431,33 @@ impl Hub {
         &self.metrics
     }
 
-    /// Adds a subscriber; true when it is the channel's first on this node
-    /// (the broker must then start listening to the channel).
-    pub fn subscribe(&self, channel: &str, session: &Arc<SessionHandle>) -> bool {
+    /// Adds a subscriber: the channel's name as the hub keeps it (the
+    /// session's subscription entry shares it instead of holding a copy),
+    /// and whether it is the channel's first subscriber on this node (the
+    /// broker must then start listening to the channel).
+    pub fn subscribe(&self, channel: &str, session: &Arc<SessionHandle>) -> Joined {
         let mut channels = self.channels.write().unwrap_or_else(|e| e.into_inner());
-        match channels.get_mut(channel) {
-            Some(subscribers) => {
+        // Two lookups on a known channel (std has no `get_key_value_mut`);
+        // a subscribe is rare next to the fan-out's reads.
+        if let Some(name) = channels.get_key_value(channel).map(|(k, _)| Arc::clone(k)) {
+            if let Some(subscribers) = channels.get_mut(channel) {
                 subscribers
                     .entry(session.id)
                     .or_insert_with(|| Subscriber::new(session));
-                false
             }
-            None => {
-                let mut subscribers = Subscribers::with_capacity(1);
-                subscribers.insert(session.id, Subscriber::new(session));
-                channels.insert(channel.into(), subscribers);
-                self.metrics.channel_opened(channel);
-                true
-            }
+            return Joined {
+                channel: name,
+                first: false,
+            };
+        }
+        let name: Arc<str> = Arc::from(channel);
+        let mut subscribers = Subscribers::with_capacity(1);
+        subscribers.insert(session.id, Subscriber::new(session));
+        channels.insert(Arc::clone(&name), subscribers);
+        self.metrics.channel_opened(channel);
+        Joined {
+            channel: name,
+            first: true,
         }
     }
 
@@ -691,16 +716,25 @@ mod tests {
         let hub = Hub::new();
         let (a, _ra) = session(1, 1024);
         let (b, _rb) = session(2, 1024);
-        assert!(hub.subscribe("c", &a));
-        assert!(!hub.subscribe("c", &b));
+        let first = hub.subscribe("c", &a);
+        assert!(first.first);
+        let second = hub.subscribe("c", &b);
+        assert!(!second.first);
         assert!(
-            !hub.subscribe("c", &b),
+            Arc::ptr_eq(&first.channel, &second.channel),
+            "every subscription shares the hub's name of the channel"
+        );
+        assert!(
+            !hub.subscribe("c", &b).first,
             "subscribing twice is one subscription"
         );
         assert!(!hub.unsubscribe("c", 1));
         assert!(!hub.unsubscribe("c", 1), "unsubscribing twice is harmless");
         assert!(hub.unsubscribe("c", 2));
         assert_eq!(hub.channel_count(), 0);
+        assert_eq!(&*first.channel, "c", "a name outlives the hub's entry");
+        let again = hub.subscribe("c", &a);
+        assert!(again.first && !Arc::ptr_eq(&again.channel, &first.channel));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use switchboard_protocol::batch::Publication;
 use switchboard_protocol::position::MAX_HISTORY_LIMIT;
 use switchboard_protocol::{ChannelName, Command, ErrorCode, Position, ServerFrame};
 
+use super::subscriptions::Subscriptions;
 use crate::auth::{AuthError, Claims};
 use crate::config::Config;
 use crate::history::{self, HistoryQuery, DEFAULT_HISTORY_LIMIT};
@@ -32,14 +33,15 @@ pub type Refusal = (ErrorCode, String);
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
     pub claims: &'a Claims,
-    pub subscriptions: &'a [ChannelName],
+    pub subscriptions: &'a Subscriptions,
 }
 
 impl Caller<'_> {
     /// Whether `presence` and `history` may read a channel: the token
     /// grants it, or the session subscribed to it (the backend allowed it).
     pub fn may_read(&self, channel: &ChannelName) -> bool {
-        self.claims.channels.allows(channel.as_str()) || self.subscriptions.contains(channel)
+        self.claims.channels.allows(channel.as_str())
+            || self.subscriptions.contains(channel.as_str())
     }
 }
 
@@ -93,11 +95,13 @@ pub fn decide<'a>(
 ) -> Result<Effect<'a>, Refusal> {
     match command {
         Command::Subscribe { channel, since } => subscribe(channel, since, caller, config),
-        Command::Unsubscribe { channel } => Ok(if caller.subscriptions.contains(&channel) {
-            Effect::Unsubscribe { channel }
-        } else {
-            Effect::Reply(json!({}))
-        }),
+        Command::Unsubscribe { channel } => {
+            Ok(if caller.subscriptions.contains(channel.as_str()) {
+                Effect::Unsubscribe { channel }
+            } else {
+                Effect::Reply(json!({}))
+            })
+        }
         Command::Publish { channel, data } => {
             may_publish(&channel, caller)?;
             Ok(Effect::Publish { channel, data })
@@ -161,7 +165,7 @@ fn subscribe<'a>(
     caller: &Caller<'_>,
     config: &Config,
 ) -> Result<Effect<'a>, Refusal> {
-    if caller.subscriptions.contains(&channel) {
+    if caller.subscriptions.contains(channel.as_str()) {
         return Ok(Effect::Reply(json!({})));
     }
     if caller.claims.channels.allows(channel.as_str()) {
@@ -343,7 +347,10 @@ mod tests {
     /// What `text` decides for alice holding `held`.
     fn verdict<'a>(text: &'a str, held: &[&str]) -> Result<Effect<'a>, Refusal> {
         let claims = claims();
-        let subscriptions: Vec<ChannelName> = held.iter().map(|c| channel(c)).collect();
+        let mut subscriptions = Subscriptions::default();
+        for name in held {
+            subscriptions.add(Arc::from(*name), None);
+        }
         let caller = Caller {
             claims: &claims,
             subscriptions: &subscriptions,
@@ -566,7 +573,7 @@ mod tests {
         let claims = claims();
         let caller = Caller {
             claims: &claims,
-            subscriptions: &[],
+            subscriptions: &Subscriptions::default(),
         };
         let command = Command::History {
             channel: channel("chat:a"),

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::commands::{self, Effect, Refusal};
-use super::recovery;
+use super::recovery::{self, Resume};
 use super::Session;
 use crate::backend::subscribe_proxy::Decision;
 use crate::broker::{self, BrokerError};
@@ -79,7 +79,8 @@ where
         info: Option<Arc<RawValue>>,
     ) -> Result<Done, Refusal> {
         let node = Arc::clone(&self.node);
-        if node.hub.subscribe(channel.as_str(), &self.handle) {
+        let joined = node.hub.subscribe(channel.as_str(), &self.handle);
+        if joined.first {
             if let Err(error) = node.broker.subscribe(channel.as_str()).await {
                 tracing::warn!(message = "broker subscribe failed", channel = %channel, %error, connection_id = %self.connection_id);
                 self.undo_subscribe(&channel).await;
@@ -92,16 +93,16 @@ where
         let namespace = node.config.namespace(channel.namespace());
         // Read after joining the hub and the broker: every message after the
         // position read here reaches this session, live or from history.
-        let (result, replay) = if namespace.history().enabled() {
+        let ((result, replay), resume) = if namespace.history().enabled() {
             match self.recover(&channel, since).await {
-                Ok(done) => done,
+                Ok((done, resume)) => (done, Some(resume)),
                 Err(error) => {
                     self.undo_subscribe(&channel).await;
                     return Err(error);
                 }
             }
         } else {
-            (recovery::without_history(since.as_ref()), Vec::new())
+            (none(recovery::without_history(since.as_ref())), None)
         };
         if namespace.presence {
             self.join(&channel, info).await;
@@ -109,12 +110,9 @@ where
         node.metrics.subscribed(channel.as_str());
         node.occupancy
             .subscribed(channel.as_str(), &self.claims.user, namespace.presence);
-        if self.subscriptions.len() == self.subscriptions.capacity() {
-            // Grow one at a time while small: most sessions hold one or two.
-            let more = self.subscriptions.len().clamp(1, 8);
-            self.subscriptions.reserve_exact(more);
-        }
-        self.subscriptions.push(channel);
+        // The entry shares the hub's name and holds what the reply covered
+        // (no frame is taken off the queue while a command runs).
+        self.subscriptions.add(joined.channel, resume);
         Ok((result, replay))
     }
 
@@ -191,35 +189,34 @@ where
         }
     }
 
-    /// Leaves the hub (and the broker) after a subscribe that failed midway.
+    /// Leaves the hub (and the broker) after a subscribe that failed midway
+    /// (its entry, and so its resume, was never added).
     async fn undo_subscribe(&mut self, channel: &ChannelName) {
         let node = &self.node;
         if node.hub.unsubscribe(channel.as_str(), self.handle.id) {
             let _ = node.broker.unsubscribe(channel.as_str()).await;
         }
-        recovery::forget(&mut self.resumed, channel.as_str());
     }
 
     /// Reads the channel's position (and, with `since`, what the client
-    /// missed, up to the send queue's byte cap) for a subscribe; records
-    /// what queued frames to drop.
+    /// missed, up to the send queue's byte cap) for a subscribe; with the
+    /// reply, what queued frames it covers (to drop).
     async fn recover(
         &mut self,
         channel: &ChannelName,
         since: Option<Position>,
-    ) -> Result<Done, Refusal> {
+    ) -> Result<(Done, Resume), Refusal> {
         let budget = self.node.config.session.send_queue_bytes;
         let query = recovery::query(since, budget);
         let page = self.read_history(channel, &query, "subscribe").await?;
         let node = &self.node;
         node.broker.holding(channel.as_str(), &page.top);
-        let recovery = recovery::recover(channel.as_str(), query.since.as_ref(), page, budget)?;
+        let recovery = recovery::recover(query.since.as_ref(), page, budget)?;
         if let Some(outcome) = recovery.outcome {
             node.metrics.recovery(outcome);
             node.metrics.replayed("session", recovery.replay.len());
         }
-        recovery::record(&mut self.resumed, recovery.resume);
-        Ok((recovery.result, recovery.replay))
+        Ok(((recovery.result, recovery.replay), recovery.resume))
     }
 
     async fn read_history(
@@ -239,51 +236,40 @@ where
     }
 
     async fn unsubscribe(&mut self, channel: &ChannelName) {
-        if let Some(i) = self.subscriptions.iter().position(|c| c == channel) {
-            self.subscriptions.swap_remove(i);
-            if self.subscriptions.is_empty() {
-                self.subscriptions = Vec::new();
-            }
-            recovery::forget(&mut self.resumed, channel.as_str());
-            self.leave(channel).await;
+        if let Some(name) = self.subscriptions.remove(channel.as_str()) {
+            self.leave(&name).await;
         }
     }
 
     /// Drops one subscription: hub, broker, presence and the `leave` event.
-    async fn leave(&mut self, channel: &ChannelName) {
+    async fn leave(&mut self, channel: &str) {
         let node = &self.node;
-        node.metrics.unsubscribed(channel.as_str());
-        let namespace = node.config.namespace(channel.namespace());
+        node.metrics.unsubscribed(channel);
+        let namespace = node
+            .config
+            .namespace(switchboard_protocol::channel::namespace(channel));
         node.occupancy
-            .unsubscribed(channel.as_str(), &self.claims.user, namespace.presence);
-        if node.hub.unsubscribe(channel.as_str(), self.handle.id) {
-            if let Err(error) = node.broker.unsubscribe(channel.as_str()).await {
+            .unsubscribed(channel, &self.claims.user, namespace.presence);
+        if node.hub.unsubscribe(channel, self.handle.id) {
+            if let Err(error) = node.broker.unsubscribe(channel).await {
                 tracing::warn!(message = "broker unsubscribe failed", channel = %channel, %error, connection_id = %self.connection_id);
             }
         }
         if !namespace.presence {
             return;
         }
-        if let Err(error) = node
-            .presence
-            .leave(channel.as_str(), &self.connection_id)
-            .await
-        {
+        if let Err(error) = node.presence.leave(channel, &self.connection_id).await {
             tracing::warn!(message = "presence leave failed", channel = %channel, %error, connection_id = %self.connection_id);
             return;
         }
         if namespace.join_leave {
             let frame = ServerFrame::Leave {
-                channel: channel.as_str(),
+                channel,
                 user: &self.claims.user,
                 connection_id: &self.connection_id,
             }
             .encode();
-            if let Err(error) = node
-                .broker
-                .publish(channel.as_str(), Utf8Bytes::from(frame))
-                .await
-            {
+            if let Err(error) = node.broker.publish(channel, Utf8Bytes::from(frame)).await {
                 tracing::warn!(message = "leave event not published", channel = %channel, %error, connection_id = %self.connection_id);
             }
         }
@@ -291,7 +277,7 @@ where
 
     /// Leaves every channel (the session ends).
     pub(super) async fn leave_all(&mut self) {
-        for channel in std::mem::take(&mut self.subscriptions) {
+        for channel in self.subscriptions.take_all() {
             self.leave(&channel).await;
         }
     }

@@ -7,8 +7,9 @@
 //! welcome, the main loop, the timers, the drain and the close. What a
 //! command does is decided in `commands` (pure) and run in `effects` (a
 //! `publish_batch` in `batch`); the message rate is `rate` (pure); what a
-//! subscribe recovers is `recovery` (pure); how frames reach the socket is
-//! `writer`.
+//! subscribe recovers is `recovery` (pure); the channels held, one small
+//! entry each, are `subscriptions` (pure); how frames reach the socket is
+//! `writer`, over `socket` (tungstenite driven with one waker).
 //!
 //! Everything a session waits on is in one `select!`: one timer (the
 //! nearest of ping, pong deadline, token expiry, drain and held writes),
@@ -37,6 +38,7 @@ mod effects;
 mod rate;
 mod recovery;
 pub mod socket;
+mod subscriptions;
 mod writer;
 
 use std::borrow::Cow;
@@ -48,7 +50,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use switchboard_protocol::frame::decode_command;
-use switchboard_protocol::{close, ChannelName, ErrorCode, ServerFrame};
+use switchboard_protocol::{close, ErrorCode, ServerFrame};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, timeout, Instant};
@@ -59,8 +61,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use self::commands::Caller;
 use self::rate::{Rate, RateVerdict};
-use self::recovery::Resume;
 use self::socket::Socket;
+use self::subscriptions::Subscriptions;
 use crate::auth::Claims;
 use crate::hub::{Outbound, SessionHandle};
 use crate::limits::Slots;
@@ -130,10 +132,9 @@ struct Session<S> {
     handle: Arc<SessionHandle>,
     connection_id: Arc<str>,
     claims: Claims,
-    /// A small list: sessions hold few channels (`session.max_channels`).
-    subscriptions: Vec<ChannelName>,
-    /// Usually empty; see [`Resume`].
-    resumed: Vec<Resume>,
+    /// One small entry per channel held (`session.max_channels` at most),
+    /// each sharing the hub's name of its channel.
+    subscriptions: Subscriptions,
     /// The frames being written: shared payloads, never copied (kept small
     /// between writes).
     out: Vec<Utf8Bytes>,
@@ -211,8 +212,7 @@ where
         last_write: now,
         batching: false,
         batch,
-        subscriptions: Vec::new(),
-        resumed: Vec::new(),
+        subscriptions: Subscriptions::default(),
         out: Vec::new(),
         out_done: 0,
         write_timer: None,
@@ -544,8 +544,9 @@ mod tests {
     type Io = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
 
     /// A session's state: the WebSocket (328 bytes of it is tungstenite's),
-    /// claims, timers and buckets, in the one box every connection holds.
-    const SESSION_STATE_BOUND: usize = 704;
+    /// claims, timers, buckets and the subscription list (24 bytes), in the
+    /// one box every connection holds.
+    const SESSION_STATE_BOUND: usize = 680;
 
     #[test]
     fn the_session_state_stays_small() {

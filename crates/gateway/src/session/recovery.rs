@@ -5,8 +5,9 @@
 //! the channel's history, answers with the position it read and (with
 //! `since`) writes the missed messages right after the reply. Live frames
 //! queued meanwhile that the reply's position already covers are dropped
-//! when they come off the queue ([`Resume`], [`admit`]), so the client sees
-//! every message after its `since` exactly once, in order.
+//! when they come off the queue ([`Resume`], kept in the subscription's
+//! entry by `subscriptions`), so the client sees every message after its
+//! `since` exactly once, in order.
 //!
 //! The replay is bounded by the same byte budget as live traffic, the send
 //! queue's cap (`session.send_queue_bytes`), and the read itself stops
@@ -30,16 +31,73 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::config::namespaces::MAX_HISTORY_SIZE;
 use crate::history::{self, HistoryPage, HistoryQuery};
-use crate::hub::Delivery;
 use crate::metrics::history::RecoveryOutcome;
 
-/// A channel this session just (re)subscribed to with history: live frames
-/// queued before its reply that the reply's position already covers.
-#[derive(Debug)]
+/// What the reply of a subscribe on a channel with history covered: live
+/// frames of the channel at or below `offset` in `epoch` were queued before
+/// it and are dropped ([`Resume::covers`]). The subscription's entry holds
+/// it until the first frame beyond (`session::subscriptions`). 24 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resume {
-    channel: Box<str>,
     offset: u64,
-    epoch: Box<str>,
+    epoch: Epoch,
+}
+
+/// A stream's epoch, held compactly: one made by `history::new_epoch`
+/// (exactly 16 lowercase hex digits) as its value, any other (older data,
+/// other writers) as written. A string is `Hex` only when it is that
+/// value's one spelling, so comparing with an epoch string stays exact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Epoch {
+    Hex(u64),
+    /// Boxed twice (a thin pointer) so the enum is 16 bytes; rare.
+    Text(Box<Box<str>>),
+}
+
+impl Epoch {
+    fn new(epoch: &str) -> Epoch {
+        match hex_epoch(epoch) {
+            Some(value) => Epoch::Hex(value),
+            None => Epoch::Text(Box::new(epoch.into())),
+        }
+    }
+
+    /// Whether this is the epoch spelled `epoch`.
+    fn is(&self, epoch: &str) -> bool {
+        match self {
+            Epoch::Hex(value) => hex_epoch(epoch) == Some(*value),
+            Epoch::Text(text) => ***text == *epoch,
+        }
+    }
+}
+
+/// The value of an epoch spelled as `new_epoch` spells them: 16 lowercase
+/// hex digits, nothing else (no sign, no upper case, no other length).
+fn hex_epoch(epoch: &str) -> Option<u64> {
+    let hex = epoch.len() == 16
+        && epoch
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !hex {
+        return None;
+    }
+    u64::from_str_radix(epoch, 16).ok()
+}
+
+impl Resume {
+    /// What a reply at `offset` of `epoch` covers.
+    pub fn new(offset: u64, epoch: &str) -> Resume {
+        Resume {
+            offset,
+            epoch: Epoch::new(epoch),
+        }
+    }
+
+    /// Whether a frame at `offset` of `epoch` is one the reply covered
+    /// (dropped); the first one beyond ends the entry.
+    pub fn covers(&self, offset: u64, epoch: &str) -> bool {
+        self.epoch.is(epoch) && offset <= self.offset
+    }
 }
 
 /// What a subscribe on a channel with history answers.
@@ -84,7 +142,6 @@ pub fn query(since: Option<Position>, budget: usize) -> HistoryQuery {
 /// restarted in another epoch: no replay). A `since` ahead of the stream is
 /// refused.
 pub fn recover(
-    channel: &str,
     since: Option<&Position>,
     page: HistoryPage,
     budget: usize,
@@ -118,11 +175,7 @@ pub fn recover(
             (Some(outcome), replay)
         }
     };
-    let resume = Resume {
-        channel: channel.into(),
-        offset: page.top.offset,
-        epoch: page.top.epoch.as_str().into(),
-    };
+    let resume = Resume::new(page.top.offset, page.top.epoch.as_str());
     Ok(Recovery {
         result,
         outcome,
@@ -140,45 +193,8 @@ pub fn without_history(since: Option<&Position>) -> Value {
     }
 }
 
-/// Records what a subscribe's reply covered, replacing the channel's
-/// previous entry.
-pub fn record(resumed: &mut Vec<Resume>, resume: Resume) {
-    forget(resumed, &resume.channel);
-    resumed.reserve_exact(1);
-    resumed.push(resume);
-}
-
-/// Drops the channel's entry (an unsubscribe, a subscribe that failed).
-pub fn forget(resumed: &mut Vec<Resume>, channel: &str) {
-    resumed.retain(|r| *r.channel != *channel);
-}
-
-/// Whether a queued delivery goes out: false for what a recovery or the
-/// reply of a subscribe already covered. Costs nothing unless a subscribe
-/// just happened; an entry lives until the first frame of its channel
-/// beyond the position it recorded.
-pub fn admit(resumed: &mut Vec<Resume>, delivery: &Delivery) -> bool {
-    if resumed.is_empty() {
-        return true;
-    }
-    let Some((offset, epoch)) = &delivery.position else {
-        return true;
-    };
-    let Some(i) = resumed.iter().position(|r| r.channel == delivery.channel) else {
-        return true;
-    };
-    let resume = &resumed[i];
-    if *resume.epoch == **epoch && *offset <= resume.offset {
-        return false;
-    }
-    resumed.swap_remove(i);
-    true
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     /// A budget every test page fits in.
@@ -221,7 +237,7 @@ mod tests {
 
     #[test]
     fn without_since_only_the_position() {
-        let recovery = recover("chat:a", None, page(&[10]), BUDGET).unwrap();
+        let recovery = recover(None, page(&[10]), BUDGET).unwrap();
         assert_eq!(recovery.result, json!({ "offset": 10, "epoch": "e" }));
         assert_eq!(recovery.outcome, None);
         assert!(
@@ -233,14 +249,14 @@ mod tests {
     #[test]
     fn a_since_the_stream_continues_is_recovered_and_replayed() {
         let since = Position::new(7, "e");
-        let recovery = recover("chat:a", Some(&since), page(&[8, 9, 10]), BUDGET).unwrap();
+        let recovery = recover(Some(&since), page(&[8, 9, 10]), BUDGET).unwrap();
         assert_eq!(
             recovery.result,
             json!({ "offset": 10, "epoch": "e", "recovered": true })
         );
         assert_eq!(recovery.outcome, Some(RecoveryOutcome::Recovered));
         assert_eq!(replayed(&recovery), ["m8", "m9", "m10"]);
-        let at_top = recover("chat:a", Some(&Position::new(10, "e")), page(&[]), BUDGET).unwrap();
+        let at_top = recover(Some(&Position::new(10, "e")), page(&[]), BUDGET).unwrap();
         assert_eq!(
             at_top.outcome,
             Some(RecoveryOutcome::Recovered),
@@ -254,7 +270,7 @@ mod tests {
         let since = Position::new(7, "e");
         // Room for m8 and m9, one byte short of m10.
         let budget = cost("m8") + cost("m9") + cost("m10") - 1;
-        let recovery = recover("chat:a", Some(&since), page(&[8, 9, 10]), budget).unwrap();
+        let recovery = recover(Some(&since), page(&[8, 9, 10]), budget).unwrap();
         assert_eq!(
             recovery.result,
             json!({ "offset": 10, "epoch": "e", "recovered": false, "replayed_to": 9 }),
@@ -263,7 +279,7 @@ mod tests {
         assert_eq!(recovery.outcome, Some(RecoveryOutcome::Partial));
         assert_eq!(replayed(&recovery), ["m8", "m9"]);
 
-        let exact = recover("chat:a", Some(&since), page(&[8, 9, 10]), budget + 1).unwrap();
+        let exact = recover(Some(&since), page(&[8, 9, 10]), budget + 1).unwrap();
         assert_eq!(
             exact.outcome,
             Some(RecoveryOutcome::Recovered),
@@ -275,7 +291,7 @@ mod tests {
     #[test]
     fn a_replay_of_which_nothing_fits_says_it_ends_at_since() {
         let since = Position::new(7, "e");
-        let recovery = recover("chat:a", Some(&since), page(&[8, 9, 10]), cost("m8") - 1).unwrap();
+        let recovery = recover(Some(&since), page(&[8, 9, 10]), cost("m8") - 1).unwrap();
         assert_eq!(
             recovery.result,
             json!({ "offset": 10, "epoch": "e", "recovered": false, "replayed_to": 7 })
@@ -288,7 +304,7 @@ mod tests {
     fn a_page_the_store_cut_at_the_budget_is_a_partial_replay() {
         // The store stopped after 8: the replay ends there, below the top.
         let since = Position::new(7, "e");
-        let recovery = recover("chat:a", Some(&since), page(&[8]), BUDGET).unwrap();
+        let recovery = recover(Some(&since), page(&[8]), BUDGET).unwrap();
         assert_eq!(
             recovery.result,
             json!({ "offset": 10, "epoch": "e", "recovered": false, "replayed_to": 8 })
@@ -299,29 +315,27 @@ mod tests {
     #[test]
     fn after_a_partial_replay_live_frames_above_the_reply_come_once() {
         let since = Position::new(7, "e");
-        let recovery = recover("chat:a", Some(&since), page(&[8]), BUDGET).unwrap();
-        let mut resumed = Vec::new();
-        record(&mut resumed, recovery.resume);
+        let recovery = recover(Some(&since), page(&[8]), BUDGET).unwrap();
         // 9 and 10 were queued live while the subscribe read history: the
         // reply's `replayed_to` and `offset` tell the client to page them
         // through `history`, so they are not written twice.
-        assert!(!admit(&mut resumed, &delivery("chat:a", Some((9, "e")))));
-        assert!(!admit(&mut resumed, &delivery("chat:a", Some((10, "e")))));
-        assert!(admit(&mut resumed, &delivery("chat:a", Some((11, "e")))));
-        assert!(admit(&mut resumed, &delivery("chat:a", Some((12, "e")))));
+        assert_eq!(recovery.resume, Resume::new(10, "e"));
+        assert!(recovery.resume.covers(9, "e"));
+        assert!(recovery.resume.covers(10, "e"));
+        assert!(!recovery.resume.covers(11, "e"));
     }
 
     #[test]
     fn a_since_trimmed_or_in_an_older_epoch_is_not_recovered() {
         let trimmed = Position::new(2, "e");
-        let recovery = recover("chat:a", Some(&trimmed), page(&[6, 7, 8, 9, 10]), BUDGET).unwrap();
+        let recovery = recover(Some(&trimmed), page(&[6, 7, 8, 9, 10]), BUDGET).unwrap();
         assert_eq!(
             recovery.result,
             json!({ "offset": 10, "epoch": "e", "recovered": false })
         );
         assert!(recovery.replay.is_empty(), "offsets 3 to 5 are gone");
         let older = Position::new(9, "old");
-        let recovery = recover("chat:a", Some(&older), page(&[6, 7, 8, 9, 10]), BUDGET).unwrap();
+        let recovery = recover(Some(&older), page(&[6, 7, 8, 9, 10]), BUDGET).unwrap();
         assert_eq!(recovery.outcome, Some(RecoveryOutcome::NotRecovered));
         assert!(recovery.replay.is_empty(), "another epoch's offsets");
     }
@@ -329,7 +343,7 @@ mod tests {
     #[test]
     fn a_since_beyond_the_top_is_refused() {
         let since = Position::new(12, "e");
-        let error = recover("chat:a", Some(&since), page(&[]), BUDGET).unwrap_err();
+        let error = recover(Some(&since), page(&[]), BUDGET).unwrap_err();
         assert_eq!(
             error,
             (
@@ -339,7 +353,7 @@ mod tests {
         );
         let other_epoch = Position::new(12, "f");
         assert!(
-            recover("chat:a", Some(&other_epoch), page(&[]), BUDGET).is_ok(),
+            recover(Some(&other_epoch), page(&[]), BUDGET).is_ok(),
             "an offset of another epoch is not ahead"
         );
     }
@@ -353,61 +367,48 @@ mod tests {
         );
     }
 
-    fn delivery(channel: &str, position: Option<(u64, &str)>) -> Delivery {
-        Delivery {
-            channel: channel.into(),
-            position: position.map(|(o, e)| (o, Arc::from(e))),
-            frame: Utf8Bytes::from_static("m"),
+    #[test]
+    fn a_reply_covers_its_position_in_its_epoch_only() {
+        let resume = recover(None, page(&[10]), BUDGET).unwrap().resume;
+        assert!(resume.covers(3, "e") && resume.covers(10, "e"));
+        assert!(!resume.covers(11, "e"), "beyond the reply");
+        assert!(!resume.covers(1, "f"), "another epoch's offsets");
+    }
+
+    #[test]
+    fn epochs_new_epoch_makes_are_held_as_their_value() {
+        let made = history::new_epoch();
+        let resume = Resume::new(5, &made);
+        assert!(matches!(resume.epoch, Epoch::Hex(_)));
+        assert!(resume.covers(5, &made), "an exact round trip");
+        assert_eq!(hex_epoch("00000000000000ff"), Some(255));
+        assert_eq!(hex_epoch("ffffffffffffffff"), Some(u64::MAX));
+        // Anything else is held as written, and compared as written.
+        for other in [
+            "e",
+            "00000000000000FF",
+            "+0000000000000ff",
+            "0000000000000ff",
+            "000000000000000ff",
+            "00000000000000fg",
+        ] {
+            assert_eq!(hex_epoch(other), None, "{other}");
+            let resume = Resume::new(5, other);
+            assert!(matches!(resume.epoch, Epoch::Text(_)), "{other}");
+            assert!(resume.covers(5, other), "{other}");
         }
+        let hex = Resume::new(5, "00000000000000ff");
+        for spelling in ["00000000000000FF", "+0000000000000ff", "ff", "255"] {
+            assert!(!hex.covers(5, spelling), "{spelling} is another epoch");
+        }
+        let upper = Resume::new(5, "00000000000000FF");
+        assert!(!upper.covers(5, "00000000000000ff"));
     }
 
     #[test]
-    fn live_frames_the_reply_covered_are_dropped_once() {
-        let mut resumed = Vec::new();
-        let recovery = recover("chat:a", None, page(&[10]), BUDGET).unwrap();
-        record(&mut resumed, recovery.resume);
-        assert!(admit(&mut resumed, &delivery("chat:b", Some((3, "e")))));
-        assert!(
-            admit(&mut resumed, &delivery("chat:a", None)),
-            "no position"
-        );
-        assert!(!admit(&mut resumed, &delivery("chat:a", Some((9, "e")))));
-        assert!(!admit(&mut resumed, &delivery("chat:a", Some((10, "e")))));
-        assert_eq!(resumed.len(), 1);
-        assert!(admit(&mut resumed, &delivery("chat:a", Some((11, "e")))));
-        assert!(resumed.is_empty(), "the first newer frame ends the entry");
-        assert!(admit(&mut resumed, &delivery("chat:a", Some((10, "e")))));
-    }
-
-    #[test]
-    fn a_new_epoch_ends_the_entry() {
-        let mut resumed = Vec::new();
-        record(
-            &mut resumed,
-            recover("chat:a", None, page(&[]), BUDGET).unwrap().resume,
-        );
-        assert!(admit(&mut resumed, &delivery("chat:a", Some((1, "f")))));
-        assert!(resumed.is_empty());
-    }
-
-    #[test]
-    fn a_channel_keeps_one_entry_until_forgotten() {
-        let mut resumed = Vec::new();
-        record(
-            &mut resumed,
-            recover("chat:a", None, page(&[]), BUDGET).unwrap().resume,
-        );
-        record(
-            &mut resumed,
-            recover("chat:a", None, page(&[]), BUDGET).unwrap().resume,
-        );
-        record(
-            &mut resumed,
-            recover("chat:b", None, page(&[]), BUDGET).unwrap().resume,
-        );
-        assert_eq!(resumed.len(), 2);
-        forget(&mut resumed, "chat:a");
-        assert_eq!(resumed.len(), 1);
-        assert!(admit(&mut resumed, &delivery("chat:a", Some((1, "e")))));
+    fn a_resume_stays_small() {
+        // Held in every subscription's entry while its reply is pending.
+        assert_eq!(std::mem::size_of::<Resume>(), 24);
+        assert_eq!(std::mem::size_of::<Option<Resume>>(), 24);
     }
 }

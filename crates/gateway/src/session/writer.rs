@@ -35,7 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
-use super::{recovery, ws_error_reason, End, Session};
+use super::{ws_error_reason, End, Session};
 use crate::hub::{Delivery, Outbound, SLOW_CONSUMER_REASON};
 
 /// Frames written per flush when the queue has a backlog.
@@ -75,7 +75,7 @@ where
         // an idle session keeps between writes.
         let backlog = self.handle.queued_items().min(WRITE_BATCH - 1);
         self.out.reserve_exact(1 + backlog);
-        if recovery::admit(&mut self.resumed, &first) {
+        if self.subscriptions.admit(&first) {
             self.out.push(first.frame.clone());
         }
         if !self.batching || Instant::now() >= self.flush_at() {
@@ -113,10 +113,10 @@ where
         let room = WRITE_BATCH.saturating_sub(self.out.len());
         self.out.reserve_exact(self.handle.queued_items().min(room));
         let (mut close, mut drain) = (None, None);
-        let (out, resumed) = (&mut self.out, &mut self.resumed);
+        let (out, subscriptions) = (&mut self.out, &mut self.subscriptions);
         self.handle.take_batch(room, |item| match item {
             Outbound::Frame(delivery) => {
-                if recovery::admit(resumed, &delivery) {
+                if subscriptions.admit(&delivery) {
                     out.push(delivery.frame.clone());
                 }
                 true
