@@ -194,7 +194,14 @@ where
     /// Leaves the hub (and the broker) after a subscribe that failed midway.
     async fn undo_subscribe(&mut self, channel: &ChannelName) {
         let node = &self.node;
-        if node.hub.unsubscribe(channel.as_str(), self.handle.id) {
+        let last = node.hub.unsubscribe(channel.as_str(), self.handle.id);
+        // Occupancy reads counts from the hub: a write that saw this entry
+        // meanwhile (another session of the user changed the channel's
+        // count) is corrected.
+        let presence = node.config.namespace(channel.namespace()).presence;
+        node.occupancy
+            .unsubscribed(channel.as_str(), &self.claims.user, presence);
+        if last {
             let _ = node.broker.unsubscribe(channel.as_str()).await;
         }
         recovery::forget(&mut self.resumed, channel.as_str());
@@ -254,9 +261,11 @@ where
         let node = &self.node;
         node.metrics.unsubscribed(channel.as_str());
         let namespace = node.config.namespace(channel.namespace());
+        let last = node.hub.unsubscribe(channel.as_str(), self.handle.id);
+        // After the hub entry is gone: occupancy reads the count from the hub.
         node.occupancy
             .unsubscribed(channel.as_str(), &self.claims.user, namespace.presence);
-        if node.hub.unsubscribe(channel.as_str(), self.handle.id) {
+        if last {
             if let Err(error) = node.broker.unsubscribe(channel.as_str()).await {
                 tracing::warn!(message = "broker unsubscribe failed", channel = %channel, %error, connection_id = %self.connection_id());
             }
