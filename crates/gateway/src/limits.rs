@@ -9,6 +9,12 @@
 //! "currently held" per key with a guard. The cluster-wide per-user count
 //! lives in Redis (`RedisPresence::connected`); the local one here backs it
 //! up when Redis is away and is the whole check in single-node mode.
+//!
+//! The per-user map is also where a cluster node's occupancy reads a
+//! user's connections ([`UserSessions`]): beside the admission slots each
+//! entry counts the user's running sessions (from the hub's register to
+//! its unregister, as occupancy reports them), in the same 8 bytes the
+//! slot count took alone, so no second map of users exists.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -22,6 +28,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::limits::LimitsConfig;
+use crate::occupancy::UserSessions;
 
 /// Why admission refused a connection, with when to retry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,10 +79,25 @@ impl Limited {
     }
 }
 
+/// One key's counts; the entry goes when both are zero.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    /// Units held through [`Held`] guards.
+    held: u32,
+    /// Sessions running (users on a cluster node only; see [`UserSessions`]).
+    running: u32,
+}
+
 /// Counts held per key; a [`Held`] guard gives its unit back when dropped.
 #[derive(Debug)]
 pub struct Counts<K: Eq + Hash> {
-    held: Mutex<HashMap<K, usize>>,
+    held: Mutex<HashMap<K, Tally>>,
+}
+
+impl<K: Eq + Hash> Counts<K> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Tally>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl<K: Eq + Hash + Clone> Counts<K> {
@@ -87,12 +109,15 @@ impl<K: Eq + Hash + Clone> Counts<K> {
 
     /// Takes one unit for `key` unless it already holds `max`.
     fn try_hold(self: &Arc<Self>, key: K, max: usize) -> Option<Held<K>> {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let count = held.entry(key.clone()).or_insert(0);
-        if *count >= max {
+        let mut held = self.lock();
+        let tally = held.entry(key.clone()).or_default();
+        if tally.held as usize >= max {
+            if tally.held == 0 && tally.running == 0 {
+                held.remove(&key);
+            }
             return None;
         }
-        *count += 1;
+        tally.held += 1;
         Some(Held {
             counts: Arc::clone(self),
             key,
@@ -101,13 +126,39 @@ impl<K: Eq + Hash + Clone> Counts<K> {
 
     /// How many units `key` holds.
     pub fn held(&self, key: &K) -> usize {
-        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.get(key).copied().unwrap_or(0)
+        self.lock().get(key).map_or(0, |tally| tally.held as usize)
     }
 
-    /// Keys holding at least one unit (the map never keeps zeros).
+    /// Keys holding at least one unit or running a session (the map never
+    /// keeps zeros).
     pub fn keys(&self) -> usize {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.lock().len()
+    }
+}
+
+/// A user's running sessions, kept in the admission entry the user holds
+/// anyway (a running session holds its user slot until it is dropped, after
+/// occupancy's last report).
+impl UserSessions for Counts<Arc<str>> {
+    fn add_running(&self, user: &Arc<str>, delta: i32) {
+        let mut held = self.lock();
+        let tally = held.entry(Arc::clone(user)).or_default();
+        tally.running = tally.running.saturating_add_signed(delta);
+        if tally.held == 0 && tally.running == 0 {
+            held.remove(user);
+        }
+    }
+
+    fn running(&self, user: &str) -> u32 {
+        self.lock().get(user).map_or(0, |tally| tally.running)
+    }
+
+    fn running_users(&self) -> Vec<Arc<str>> {
+        self.lock()
+            .iter()
+            .filter(|(_, tally)| tally.running > 0)
+            .map(|(user, _)| Arc::clone(user))
+            .collect()
     }
 }
 
@@ -120,10 +171,10 @@ pub struct Held<K: Eq + Hash> {
 
 impl<K: Eq + Hash> Drop for Held<K> {
     fn drop(&mut self) {
-        let mut held = self.counts.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = held.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
+        let mut held = self.counts.lock();
+        if let Some(tally) = held.get_mut(&self.key) {
+            tally.held = tally.held.saturating_sub(1);
+            if tally.held == 0 && tally.running == 0 {
                 held.remove(&self.key);
             }
         }
@@ -201,6 +252,12 @@ impl ConnectionLimits {
             _address: address,
             _user: Some(user),
         })
+    }
+
+    /// The per-user map, where a cluster node's occupancy also counts
+    /// each user's running sessions.
+    pub fn users(&self) -> Arc<Counts<Arc<str>>> {
+        Arc::clone(&self.users)
     }
 
     pub fn max_connections_per_user(&self) -> usize {
@@ -295,5 +352,26 @@ mod tests {
         assert_eq!(admission.users.keys(), 0, "no zero counts are kept");
         let again = admission.admit_address(ip).unwrap();
         assert!(admission.admit_user(again, &alice).is_ok());
+    }
+
+    #[test]
+    fn running_sessions_share_the_users_entries() {
+        let admission = ConnectionLimits::new(&limits(1000, 1000, 10, 10));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let alice: Arc<str> = Arc::from("alice");
+        let users = admission.users();
+        let slots = admission
+            .admit_user(admission.admit_address(ip).unwrap(), &alice)
+            .unwrap();
+        assert_eq!(users.running("alice"), 0, "admitted, not running yet");
+        users.add_running(&alice, 1);
+        assert_eq!(users.running("alice"), 1);
+        assert_eq!(users.running_users(), [Arc::clone(&alice)]);
+        assert_eq!(users.keys(), 1, "one entry for both counts");
+        users.add_running(&alice, -1);
+        assert_eq!(users.keys(), 1, "the slot is still held");
+        drop(slots);
+        assert_eq!(users.keys(), 0, "no zero counts are kept");
+        assert!(users.running_users().is_empty());
     }
 }

@@ -25,7 +25,7 @@ use crate::limits::ConnectionLimits;
 use crate::metrics::webhooks::WebhookMetrics;
 use crate::metrics::Metrics;
 use crate::occupancy::redis::{EventQueue, RedisOccupancy};
-use crate::occupancy::{ChannelCounts, ChannelPage, ListQuery, Occupancy};
+use crate::occupancy::{ChannelCounts, ChannelPage, ChannelSubscribers, ListQuery, Occupancy};
 use crate::presence::redis::{HeldEntry, Holdings, RedisPresence};
 use crate::presence::{CountedPresence, LocalEntry, MemoryPresence, Presence, Roster};
 use crate::redis::health::RedisHealth;
@@ -122,13 +122,14 @@ impl Node {
         let broker = Arc::new(MemoryBroker::new(Arc::clone(&hub)));
         let instance = instance_id(&config.node_id);
         let presence = MemoryPresence::new(Arc::clone(&hub) as Arc<dyn Roster>, instance.clone());
+        let limits = ConnectionLimits::new(&config.limits);
         Node::build(
             config,
             hub,
             broker,
             Arc::new(presence),
             instance,
-            Arc::new(Occupancy::new(false)),
+            (limits, Arc::new(Occupancy::single())),
             None,
         )
     }
@@ -162,7 +163,13 @@ impl Node {
             background.clone(),
         )?;
         let instance = instance_id(&config.node_id);
-        let occupancy = Arc::new(Occupancy::new(true));
+        // Occupancy reads a user's connections from the admission limits'
+        // per-user map and a channel's subscriptions from the hub.
+        let limits = ConnectionLimits::new(&config.limits);
+        let occupancy = Arc::new(Occupancy::cluster(
+            limits.users(),
+            Arc::clone(&hub) as Arc<dyn ChannelSubscribers>,
+        ));
         let queue = match &config.webhooks {
             None => None,
             Some(hooks) => {
@@ -203,7 +210,7 @@ impl Node {
             Arc::new(broker),
             Arc::clone(&presence) as Arc<dyn Presence>,
             instance,
-            occupancy,
+            (limits, occupancy),
             Some((
                 background,
                 RedisState {
@@ -222,13 +229,14 @@ impl Node {
         presence: Arc<dyn Presence>,
     ) -> Result<Arc<Node>, String> {
         let instance = instance_id(&config.node_id);
+        let limits = ConnectionLimits::new(&config.limits);
         Node::build(
             config,
             hub,
             broker,
             presence,
             instance,
-            Arc::new(Occupancy::new(false)),
+            (limits, Arc::new(Occupancy::single())),
             None,
         )
     }
@@ -239,7 +247,9 @@ impl Node {
         broker: Arc<dyn Broker>,
         presence: Arc<dyn Presence>,
         instance: String,
-        occupancy: Arc<Occupancy>,
+        // The admission limits, and the occupancy that (in cluster mode)
+        // reads their per-user map.
+        (limits, occupancy): (ConnectionLimits, Arc<Occupancy>),
         cluster: Option<(CancellationToken, RedisState)>,
     ) -> Result<Arc<Node>, String> {
         let (background, redis) = match cluster {
@@ -265,7 +275,7 @@ impl Node {
             redis,
             occupancy,
             capacity: Arc::new(Semaphore::new(config.max_connections)),
-            limits: ConnectionLimits::new(&config.limits),
+            limits,
             verifier,
             hub,
             broker,

@@ -29,7 +29,7 @@ use crate::http::response::{self, Body};
 use crate::limits::Limited;
 use crate::metrics;
 use crate::node::Node;
-use crate::presence;
+use crate::presence::ConnectionId;
 use crate::session;
 use crate::session::socket::Socket;
 
@@ -317,13 +317,13 @@ async fn upgrade(
         }
     };
     let id = node.next_session_id();
-    let connection_id = presence::connection_id(&node.instance, id);
+    let connection_id = ConnectionId::new(&node.instance, id);
     // The cluster-wide per-user cap, and the connection's record in cluster
     // state. With Redis away the local cap (already passed) is the check.
     let max_per_user = node.limits.max_connections_per_user();
     match node
         .presence
-        .connected(&connection_id, &admission.claims.user, max_per_user)
+        .connected(connection_id, &admission.claims.user, max_per_user)
         .await
     {
         Ok(true) => {}
@@ -343,7 +343,6 @@ async fn upgrade(
         upgraded: None,
         opened: session::Opened {
             id,
-            connection_id,
             peer,
             admission,
         },
@@ -402,7 +401,7 @@ fn open_session(pending: Box<Pending>) -> impl std::future::Future<Output = ()> 
             let user = &opened.admission.claims.user;
             if let Err(error) = node
                 .presence
-                .disconnected(&opened.connection_id, user)
+                .disconnected(ConnectionId::new(&node.instance, opened.id), user)
                 .await
             {
                 tracing::warn!(message = "connection not forgotten", %error);

@@ -35,7 +35,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::config::session::QUEUE_ENTRY_OVERHEAD;
 use crate::metrics::Metrics;
-use crate::occupancy::{ChannelCounts, ChannelPage, ListQuery};
+use crate::occupancy::{ChannelCounts, ChannelPage, ChannelSubscribers, ListQuery};
 
 /// One frame for every local subscriber of a channel, shared by all of them.
 #[derive(Debug)]
@@ -677,6 +677,27 @@ impl Hub {
     /// Frames dropped for full queues since start.
     pub fn dropped_total(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// A cluster node's occupancy counts a user's subscriptions to a channel
+/// from the subscriber entries, when it writes a changed count (one walk of
+/// the changed channel), rather than keeping a map of its own.
+impl ChannelSubscribers for Hub {
+    fn each_subscriber(&self, channel: &str, visit: &mut dyn FnMut(&Arc<str>)) {
+        let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
+        for subscriber in channels.get(channel).into_iter().flat_map(|s| s.values()) {
+            visit(&subscriber.session.user);
+        }
+    }
+
+    fn each_subscription(&self, visit: &mut dyn FnMut(&str, &Arc<str>)) {
+        let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
+        for (channel, subscribers) in channels.iter() {
+            for subscriber in subscribers.values() {
+                visit(channel, &subscriber.session.user);
+            }
+        }
     }
 }
 

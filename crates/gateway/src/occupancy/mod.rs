@@ -3,14 +3,19 @@
 //! cluster-wide counts in Redis; and the channel listing's types.
 //!
 //! Sessions report every connect, disconnect, subscribe and unsubscribe
-//! here; the call only updates counters under a lock and never waits on
-//! Redis, so it costs the session nothing. The node remembers which counts
-//! changed, and `occupancy::redis` writes their new values to Redis in
-//! batches, where the cluster-wide sums live and where the transitions (a
-//! user's first connection, a channel's last subscriber) become webhook
-//! events. A single node keeps nothing here (it has no webhooks) and lists
-//! its channels from the hub's subscriber lists (`Hub::list`), so an idle
-//! connection costs it no entry.
+//! here; the call only marks the count as changed under a lock and never
+//! waits on Redis, so it costs the session nothing. The counts are not
+//! kept here: when `occupancy::redis` writes the changed ones (in batches,
+//! to where the cluster-wide sums live and where the transitions, a user's
+//! first connection or a channel's last subscriber, become webhook events)
+//! it reads their values from the node's own records: a user's running
+//! sessions from the admission limits' per-user map ([`UserSessions`]), a
+//! user's subscriptions to a channel by one walk of the changed channel's
+//! hub entries ([`ChannelSubscribers`]). So neither a connection nor a
+//! subscription costs an entry here. A report comes after the change is in
+//! those records, so the write that takes its mark reads the change. A
+//! single node keeps nothing here (it has no webhooks) and lists its
+//! channels from the hub's subscriber lists (`Hub::list`).
 //!
 //! The node sends absolute values, not increments, so a write that timed
 //! out can be sent again without counting twice.
@@ -99,179 +104,211 @@ impl ListQuery {
     }
 }
 
-#[derive(Debug, Default)]
-struct ChannelCount {
-    users: HashMap<Arc<str>, u32>,
-    /// The namespace lists members (fixed by the configuration).
-    presence: bool,
+/// Where a cluster node reads its users' connection counts: the per-user
+/// map admission keeps anyway (`limits::ConnectionLimits`, implemented
+/// there: `limits` sits above this module), which also counts each user's
+/// running sessions, so occupancy keeps no second map of users.
+pub trait UserSessions: Send + Sync {
+    /// Adds `delta` to the sessions `user` runs on this node.
+    fn add_running(&self, user: &Arc<str>, delta: i32);
+    /// The sessions `user` runs on this node.
+    fn running(&self, user: &str) -> u32;
+    /// Every user running a session on this node.
+    fn running_users(&self) -> Vec<Arc<str>>;
 }
 
-#[derive(Debug, Default)]
-struct Local {
-    online: HashMap<Arc<str>, u32>,
-    channels: HashMap<Arc<str>, ChannelCount>,
-    /// Counts changed since Redis last took them (cluster mode only).
-    dirty: HashSet<Count>,
+/// Where a cluster node reads its subscription counts: the hub's
+/// subscriber entries (implemented by `Hub`, which imports this module),
+/// so occupancy keeps no map of channels.
+pub trait ChannelSubscribers: Send + Sync {
+    /// Calls `visit` with the user of each local subscription to `channel`.
+    fn each_subscriber(&self, channel: &str, visit: &mut dyn FnMut(&Arc<str>));
+    /// Calls `visit` with each local subscription's channel and user.
+    fn each_subscription(&self, visit: &mut dyn FnMut(&str, &Arc<str>));
 }
 
-impl Local {
-    fn value(&self, count: &Count) -> u32 {
-        match count {
-            Count::Online(user) => self.online.get(user).copied().unwrap_or(0),
-            Count::Subscribed { channel, user, .. } => self
-                .channels
-                .get(channel)
-                .and_then(|c| c.users.get(user))
-                .copied()
-                .unwrap_or(0),
-        }
-    }
+/// What a cluster node's counts are read from when they are written.
+struct Sources {
+    users: Arc<dyn UserSessions>,
+    subscribers: Arc<dyn ChannelSubscribers>,
 }
 
-/// This node's occupancy counters.
-#[derive(Debug)]
+/// This node's occupancy: which counts changed since Redis took them. The
+/// counts themselves are read from the node's own records when written.
 pub struct Occupancy {
-    local: Mutex<Local>,
-    /// Cluster mode: count, and remember changes for Redis.
-    track: bool,
+    /// Cluster mode: where the counts are; `None` on a single node, where
+    /// every report is a no-op.
+    sources: Option<Sources>,
+    /// Counts changed since Redis last took them.
+    dirty: Mutex<HashSet<Count>>,
     changed: Notify,
 }
 
-/// Adds `delta` to a counter kept only while positive.
-fn bump(map: &mut HashMap<Arc<str>, u32>, key: &Arc<str>, delta: i32) -> u32 {
-    let value = map
-        .get(key)
-        .copied()
-        .unwrap_or(0)
-        .saturating_add_signed(delta);
-    if value == 0 {
-        map.remove(key);
-    } else if let Some(slot) = map.get_mut(key) {
-        *slot = value;
-    } else {
-        map.insert(Arc::clone(key), value);
+impl std::fmt::Debug for Occupancy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Occupancy")
+            .field("cluster", &self.sources.is_some())
+            .finish_non_exhaustive()
     }
-    value
 }
 
 impl Occupancy {
-    /// `cluster`: counts are kept, for `occupancy::redis` to write; else
-    /// every report is a no-op.
-    pub fn new(cluster: bool) -> Occupancy {
+    /// A single node's: it keeps and reports nothing.
+    pub fn single() -> Occupancy {
         Occupancy {
-            local: Mutex::default(),
-            track: cluster,
+            sources: None,
+            dirty: Mutex::default(),
             changed: Notify::new(),
         }
     }
 
-    fn local(&self) -> MutexGuard<'_, Local> {
-        self.local.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn touched(&self, local: &mut Local, count: Count) {
-        if self.track {
-            local.dirty.insert(count);
-            self.changed.notify_one();
+    /// A cluster node's: changed counts are remembered for
+    /// `occupancy::redis` to write, their values read from `users` (the
+    /// admission limits' per-user map) and `subscribers` (the hub).
+    pub fn cluster(
+        users: Arc<dyn UserSessions>,
+        subscribers: Arc<dyn ChannelSubscribers>,
+    ) -> Occupancy {
+        Occupancy {
+            sources: Some(Sources { users, subscribers }),
+            dirty: Mutex::default(),
+            changed: Notify::new(),
         }
     }
 
-    /// A connection of `user` opened.
+    fn dirty(&self) -> MutexGuard<'_, HashSet<Count>> {
+        self.dirty.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks a count as changed. Called after the change is in the record
+    /// the count is read from, so a write that takes the mark reads it.
+    fn touched(&self, count: Count) {
+        self.dirty().insert(count);
+        self.changed.notify_one();
+    }
+
+    /// A connection of `user` opened (its session is in the hub).
     pub fn connected(&self, user: &Arc<str>) {
         self.online(user, 1);
     }
 
-    /// A connection of `user` closed.
+    /// A connection of `user` closed (its session left the hub).
     pub fn disconnected(&self, user: &Arc<str>) {
         self.online(user, -1);
     }
 
     fn online(&self, user: &Arc<str>, delta: i32) {
-        if !self.track {
+        let Some(sources) = &self.sources else {
             return;
-        }
-        let mut local = self.local();
-        bump(&mut local.online, user, delta);
-        self.touched(&mut local, Count::Online(Arc::clone(user)));
-    }
-
-    /// A connection of `user` subscribed to `channel`.
-    pub fn subscribed(&self, channel: &str, user: &Arc<str>, presence: bool) {
-        self.subscription(channel, user, presence, 1);
-    }
-
-    /// A connection of `user` left `channel` (unsubscribed or closed).
-    pub fn unsubscribed(&self, channel: &str, user: &Arc<str>, presence: bool) {
-        self.subscription(channel, user, presence, -1);
-    }
-
-    fn subscription(&self, channel: &str, user: &Arc<str>, presence: bool, delta: i32) {
-        if !self.track {
-            return;
-        }
-        let mut local = self.local();
-        let key = match local.channels.get_key_value(channel) {
-            Some((key, _)) => Arc::clone(key),
-            None if delta < 0 => return,
-            None => Arc::from(channel),
         };
-        let counts = local.channels.entry(Arc::clone(&key)).or_default();
-        counts.presence = presence;
-        bump(&mut counts.users, user, delta);
-        if counts.users.is_empty() {
-            local.channels.remove(channel);
-        }
-        self.touched(
-            &mut local,
-            Count::Subscribed {
-                channel: key,
-                user: Arc::clone(user),
-                presence,
-            },
-        );
+        sources.users.add_running(user, delta);
+        self.touched(Count::Online(Arc::clone(user)));
     }
 
-    /// The counts changed since the last call, with their values now.
+    /// A connection of `user` subscribed to `channel` (it is in the hub's
+    /// subscribers).
+    pub fn subscribed(&self, channel: &str, user: &Arc<str>, presence: bool) {
+        self.subscription(channel, user, presence);
+    }
+
+    /// A connection of `user` left `channel` (unsubscribed, closed, or a
+    /// subscribe undone), after its hub entry was removed.
+    pub fn unsubscribed(&self, channel: &str, user: &Arc<str>, presence: bool) {
+        self.subscription(channel, user, presence);
+    }
+
+    fn subscription(&self, channel: &str, user: &Arc<str>, presence: bool) {
+        if self.sources.is_none() {
+            return;
+        }
+        self.touched(Count::Subscribed {
+            channel: Arc::from(channel),
+            user: Arc::clone(user),
+            presence,
+        });
+    }
+
+    /// The counts changed since the last call, with their values now: a
+    /// user's running sessions from the limits' map, a user's subscriptions
+    /// to a channel by one walk of each changed channel's hub entries.
     pub fn take_changes(&self) -> Vec<(Count, u32)> {
-        let mut local = self.local();
-        let dirty = std::mem::take(&mut local.dirty);
-        dirty
-            .into_iter()
-            .map(|count| {
-                let value = local.value(&count);
-                (count, value)
-            })
-            .collect()
+        let Some(sources) = &self.sources else {
+            return Vec::new();
+        };
+        let dirty = std::mem::take(&mut *self.dirty());
+        let mut changes = Vec::with_capacity(dirty.len());
+        let mut channels: HashMap<Arc<str>, Vec<Count>> = HashMap::new();
+        for count in dirty {
+            match &count {
+                Count::Online(user) => {
+                    let value = sources.users.running(user);
+                    changes.push((count, value));
+                }
+                Count::Subscribed { channel, .. } => {
+                    channels.entry(Arc::clone(channel)).or_default().push(count)
+                }
+            }
+        }
+        for (channel, counts) in channels {
+            let mut users: HashMap<Arc<str>, u32> = counts
+                .iter()
+                .filter_map(|count| match count {
+                    Count::Subscribed { user, .. } => Some((Arc::clone(user), 0)),
+                    Count::Online(_) => None,
+                })
+                .collect();
+            sources.subscribers.each_subscriber(&channel, &mut |user| {
+                if let Some(value) = users.get_mut(user) {
+                    *value += 1;
+                }
+            });
+            for count in counts {
+                let value = match &count {
+                    Count::Subscribed { user, .. } => users.get(user).copied().unwrap_or(0),
+                    Count::Online(_) => 0,
+                };
+                changes.push((count, value));
+            }
+        }
+        changes
     }
 
     /// Marks counts as changed again, after a write to Redis failed; their
     /// values are read afresh when next taken.
     pub fn retry(&self, counts: impl IntoIterator<Item = Count>) {
-        self.local().dirty.extend(counts);
+        self.dirty().extend(counts);
     }
 
     /// Marks every count as changed: Redis lost them, or this node's share
-    /// was removed while it was cut off.
-    pub fn resend_all(&self) {
-        let mut local = self.local();
-        let online: Vec<Count> = local
-            .online
-            .keys()
-            .map(|u| Count::Online(Arc::clone(u)))
+    /// was removed while it was cut off. `presence` tells whether a
+    /// channel's namespace lists members (the configuration's answer).
+    pub fn resend_all(&self, presence: impl Fn(&str) -> bool) {
+        let Some(sources) = &self.sources else {
+            return;
+        };
+        let mut all: Vec<Count> = sources
+            .users
+            .running_users()
+            .into_iter()
+            .map(Count::Online)
             .collect();
-        local.dirty.extend(online);
-        let subscribed: Vec<Count> = local
-            .channels
-            .iter()
-            .flat_map(|(channel, counts)| {
-                counts.users.keys().map(move |user| Count::Subscribed {
-                    channel: Arc::clone(channel),
-                    user: Arc::clone(user),
-                    presence: counts.presence,
-                })
-            })
-            .collect();
-        local.dirty.extend(subscribed);
+        let mut last: Option<(Arc<str>, bool)> = None;
+        sources.subscribers.each_subscription(&mut |channel, user| {
+            let (channel, presence) = match &last {
+                Some((name, presence)) if &**name == channel => (Arc::clone(name), *presence),
+                _ => {
+                    let entry = (Arc::<str>::from(channel), presence(channel));
+                    last = Some(entry.clone());
+                    entry
+                }
+            };
+            all.push(Count::Subscribed {
+                channel,
+                user: Arc::clone(user),
+                presence,
+            });
+        });
+        self.dirty().extend(all);
         self.changed.notify_one();
     }
 
@@ -306,20 +343,89 @@ mod tests {
         out
     }
 
+    /// A node's records as occupancy reads them: the limits' running
+    /// sessions per user and the hub's subscriptions.
+    #[derive(Default)]
+    struct Records {
+        running: Mutex<HashMap<Arc<str>, u32>>,
+        subscriptions: Mutex<Vec<(String, Arc<str>)>>,
+    }
+
+    impl UserSessions for Records {
+        fn add_running(&self, user: &Arc<str>, delta: i32) {
+            let mut running = self.running.lock().unwrap();
+            let count = running.entry(Arc::clone(user)).or_default();
+            *count = count.saturating_add_signed(delta);
+            if *count == 0 {
+                running.remove(user);
+            }
+        }
+        fn running(&self, user: &str) -> u32 {
+            self.running.lock().unwrap().get(user).copied().unwrap_or(0)
+        }
+        fn running_users(&self) -> Vec<Arc<str>> {
+            self.running.lock().unwrap().keys().cloned().collect()
+        }
+    }
+
+    impl ChannelSubscribers for Records {
+        fn each_subscriber(&self, channel: &str, visit: &mut dyn FnMut(&Arc<str>)) {
+            for (c, user) in self.subscriptions.lock().unwrap().iter() {
+                if c == channel {
+                    visit(user);
+                }
+            }
+        }
+        fn each_subscription(&self, visit: &mut dyn FnMut(&str, &Arc<str>)) {
+            for (channel, user) in self.subscriptions.lock().unwrap().iter() {
+                visit(channel, user);
+            }
+        }
+    }
+
+    impl Records {
+        fn subscribe(&self, channel: &str, user: &Arc<str>) {
+            let entry = (channel.to_owned(), Arc::clone(user));
+            self.subscriptions.lock().unwrap().push(entry);
+        }
+        fn unsubscribe(&self, channel: &str, user: &Arc<str>) {
+            let mut subscriptions = self.subscriptions.lock().unwrap();
+            if let Some(i) = subscriptions
+                .iter()
+                .position(|(c, u)| c == channel && u == user)
+            {
+                subscriptions.swap_remove(i);
+            }
+        }
+    }
+
+    fn cluster() -> (Occupancy, Arc<Records>) {
+        let records = Arc::new(Records::default());
+        let occupancy = Occupancy::cluster(
+            Arc::clone(&records) as Arc<dyn UserSessions>,
+            Arc::clone(&records) as Arc<dyn ChannelSubscribers>,
+        );
+        (occupancy, records)
+    }
+
     #[test]
     fn changes_carry_the_latest_absolute_values() {
-        let occupancy = Occupancy::new(true);
+        let (occupancy, hub) = cluster();
         let alice: Arc<str> = Arc::from("alice");
         occupancy.connected(&alice);
         occupancy.connected(&alice);
+        hub.subscribe("chat:a", &alice);
         occupancy.subscribed("chat:a", &alice, true);
+        hub.subscribe("chat:a", &alice);
         occupancy.subscribed("chat:a", &alice, true);
+        hub.unsubscribe("chat:a", &alice);
         occupancy.unsubscribed("chat:a", &alice, true);
         assert_eq!(
             sorted(occupancy.take_changes()),
             ["online alice 2", "sub chat:a alice true 1"]
         );
         assert!(occupancy.take_changes().is_empty());
+        hub.unsubscribe("chat:a", &alice);
         occupancy.unsubscribed("chat:a", &alice, true);
         occupancy.disconnected(&alice);
         occupancy.disconnected(&alice);
@@ -327,16 +433,38 @@ mod tests {
             sorted(occupancy.take_changes()),
             ["online alice 0", "sub chat:a alice true 0"]
         );
-        // Unknown channels are not counted below zero.
+        assert!(hub.running_users().is_empty(), "no zero counts are kept");
+        // A subscribe undone before it was counted reads as what the hub
+        // holds: nothing (the script skips an unchanged count).
         occupancy.unsubscribed("chat:none", &alice, false);
-        assert!(occupancy.take_changes().is_empty());
+        assert_eq!(
+            sorted(occupancy.take_changes()),
+            ["sub chat:none alice false 0"]
+        );
+    }
+
+    #[test]
+    fn a_changed_channel_is_counted_per_user_in_one_walk() {
+        let (occupancy, hub) = cluster();
+        let (alice, bob): (Arc<str>, Arc<str>) = (Arc::from("alice"), Arc::from("bob"));
+        hub.subscribe("chat:a", &bob);
+        hub.subscribe("chat:a", &alice);
+        hub.subscribe("chat:b", &alice);
+        hub.subscribe("chat:a", &alice);
+        occupancy.subscribed("chat:a", &alice, true);
+        assert_eq!(
+            sorted(occupancy.take_changes()),
+            ["sub chat:a alice true 2"],
+            "only the changed count is read"
+        );
     }
 
     #[test]
     fn a_failed_write_is_retried_and_everything_can_be_resent() {
-        let occupancy = Occupancy::new(true);
+        let (occupancy, hub) = cluster();
         let bob: Arc<str> = Arc::from("bob");
         occupancy.connected(&bob);
+        hub.subscribe("feed", &bob);
         occupancy.subscribed("feed", &bob, false);
         let taken = occupancy.take_changes();
         occupancy.retry(taken.into_iter().map(|(count, _)| count));
@@ -345,23 +473,28 @@ mod tests {
             sorted(occupancy.take_changes()),
             ["online bob 2", "sub feed bob false 1"]
         );
-        occupancy.resend_all();
+        hub.subscribe("chat:x", &bob);
+        hub.subscribe("chat:x", &bob);
+        occupancy.resend_all(|channel| channel.starts_with("chat:"));
         assert_eq!(
             sorted(occupancy.take_changes()),
-            ["online bob 2", "sub feed bob false 1"]
+            [
+                "online bob 2",
+                "sub chat:x bob true 2",
+                "sub feed bob false 1"
+            ]
         );
     }
 
     #[test]
     fn a_single_node_keeps_nothing() {
-        let occupancy = Occupancy::new(false);
+        let occupancy = Occupancy::single();
         let carol: Arc<str> = Arc::from("carol");
         occupancy.connected(&carol);
         occupancy.subscribed("chat:a", &carol, true);
-        occupancy.resend_all();
+        occupancy.resend_all(|_| true);
         assert!(occupancy.take_changes().is_empty());
-        assert!(occupancy.local().online.is_empty());
-        assert!(occupancy.local().channels.is_empty());
+        assert!(occupancy.dirty().is_empty());
     }
 
     #[test]

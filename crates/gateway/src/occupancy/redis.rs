@@ -454,9 +454,10 @@ impl RedisOccupancy {
     }
 
     /// Every count this node holds must be written again: its lease lapsed,
-    /// so Redis lost its data or another node reaped this one.
-    pub fn resend_all(&self) {
-        self.occupancy.resend_all();
+    /// so Redis lost its data or another node reaped this one. `presence`
+    /// tells whether a channel's namespace lists members.
+    pub fn resend_all(&self, presence: impl Fn(&str) -> bool) {
+        self.occupancy.resend_all(presence);
     }
 
     /// A page of the cluster's channels with subscribers.

@@ -10,6 +10,7 @@
 
 pub mod redis;
 
+use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,7 +42,11 @@ pub trait Presence: Send + Sync {
     /// Records a connection as present in a channel.
     async fn join(&self, channel: &str, member: &Member) -> Result<(), PresenceError>;
     /// Removes a connection from a channel.
-    async fn leave(&self, channel: &str, connection_id: &str) -> Result<(), PresenceError>;
+    async fn leave(
+        &self,
+        channel: &str,
+        connection_id: ConnectionId<'_>,
+    ) -> Result<(), PresenceError>;
     /// Everyone present in a channel, in no particular order.
     async fn members(&self, channel: &str) -> Result<Vec<Member>, PresenceError>;
     /// Records an open connection unless its user already holds
@@ -50,7 +55,7 @@ pub trait Presence: Send + Sync {
     /// counts every node's connections in Redis.)
     async fn connected(
         &self,
-        _connection_id: &Arc<str>,
+        _connection_id: ConnectionId<'_>,
         _user: &Arc<str>,
         _max_per_user: usize,
     ) -> Result<bool, PresenceError> {
@@ -58,11 +63,11 @@ pub trait Presence: Send + Sync {
     }
     /// The connection's session is running (registered in the hub): from
     /// now on the node finds it there, not in presence's own records.
-    fn opened(&self, _connection_id: &Arc<str>) {}
+    fn opened(&self, _connection_id: ConnectionId<'_>) {}
     /// Forgets a closed connection of `user`.
     async fn disconnected(
         &self,
-        _connection_id: &Arc<str>,
+        _connection_id: ConnectionId<'_>,
         _user: &Arc<str>,
     ) -> Result<(), PresenceError> {
         Ok(())
@@ -71,8 +76,32 @@ pub trait Presence: Send + Sync {
 
 /// A connection's id: `<instance>.<session number>`, where the instance is
 /// the node id plus a run id (`Node::instance`).
+///
+/// Nothing per connection keeps it as text: the session number is in the
+/// session's hub handle and the instance is the node's, so this is a view
+/// of the two, formatted only where text is needed (the welcome, Redis,
+/// the subscribe proxy, `join`/`leave` events, logs), never per message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionId<'a> {
+    pub instance: &'a str,
+    pub session: u64,
+}
+
+impl ConnectionId<'_> {
+    pub fn new(instance: &str, session: u64) -> ConnectionId<'_> {
+        ConnectionId { instance, session }
+    }
+}
+
+impl fmt::Display for ConnectionId<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.instance, self.session)
+    }
+}
+
+/// A connection's id as shared text (for a [`Member`]).
 pub fn connection_id(instance: &str, session: u64) -> Arc<str> {
-    Arc::from(format!("{instance}.{session}"))
+    Arc::from(ConnectionId::new(instance, session).to_string())
 }
 
 /// One subscription in a channel's presence on this node: session number,
@@ -112,7 +141,11 @@ impl Presence for MemoryPresence {
         Ok(())
     }
 
-    async fn leave(&self, _channel: &str, _connection_id: &str) -> Result<(), PresenceError> {
+    async fn leave(
+        &self,
+        _channel: &str,
+        _connection_id: ConnectionId<'_>,
+    ) -> Result<(), PresenceError> {
         Ok(())
     }
 
@@ -160,7 +193,11 @@ impl Presence for CountedPresence {
             .await
     }
 
-    async fn leave(&self, channel: &str, connection_id: &str) -> Result<(), PresenceError> {
+    async fn leave(
+        &self,
+        channel: &str,
+        connection_id: ConnectionId<'_>,
+    ) -> Result<(), PresenceError> {
         self.count(PresenceOp::Leave, self.inner.leave(channel, connection_id))
             .await
     }
@@ -172,7 +209,7 @@ impl Presence for CountedPresence {
 
     async fn connected(
         &self,
-        connection_id: &Arc<str>,
+        connection_id: ConnectionId<'_>,
         user: &Arc<str>,
         max_per_user: usize,
     ) -> Result<bool, PresenceError> {
@@ -183,13 +220,13 @@ impl Presence for CountedPresence {
         .await
     }
 
-    fn opened(&self, connection_id: &Arc<str>) {
+    fn opened(&self, connection_id: ConnectionId<'_>) {
         self.inner.opened(connection_id);
     }
 
     async fn disconnected(
         &self,
-        connection_id: &Arc<str>,
+        connection_id: ConnectionId<'_>,
         user: &Arc<str>,
     ) -> Result<(), PresenceError> {
         self.count(
@@ -230,7 +267,10 @@ mod tests {
             info: None,
         };
         presence.join("c", &member).await.unwrap();
-        presence.leave("c", "n.abc123.7").await.unwrap();
+        presence
+            .leave("c", ConnectionId::new("n.abc123", 7))
+            .await
+            .unwrap();
         let members = presence.members("c").await.unwrap();
         assert_eq!(
             serde_json::to_value(&members).unwrap(),
@@ -241,5 +281,12 @@ mod tests {
             "the roster alone decides: join and leave change nothing"
         );
         assert!(presence.members("d").await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_connection_id_is_the_instance_and_the_session_number() {
+        let id = ConnectionId::new("gw-1.0a1b2c", 42);
+        assert_eq!(id.to_string(), "gw-1.0a1b2c.42");
+        assert_eq!(&*connection_id("gw-1.0a1b2c", 42), "gw-1.0a1b2c.42");
     }
 }

@@ -43,7 +43,7 @@ where
         let published = node.publish_all(&good).await;
         let failed = published.iter().filter(|p| p.is_err()).count();
         if let Some(Err(error)) = published.iter().find(|p| p.is_err()) {
-            tracing::warn!(message = "batch publish failed", failed, %error, connection_id = %self.connection_id);
+            tracing::warn!(message = "batch publish failed", failed, %error, connection_id = %self.connection_id());
         }
         Ok(result(&messages, published))
     }

@@ -27,7 +27,7 @@ use super::Session;
 use crate::backend::subscribe_proxy::Decision;
 use crate::broker::{self, BrokerError};
 use crate::history::{self, HistoryPage, HistoryQuery};
-use crate::presence::Member;
+use crate::presence::{connection_id, Member};
 
 /// A command's result, and frames to write right after its reply.
 type Done = (Value, Vec<Utf8Bytes>);
@@ -82,7 +82,7 @@ where
         let joined = node.hub.subscribe(channel.as_str(), &self.handle);
         if joined.first {
             if let Err(error) = node.broker.subscribe(channel.as_str()).await {
-                tracing::warn!(message = "broker subscribe failed", channel = %channel, %error, connection_id = %self.connection_id);
+                tracing::warn!(message = "broker subscribe failed", channel = %channel, %error, connection_id = %self.connection_id());
                 self.undo_subscribe(&channel).await;
                 return Err((
                     ErrorCode::Internal,
@@ -122,19 +122,19 @@ where
         let node = &self.node;
         let member = Member {
             user: Arc::clone(&self.claims.user),
-            connection_id: Arc::clone(&self.connection_id),
+            connection_id: connection_id(&node.instance, self.handle.id),
             info,
         };
         // The hub holds what presence must rewrite should Redis lose it.
         node.hub
             .set_present(channel.as_str(), self.handle.id, member.info.clone());
         if let Err(error) = node.presence.join(channel.as_str(), &member).await {
-            tracing::warn!(message = "presence join failed", channel = %channel, %error, connection_id = %self.connection_id);
+            tracing::warn!(message = "presence join failed", channel = %channel, %error, connection_id = %self.connection_id());
         } else if node.config.namespace(channel.namespace()).join_leave {
             let frame = ServerFrame::Join {
                 channel: channel.as_str(),
                 user: &self.claims.user,
-                connection_id: &self.connection_id,
+                connection_id: &member.connection_id,
                 info: member.info.as_deref(),
             }
             .encode();
@@ -143,7 +143,7 @@ where
                 .publish(channel.as_str(), Utf8Bytes::from(frame))
                 .await
             {
-                tracing::warn!(message = "join event not published", channel = %channel, %error, connection_id = %self.connection_id);
+                tracing::warn!(message = "join event not published", channel = %channel, %error, connection_id = %self.connection_id());
             }
         }
     }
@@ -168,13 +168,13 @@ where
                 &self.claims.user,
                 channel.as_str(),
                 self.claims.info.as_deref(),
-                &self.connection_id,
+                &self.connection_id().to_string(),
             )
             .await;
         match decision {
             Ok(Decision::Allow { info }) => Ok(info.or_else(|| self.claims.info.clone())),
             Ok(Decision::Deny { reason }) => {
-                tracing::info!(message = "subscribe refused by the backend", channel = %channel, reason = reason.as_deref().unwrap_or(""), connection_id = %self.connection_id);
+                tracing::info!(message = "subscribe refused by the backend", channel = %channel, reason = reason.as_deref().unwrap_or(""), connection_id = %self.connection_id());
                 let mut message = format!("the backend refused subscribing to {channel}");
                 if let Some(reason) = reason {
                     message.push_str(": ");
@@ -183,7 +183,7 @@ where
                 Err((ErrorCode::Forbidden, message))
             }
             Err(error) => {
-                tracing::warn!(message = "subscribe proxy failed", channel = %channel, %error, connection_id = %self.connection_id);
+                tracing::warn!(message = "subscribe proxy failed", channel = %channel, %error, connection_id = %self.connection_id());
                 Err((ErrorCode::Unavailable, error.client_message()))
             }
         }
@@ -193,7 +193,14 @@ where
     /// (its entry, and so its resume, was never added).
     async fn undo_subscribe(&mut self, channel: &ChannelName) {
         let node = &self.node;
-        if node.hub.unsubscribe(channel.as_str(), self.handle.id) {
+        let last = node.hub.unsubscribe(channel.as_str(), self.handle.id);
+        // Occupancy reads counts from the hub: a write that saw this entry
+        // meanwhile (another session of the user changed the channel's
+        // count) is corrected.
+        let presence = node.config.namespace(channel.namespace()).presence;
+        node.occupancy
+            .unsubscribed(channel.as_str(), &self.claims.user, presence);
+        if last {
             let _ = node.broker.unsubscribe(channel.as_str()).await;
         }
     }
@@ -230,7 +237,7 @@ where
         let page = node.broker.history(channel.as_str(), policy, query).await;
         node.metrics.history_read(reason, page.is_ok());
         page.map_err(|BrokerError::Unavailable(error)| {
-            tracing::warn!(message = "history read failed", channel = %channel, %error, connection_id = %self.connection_id);
+            tracing::warn!(message = "history read failed", channel = %channel, %error, connection_id = %self.connection_id());
             (ErrorCode::Internal, "history unavailable".into())
         })
     }
@@ -248,29 +255,31 @@ where
         let namespace = node
             .config
             .namespace(switchboard_protocol::channel::namespace(channel));
+        let last = node.hub.unsubscribe(channel, self.handle.id);
+        // After the hub entry is gone: occupancy reads the count from the hub.
         node.occupancy
             .unsubscribed(channel, &self.claims.user, namespace.presence);
-        if node.hub.unsubscribe(channel, self.handle.id) {
+        if last {
             if let Err(error) = node.broker.unsubscribe(channel).await {
-                tracing::warn!(message = "broker unsubscribe failed", channel = %channel, %error, connection_id = %self.connection_id);
+                tracing::warn!(message = "broker unsubscribe failed", channel = %channel, %error, connection_id = %self.connection_id());
             }
         }
         if !namespace.presence {
             return;
         }
-        if let Err(error) = node.presence.leave(channel, &self.connection_id).await {
-            tracing::warn!(message = "presence leave failed", channel = %channel, %error, connection_id = %self.connection_id);
+        if let Err(error) = node.presence.leave(channel, self.connection_id()).await {
+            tracing::warn!(message = "presence leave failed", channel = %channel, %error, connection_id = %self.connection_id());
             return;
         }
         if namespace.join_leave {
             let frame = ServerFrame::Leave {
                 channel,
                 user: &self.claims.user,
-                connection_id: &self.connection_id,
+                connection_id: &self.connection_id().to_string(),
             }
             .encode();
             if let Err(error) = node.broker.publish(channel, Utf8Bytes::from(frame)).await {
-                tracing::warn!(message = "leave event not published", channel = %channel, %error, connection_id = %self.connection_id);
+                tracing::warn!(message = "leave event not published", channel = %channel, %error, connection_id = %self.connection_id());
             }
         }
     }
@@ -294,7 +303,7 @@ where
         match published {
             Ok(result) => Ok(result),
             Err(error) => {
-                tracing::warn!(message = "publish failed", channel = %channel, %error, connection_id = %self.connection_id);
+                tracing::warn!(message = "publish failed", channel = %channel, %error, connection_id = %self.connection_id());
                 // Redis (or the shard of the channel) is away for now: the
                 // client may publish again later.
                 Err((
@@ -309,7 +318,7 @@ where
         match self.node.presence.members(channel.as_str()).await {
             Ok(members) => Ok(json!({ "members": members })),
             Err(error) => {
-                tracing::warn!(message = "presence read failed", channel = %channel, %error, connection_id = %self.connection_id);
+                tracing::warn!(message = "presence read failed", channel = %channel, %error, connection_id = %self.connection_id());
                 Err((ErrorCode::Internal, "presence unavailable".into()))
             }
         }
@@ -326,7 +335,7 @@ where
         );
         let refreshed = refreshed.inspect_err(|(code, _)| {
             if *code == ErrorCode::Forbidden {
-                tracing::info!(message = "refresh refused", reason = "other_user", connection_id = %self.connection_id);
+                tracing::info!(message = "refresh refused", reason = "other_user", connection_id = %self.connection_id());
             }
         })?;
         let result = refreshed.result();

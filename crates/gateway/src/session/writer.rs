@@ -40,9 +40,6 @@ use crate::hub::{Delivery, Outbound, SLOW_CONSUMER_REASON};
 
 /// Frames written per flush when the queue has a backlog.
 const WRITE_BATCH: usize = 64;
-/// The write list keeps this many slots between writes; a longer one (a
-/// batch) is given back after its write, so a burst does not stay resident.
-const OUT_KEEP: usize = 1;
 /// Frames a write must find queued (the connection fell behind) for the
 /// frames after it to wait for the coalescing window: frames arrive faster
 /// than they are written one at a time.
@@ -71,10 +68,10 @@ where
     /// connection costs nothing more. Returns whether to write now (the
     /// frame is in `out` either way).
     pub(super) fn stage(&mut self, first: Arc<Delivery>) -> bool {
-        // Sized to the backlog: a single frame takes one slot, which is all
-        // an idle session keeps between writes.
+        // Sized to the backlog: a single frame goes inline, a batch gets
+        // its list at once.
         let backlog = self.handle.queued_items().min(WRITE_BATCH - 1);
-        self.out.reserve_exact(1 + backlog);
+        self.out.reserve(1 + backlog);
         if self.subscriptions.admit(&first) {
             self.out.push(first.frame.clone());
         }
@@ -111,7 +108,7 @@ where
     /// all; returns a close request met on the way.
     fn collect_more(&mut self) -> Option<End> {
         let room = WRITE_BATCH.saturating_sub(self.out.len());
-        self.out.reserve_exact(self.handle.queued_items().min(room));
+        self.out.reserve(self.handle.queued_items().min(room));
         let (mut close, mut drain) = (None, None);
         let (out, subscriptions) = (&mut self.out, &mut self.subscriptions);
         self.handle.take_batch(room, |item| match item {
@@ -158,9 +155,10 @@ where
     /// newline). This copies the payloads once per connection, which costs
     /// far less than the frame headers and parsing it saves the client.
     fn join_out(&mut self) {
-        let len = self.out.iter().map(|f| f.len() + 1).sum::<usize>() - 1;
+        let frames = self.out.as_slice();
+        let len = frames.iter().map(|f| f.len() + 1).sum::<usize>() - 1;
         let mut joined = String::with_capacity(len);
-        for (i, frame) in self.out.iter().enumerate() {
+        for (i, frame) in frames.iter().enumerate() {
             if i > 0 {
                 joined.push('\n');
             }
@@ -191,11 +189,9 @@ where
         };
         self.write_timer = None;
         self.last_write = Instant::now();
+        // A batch's list goes back with the frames: nothing stays resident.
         self.out.clear();
         self.out_done = 0;
-        if self.out.capacity() > OUT_KEEP {
-            self.out = Vec::new();
-        }
         Poll::Ready(result)
     }
 
@@ -205,7 +201,8 @@ where
         }
         let io = self.ws.get_mut();
         let mut writes = 0;
-        let written = poll_write_frames(io, cx, &self.out, &mut self.out_done, &mut writes);
+        let written =
+            poll_write_frames(io, cx, self.out.as_slice(), &mut self.out_done, &mut writes);
         // Counted as they happen: a write that completes later still counts
         // the system calls made before it returned pending.
         self.node.metrics.frames_written(0, writes);
@@ -216,7 +213,6 @@ where
     }
 
     pub(super) async fn send_text(&mut self, text: String) -> Result<(), End> {
-        self.out.reserve_exact(1);
         self.out.push(Utf8Bytes::from(text));
         self.write_out().await
     }
@@ -254,6 +250,85 @@ where
             close::SLOW_CONSUMER,
             "slow consumer: write timed out".into(),
         )),
+    }
+}
+
+/// The frames being written: shared payloads, never copied.
+///
+/// A single frame (a reply, or one fanned-out message: the usual write)
+/// sits inline, so writing it allocates nothing and an idle session holds
+/// no block for it; only a batch (a backlog, a replay) uses a list, and
+/// that list goes back after its write. Inline costs the session's box 8
+/// bytes more than a bare `Vec` (32 against 24), where keeping a one-slot
+/// `Vec` between writes cost every idle connection a 48-byte heap block.
+#[derive(Debug)]
+pub(super) enum Out {
+    One(Utf8Bytes),
+    /// Empty, and holding no buffer, when nothing is staged.
+    Many(Vec<Utf8Bytes>),
+}
+
+impl Default for Out {
+    fn default() -> Out {
+        Out::Many(Vec::new())
+    }
+}
+
+impl Out {
+    pub(super) fn as_slice(&self) -> &[Utf8Bytes] {
+        match self {
+            Out::One(frame) => std::slice::from_ref(frame),
+            Out::Many(frames) => frames,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    /// Room for `additional` more frames: none is made for a lone frame
+    /// (it goes inline), a batch's list is made once at its size.
+    pub(super) fn reserve(&mut self, additional: usize) {
+        match self {
+            Out::Many(frames) if frames.is_empty() && additional <= 1 => {}
+            Out::Many(frames) => frames.reserve_exact(additional),
+            Out::One(_) if additional == 0 => {}
+            Out::One(_) => {
+                let mut frames = Vec::with_capacity(1 + additional);
+                if let Out::One(first) = std::mem::take(self) {
+                    frames.push(first);
+                }
+                *self = Out::Many(frames);
+            }
+        }
+    }
+
+    pub(super) fn push(&mut self, frame: Utf8Bytes) {
+        match self {
+            Out::Many(frames) if frames.capacity() == 0 => *self = Out::One(frame),
+            Out::Many(frames) => frames.push(frame),
+            Out::One(_) => {
+                self.reserve(1);
+                if let Out::Many(frames) = self {
+                    frames.push(frame);
+                }
+            }
+        }
+    }
+
+    pub(super) fn extend(&mut self, frames: impl IntoIterator<Item = Utf8Bytes>) {
+        for frame in frames {
+            self.push(frame);
+        }
+    }
+
+    /// Empties the list and gives its buffer back.
+    pub(super) fn clear(&mut self) {
+        *self = Out::default();
     }
 }
 
@@ -343,6 +418,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lone_frame_stays_inline_and_a_batch_gives_its_list_back() {
+        assert_eq!(std::mem::size_of::<Out>(), 32, "a frame, no tag");
+        let mut out = Out::default();
+        out.reserve(1);
+        out.push(Utf8Bytes::from("a"));
+        assert!(matches!(out, Out::One(_)), "one frame allocates nothing");
+        out.reserve(0);
+        assert!(matches!(out, Out::One(_)));
+        out.push(Utf8Bytes::from("b"));
+        out.extend([Utf8Bytes::from("c")]);
+        let frames: Vec<&str> = out.as_slice().iter().map(|f| f.as_str()).collect();
+        assert_eq!(frames, ["a", "b", "c"]);
+        out.clear();
+        assert!(out.is_empty());
+        assert!(matches!(&out, Out::Many(frames) if frames.capacity() == 0));
+        out.reserve(3);
+        out.push(Utf8Bytes::from("d"));
+        assert!(matches!(&out, Out::Many(frames) if frames.capacity() == 3));
+        assert_eq!(out.len(), 1);
+    }
 
     #[test]
     fn text_headers_follow_rfc_6455() {

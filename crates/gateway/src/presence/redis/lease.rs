@@ -112,7 +112,8 @@ impl RedisPresence {
                 .await;
             return Err(error);
         }
-        self.occupancy.resend_all();
+        self.occupancy
+            .resend_all(|channel| self.config.namespace(namespace(channel)).presence);
         tracing::info!(
             message = "redis lease acquired",
             entries = presence.len(),

@@ -41,7 +41,7 @@ use serde_json::value::RawValue;
 
 use crate::config::Config;
 use crate::occupancy::redis::RedisOccupancy;
-use crate::presence::{Member, Presence, PresenceError};
+use crate::presence::{ConnectionId, Member, Presence, PresenceError};
 use crate::redis::health::RedisHealth;
 use crate::redis::link::Link;
 
@@ -302,8 +302,13 @@ impl Presence for RedisPresence {
         self.link.query_pipe(&pipe).await.map_err(unavailable)
     }
 
-    async fn leave(&self, channel: &str, connection_id: &str) -> Result<(), PresenceError> {
-        if let Err(error) = self.remove_entry(channel, connection_id).await {
+    async fn leave(
+        &self,
+        channel: &str,
+        connection_id: ConnectionId<'_>,
+    ) -> Result<(), PresenceError> {
+        let connection_id = connection_id.to_string();
+        if let Err(error) = self.remove_entry(channel, &connection_id).await {
             let key = (channel.to_owned(), Arc::<str>::from(connection_id));
             self.outstanding().pending_leaves.insert(key);
             return Err(unavailable(error));
@@ -336,10 +341,12 @@ impl Presence for RedisPresence {
 
     async fn connected(
         &self,
-        connection_id: &Arc<str>,
+        connection_id: ConnectionId<'_>,
         user: &Arc<str>,
         max_per_user: usize,
     ) -> Result<bool, PresenceError> {
+        let connection_id: Arc<str> = Arc::from(connection_id.to_string());
+        let connection_id = &connection_id;
         // Noted first: if Redis is away the connection is admitted on the
         // local cap alone, and the lease task writes it when Redis is back
         // (without re-checking the cap: the client is already connected).
@@ -400,15 +407,18 @@ impl Presence for RedisPresence {
         }
     }
 
-    fn opened(&self, connection_id: &Arc<str>) {
-        self.outstanding().opening.remove(connection_id);
+    fn opened(&self, connection_id: ConnectionId<'_>) {
+        let connection_id = connection_id.to_string();
+        self.outstanding().opening.remove(connection_id.as_str());
     }
 
     async fn disconnected(
         &self,
-        connection_id: &Arc<str>,
+        connection_id: ConnectionId<'_>,
         user: &Arc<str>,
     ) -> Result<(), PresenceError> {
+        let connection_id: Arc<str> = Arc::from(connection_id.to_string());
+        let connection_id = &connection_id;
         {
             let mut outstanding = self.outstanding();
             outstanding.opening.remove(connection_id);
