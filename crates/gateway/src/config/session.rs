@@ -24,6 +24,11 @@ pub const MESSAGE_ENVELOPE_BYTES: usize = 512;
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_CHANNELS: usize = 128;
 pub const DEFAULT_SEND_QUEUE_BYTES: usize = 1 << 20;
+/// The largest `session.send_queue_bytes`: 1 GiB. The hub keeps each
+/// session's bound as a `u32` (its handle then fits a smaller allocation),
+/// so this must stay within `u32::MAX`.
+pub const MAX_SEND_QUEUE_BYTES: usize = 1 << 30;
+const _: () = assert!(MAX_SEND_QUEUE_BYTES <= u32::MAX as usize);
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
 pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(10);
 /// Chosen from measurements (docs/benchmarks.md, write coalescing, and
@@ -100,7 +105,7 @@ pub(super) fn session_config(
                 .or(file.send_queue_bytes)
                 .unwrap_or(DEFAULT_SEND_QUEUE_BYTES),
             4 * 1024,
-            1 << 30,
+            MAX_SEND_QUEUE_BYTES,
         )?,
         ping_interval: check_duration(
             &PING_INTERVAL,
@@ -182,6 +187,23 @@ mod tests {
         assert!(session_config(&fits, FileSession::default()).is_ok());
         // The defaults fit.
         assert!(session_config(&env(&[]), FileSession::default()).is_ok());
+    }
+
+    #[test]
+    fn a_send_queue_over_a_gibibyte_is_refused() {
+        // The hub keeps the bound as a `u32`: 4 GiB must not wrap to 0.
+        let refused = session_config(
+            &env(&[("SWITCHBOARD_SEND_QUEUE_BYTES", "4294967296")]),
+            FileSession::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "invalid configuration: SWITCHBOARD_SEND_QUEUE_BYTES (session.send_queue_bytes): \
+             4294967296 is outside 4096..=1073741824"
+        );
+        let largest = env(&[("SWITCHBOARD_SEND_QUEUE_BYTES", "1073741824")]);
+        assert!(session_config(&largest, FileSession::default()).is_ok());
     }
 
     #[test]

@@ -98,6 +98,10 @@ impl Outbound {
 /// The queue is a locked `VecDeque` plus a waker rather than a channel: it
 /// costs nothing while empty (an idle session allocates no queue block), and
 /// it is given back after a burst.
+///
+/// 112 bytes, so its `Arc` block (16 bytes of counts more) fits jemalloc's
+/// 128-byte size class rather than the 160 one: `max_bytes` is a `u32`
+/// beside the flags (`session.send_queue_bytes` is at most 1 GiB).
 #[derive(Debug)]
 pub struct SessionHandle {
     pub id: u64,
@@ -106,7 +110,7 @@ pub struct SessionHandle {
     queue: Mutex<Queue>,
     waker: AtomicWaker,
     queued: AtomicUsize,
-    max_bytes: usize,
+    max_bytes: u32,
     slow: AtomicBool,
     /// The session holds its writes back (write coalescing): it waits for
     /// its window to end or its queue to fill, not for the next frame.
@@ -121,7 +125,8 @@ struct Queue {
 }
 
 impl SessionHandle {
-    /// A handle whose queue holds at most `max_bytes` of frames.
+    /// A handle whose queue holds at most `max_bytes` of frames (at most
+    /// `u32::MAX`: the configuration allows 1 GiB).
     pub fn new(id: u64, user: Arc<str>, max_bytes: usize) -> SessionHandle {
         SessionHandle {
             id,
@@ -129,7 +134,7 @@ impl SessionHandle {
             queue: Mutex::default(),
             waker: AtomicWaker::new(),
             queued: AtomicUsize::new(0),
-            max_bytes,
+            max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
             slow: AtomicBool::new(false),
             holding: AtomicBool::new(false),
         }
@@ -165,7 +170,12 @@ impl SessionHandle {
     /// once: a quarter of its queue bound, at most 64 KiB, so coalescing
     /// never runs a queue into its slow-consumer limit.
     pub fn flush_bytes(&self) -> usize {
-        (self.max_bytes / 4).min(FLUSH_BYTES_MAX)
+        (self.max_bytes() / 4).min(FLUSH_BYTES_MAX)
+    }
+
+    /// The queue's bound in bytes.
+    fn max_bytes(&self) -> usize {
+        self.max_bytes as usize
     }
 
     /// Whether the session holds its writes back.
@@ -215,7 +225,7 @@ impl SessionHandle {
         }
         let cost = item.cost();
         let before = self.queued.fetch_add(cost, Ordering::Relaxed);
-        if before + cost > self.max_bytes {
+        if before + cost > self.max_bytes() {
             self.queued.fetch_sub(cost, Ordering::Relaxed);
             self.slow.store(true, Ordering::Release);
             self.waker.wake();
@@ -756,6 +766,20 @@ mod tests {
         assert_eq!(&*first.channel, "c", "a name outlives the hub's entry");
         let again = hub.subscribe("c", &a);
         assert!(again.first && !Arc::ptr_eq(&again.channel, &first.channel));
+    }
+
+    /// A session's handle lives in an `Arc` block: 16 bytes of counts plus
+    /// the handle. At 112 bytes that block takes jemalloc's 128-byte size
+    /// class; 8 more and it takes the 160 one (32 bytes more per connection).
+    const SESSION_HANDLE_BOUND: usize = 112;
+
+    #[test]
+    fn a_session_handle_fits_the_128_byte_class() {
+        let size = std::mem::size_of::<SessionHandle>();
+        assert!(
+            size <= SESSION_HANDLE_BOUND,
+            "a session handle is {size} bytes, over {SESSION_HANDLE_BOUND}"
+        );
     }
 
     #[test]

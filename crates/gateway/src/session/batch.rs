@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 use switchboard_protocol::batch::Publication;
 use switchboard_protocol::{ErrorBody, ErrorCode, Position};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
 
+use super::clock::Moment;
 use super::commands::Refusal;
 use super::rate::Rate;
 use super::Session;
@@ -34,7 +34,7 @@ where
         messages: Vec<Result<Publication<'_>, Refusal>>,
     ) -> Result<Value, Refusal> {
         let node = &self.node;
-        let messages = throttle(messages, &mut self.rate, Instant::now(), &node.config);
+        let messages = throttle(messages, &mut self.rate, Moment::now(), &node.config);
         let good: Vec<_> = messages
             .iter()
             .flatten()
@@ -55,7 +55,7 @@ where
 fn throttle<'a>(
     messages: Vec<Result<Publication<'a>, Refusal>>,
     rate: &mut Rate,
-    now: Instant,
+    now: Moment,
     config: &Config,
 ) -> Vec<Result<Publication<'a>, Refusal>> {
     messages
@@ -128,7 +128,7 @@ mod tests {
     fn every_message_after_the_first_takes_a_token() {
         let data = RawValue::from_string("1".into()).unwrap();
         let config = config();
-        let now = Instant::now();
+        let now = Moment::now();
         let mut rate = Rate::new(now);
         // The frame took one of the burst of 3.
         assert_eq!(

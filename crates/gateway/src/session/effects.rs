@@ -18,9 +18,9 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use switchboard_protocol::{ChannelName, ErrorCode, Position, ServerFrame};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::clock::Moment;
 use super::commands::{self, Effect, Refusal};
 use super::recovery::{self, Resume};
 use super::Session;
@@ -339,7 +339,7 @@ where
             }
         })?;
         let result = refreshed.result();
-        self.expires_at = Instant::now() + refreshed.lifetime;
+        self.expires_at = Moment::now() + refreshed.lifetime;
         self.claims = refreshed.claims;
         Ok(result)
     }

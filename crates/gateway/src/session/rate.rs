@@ -13,8 +13,8 @@
 use std::time::Duration;
 
 use switchboard_protocol::{close, ErrorCode};
-use tokio::time::Instant;
 
+use super::clock::Moment;
 use super::commands::Refusal;
 use crate::config::Config;
 
@@ -22,11 +22,13 @@ use crate::config::Config;
 /// (GCRA, the algorithm governor implements). Written by hand because a
 /// governor direct limiter carries its own clock and quota, about 100 bytes
 /// each (see the `session_state_stays_small` test), and every session held
-/// two; the rate and bursts here come from the node's configuration.
+/// two; the rate and bursts here come from the node's configuration. The
+/// times are [`Moment`]s (8 bytes each, nanoseconds: exact for the
+/// `1s / msg_rate` interval at any rate).
 #[derive(Debug)]
 pub struct Rate {
-    commands: Instant,
-    refusals: Instant,
+    commands: Moment,
+    refusals: Moment,
 }
 
 /// What becomes of a frame the client sent, by its message rate.
@@ -42,7 +44,7 @@ pub enum RateVerdict {
 }
 
 impl Rate {
-    pub fn new(now: Instant) -> Rate {
+    pub fn new(now: Moment) -> Rate {
         Rate {
             commands: now,
             refusals: now,
@@ -51,7 +53,7 @@ impl Rate {
 
     /// Takes a frame the client sent at `now` from the buckets of
     /// `config.limits`.
-    pub fn check(&mut self, now: Instant, config: &Config) -> RateVerdict {
+    pub fn check(&mut self, now: Moment, config: &Config) -> RateVerdict {
         let limits = &config.limits;
         let per_second = limits.msg_rate;
         if Rate::take(&mut self.commands, now, per_second, limits.msg_burst) {
@@ -73,7 +75,7 @@ impl Rate {
     /// frame's own token paid for its first): a token from the command
     /// bucket, or the refusal that message gets. Such refusals do not count
     /// toward closing the connection: they are one frame's.
-    pub fn take_message(&mut self, now: Instant, config: &Config) -> Result<(), Refusal> {
+    pub fn take_message(&mut self, now: Moment, config: &Config) -> Result<(), Refusal> {
         let limits = &config.limits;
         let per_second = limits.msg_rate;
         if Rate::take(&mut self.commands, now, per_second, limits.msg_burst) {
@@ -87,7 +89,7 @@ impl Rate {
 
     /// Takes one token from a bucket refilling at `per_second` and holding
     /// at most `burst`; false when it is empty.
-    fn take(tat: &mut Instant, now: Instant, per_second: u32, burst: u32) -> bool {
+    fn take(tat: &mut Moment, now: Moment, per_second: u32, burst: u32) -> bool {
         let per_second = per_second.max(1);
         let interval = Duration::from_secs(1) / per_second;
         let tolerance = interval * burst.max(1);
@@ -121,7 +123,7 @@ mod tests {
 
     #[test]
     fn rate_buckets_hold_a_burst_then_refill() {
-        let now = Instant::now();
+        let now = Moment::now();
         let mut tat = now;
         for _ in 0..3 {
             assert!(Rate::take(&mut tat, now, 10, 3));
@@ -135,7 +137,7 @@ mod tests {
     #[test]
     fn frames_over_the_rate_are_refused_then_the_connection_closed() {
         let config = config();
-        let now = Instant::now();
+        let now = Moment::now();
         let mut rate = Rate::new(now);
         for _ in 0..3 {
             assert_eq!(rate.check(now, &config), RateVerdict::Run, "the burst");
@@ -161,7 +163,7 @@ mod tests {
     #[test]
     fn batch_messages_take_from_the_command_bucket_only() {
         let config = config();
-        let now = Instant::now();
+        let now = Moment::now();
         let mut rate = Rate::new(now);
         assert_eq!(rate.check(now, &config), RateVerdict::Run, "the frame");
         assert_eq!(rate.take_message(now, &config), Ok(()));

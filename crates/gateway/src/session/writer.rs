@@ -32,9 +32,9 @@ use std::time::Duration;
 
 use switchboard_protocol::close;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
+use super::clock::Moment;
 use super::{ws_error_reason, End, Session};
 use crate::hub::{Delivery, Outbound, SLOW_CONSUMER_REASON};
 
@@ -53,7 +53,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     /// When held frames go out.
-    pub(super) fn flush_at(&self) -> Instant {
+    pub(super) fn flush_at(&self) -> Moment {
         self.last_write + self.node.config.session.write_coalesce
     }
 
@@ -75,7 +75,7 @@ where
         if self.subscriptions.admit(&first) {
             self.out.push(first.frame.clone());
         }
-        if !self.batching || Instant::now() >= self.flush_at() {
+        if !self.batching || Moment::now() >= self.flush_at() {
             return true;
         }
         self.node.metrics.coalesce_wait();
@@ -188,7 +188,7 @@ where
             }
         };
         self.write_timer = None;
-        self.last_write = Instant::now();
+        self.last_write = Moment::now();
         // A batch's list goes back with the frames: nothing stays resident.
         self.out.clear();
         self.out_done = 0;
