@@ -423,6 +423,33 @@ impl Equivalent<Subscriber> for SessionId {
     }
 }
 
+/// An open session in the hub's set of them: its handle alone, hashed and
+/// compared by the handle's number, so the set is looked up by that number
+/// (`Borrow<u64>`) without storing it twice. An 8-byte slot instead of a
+/// map's 16 (about 13 B per connection at 10k).
+#[derive(Debug)]
+struct Registered(Arc<SessionHandle>);
+
+impl Hash for Registered {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.id.hash(state);
+    }
+}
+
+impl PartialEq for Registered {
+    fn eq(&self, other: &Registered) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for Registered {}
+
+impl std::borrow::Borrow<u64> for Registered {
+    fn borrow(&self) -> &u64 {
+        &self.0.id
+    }
+}
+
 /// The `info` of a subscription in presence without one.
 static NO_INFO: LazyLock<Arc<RawValue>> = LazyLock::new(|| {
     let null: Box<RawValue> = serde_json::from_str("null").unwrap_or_else(|_| unreachable!());
@@ -457,7 +484,7 @@ pub struct Hub {
     /// Keyed by the channel's one name on this node: every local
     /// subscription's entry in its session shares it (looked up by `&str`).
     channels: RwLock<HashMap<Arc<str>, Subscribers>>,
-    sessions: RwLock<HashMap<u64, Arc<SessionHandle>>>,
+    sessions: RwLock<HashSet<Registered>>,
     dropped: AtomicU64,
     metrics: Arc<Metrics>,
 }
@@ -594,7 +621,7 @@ impl Hub {
         let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
         sessions
             .iter()
-            .map(|(id, session)| (*id, Arc::clone(&session.user)))
+            .map(|Registered(session)| (session.id, Arc::clone(&session.user)))
             .collect()
     }
 
@@ -630,13 +657,13 @@ impl Hub {
     /// Records an open session (for disconnects by user and the drain).
     pub fn register(&self, session: &Arc<SessionHandle>) {
         let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
-        sessions.insert(session.id, Arc::clone(session));
+        sessions.replace(Registered(Arc::clone(session)));
     }
 
     /// Forgets a closed session.
     pub fn unregister(&self, session_id: u64) {
         let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(session) = sessions.remove(&session_id) {
+        if let Some(Registered(session)) = sessions.take(&session_id) {
             session.finish();
         }
         if sessions.is_empty() && sessions.capacity() > 64 {
@@ -648,7 +675,7 @@ impl Hub {
     pub fn disconnect_user(&self, user: &str, code: u16, reason: &'static str) -> usize {
         let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
         let mut closed = 0;
-        for session in sessions.values().filter(|s| &*s.user == user) {
+        for Registered(session) in sessions.iter().filter(|s| &*s.0.user == user) {
             session.close(code, reason);
             closed += 1;
         }
@@ -660,7 +687,7 @@ impl Hub {
     /// walk sees the node draining itself.
     pub fn drain(&self, mut delay: impl FnMut() -> Duration) -> usize {
         let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
-        for session in sessions.values() {
+        for Registered(session) in sessions.iter() {
             session.drain(delay());
         }
         sessions.len()
@@ -679,8 +706,8 @@ impl Hub {
     pub fn queued_bytes(&self) -> usize {
         let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
         sessions
-            .values()
-            .map(|session| session.queued_bytes())
+            .iter()
+            .map(|Registered(session)| session.queued_bytes())
             .sum()
     }
 
