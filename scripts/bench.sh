@@ -33,6 +33,10 @@
 #
 # BENCH_SCENARIOS (default "1 2 3 4 5 6 7") picks scenarios, e.g.
 # `BENCH_SCENARIOS=3 make bench` for the cross-node ones alone.
+# BENCH_MEMORY_ONLY=1 keeps, of scenario 1, the memory rows at 10k on one
+# node (no subscription, 1 and 5 each, embedded and in cluster mode) and
+# skips the 50k, rooms and burst rows: about 4 minutes, for comparing
+# builds (`BENCH_MEMORY_ONLY=1 BENCH_SCENARIOS=1 GATEWAY=... make bench`).
 #
 # GATEWAY and LOAD name the gateway and load tool binaries (default
 # target/release/switchboard and target/release/switchboard-loadtest, which
@@ -318,9 +322,11 @@ if [[ $SCENARIOS == *" 1 "* ]]; then
 echo "scenario 1: idle connections (nodes at the default log level, info)"
 NODE_LOG=info
 idle idle-10k 1 10000 idle "idle, 10k connections, 1 node"
+if [ "${BENCH_MEMORY_ONLY:-0}" = 0 ]; then
 idle idle-50k 3 16667 idle "idle, 50k connections, 3 nodes x 16.7k"
 idle rooms-10k 1 10000 rooms "10k connections each subscribed to a room of 100, 1 node"
 idle_burst burst-10k 10000 20 32768 "idle after a burst of 20 x 32 KiB messages to 10k subscribers of one channel, 1 node"
+fi
 # Memory per connection by subscriptions (issue 26), embedded and in cluster
 # mode on one redis-server of its own: none, one shared channel, five
 # shared channels each (`--shape many`, the channels' own state shared, so
