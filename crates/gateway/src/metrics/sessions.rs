@@ -228,7 +228,7 @@ impl SessionMetrics {
         );
         let sent = transport(
             "switchboard_transport_sent_total",
-            "Frames (WebSocket) or events (server-sent events) written to clients, by transport; heartbeats not included.",
+            "Frames (WebSocket) or events (server-sent events, heartbeat comments included) written to clients, by transport.",
         );
         let sent_bytes = transport(
             "switchboard_transport_sent_bytes_total",
