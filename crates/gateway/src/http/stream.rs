@@ -75,10 +75,51 @@ pub fn starts_stream(head: &[u8]) -> Option<bool> {
 /// parses its head, admits it, writes the response head and runs the
 /// session on the socket until the stream ends. A refusal is written as a
 /// whole response and the connection closed.
-pub async fn serve_raw(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr) {
+///
+/// The task's future is what an idle stream holds for its whole life, so
+/// everything before the session runs is boxed and gone by then (a test
+/// holds the size).
+pub fn serve_raw(
+    node: Arc<Node>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> impl std::future::Future<Output = ()> {
+    // The request's handling is boxed with its arguments, and the session
+    // awaited as one expression: the task keeps nothing else.
+    let prepare = Box::pin(prepare(node, stream, peer));
+    async move { start(prepare.await).await }
+}
+
+/// A stream ready to run: its session's parts, in one box.
+struct Prepared {
+    node: Arc<Node>,
+    wire: EventStream<TcpStream>,
+    opened: Opened,
+}
+
+fn start(prepared: Option<Box<Prepared>>) -> impl std::future::Future<Output = ()> {
+    use futures_util::future::Either;
+    match prepared {
+        Some(prepared) => {
+            let Prepared { node, wire, opened } = *prepared;
+            Either::Left(session::run(node, wire, opened))
+        }
+        None => Either::Right(std::future::ready(())),
+    }
+}
+
+/// Reads, admits and answers a stream's request; the wire and the
+/// admitted connection for its session, or `None` when it was refused or
+/// the client left.
+async fn prepare(
+    node: Arc<Node>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<Box<Prepared>> {
+    let node = &node;
     let request = Box::pin(read_head(&mut stream)).await;
     let opened = match request {
-        Ok(head) => Box::pin(open(&node, head.query.as_deref(), &head.headers, peer))
+        Ok(head) => Box::pin(open(node, head.query.as_deref(), &head.headers, peer))
             .await
             .map_err(Some),
         Err(refusal) => Err(refusal),
@@ -86,7 +127,7 @@ pub async fn serve_raw(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr)
     let (opened, channels, origin) = match opened {
         Ok(opened) => opened,
         // Closed, broken or too slow: there is no one to answer.
-        Err(None) => return,
+        Err(None) => return None,
         Err(Some(response)) => {
             let _ = tokio::time::timeout(
                 Duration::from_secs(1),
@@ -94,7 +135,7 @@ pub async fn serve_raw(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr)
             )
             .await;
             let _ = stream.shutdown().await;
-            return;
+            return None;
         }
     };
     let mut head = String::from(
@@ -113,11 +154,14 @@ pub async fn serve_raw(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr)
     .await;
     drop(head);
     if !matches!(written, Ok(Ok(()))) {
-        handshake::forget(&node, &opened).await;
-        return;
+        handshake::forget(node, &opened).await;
+        return None;
     }
-    let wire = EventStream::new(stream, channels);
-    session::run(node, wire, opened).await;
+    Some(Box::new(Prepared {
+        node: Arc::clone(node),
+        wire: EventStream::new(stream, channels),
+        opened,
+    }))
 }
 
 /// A request head read off a connection.
@@ -446,5 +490,24 @@ mod tests {
         assert_eq!(starts_stream(b"GET /sse/command"), Some(false));
         assert_eq!(starts_stream(b"GET /ws?token=x"), Some(false));
         assert_eq!(starts_stream(b"POST /sse"), Some(false));
+    }
+
+    fn future_size<F: std::future::Future>(_: &dyn Fn() -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// What an idle stream's task holds, like a WebSocket session's task
+    /// (`http::server`'s bound): the session's future and a pointer. Over
+    /// 400 bytes, tokio's task cell leaves jemalloc's 512-byte class.
+    const STREAM_TASK_BOUND: usize = 400;
+
+    #[test]
+    #[allow(unreachable_code, clippy::diverging_sub_expression)]
+    fn the_stream_task_stays_small() {
+        let size = future_size(&|| serve_raw(unreachable!(), unreachable!(), unreachable!()));
+        assert!(
+            size <= STREAM_TASK_BOUND,
+            "a stream's task future is {size} bytes, over {STREAM_TASK_BOUND}"
+        );
     }
 }

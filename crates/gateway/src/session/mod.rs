@@ -717,6 +717,21 @@ mod tests {
     /// elsewhere.
     const SESSION_STATE_BOUND: usize = 640;
 
+    /// A stream's session: the same state with an `EventStream` (the
+    /// socket and one boxed list of its channels' positions) in place of
+    /// tungstenite's WebSocket, so it fits jemalloc's 384-byte class.
+    const STREAM_STATE_BOUND: usize = 384;
+
+    #[test]
+    fn a_stream_session_state_stays_smaller() {
+        type Stream = events::EventStream<tokio::net::TcpStream>;
+        let size = std::mem::size_of::<Session<Stream>>();
+        assert!(
+            size <= STREAM_STATE_BOUND,
+            "a stream session's state is {size} bytes, over {STREAM_STATE_BOUND}"
+        );
+    }
+
     #[test]
     fn the_session_state_stays_small() {
         let size = std::mem::size_of::<Session<Socket<Io>>>();
