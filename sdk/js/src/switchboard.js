@@ -1621,7 +1621,8 @@ class SseConnection {
       .finally(() => {
         this.bufferedAmount -= bytes;
         this._clock.clearTimeout(timer);
-      });
+      })
+      .catch(() => {}); // an exception of a reply's handling has been reported there
   }
 
   async _onAnswer(res, id) {
