@@ -41,7 +41,7 @@ function fakeGateway({ probeStatus = 204, onCommand } = {}) {
     if (u.pathname === "/sse/command") {
       const frame = JSON.parse(init.body);
       commands.push({ url: u, headers: init.headers, frame });
-      const { status = 200, body } = onCommand?.(frame) ?? { body: { type: "reply", id: frame.id, result: {} } };
+      const { status = 200, body } = (await onCommand?.(frame)) ?? { body: { type: "reply", id: frame.id, result: {} } };
       return new Response(body === undefined ? null : JSON.stringify(body), { status });
     }
     throw new TypeError(`unexpected fetch ${url}`);
@@ -225,5 +225,51 @@ test("a stream refused with 400 naming a channel fails that subscription and ope
   assert.equal(gw.streams[0].url.search, "?channel=chat%3Aok");
   gw.streams[0].write(event(welcome) + event({ type: "subscription", channel: "chat:ok", result: {} }, ""));
   assert.deepEqual(await good.ready, {});
+  c.sb.disconnect();
+});
+
+test("a live message that overtakes a history page's answer during a catch-up is paged, not lost", async () => {
+  const pages = [];
+  const gw = fakeGateway({
+    onCommand: (frame) =>
+      frame.type === "history" ? new Promise((resolve) => pages.push({ frame, answer: (body) => resolve({ body }) })) : undefined,
+  });
+  const c = client(gw, { transports: ["sse"] });
+  const delivered = [];
+  const recoveries = new Inbox();
+  c.sb.subscribe("feed:x", { onMessage: (data, ctx) => delivered.push(ctx.offset), onRecover: recoveries.push });
+  await until(() => gw.streams.length === 1);
+  gw.streams[0].write(event(welcome) + event({ type: "subscription", channel: "feed:x", result: { offset: 5, epoch: "e1" } }, "5:e1"));
+  await recoveries.next();
+  gw.streams[0].end();
+  await c.clock.nextHeld();
+  c.clock.fireHeld();
+  await until(() => gw.streams.length === 2);
+  assert.equal(gw.streams[1].headers["last-event-id"], "5:e1");
+  const message = (offset) => event({ type: "message", channel: "feed:x", offset, data: offset }, `${offset}:e1`);
+  // Cut at 7 of 10: 6 and 7 follow; the SDK asks for a page from 7.
+  gw.streams[1].write(
+    event({ ...welcome, connection_id: "n1.x.2" }) +
+      event({ type: "subscription", channel: "feed:x", result: { offset: 10, epoch: "e1", recovered: false, replayed_to: 7 } }, "10:e1") +
+      message(6) +
+      message(7),
+  );
+  await until(() => pages.length === 1);
+  assert.deepEqual(pages[0].frame.since, { offset: 7, epoch: "e1" });
+  // 11, published after the page was read (its top is 10), comes on the
+  // stream before the page's answer comes on its own request.
+  gw.streams[1].write(message(11));
+  await until(() => delivered.length === 2);
+  const page = (top, offsets) => ({
+    type: "reply",
+    id: pages.at(-1).frame.id,
+    result: { offset: top, epoch: "e1", recovered: true, messages: offsets.map((o) => ({ type: "message", channel: "feed:x", offset: o, data: o })) },
+  });
+  pages[0].answer(page(10, [8, 9, 10]));
+  await until(() => pages.length === 2);
+  assert.deepEqual(pages[1].frame.since, { offset: 10, epoch: "e1" }, "one more page: 11 was seen and dropped");
+  pages[1].answer(page(11, [11]));
+  assert.deepEqual(await recoveries.next(), { recovered: true, offset: 10, epoch: "e1" });
+  assert.deepEqual(delivered, [6, 7, 8, 9, 10, 11]);
   c.sb.disconnect();
 });
