@@ -273,3 +273,31 @@ test("a live message that overtakes a history page's answer during a catch-up is
   assert.deepEqual(delivered, [6, 7, 8, 9, 10, 11]);
   c.sb.disconnect();
 });
+
+test("a refusal the probe explains (401, 403, 429) is handled as before: no fallback", async () => {
+  for (const [status, body] of [
+    [401, { error: "unauthorized", message: "token has expired" }],
+    [403, { error: "forbidden_origin", message: "origin not allowed" }],
+    [429, { error: "rate_limited", message: "too many connections" }],
+  ]) {
+    FakeSocket.reset();
+    const gw = fakeGateway();
+    const fetch = async (url, init) =>
+      new URL(url).pathname === "/ws" ? new Response(JSON.stringify(body), { status }) : gw.fetch(url, init);
+    const c = client({ fetch }, { maxAuthFailures: 1 });
+    c.sb.connect();
+    await until(() => FakeSocket.instances.length === 1);
+    FakeSocket.last().fail();
+    if (status === 429) {
+      assert.equal(await c.clock.nextHeld(), 1000 + 0.5 * 100, "Retry-After (1 s) plus a jittered backoff");
+      c.clock.fireHeld();
+      await until(() => FakeSocket.instances.length === 2);
+    } else {
+      const stopped = await c.rec.waitState("stopped");
+      assert.equal(stopped.error.code, body.error);
+    }
+    assert.equal(gw.streams.length, 0, `no SSE attempt after a ${status}`);
+    assert.equal(c.sb.transport, "websocket");
+    c.sb.disconnect();
+  }
+});

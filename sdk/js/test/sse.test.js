@@ -282,3 +282,18 @@ test("over SSE the token is refreshed by the refresh command before it expires: 
   assert.ok(refresh, "the refresh went over POST /sse/command");
   assert.equal(refresh.headers.authorization, `Bearer ${JSON.parse(refresh.body).token}`, "authenticated by the new token");
 });
+
+test("a draining node (SIGTERM) ends the stream with a close event 1012: the client reconnects soon, still on SSE", async (t) => {
+  const draining = await startGateway();
+  t.after(() => draining.stop());
+  const clock = new TestClock({ holdUpTo: 1000, realTimers: true, random: () => 0.5 });
+  const c = client(draining.wsUrl, { sub: "drained" }, { transports: ["sse"], clock, backoff: { min: 100, max: 1000 } });
+  t.after(() => c.sb.disconnect());
+  await c.sb.subscribe("chat:sse-drain").ready;
+  const mark = c.rec.mark;
+  await draining.kill("SIGTERM");
+  const closed = await c.rec.waitState("disconnected", { from: mark });
+  assert.equal(closed.code, 1012);
+  assert.equal(await clock.nextHeld(), 0.5 * 100, "a jittered delay within backoff.min, as for a WebSocket 1012");
+  assert.equal(c.sb.transport, "sse");
+});
