@@ -580,14 +580,16 @@ export class Switchboard {
       return;
     }
     if (status === 400 && this.transport === "sse") {
-      const sub = this._refusedSubscription(answer.error);
-      if (sub) {
+      const refused = this._refusedSubscriptions(answer.error);
+      if (refused.length === 0) {
+        this._stop({ error: answer.error });
+        return;
+      }
+      for (const sub of refused) {
         this._subs.delete(sub.channel);
         sub._fail(answer.error);
-        if (gen === this._gen) this._scheduleReconnect(0);
-      } else {
-        this._stop({ error: answer.error });
       }
+      if (gen === this._gen) this._scheduleReconnect(0);
       return;
     }
     if (status === 401) {
@@ -867,17 +869,29 @@ export class Switchboard {
     this._onClosed(frame.code, typeof frame.reason === "string" ? frame.reason : "", { handshakeFailed: false });
   }
 
-  /** The subscription a 400 refusal of the stream names ("channel \"x\": ..."), if any. */
-  _refusedSubscription(error) {
-    const named = /^channel ("(?:[^"\\]|\\.)*")/.exec(error?.message ?? "");
-    if (!named) return null;
-    let channel;
-    try {
-      channel = JSON.parse(named[1]);
-    } catch {
-      return null;
+  /**
+   * The subscriptions a 400 refusal of the stream is about: the one it
+   * names (`channel "x": ...`, a malformed name), or those beyond the
+   * node's limit (`a stream names at most N channels ...`: the latest
+   * ones, as a WebSocket would refuse the subscribes past the limit).
+   * None when it is about something else.
+   */
+  _refusedSubscriptions(error) {
+    const message = error?.message ?? "";
+    const named = /^channel ("(?:[^"\\]|\\.)*")/.exec(message);
+    if (named) {
+      let channel;
+      try {
+        channel = JSON.parse(named[1]);
+      } catch {
+        return [];
+      }
+      const sub = this._subs.get(channel);
+      return sub ? [sub] : [];
     }
-    return this._subs.get(channel) ?? null;
+    const limit = /at most (\d+) channels/.exec(message);
+    if (limit) return [...this._subs.values()].slice(Number(limit[1]));
+    return [];
   }
 
   _onWelcome(frame) {

@@ -297,3 +297,33 @@ test("a draining node (SIGTERM) ends the stream with a close event 1012: the cli
   assert.equal(await clock.nextHeld(), 0.5 * 100, "a jittered delay within backoff.min, as for a WebSocket 1012");
   assert.equal(c.sb.transport, "sse");
 });
+
+test("a stream refused with 400 for a malformed channel or too many: those subscriptions fail, the others go on", async (t) => {
+  const limited = await startGateway({ env: { SWITCHBOARD_MAX_CHANNELS: "2" } });
+  t.after(() => limited.stop());
+  const c = client(limited.wsUrl, { sub: "many" }, { transports: ["sse"] });
+  t.after(() => c.sb.disconnect());
+  const malformed = c.sb.subscribe("bad name");
+  const first = c.sb.subscribe("chat:sse-1");
+  const second = c.sb.subscribe("chat:sse-2");
+  const third = c.sb.subscribe("chat:sse-3");
+  await assert.rejects(
+    malformed.ready,
+    (err) => err.code === "bad_request" && err.status === 400 && err.message.startsWith('channel "bad name": '),
+  );
+  await assert.rejects(
+    third.ready,
+    (err) => err.code === "bad_request" && err.message.startsWith("a stream names at most 2 channels"),
+  );
+  await first.ready;
+  await second.ready;
+  assert.deepEqual(
+    c.requests.filter((r) => r.url.pathname === "/sse").map((r) => r.url.searchParams.getAll("channel")),
+    [
+      ["bad name", "chat:sse-1", "chat:sse-2", "chat:sse-3"],
+      ["chat:sse-1", "chat:sse-2", "chat:sse-3"],
+      ["chat:sse-1", "chat:sse-2"],
+    ],
+  );
+  assert.equal(c.sb.state, "connected");
+});
