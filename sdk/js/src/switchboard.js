@@ -1656,8 +1656,13 @@ class SseConnection {
     }
     if (res.status === 404) {
       // No such stream on the node any more (it closed, or the node
-      // restarted): the stream we read is over, whatever it still shows.
-      this._end(CLOSE.abnormal, `the stream is gone from its node: ${body?.message ?? "HTTP 404"}`);
+      // restarted): the stream we read is over, whatever it still shows,
+      // and the command did not run: for the application, the connection
+      // closed before the reply.
+      const why = `the stream is gone from its node: ${body?.message ?? "HTTP 404"}`;
+      this._end(CLOSE.abnormal, why);
+      this._onReply({ type: "reply", id, error: { code: CODES.disconnected, message: why } });
+      return;
     }
     const code = typeof body?.error === "string" ? body.error : statusCode(res.status);
     const message = typeof body?.message === "string" ? body.message : `the command was refused with HTTP ${res.status}`;
