@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createServer } from "node:net";
+import * as http from "node:http";
 import { createInterface } from "node:readline";
 
 export const BINARY = fileURLToPath(new URL("../../../target/debug/switchboard", import.meta.url));
@@ -415,13 +416,12 @@ export async function until(condition, turns = 100) {
  * open GET /sse responses as a network failure would (no close event).
  */
 export async function startProxy(gateway) {
-  const { createServer: createHttpServer, request } = await import("node:http");
   const requests = [];
   const streams = new Set();
-  const server = createHttpServer((req, res) => {
+  const server = http.createServer((req, res) => {
     const entry = { method: req.method, path: req.url, status: null, upgrade: false };
     requests.push(entry);
-    const upstream = request(
+    const upstream = http.request(
       { host: "127.0.0.1", port: gateway.port, method: req.method, path: req.url, headers: req.headers },
       (answer) => {
         entry.status = answer.statusCode;
