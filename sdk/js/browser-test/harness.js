@@ -309,9 +309,11 @@ export class Harness {
    * scripts/nginx-conf.sh exactly as crates/gateway/tests/common/nginx.rs
    * does, in front of `gateways`. With `ipv6`, the plain listener also
    * listens on [::1] at the same port (the rendered listen line is edited,
-   * as the Rust deploy test edits it).
+   * as the Rust deploy test edits it). `edit(text)`, when given, rewrites
+   * the rendered configuration before NGINX starts (a test's variant of
+   * the shipped one).
    */
-  async nginx(gateways, { ipv6 = false } = {}) {
+  async nginx(gateways, { ipv6 = false, edit } = {}) {
     const nginxBin = tool("nginx");
     const prefix = this.file("nginx");
     fs.mkdirSync(path.join(prefix, "tmp"), { recursive: true });
@@ -346,7 +348,7 @@ export class Harness {
         if (!text.includes(line)) throw new Error(`the rendered nginx config has no \`${line}\``);
         text = text.replace(line, `${line}\n        listen [::1]:${httpPort};`);
       }
-      return text;
+      return edit ? edit(text) : text;
     };
     const check = () => {
       const out = spawnSync(nginxBin, ["-t", "-p", prefix, "-c", config, "-e", path.join(prefix, "error.log")], {
@@ -521,6 +523,7 @@ export function snapshot(page) {
       user: one("user").textContent,
       nodeId: one("node-id").textContent,
       connectionId: one("connection-id").textContent,
+      transport: one("transport").textContent,
       error: one("error").hidden ? null : { code: one("error").dataset.code, text: one("error").textContent },
       notice: one("notice").hidden ? null : one("notice").textContent,
       recovery: one("recovery").dataset.recovered || null,
@@ -533,7 +536,13 @@ export function snapshot(page) {
       // Oldest first.
       log: all('[data-testid="log-entry"]')
         .reverse()
-        .map((el) => ({ kind: el.dataset.kind, state: el.dataset.state, node: el.dataset.node, text: el.textContent })),
+        .map((el) => ({
+          kind: el.dataset.kind,
+          state: el.dataset.state,
+          node: el.dataset.node,
+          transport: el.dataset.transport,
+          text: el.textContent,
+        })),
     };
   });
 }

@@ -30,6 +30,7 @@ const ui = {
   user: $("user"),
   nodeId: $("node-id"),
   connectionId: $("connection-id"),
+  transport: $("transport"),
   channel: $("channel"),
   error: $("error"),
   notice: $("notice"),
@@ -322,7 +323,13 @@ function start() {
     ui.user.textContent = welcome.user;
     ui.nodeId.textContent = welcome.node_id;
     ui.connectionId.textContent = welcome.connection_id;
-    log("welcome", `on node ${welcome.node_id} as ${welcome.user}`, { "data-node": welcome.node_id });
+    // "sse" when the WebSocket upgrade was blocked on the way and the SDK
+    // fell back to server-sent events.
+    ui.transport.textContent = welcome.transport;
+    log("welcome", `on node ${welcome.node_id} as ${welcome.user} over ${welcome.transport}`, {
+      "data-node": welcome.node_id,
+      "data-transport": welcome.transport,
+    });
     renderPresence();
   });
 

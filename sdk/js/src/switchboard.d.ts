@@ -1,6 +1,13 @@
 // Type declarations for switchboard-client (hand-written; checked by
 // `npm run test:types` against test/types-check.ts).
 
+/**
+ * How the client reaches the gateway: "websocket" (GET /ws, upgraded), or
+ * "sse" (a server-sent events stream, GET /sse, with commands as HTTP
+ * requests, POST /sse/command), for networks whose proxies block the upgrade.
+ */
+export type Transport = "websocket" | "sse";
+
 /** Connection states. "stopped": will not reconnect until connect() is called. */
 export type ConnectionState = "connecting" | "connected" | "disconnected" | "stopped";
 
@@ -43,7 +50,7 @@ export class SwitchboardError extends Error {
   readonly status?: number;
   /** Seconds the server asked to wait (429, 503). */
   readonly retryAfter?: number;
-  /** The WebSocket close code that caused the error. */
+  /** The close code that caused the error (a WebSocket close, or an SSE `close` event). */
   readonly closeCode?: number;
 }
 
@@ -85,6 +92,25 @@ export interface SwitchboardOptions {
    * and after a 4001 close. Reject (or throw) when no token can be had.
    */
   getToken: () => string | Promise<string>;
+  /**
+   * Transports to use, in order of preference. Default ["websocket", "sse"].
+   * The client uses one at a time, starting with the first. It moves to the
+   * next (after the last: back to the first, after a backoff delay) only
+   * when the one in use looks blocked on the way: a WebSocket handshake
+   * that fails while the probe (GET /ws?probe=1) answers 204 (the node
+   * would take it: a proxy refused the upgrade), a route that answers 404,
+   * 405 or a non-stream 200, or a connection that opens but brings no
+   * welcome within `fallbackTimeout`. Refusals (401, 403, 429, 503), a node
+   * that is down, and closes after a welcome keep the transport. So the
+   * transport that last worked is kept for every reconnect of this client.
+   */
+  transports?: Transport[];
+  /**
+   * ms after a connection opens (the upgrade, or the stream's response
+   * headers) within which the welcome must arrive, else the next transport
+   * is tried. Only with two or more transports. Default 5000.
+   */
+  fallbackTimeout?: number;
   /** Exponential backoff with full jitter: delay = random() * min(max, min * 2^attempt). */
   backoff?: BackoffOptions;
   /** ms between application-level pings while connected; 0 turns them off. Default 20000. */
@@ -105,13 +131,17 @@ export interface SwitchboardOptions {
    * Saves frames and parsing on busy channels. Default true.
    */
   batch?: boolean;
-  /** Default: globalThis.WebSocket. */
+  /** Default: globalThis.WebSocket. Needed only with the "websocket" transport. */
   WebSocket?: WebSocketConstructorLike;
-  /** Used for the handshake probe. Default: globalThis.fetch. */
+  /**
+   * Used for the handshake probe and by the "sse" transport (the stream is
+   * read from `body.getReader()`). Default: globalThis.fetch.
+   */
   fetch?: (url: string, init?: any) => Promise<{
     status: number;
     headers: { get(name: string): string | null };
     json(): Promise<any>;
+    body?: any;
   }>;
   clock?: Partial<Clock>;
 }
@@ -131,6 +161,8 @@ export interface Welcome {
   user: string;
   /** Seconds until the gateway closes with 4001 unless the token is refreshed. */
   expires_in?: number;
+  /** The transport this connection uses. */
+  transport: Transport;
 }
 
 export interface SwitchboardEvents {
@@ -142,7 +174,7 @@ export interface SwitchboardEvents {
 export interface SwitchboardStats {
   /** Welcome frames received. */
   connects: number;
-  /** Welcome frames after the first. */
+  /** Welcome frames after the first (on SSE, also a stream reopened for a new channel). */
   reconnects: number;
   /** Server frames ignored: invalid JSON, binary, unknown type, missing fields. */
   unknownFrames: number;
@@ -267,6 +299,8 @@ export class Switchboard {
   /** Throws SwitchboardError "bad_url" or "bad_options" synchronously. */
   constructor(url: string | URL, options: SwitchboardOptions);
   readonly state: ConnectionState;
+  /** The transport in use, or the next attempt's; it changes only by a fallback (see `transports`). */
+  readonly transport: Transport;
   readonly stats: Readonly<SwitchboardStats>;
   /** Returns a function that removes the listener. */
   on<E extends keyof SwitchboardEvents>(event: E, listener: (payload: SwitchboardEvents[E]) => void): () => void;

@@ -1,6 +1,8 @@
 // switchboard-client: the browser and Node (20+) client for Switchboard.
 //
-// One WebSocket per Switchboard instance. The SDK owns what every
+// One connection per Switchboard instance: a WebSocket, or, where a proxy
+// blocks the upgrade, a server-sent events stream (GET /sse) with commands
+// as HTTP requests (POST /sse/command); see `transports`. The SDK owns what every
 // application would otherwise get wrong by hand: reconnect with exponential
 // backoff and full jitter, resubscribe with recovery (`since` positions),
 // token refresh before expiry, request/reply bookkeeping with timeouts, and
@@ -46,7 +48,12 @@ const CLOSE = Object.freeze({
  */
 const TRANSIENT_SUBSCRIBE_ERRORS = new Set(["internal", "rate_limited", "overloaded", "unavailable"]);
 
+/** The transports the SDK speaks, by their `transports` option names. */
+const TRANSPORTS = Object.freeze(["websocket", "sse"]);
+
 const DEFAULTS = Object.freeze({
+  transports: TRANSPORTS,
+  fallbackTimeout: 5_000,
   backoff: { min: 250, max: 10_000 },
   pingInterval: 20_000,
   requestTimeout: 10_000,
@@ -69,6 +76,13 @@ const MAX_BATCH_MESSAGES = 1000;
 const CATCH_UP_PAGE = 100;
 // 2^30 already exceeds any sane backoff.max / backoff.min ratio.
 const MAX_BACKOFF_EXPONENT = 30;
+/**
+ * The longest server-sent event (or line) the stream reader buffers: far
+ * above any frame the gateway sends (its frames are bounded by
+ * max_frame_bytes plus an envelope), so only a broken or hostile stream
+ * reaches it, and is dropped.
+ */
+const MAX_SSE_EVENT_CHARS = 16 * 1024 * 1024;
 
 export class SwitchboardError extends Error {
   /**
@@ -115,7 +129,16 @@ export class Switchboard {
     // each await: disconnect(), stop and a new attempt bump it, so late
     // continuations of an old attempt do nothing.
     this._gen = 0;
+    // The current connection: a WebSocket, or an SseConnection (same
+    // onopen/onmessage/onclose/onerror, send, close and bufferedAmount).
     this._ws = null;
+    // Index in `transports` of the transport in use: kept across reconnects,
+    // moved on only when that transport looks blocked (see _fallBack).
+    this._transportIndex = 0;
+    // On SSE: the subscriptions the open stream named, in its request's
+    // order, each with the position it resumes from: [{sub, since}].
+    this._streamSubs = [];
+    this._reopenQueued = false; // a stream reopen is due (a new channel)
     this._opened = false; // the current socket fired `open`
     this._welcomed = false; // ...and the welcome frame arrived
     this._connectedAt = 0;
@@ -128,7 +151,7 @@ export class Switchboard {
     this._attemptAtConnect = 0; // its value when the last welcome reset it
     this._refreshAttempt = 0;
 
-    this._timers = { reconnect: null, connect: null, ping: null, refresh: null };
+    this._timers = { reconnect: null, connect: null, fallback: null, ping: null, refresh: null };
     this._pending = new Map(); // reply id -> {resolve, reject, timer}
     this._nextId = 1;
     this._subs = new Map(); // channel -> Subscription, in subscribe order
@@ -147,6 +170,14 @@ export class Switchboard {
   /** The current connection state. */
   get state() {
     return this._state;
+  }
+
+  /**
+   * The transport in use, or the next attempt's: "websocket" or "sse". It
+   * changes only by a fallback (see the `transports` option).
+   */
+  get transport() {
+    return this._opts.transports[this._transportIndex];
   }
 
   /** Adds a listener; returns a function that removes it. */
@@ -208,6 +239,8 @@ export class Switchboard {
     this._subs.set(channel, sub);
     if (this._welcomed) this._sendSubscribe(sub);
     else if (!this._started) this.connect();
+    // On SSE, a stream being opened names the channels it had at its
+    // start: _onWelcome reopens it for the others.
     return sub;
   }
 
@@ -287,7 +320,9 @@ export class Switchboard {
       if (gen === this._gen) this._onAuthFailure(err);
       return;
     }
-    if (gen === this._gen) this._openSocket(token);
+    if (gen !== this._gen) return;
+    if (this.transport === "sse") this._openStream(token);
+    else this._openSocket(token);
   }
 
   _openSocket(token) {
@@ -312,21 +347,11 @@ export class Switchboard {
       this._opts.requestTimeout,
     );
     ws.onopen = () => {
-      if (this._ws === ws) this._opened = true;
-    };
-    ws.onmessage = (ev) => {
       if (this._ws !== ws) return;
-      // With batching (the default), one frame may carry several messages,
-      // one per line; compact JSON never holds a raw newline.
-      if (typeof ev.data === "string" && ev.data.includes("\n")) {
-        for (const line of ev.data.split("\n")) {
-          if (this._ws !== ws) return; // a frame closed the connection
-          this._onFrame(line);
-        }
-      } else {
-        this._onFrame(ev.data);
-      }
+      this._opened = true;
+      this._armFallback(ws);
     };
+    ws.onmessage = (ev) => this._onData(ws, ev.data);
     ws.onclose = (ev) => {
       if (this._ws === ws) this._onClosed(ev.code, ev.reason);
     };
@@ -340,10 +365,94 @@ export class Switchboard {
   }
 
   /**
+   * Opens the SSE stream (GET /sse) naming every subscription, in subscribe
+   * order, with the positions they resume from as its Last-Event-ID. Its
+   * events are handled like WebSocket frames; `subscription` events stand
+   * for the subscribe replies (see _onSubscriptionFrame).
+   */
+  _openStream(token) {
+    const entries = [...this._subs.values()].map((sub) => ({ sub, since: sub._position ? { ...sub._position } : null }));
+    this._streamSubs = entries;
+    this._reopenQueued = false;
+    // The contract's event id: `<offset>:<epoch>` per channel in request
+    // order, `,`-separated, empty for a channel without a position. None at
+    // all when no channel has one: a fresh start.
+    const lastEventId = entries.some((e) => e.since)
+      ? entries.map((e) => (e.since ? `${e.since.offset}:${e.since.epoch}` : "")).join(",")
+      : null;
+    const urls = sseUrls(this._url);
+    for (const { sub } of entries) urls.stream.searchParams.append("channel", sub.channel);
+    const conn = new SseConnection({
+      url: urls.stream.href,
+      commandUrl: urls.command,
+      token,
+      lastEventId,
+      fetch: this._opts.fetch,
+      clock: this._clock,
+      requestTimeout: this._opts.requestTimeout,
+      // Command answers come back on their own HTTP requests, matched to
+      // the pending commands by id: not tied to the stream's events.
+      onReply: (frame) => this._onReply(frame),
+    });
+    this._ws = conn;
+    this._opened = false;
+    this._welcomed = false;
+    this._timers.connect = this._clock.setTimeout(
+      () => this._abandon(conn, "no welcome within requestTimeout", { handshakeFailed: false }),
+      this._opts.requestTimeout,
+    );
+    conn.onopen = () => {
+      if (this._ws !== conn) return;
+      this._opened = true;
+      this._armFallback(conn);
+    };
+    conn.onmessage = (ev) => this._onData(conn, ev.data);
+    conn.onclose = (ev) => {
+      if (this._ws === conn) {
+        this._onClosed(ev.code, ev.reason, { handshakeFailed: !this._opened, refusal: ev.refusal ?? null });
+      }
+    };
+    conn.onerror = () => {};
+    conn.start();
+  }
+
+  /** A WebSocket message or an SSE event's data: one frame, or several, one per line. */
+  _onData(conn, data) {
+    if (this._ws !== conn) return;
+    // With batching (the default on WebSocket), one frame may carry several
+    // messages, one per line; compact JSON never holds a raw newline.
+    if (typeof data === "string" && data.includes("\n")) {
+      for (const line of data.split("\n")) {
+        if (this._ws !== conn) return; // a frame closed the connection
+        this._onFrame(line);
+      }
+    } else {
+      this._onFrame(data);
+    }
+  }
+
+  /**
+   * After `open`, a welcome must follow within fallbackTimeout, or the
+   * transport counts as blocked (a proxy that accepts the upgrade or the
+   * stream but passes nothing through) and the next one is tried.
+   */
+  _armFallback(conn) {
+    if (this._opts.transports.length < 2) return;
+    const ms = this._opts.fallbackTimeout;
+    this._timers.fallback = this._clock.setTimeout(() => {
+      this._timers.fallback = null;
+      this._abandon(conn, `no welcome within fallbackTimeout (${ms} ms) after the ${this.transport} opened`, {
+        handshakeFailed: false,
+        blocked: true,
+      });
+    }, ms);
+  }
+
+  /**
    * Forgets a socket we no longer trust and handles it as a close without a
    * close frame. Its later events are ignored (`_ws` no longer points to it).
    */
-  _abandon(ws, reason, { handshakeFailed = !this._opened } = {}) {
+  _abandon(ws, reason, { handshakeFailed = !this._opened, blocked = false } = {}) {
     if (this._ws !== ws) return;
     detach(ws);
     try {
@@ -351,15 +460,17 @@ export class Switchboard {
     } catch {
       // Already closed or closing: nothing to release.
     }
-    this._onClosed(CLOSE.abnormal, reason, { handshakeFailed });
+    this._onClosed(CLOSE.abnormal, reason, { handshakeFailed, blocked });
   }
 
   /**
-   * The one place a socket ends: decide between reconnect and stop.
-   * `handshakeFailed`: it never opened, so the HTTP refusal (if any) is
-   * unknown and worth a probe.
+   * The one place a connection ends: decide between reconnect, fallback
+   * and stop. `handshakeFailed`: it never opened, so the HTTP refusal is
+   * unknown (WebSocket: worth a probe) or in `refusal` (SSE: the stream's
+   * own answer). `blocked`: the transport looked blocked (no welcome after
+   * open): the next transport is tried.
    */
-  _onClosed(code, reason = "", { handshakeFailed = !this._opened } = {}) {
+  _onClosed(code, reason = "", { handshakeFailed = !this._opened, refusal = null, blocked = false } = {}) {
     const ws = this._ws;
     const welcomed = this._welcomed;
     const gen = ++this._gen; // late replies and token calls of this socket are void
@@ -390,7 +501,11 @@ export class Switchboard {
       // The node asked us to go elsewhere and spreads its own closes over
       // its drain window: come back soon, still jittered.
       this._scheduleReconnect(this._clock.random() * this._opts.backoff.min);
-    } else if (handshakeFailed) {
+    } else if (blocked && this._opts.transports.length > 1) {
+      this._fallBack();
+    } else if (handshakeFailed && refusal) {
+      this._onRefusal(gen, refusal);
+    } else if (handshakeFailed && this.transport === "websocket") {
       // The handshake failed and browsers hide the HTTP status: ask why.
       this._probeThenRetry(gen);
     } else {
@@ -426,14 +541,57 @@ export class Switchboard {
   }
 
   /**
-   * Asks the gateway (GET /ws?probe=1) why the handshake failed and reacts:
-   * 401 → new token, 403 → stop, 429/503 → wait Retry-After, else backoff.
+   * Moves to the next transport of `transports` and tries it at once; after
+   * the last, back to the first, after a backoff delay (every transport
+   * looked blocked: this is a retry like any other).
+   */
+  _fallBack() {
+    const count = this._opts.transports.length;
+    this._transportIndex = (this._transportIndex + 1) % count;
+    this._scheduleReconnect(this._transportIndex === 0 ? this._nextDelay() : 0);
+  }
+
+  /**
+   * Asks the gateway (GET /ws?probe=1) why the handshake failed and reacts
+   * as to any refusal (see _onRefusal).
    */
   async _probeThenRetry(gen) {
     const token = this._token;
     const answer = token === null ? null : await this._probe(token);
     if (gen !== this._gen) return;
+    this._onRefusal(gen, answer);
+  }
+
+  /**
+   * Reacts to why a connection could not be made (the probe's answer, or
+   * the SSE stream's own refusal; null when unknown): 401 → new token, 403
+   * → stop, 429/503 → wait Retry-After. A handshake the node would have
+   * taken (probe 204), or a route that is not there (404, 405, or a 200 that
+   * is not an event stream: a proxy's page) means this transport is
+   * blocked on the way: the next one is tried. A 400 naming one of our
+   * channels (the stream names them all) fails that subscription, as a
+   * subscribe reply would, and the stream is opened again without it;
+   * another 400 cannot be fixed by retrying: stop. Else backoff.
+   */
+  _onRefusal(gen, answer) {
     const status = answer?.status;
+    if (answer && (status === 204 || status === 200 || status === 404 || status === 405) && this._opts.transports.length > 1) {
+      this._fallBack();
+      return;
+    }
+    if (status === 400 && this.transport === "sse") {
+      const refused = this._refusedSubscriptions(answer.error);
+      if (refused.length === 0) {
+        this._stop({ error: answer.error });
+        return;
+      }
+      for (const sub of refused) {
+        this._subs.delete(sub.channel);
+        sub._fail(answer.error);
+      }
+      if (gen === this._gen) this._scheduleReconnect(0);
+      return;
+    }
     if (status === 401) {
       this._token = null;
       this._onAuthFailure(answer.error);
@@ -466,15 +624,7 @@ export class Switchboard {
     try {
       const res = await fetchFn(url.href, { cache: "no-store", signal: abort?.signal });
       if (res.status === 204) return { status: 204 };
-      const body = await res.json().catch(() => ({}));
-      const retryAfter = parseRetryAfter(res.headers?.get?.("retry-after"));
-      const code = typeof body?.error === "string" ? body.error : statusCode(res.status);
-      const message = typeof body?.message === "string" ? body.message : `handshake refused with HTTP ${res.status}`;
-      return {
-        status: res.status,
-        retryAfter,
-        error: new SwitchboardError(code, message, { status: res.status, retryAfter }),
-      };
+      return await refusalOf(res, "handshake");
     } catch {
       return null; // the probe failed too: the node is down or unreachable
     } finally {
@@ -533,6 +683,7 @@ export class Switchboard {
 
   _clearConnectionTimers() {
     this._clearTimer("connect");
+    this._clearTimer("fallback");
     this._clearTimer("ping");
     this._clearTimer("refresh");
   }
@@ -669,9 +820,78 @@ export class Switchboard {
       case "leave":
       case "reset":
         return this._onChannelFrame(frame);
+      case "subscription":
+        return this._onSubscriptionFrame(frame);
+      case "close":
+        return this._onCloseFrame(frame);
       default:
         this.stats.unknownFrames += 1;
     }
+  }
+
+  /**
+   * SSE: a channel of the stream's request was subscribed (`result`, as the
+   * subscribe reply carries it) or refused (`error`). Handled exactly as a
+   * subscribe reply on WebSocket, with the position the stream resumed from.
+   */
+  _onSubscriptionFrame(frame) {
+    if (!(this._ws instanceof SseConnection) || typeof frame.channel !== "string") {
+      this.stats.unknownFrames += 1;
+      return;
+    }
+    const entry = this._streamSubs.find((e) => e.sub.channel === frame.channel);
+    const sub = entry?.sub;
+    if (!entry || this._subs.get(frame.channel) !== sub || sub._state !== "subscribing") {
+      // Unsubscribed while the stream was being opened: the server holds
+      // the channel, so leave it there too.
+      if (!frame.error && this._subs.get(frame.channel) === undefined) {
+        this._command({ type: "unsubscribe", channel: frame.channel }).catch(() => {});
+      }
+      return;
+    }
+    if (frame.error && typeof frame.error === "object") {
+      this._onSubscribeFailed(sub, new SwitchboardError(String(frame.error.code ?? "internal"), String(frame.error.message ?? "")));
+    } else {
+      const result = frame.result && typeof frame.result === "object" ? frame.result : {};
+      sub._onSubscribed(result, entry.since);
+    }
+  }
+
+  /** SSE: the server's last event, standing for a WebSocket close frame. */
+  _onCloseFrame(frame) {
+    const conn = this._ws;
+    if (!(conn instanceof SseConnection) || typeof frame.code !== "number") {
+      this.stats.unknownFrames += 1;
+      return;
+    }
+    detach(conn);
+    conn.close();
+    this._onClosed(frame.code, typeof frame.reason === "string" ? frame.reason : "", { handshakeFailed: false });
+  }
+
+  /**
+   * The subscriptions a 400 refusal of the stream is about: the one it
+   * names (`channel "x": ...`, a malformed name), or those beyond the
+   * node's limit (`a stream names at most N channels ...`: the latest
+   * ones, as a WebSocket would refuse the subscribes past the limit).
+   * None when it is about something else.
+   */
+  _refusedSubscriptions(error) {
+    const message = error?.message ?? "";
+    const named = /^channel ("(?:[^"\\]|\\.)*")/.exec(message);
+    if (named) {
+      let channel;
+      try {
+        channel = JSON.parse(named[1]);
+      } catch {
+        return [];
+      }
+      const sub = this._subs.get(channel);
+      return sub ? [sub] : [];
+    }
+    const limit = /at most (\d+) channels/.exec(message);
+    if (limit) return [...this._subs.values()].slice(Number(limit[1]));
+    return [];
   }
 
   _onWelcome(frame) {
@@ -682,6 +902,7 @@ export class Switchboard {
     const ws = this._ws;
     this._welcomed = true;
     this._clearTimer("connect");
+    this._clearTimer("fallback");
     this._authFailures = 0;
     this._attemptAtConnect = this._attempt;
     this._attempt = 0;
@@ -690,8 +911,16 @@ export class Switchboard {
     if (this.stats.connects > 1) this.stats.reconnects += 1;
     this._scheduleRefresh(frame.expires_in);
     this._schedulePing();
-    for (const sub of this._subs.values()) this._sendSubscribe(sub);
-    const welcome = { connection_id: frame.connection_id, node_id: frame.node_id, user: frame.user };
+    if (ws instanceof SseConnection) {
+      // The stream subscribed what it named (its `subscription` events
+      // follow); a channel subscribed since it was opened needs a new one.
+      ws.connectionId = frame.connection_id;
+      const named = new Set(this._streamSubs.map((e) => e.sub));
+      if ([...this._subs.values()].some((sub) => !named.has(sub))) this._queueReopen();
+    } else {
+      for (const sub of this._subs.values()) this._sendSubscribe(sub);
+    }
+    const welcome = { connection_id: frame.connection_id, node_id: frame.node_id, user: frame.user, transport: this.transport };
     if (frame.expires_in !== undefined) welcome.expires_in = frame.expires_in;
     this._emit("welcome", welcome);
     // A welcome listener may have called disconnect().
@@ -756,7 +985,13 @@ export class Switchboard {
       }, this._opts.requestTimeout);
       this._pending.set(id, { resolve, reject, timer, onResult });
       try {
-        this._ws.send(text);
+        if (this._ws instanceof SseConnection) {
+          // `refresh` authenticates with the new token: the current one may
+          // be about to expire.
+          this._ws.command(text, id, frame.type === "refresh" ? frame.token : this._token);
+        } else {
+          this._ws.send(text);
+        }
       } catch (err) {
         this._pending.delete(id);
         this._clock.clearTimeout(timer);
@@ -788,6 +1023,12 @@ export class Switchboard {
   }
 
   _sendSubscribe(sub) {
+    if (this._ws instanceof SseConnection) {
+      // A stream's channels are named when it opens: open a new one.
+      sub._subscribing();
+      this._queueReopen();
+      return;
+    }
     const frame = { type: "subscribe", channel: sub.channel };
     const since = sub._position;
     if (since) frame.since = { offset: since.offset, epoch: since.epoch };
@@ -864,6 +1105,41 @@ export class Switchboard {
     // forbidden, bad_request, ...: retrying cannot help.
     this._subs.delete(sub.channel);
     sub._fail(err);
+  }
+
+  /**
+   * SSE: reopens the stream (with every subscription, resuming from their
+   * positions) at the end of the current task, so that several subscribe()
+   * calls in a row cost one reopen.
+   */
+  _queueReopen() {
+    if (this._reopenQueued) return;
+    this._reopenQueued = true;
+    const gen = this._gen;
+    queueMicrotask(() => {
+      if (!this._reopenQueued) return;
+      this._reopenQueued = false;
+      if (gen === this._gen) this._reopen();
+    });
+  }
+
+  /**
+   * Ends the stream and opens the next one at once, with the cached token.
+   * No backoff and no `disconnected` state: nothing failed. The commands in
+   * flight are HTTP requests whose answers come back by themselves; new
+   * commands reject "offline" until the new stream's welcome.
+   */
+  _reopen() {
+    const conn = this._ws;
+    if (!(conn instanceof SseConnection) || !this._welcomed) return;
+    detach(conn);
+    conn.close();
+    this._ws = null;
+    this._opened = false;
+    this._welcomed = false;
+    this._clearConnectionTimers();
+    for (const sub of this._subs.values()) sub._connectionLost();
+    this._startAttempt();
   }
 
   _unsubscribe(sub) {
@@ -1027,7 +1303,7 @@ export class Subscription {
     }
     if (cut) {
       // onRecover comes once the pages caught up (or failed to).
-      this._catchUp = { until: result.offset, epoch: result.epoch, replayedTo: result.replayed_to };
+      this._catchUp = { until: result.offset, epoch: result.epoch, replayedTo: result.replayed_to, dropped: 0 };
       this._client._sendCatchUpPage(this, this._catchUp);
       return;
     }
@@ -1057,8 +1333,13 @@ export class Subscription {
           // Catching up, only the next offset goes out (the cut replay);
           // live messages beyond it are dropped here and come with a
           // history page, since each page reads up to the channel's latest
-          // offset and is read after them.
-          if (this._catchUp && frame.offset !== this._position.offset + 1) return;
+          // offset and is read after them. On SSE a page's answer comes on
+          // its own HTTP request and may overtake them: the highest one
+          // dropped is noted, and paging goes on until past it.
+          if (this._catchUp && frame.offset !== this._position.offset + 1) {
+            this._catchUp.dropped = Math.max(this._catchUp.dropped, frame.offset);
+            return;
+          }
           this._position.offset = frame.offset;
         }
         client.stats.messages += 1;
@@ -1118,9 +1399,9 @@ export class Subscription {
       client._callHandler(this._handlers.onMessage, message.data, { channel: this.channel, offset });
       if (this._catchUp !== catchUp) return; // a handler unsubscribed or disconnected
     }
-    if (this._position.offset >= top) {
+    if (this._position.offset >= top && catchUp.dropped <= this._position.offset) {
       this._endCatchUp(true, null);
-    } else if (progressed) {
+    } else if (progressed || this._position.offset >= top) {
       client._sendCatchUpPage(this, catchUp);
     } else {
       // History holds less than its own latest offset says: messages expired.
@@ -1167,6 +1448,248 @@ export class Subscription {
     if (this._retryTimer !== null) this._client._clock.clearTimeout(this._retryTimer);
     this._retryTimer = null;
   }
+}
+
+// ---- the SSE transport ---------------------------------------------------------
+
+/**
+ * One server-sent events stream (GET /sse) and its commands (POST
+ * /sse/command), behind the part of the WebSocket interface the client
+ * uses: onopen, onmessage({data}), onclose({code, reason, refusal}),
+ * close(), bufferedAmount; `command()` stands for send().
+ *
+ * Built on `fetch` and a small SSE parser rather than `EventSource`:
+ * EventSource cannot send headers, so the token would have to travel in
+ * the URL (and into proxy logs) instead of `Authorization`; it picks its
+ * own `Last-Event-ID` (the last id it saw, which is not the SDK's tracked
+ * positions after a reopen with another channel list) and reconnects by
+ * itself on its own schedule, which would fight the SDK's backoff and
+ * close-code rules; and it hides the HTTP status of a refusal, which the
+ * SDK needs (401 new token, 403 stop, 429 wait). A fetch stream works the
+ * same in browsers and Node 20+, with no dependency.
+ */
+class SseConnection {
+  constructor({ url, commandUrl, token, lastEventId, fetch, clock, requestTimeout, onReply }) {
+    this.url = url;
+    this.commandUrl = commandUrl;
+    this.connectionId = null; // set from the welcome
+    this.bufferedAmount = 0; // bytes of commands whose answer has not come yet
+    this.lastEventId = lastEventId;
+    this.onopen = this.onmessage = this.onclose = this.onerror = null;
+    this._token = token;
+    this._fetch = fetch;
+    this._clock = clock;
+    this._requestTimeout = requestTimeout;
+    this._onReply = onReply;
+    this._abort = typeof AbortController === "function" ? new AbortController() : null;
+    this._reader = null;
+    this._closed = false;
+    // Parser state: text not yet split into lines, and the event's data lines.
+    this._buf = "";
+    this._data = [];
+    this._dataChars = 0;
+  }
+
+  start() {
+    this._run().catch((err) => this._end(CLOSE.abnormal, `the stream failed: ${err?.message ?? String(err)}`));
+  }
+
+  /** Stops reading and releases the request. No onclose: the caller knows. */
+  close() {
+    if (this._closed) return;
+    this._closed = true;
+    try {
+      this._abort?.abort();
+    } catch {
+      // Nothing to abort.
+    }
+    this._reader?.cancel().catch(() => {});
+  }
+
+  async _run() {
+    const headers = { accept: "text/event-stream", authorization: `Bearer ${this._token}` };
+    if (this.lastEventId !== null) headers["last-event-id"] = this.lastEventId;
+    let res;
+    try {
+      res = await this._fetch(this.url, { headers, cache: "no-store", signal: this._abort?.signal });
+    } catch (err) {
+      this._end(CLOSE.abnormal, `the stream request failed: ${err?.message ?? String(err)}`);
+      return;
+    }
+    if (this._closed) {
+      res.body?.cancel?.().catch?.(() => {});
+      return;
+    }
+    const type = res.headers?.get?.("content-type") ?? "";
+    if (res.status !== 200 || !/^text\/event-stream/i.test(type) || typeof res.body?.getReader !== "function") {
+      const refusal = await refusalOf(res, "stream");
+      this._end(CLOSE.abnormal, `the stream was refused with HTTP ${res.status}`, { refusal });
+      return;
+    }
+    this.onopen?.({});
+    const reader = res.body.getReader();
+    this._reader = reader;
+    const decoder = new TextDecoder();
+    for (;;) {
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch (err) {
+        this._end(CLOSE.abnormal, `the stream broke: ${err?.message ?? String(err)}`);
+        return;
+      }
+      if (this._closed) return;
+      if (chunk.done) break;
+      this._feed(decoder.decode(chunk.value, { stream: true }));
+      if (this._closed) return; // a `close` event, or an event too long
+    }
+    this._feed(decoder.decode());
+    // Without a `close` event first: the node died, or a proxy cut it.
+    this._end(CLOSE.abnormal, "the stream ended without a close event");
+  }
+
+  /** Splits text into lines (CRLF, LF or CR, as the SSE format allows). */
+  _feed(text) {
+    const buf = this._buf + text;
+    const eol = /\r\n|\r|\n/g;
+    let start = 0;
+    let match;
+    while ((match = eol.exec(buf)) !== null) {
+      // A CR at the very end may be the first half of a CRLF: wait.
+      if (match[0] === "\r" && match.index === buf.length - 1) break;
+      this._line(buf.slice(start, match.index));
+      start = match.index + match[0].length;
+      if (this._closed) return;
+    }
+    this._buf = buf.slice(start);
+    if (this._buf.length > MAX_SSE_EVENT_CHARS) {
+      this._end(CLOSE.abnormal, `a stream line exceeds ${MAX_SSE_EVENT_CHARS} characters`);
+    }
+  }
+
+  _line(line) {
+    if (line === "") {
+      this._dispatch();
+      return;
+    }
+    if (line.charCodeAt(0) === 58) return; // ":" a comment: the heartbeat
+    const colon = line.indexOf(":");
+    const field = colon === -1 ? line : line.slice(0, colon);
+    let value = colon === -1 ? "" : line.slice(colon + 1);
+    if (value.charCodeAt(0) === 32) value = value.slice(1);
+    if (field === "data") {
+      this._data.push(value);
+      this._dataChars += value.length + 1;
+      if (this._dataChars > MAX_SSE_EVENT_CHARS) {
+        this._end(CLOSE.abnormal, `a stream event exceeds ${MAX_SSE_EVENT_CHARS} characters`);
+      }
+    } else if (field === "id") {
+      // Kept for inspection; the SDK resumes from its own positions.
+      if (!value.includes("\0")) this.lastEventId = value;
+    }
+    // `event` and `retry`: the gateway sends neither.
+  }
+
+  _dispatch() {
+    if (this._data.length === 0) return;
+    const data = this._data.join("\n");
+    this._data = [];
+    this._dataChars = 0;
+    this.onmessage?.({ data });
+  }
+
+  _end(code, reason, extra = {}) {
+    if (this._closed) return;
+    this.close();
+    this.onclose?.({ code, reason, ...extra });
+  }
+
+  /**
+   * POSTs one command frame; its answer goes to onReply as a `reply` frame
+   * with the command's id, whatever form the HTTP answer took. Throws when
+   * the stream is not open (the caller rejects the command).
+   */
+  command(text, id, token) {
+    if (this._closed || this.connectionId === null) throw new Error("the stream is not open");
+    const bytes = text.length;
+    this.bufferedAmount += bytes;
+    const abort = typeof AbortController === "function" ? new AbortController() : null;
+    const timer = this._clock.setTimeout(() => abort?.abort(), this._requestTimeout);
+    const url = `${this.commandUrl}?connection=${encodeURIComponent(this.connectionId)}`;
+    this._fetch(url, {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: text,
+      cache: "no-store",
+      signal: abort?.signal,
+    })
+      .then(
+        (res) => this._onAnswer(res, id),
+        (err) => {
+          if (abort?.signal.aborted) return; // our deadline: the command already timed out
+          // The node cannot be reached for a command: the stream to it is
+          // no better. End it, as a failed WebSocket send would.
+          this._end(CLOSE.abnormal, `a command request failed: ${err?.message ?? String(err)}`);
+        },
+      )
+      .finally(() => {
+        this.bufferedAmount -= bytes;
+        this._clock.clearTimeout(timer);
+      })
+      .catch(() => {}); // an exception of a reply's handling has been reported there
+  }
+
+  async _onAnswer(res, id) {
+    if (res.status === 204) {
+      this._onReply({ type: "reply", id, result: {} });
+      return;
+    }
+    const body = await res.json().catch(() => null);
+    if (res.status === 200 && body?.type === "reply") {
+      this._onReply(body);
+      return;
+    }
+    if (res.status === 200 && body?.type === "error") {
+      // A frame the server could not decode: its `error` frame answers it.
+      this._onReply({ type: "reply", id, error: body.error && typeof body.error === "object" ? body.error : {} });
+      return;
+    }
+    if (res.status === 404) {
+      // No such stream on the node any more (it closed, or the node
+      // restarted): the stream we read is over, whatever it still shows,
+      // and the command did not run: for the application, the connection
+      // closed before the reply.
+      const why = `the stream is gone from its node: ${body?.message ?? "HTTP 404"}`;
+      this._end(CLOSE.abnormal, why);
+      this._onReply({ type: "reply", id, error: { code: CODES.disconnected, message: why } });
+      return;
+    }
+    const code = typeof body?.error === "string" ? body.error : statusCode(res.status);
+    const message = typeof body?.message === "string" ? body.message : `the command was refused with HTTP ${res.status}`;
+    this._onReply({ type: "reply", id, error: { code, message } });
+  }
+}
+
+/**
+ * The SSE URLs for a WebSocket URL: same scheme family and host, the path's
+ * last `/ws` replaced by `/sse` (so `wss://h/rt/ws` streams from
+ * `https://h/rt/sse`), or `/sse` for another path; commands at `<stream>/command`.
+ */
+function sseUrls(wsUrl) {
+  const stream = new URL(wsUrl.href);
+  stream.protocol = stream.protocol === "wss:" ? "https:" : "http:";
+  stream.search = "";
+  stream.pathname = stream.pathname.endsWith("/ws") ? `${stream.pathname.slice(0, -3)}/sse` : "/sse";
+  return { stream, command: `${stream.href}/command` };
+}
+
+/** {status, retryAfter, error} from a refused HTTP answer with the gateway's JSON body. */
+async function refusalOf(res, what) {
+  const body = await res.json().catch(() => ({}));
+  const retryAfter = parseRetryAfter(res.headers?.get?.("retry-after"));
+  const code = typeof body?.error === "string" ? body.error : statusCode(res.status);
+  const message = typeof body?.message === "string" ? body.message : `${what} refused with HTTP ${res.status}`;
+  return { status: res.status, retryAfter, error: new SwitchboardError(code, message, { status: res.status, retryAfter }) };
 }
 
 // ---- helpers ----------------------------------------------------------------------
@@ -1218,6 +1741,18 @@ function normalizeOptions(options) {
   if (typeof options?.getToken !== "function") {
     throw new SwitchboardError(CODES.badOptions, "options.getToken must be a function returning (a promise of) a JWT");
   }
+  const transports = options.transports ?? DEFAULTS.transports;
+  if (
+    !Array.isArray(transports) ||
+    transports.length === 0 ||
+    transports.some((t) => !TRANSPORTS.includes(t)) ||
+    new Set(transports).size !== transports.length
+  ) {
+    throw new SwitchboardError(
+      CODES.badOptions,
+      `options.transports must list one or more of "websocket", "sse", each once, in order of preference; got ${Array.isArray(transports) ? JSON.stringify(transports) : describeValue(transports)}`,
+    );
+  }
   if (options.WebSocket != null && !isConstructor(options.WebSocket)) {
     throw new SwitchboardError(
       CODES.badOptions,
@@ -1225,10 +1760,10 @@ function normalizeOptions(options) {
     );
   }
   const WebSocketImpl = options.WebSocket ?? globalThis.WebSocket;
-  if (!isConstructor(WebSocketImpl)) {
+  if (transports.includes("websocket") && !isConstructor(WebSocketImpl)) {
     throw new SwitchboardError(
       CODES.badOptions,
-      "no WebSocket implementation: this runtime has no globalThis.WebSocket; pass options.WebSocket, or run Node 20 with --experimental-websocket",
+      'no WebSocket implementation: this runtime has no globalThis.WebSocket; pass options.WebSocket, or run Node 20 with --experimental-websocket, or use transports: ["sse"]',
     );
   }
   const backoff = { ...DEFAULTS.backoff, ...options.backoff };
@@ -1239,14 +1774,22 @@ function normalizeOptions(options) {
     clock: { ...defaultClock, ...options.clock },
     backoff,
     batch: options.batch ?? true,
+    transports: Object.freeze([...transports]),
   };
-  for (const key of ["pingInterval", "requestTimeout", "maxAuthFailures", "maxPending", "maxFrameBytes", "maxBufferedBytes"]) {
+  if (transports.includes("sse") && typeof opts.fetch !== "function") {
+    throw new SwitchboardError(
+      CODES.badOptions,
+      'the "sse" transport needs fetch: this runtime has no globalThis.fetch; pass options.fetch, or leave "sse" out of options.transports',
+    );
+  }
+  for (const key of ["pingInterval", "requestTimeout", "fallbackTimeout", "maxAuthFailures", "maxPending", "maxFrameBytes", "maxBufferedBytes"]) {
     opts[key] = options[key] ?? DEFAULTS[key];
   }
   const positive = {
     "backoff.min": backoff.min,
     "backoff.max": backoff.max,
     requestTimeout: opts.requestTimeout,
+    fallbackTimeout: opts.fallbackTimeout,
     maxAuthFailures: opts.maxAuthFailures,
     maxPending: opts.maxPending,
     maxFrameBytes: opts.maxFrameBytes,
@@ -1265,6 +1808,7 @@ function normalizeOptions(options) {
   }
   // Timers beyond 2^31-1 ms would fire at once.
   opts.requestTimeout = clampDelay(opts.requestTimeout);
+  opts.fallbackTimeout = clampDelay(opts.fallbackTimeout);
   opts.pingInterval = clampDelay(opts.pingInterval);
   return opts;
 }

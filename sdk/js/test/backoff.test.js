@@ -75,7 +75,7 @@ test("delays follow full jitter, grow exponentially to the max, and reset after 
 
 // ---- close codes and handshake refusals, with a fake socket and fetch ----
 
-function fakeClient({ getToken, fetch, randoms = [], maxAuthFailures } = {}) {
+function fakeClient({ getToken, fetch, randoms = [], maxAuthFailures, transports } = {}) {
   const tokens = [];
   const clock = new TestClock({ holdUpTo: 1e8, randoms });
   const sb = new Switchboard("ws://gateway.test/ws", {
@@ -92,6 +92,7 @@ function fakeClient({ getToken, fetch, randoms = [], maxAuthFailures } = {}) {
     WebSocket: FakeSocket,
     fetch: fetch ?? (async () => new Response(null, { status: 204 })),
     clock,
+    ...(transports ? { transports } : {}),
   });
   return { sb, clock, tokens, rec: new Recorder(sb) };
 }
@@ -225,14 +226,16 @@ test("a refused handshake is probed: 401 fetches a new token, and gives up after
   assert.equal(client.clock.held.size, 0);
 });
 
-test("a probe that fails, or answers 204, means plain backoff", async () => {
+test("with websocket alone, a probe that fails, or answers 204, means plain backoff", async () => {
   let answers = 0;
   const fetch = async () => {
     answers += 1;
     if (answers === 1) throw new TypeError("fetch failed");
     return new Response(null, { status: 204 });
   };
-  const client = fakeClient({ fetch, randoms: [0.5, 0.5] });
+  // No transport to fall back to (the default falls back to SSE on a 204:
+  // see sse-fallback.test.js).
+  const client = fakeClient({ fetch, randoms: [0.5, 0.5], transports: ["websocket"] });
   client.sb.connect();
   await until(() => FakeSocket.instances.length === 1);
   FakeSocket.last().fail();

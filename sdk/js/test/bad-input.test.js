@@ -80,7 +80,7 @@ test("a WebSocket option that is not a class says so, and names what it got", ()
       (err) =>
         err.code === "bad_options" &&
         err.message ===
-          "no WebSocket implementation: this runtime has no globalThis.WebSocket; pass options.WebSocket, or run Node 20 with --experimental-websocket",
+          "no WebSocket implementation: this runtime has no globalThis.WebSocket; pass options.WebSocket, or run Node 20 with --experimental-websocket, or use transports: [\"sse\"]",
     );
   } finally {
     globalThis.WebSocket = saved;

@@ -144,6 +144,74 @@ test("a cut replay is paged through history: every message once, in order, then 
   assert.equal(rec.count("error"), 0);
 });
 
+test("over SSE too: the cut replay comes in the subscription event and the pages over POST /sse/command", async (t) => {
+  const streamText = [];
+  // Tees each stream's body, so the test reads the events the SDK read.
+  const teeing = async (url, init) => {
+    const res = await fetch(url, init);
+    if (new URL(url).pathname !== "/sse" || !res.body) return res;
+    const [mine, theirs] = res.body.tee();
+    (async () => {
+      const decoder = new TextDecoder();
+      for await (const chunk of theirs) streamText.push(decoder.decode(chunk, { stream: true }));
+    })().catch(() => {});
+    return new Response(mine, { status: res.status, headers: res.headers });
+  };
+  const clock = new TestClock({ holdUpTo: 1000, realTimers: true, random: () => 0.5 });
+  const sb = new Switchboard(gw.wsUrl, {
+    getToken: async () => signToken({ sub: "sse-pager" }),
+    backoff: { min: 50, max: 1000 },
+    pingInterval: 0,
+    transports: ["sse"],
+    fetch: teeing,
+    clock,
+  });
+  t.after(() => sb.disconnect());
+  const messages = new Inbox();
+  const recoveries = new Inbox();
+  const sub = sb.subscribe(CHANNEL, {
+    onMessage: (data, context) => messages.push({ n: data.n, offset: context.offset }),
+    onRecover: recoveries.push,
+  });
+  const rec = new Recorder(sb);
+  const start = await sub.ready;
+  await recoveries.next();
+  await gw.publish(CHANNEL, { n: 1, pad: PAD });
+  await messages.next();
+  // The offsets go on from the first test's: count from here.
+  const base = start.offset;
+
+  const mark = rec.mark;
+  sb._dropConnection();
+  await rec.waitState("disconnected", { from: mark });
+  await clock.nextHeld();
+  for (let n = 2; n <= 251; n++) await gw.publish(CHANNEL, { n, pad: PAD });
+  clock.fireHeld();
+  await rec.waitState("connected", { from: mark });
+  for (let n = 252; n <= 254; n++) await gw.publish(CHANNEL, { n, pad: PAD });
+
+  const got = await messages.take(253);
+  assert.deepEqual(
+    got,
+    Array.from({ length: 253 }, (_, i) => ({ n: i + 2, offset: base + i + 2 })),
+    "every message once, in order",
+  );
+  const recovery = await recoveries.next();
+  assert.equal(recovery.recovered, true);
+  // The second stream's subscription event said the replay was cut.
+  const subscription = streamText
+    .join("")
+    .split("\n")
+    .filter((line) => line.startsWith("data: "))
+    .map((line) => JSON.parse(line.slice(6)))
+    .filter((frame) => frame.type === "subscription")
+    .at(-1);
+  assert.equal(subscription.result.recovered, false);
+  assert.ok(Number.isSafeInteger(subscription.result.replayed_to), JSON.stringify(subscription));
+  assert.ok(sb.stats.paged >= subscription.result.offset - subscription.result.replayed_to, `${sb.stats.paged} paged`);
+  assert.equal(rec.count("error"), 0);
+});
+
 // ---- corner cases with a fake socket ----
 
 function fakeClient(handlers) {

@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createServer } from "node:net";
+import * as http from "node:http";
 import { createInterface } from "node:readline";
 
 export const BINARY = fileURLToPath(new URL("../../../target/debug/switchboard", import.meta.url));
@@ -403,4 +404,62 @@ function parseJson(line) {
 export async function until(condition, turns = 100) {
   for (let i = 0; i < turns && !condition(); i++) await new Promise((resolve) => setImmediate(resolve));
   if (!condition()) throw new Error(`condition not reached within ${turns} event-loop turns: ${condition}`);
+}
+
+// ---- a proxy in front of a gateway ------------------------------------------------
+
+/**
+ * A small HTTP proxy on 127.0.0.1 in front of `gateway` that forwards every
+ * request, streaming both ways, and answers every WebSocket upgrade 403,
+ * as a proxy that blocks WebSocket does. `requests`
+ * lists what passed ({method, path, status}); `cutStreams()` drops the
+ * open GET /sse responses as a network failure would (no close event).
+ */
+export async function startProxy(gateway) {
+  const requests = [];
+  const streams = new Set();
+  const server = http.createServer((req, res) => {
+    const entry = { method: req.method, path: req.url, status: null, upgrade: false };
+    requests.push(entry);
+    const upstream = http.request(
+      { host: "127.0.0.1", port: gateway.port, method: req.method, path: req.url, headers: req.headers },
+      (answer) => {
+        entry.status = answer.statusCode;
+        res.writeHead(answer.statusCode, answer.headers);
+        res.flushHeaders();
+        answer.pipe(res);
+        if (req.url.startsWith("/sse?") || req.url === "/sse") {
+          const stream = { res, answer };
+          streams.add(stream);
+          res.once("close", () => streams.delete(stream));
+        }
+      },
+    );
+    upstream.on("error", () => res.destroy());
+    res.once("close", () => upstream.destroy());
+    req.pipe(upstream);
+  });
+  server.on("upgrade", (req, socket) => {
+    requests.push({ method: req.method, path: req.url, status: 403, upgrade: true });
+    socket.end("HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: 19\r\nconnection: close\r\n\r\nupgrades not here\r\n");
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = server.address().port;
+  return {
+    port,
+    requests,
+    wsUrl: `ws://127.0.0.1:${port}/ws`,
+    cutStreams() {
+      const cut = [...streams];
+      for (const { res, answer } of cut) {
+        answer.destroy();
+        res.destroy();
+      }
+      return cut.length;
+    },
+    close() {
+      server.closeAllConnections();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
 }

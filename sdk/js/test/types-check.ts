@@ -12,6 +12,7 @@ import {
   type StateEvent,
   type Subscription,
   type SwitchboardOptions,
+  type Transport,
 } from "../src/switchboard.js";
 
 interface ChatMessage {
@@ -28,8 +29,15 @@ const options: SwitchboardOptions = {
   WebSocket: globalThis.WebSocket,
   fetch: globalThis.fetch,
   clock: { random: () => 0.5 },
+  transports: ["websocket", "sse"],
+  fallbackTimeout: 5_000,
 };
+new Switchboard("https://switchboard.example.com/ws", { getToken: () => "jwt", transports: ["sse"] });
+// @ts-expect-error: not a transport
+new Switchboard("wss://switchboard.example.com/ws", { getToken: () => "jwt", transports: ["long-polling"] });
 const sb = new Switchboard("wss://switchboard.example.com/ws", options);
+const using: Transport = sb.transport;
+console.log(using);
 new Switchboard(new URL("ws://localhost:8080/ws"), { getToken: () => "sync token" });
 
 const removeListener: () => void = sb.on("state", (event: StateEvent) => {
@@ -43,7 +51,7 @@ sb.on("error", (err) => {
   const retryAfter: number | undefined = err.retryAfter;
   console.log(code, retryAfter, err instanceof SwitchboardError);
 });
-sb.on("welcome", (w) => console.log(w.connection_id, w.node_id, w.user, w.expires_in));
+sb.on("welcome", (w) => console.log(w.connection_id, w.node_id, w.user, w.expires_in, w.transport));
 // @ts-expect-error: not an event of the client
 sb.on("message", () => {});
 
