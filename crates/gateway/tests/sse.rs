@@ -789,3 +789,37 @@ async fn heartbeats_keep_an_idle_stream_alive_and_metrics_count_by_transport() {
     assert!(value(r#"switchboard_transport_sent_bytes_total{transport="sse"}"#) > 100.0);
     assert_eq!(value("switchboard_connections_open"), 1.0);
 }
+
+/// A stream's token expires like a WebSocket's: a `refresh` sent over HTTP
+/// extends it, and past the new expiry the stream ends with 4001.
+#[tokio::test]
+async fn a_stream_is_held_to_its_token_and_refreshed_over_http() {
+    let gateway = Gateway::builder()
+        .env("SWITCHBOARD_JWT_LEEWAY", "0s")
+        .start();
+    let short = |secs: u64| sign(&json!({"sub": "tess", "exp": now() + secs, "channels": ["*"]}));
+    let first = short(2);
+    let mut stream =
+        Stream::open(gateway.addr, &format!("/sse?channel=a&token={first}"), &[]).await;
+    let (_, welcome) = stream.frame_of("welcome").await;
+    let connection = welcome["connection_id"].as_str().unwrap().to_owned();
+    let opened = std::time::Instant::now();
+    let refresh = json!({"type": "refresh", "token": short(4), "id": 1}).to_string();
+    let (status, reply) = command(&gateway, &connection, &first, &refresh).await;
+    assert_eq!(status, 200);
+    assert!(
+        reply["result"]["expires_in"].as_u64().unwrap() >= 3,
+        "{reply}"
+    );
+    let (id, last) = stream.frame_of("close").await;
+    assert_eq!(id, None);
+    assert_eq!(
+        last,
+        json!({"type":"close","code":4001,"reason":"token expired"})
+    );
+    assert!(
+        opened.elapsed() >= Duration::from_secs(3),
+        "closed at the refreshed expiry, not the first"
+    );
+    assert!(stream.next().await.is_none());
+}
