@@ -102,7 +102,12 @@ pub const RETRY_AFTER_SECS: u64 = 1;
 
 /// A JSON response with a status.
 pub fn json(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(Body::new(Bytes::from(body.to_string())));
+    json_text(status, body.to_string())
+}
+
+/// A response whose body is JSON already encoded (a frame, say).
+pub fn json_text(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(Body::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -127,5 +132,15 @@ pub fn error(
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
+    response
+}
+
+/// `204 No Content`, marked not to be cached.
+pub fn no_content() -> Response<Body> {
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

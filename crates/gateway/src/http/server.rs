@@ -296,14 +296,7 @@ fn probe(node: &Node, request: &Request<Incoming>, peer: SocketAddr) -> Response
         request.headers(),
         client_ip,
     ) {
-        Ok(()) => {
-            let mut response = Response::new(Body::default());
-            *response.status_mut() = StatusCode::NO_CONTENT;
-            response
-                .headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
-        }
+        Ok(()) => response::no_content(),
         Err(refusal) => {
             tracing::debug!(message = "handshake probe refused", %peer, client = %client_ip, reason = refusal.reason());
             refusal.into_response()

@@ -22,7 +22,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -414,22 +413,8 @@ async fn run_command(node: &Node, request: Request<Incoming>, peer: SocketAddr) 
     }
     drop(handle);
     match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
-        Ok(Ok(Some(frame))) => {
-            let mut response = Response::new(Body::new(Bytes::from(frame)));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            response
-                .headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
-        }
-        Ok(Ok(None)) => {
-            let mut response = Response::new(Body::default());
-            *response.status_mut() = StatusCode::NO_CONTENT;
-            response
-        }
+        Ok(Ok(Some(frame))) => response::json_text(StatusCode::OK, frame),
+        Ok(Ok(None)) => response::no_content(),
         Ok(Err(_)) | Err(_) => closing(),
     }
 }
@@ -440,8 +425,7 @@ pub fn preflight(node: &Node, headers: &HeaderMap) -> Response<Body> {
     if headers.get(header::ORIGIN).is_none() || handshake::check_origin(node, headers).is_err() {
         return Refusal::ForbiddenOrigin.into_response();
     }
-    let mut response = Response::new(Body::default());
-    *response.status_mut() = StatusCode::NO_CONTENT;
+    let mut response = response::no_content();
     let out = response.headers_mut();
     out.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
