@@ -254,7 +254,12 @@ fn event_for(frame: Incoming) -> Option<Event> {
         | Incoming::Reply {
             error: Some(error), ..
         } => Some(Event::Error(error)),
-        Incoming::Reply { .. } | Incoming::Welcome { .. } => None,
+        // A WebSocket connection gets no `subscription` or `close` frame
+        // (they belong to server-sent events streams).
+        Incoming::Reply { .. }
+        | Incoming::Welcome { .. }
+        | Incoming::Subscription { .. }
+        | Incoming::Close { .. } => None,
     }
 }
 

@@ -184,6 +184,7 @@ impl Connection {
                 user,
                 expires_in,
                 batch,
+                ..
             }) => Welcome {
                 connection_id,
                 node_id,

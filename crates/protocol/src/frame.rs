@@ -281,6 +281,9 @@ pub enum ServerFrame<'a> {
         /// frame may then carry several messages, one per line.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         batch: bool,
+        /// `"sse"` on a server-sent events stream; absent on WebSocket.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        transport: Option<&'a str>,
     },
     Reply {
         id: u64,
@@ -319,6 +322,18 @@ pub enum ServerFrame<'a> {
         offset: u64,
         epoch: &'a str,
     },
+    /// A server-sent events stream: the outcome of subscribing one of the
+    /// channels its request named (what a `subscribe` reply would carry).
+    Subscription {
+        channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        result: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<ErrorBody>,
+    },
+    /// A server-sent events stream's last event: why it ends, with the
+    /// WebSocket close code and reason.
+    Close { code: u16, reason: &'a str },
 }
 
 /// A `message` frame of a channel with history, split around its offset:
@@ -399,6 +414,8 @@ pub enum Incoming {
         expires_in: Option<u64>,
         #[serde(default)]
         batch: bool,
+        #[serde(default)]
+        transport: Option<String>,
     },
     Reply {
         id: u64,
@@ -432,6 +449,17 @@ pub enum Incoming {
         channel: String,
         offset: u64,
         epoch: String,
+    },
+    Subscription {
+        channel: String,
+        #[serde(default)]
+        result: Option<Value>,
+        #[serde(default)]
+        error: Option<ErrorBody>,
+    },
+    Close {
+        code: u16,
+        reason: String,
     },
 }
 

@@ -60,6 +60,7 @@ async fn main() -> ExitCode {
             user: welcome.user,
             expires_in: welcome.expires_in,
             batch: welcome.batch,
+            transport: None,
         })
     );
 
@@ -118,6 +119,7 @@ fn to_json(frame: Incoming) -> Value {
             user,
             expires_in,
             batch,
+            ..
         } => {
             let mut welcome = json!({"type": "welcome", "connection_id": connection_id, "node_id": node_id, "user": user});
             if let Some(expires_in) = expires_in {
@@ -139,6 +141,15 @@ fn to_json(frame: Incoming) -> Value {
             reply
         }
         Incoming::Error { error } => json!({"type": "error", "error": error}),
+        // Frames of server-sent events streams; a WebSocket gets none.
+        Incoming::Subscription {
+            channel,
+            result,
+            error,
+        } => json!({"type": "subscription", "channel": channel, "result": result, "error": error}),
+        Incoming::Close { code, reason } => {
+            json!({"type": "close", "code": code, "reason": reason})
+        }
         Incoming::Message {
             channel,
             offset,

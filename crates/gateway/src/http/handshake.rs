@@ -8,6 +8,7 @@
 //! cannot see why its handshake failed (a browser).
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use http::header::{self, HeaderMap};
 use http::{Method, Response, StatusCode};
@@ -16,13 +17,22 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use crate::auth::{AuthError, Claims};
 use crate::http::response::{self, Body};
 use crate::limits::Limited;
+use crate::metrics;
 use crate::node::Node;
-use crate::session::Admission;
+use crate::presence::ConnectionId;
+use crate::session::events::parse_event_id;
+use crate::session::{self, Admission};
+use switchboard_protocol::{ChannelName, Position};
+
+/// A client must send its request headers within this time.
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a handshake was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     NotWebSocket(&'static str),
+    /// A stream's request names bad channels or a bad `Last-Event-ID`.
+    BadStream(String),
     Unavailable(&'static str),
     ForbiddenOrigin,
     Unauthorized(AuthError),
@@ -34,6 +44,7 @@ impl Refusal {
     pub fn reason(&self) -> &'static str {
         match self {
             Refusal::NotWebSocket(_) => "not_websocket",
+            Refusal::BadStream(_) => "bad_stream",
             Refusal::Unavailable(reason) => reason,
             Refusal::ForbiddenOrigin => "origin",
             Refusal::Unauthorized(error) => error.reason(),
@@ -45,6 +56,9 @@ impl Refusal {
         match self {
             Refusal::NotWebSocket(message) => {
                 response::error(StatusCode::BAD_REQUEST, "bad_request", message, None)
+            }
+            Refusal::BadStream(message) => {
+                response::error(StatusCode::BAD_REQUEST, "bad_request", &message, None)
             }
             Refusal::Unavailable(reason) => response::error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -136,7 +150,20 @@ pub fn admit(
         .ok_or(Refusal::NotWebSocket("missing Sec-WebSocket-Key"))?;
     let accept_key = derive_accept_key(key.as_bytes());
     let batch = batch_from(query)?;
+    admit_client(node, query, headers, client_ip, accept_key, batch)
+}
 
+/// The checks every transport shares, once the request itself is valid:
+/// the address's rate and cap, a free slot, the `Origin`, the token, the
+/// user's cap.
+fn admit_client(
+    node: &Node,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    client_ip: IpAddr,
+    accept_key: String,
+    batch: bool,
+) -> Result<Admission, Refusal> {
     let address = node
         .limits
         .admit_address(client_ip)
@@ -162,6 +189,73 @@ pub fn admit(
     })
 }
 
+/// The channels a stream opens with, each with the position to resume it
+/// from.
+pub type StreamChannels = Vec<(String, Option<Position>)>;
+
+/// Decides whether a `GET /sse` request opens a stream: the WebSocket
+/// handshake's checks in the same order, the upgrade's own checks replaced
+/// by the request's channels and `Last-Event-ID` (header, else the
+/// `last_event_id` parameter).
+pub fn admit_stream(
+    node: &Node,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    client_ip: IpAddr,
+) -> Result<(Admission, StreamChannels), Refusal> {
+    if node.is_draining() {
+        return Err(Refusal::Unavailable("draining"));
+    }
+    let channels = stream_channels(node, query, headers).map_err(Refusal::BadStream)?;
+    let admission = admit_client(node, query, headers, client_ip, String::new(), false)?;
+    Ok((admission, channels))
+}
+
+/// The request's `channel=` parameters (each once, in order) with their
+/// positions from its event id; the error is the 400's message.
+fn stream_channels(
+    node: &Node,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<StreamChannels, String> {
+    let params = query
+        .map(|q| form_urlencoded::parse(q.as_bytes()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let mut channels: Vec<String> = Vec::new();
+    for (key, value) in &params {
+        if key != "channel" {
+            continue;
+        }
+        ChannelName::parse(value).map_err(|error| format!("channel {value:?}: {error}"))?;
+        if !channels.iter().any(|c| c == value) {
+            channels.push(value.to_string());
+        }
+    }
+    let max = node.config.session.max_channels;
+    if channels.len() > max {
+        return Err(format!(
+            "a stream names at most {max} channels (session.max_channels); this one names {}",
+            channels.len()
+        ));
+    }
+    let header = headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| "Last-Event-ID is not text".to_owned())
+        })
+        .transpose()?;
+    let param = params
+        .iter()
+        .find(|(k, _)| k == "last_event_id")
+        .map(|(_, v)| v.as_ref());
+    let positions = match header.or(param) {
+        Some(id) => parse_event_id(id, channels.len())?,
+        None => vec![None; channels.len()],
+    };
+    Ok(channels.into_iter().zip(positions).collect())
+}
+
 /// `batch=1` (or `true`) asks for batched frames; `0`, `false` or no
 /// parameter for one message per frame; anything else is refused.
 fn batch_from(query: Option<&str>) -> Result<bool, Refusal> {
@@ -178,7 +272,7 @@ fn batch_from(query: Option<&str>) -> Result<bool, Refusal> {
     }
 }
 
-fn check_origin(node: &Node, headers: &HeaderMap) -> Result<(), Refusal> {
+pub fn check_origin(node: &Node, headers: &HeaderMap) -> Result<(), Refusal> {
     match headers.get(header::ORIGIN) {
         Some(origin)
             if !origin
@@ -191,7 +285,11 @@ fn check_origin(node: &Node, headers: &HeaderMap) -> Result<(), Refusal> {
     }
 }
 
-fn verify_token(node: &Node, query: Option<&str>, headers: &HeaderMap) -> Result<Claims, Refusal> {
+pub fn verify_token(
+    node: &Node,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Claims, Refusal> {
     let token = token_from(query, headers).ok_or(Refusal::Unauthorized(AuthError::Missing))?;
     node.verifier.verify(&token).map_err(Refusal::Unauthorized)
 }
@@ -248,6 +346,69 @@ pub fn probe(
     verify_token(node, query, headers).map(drop)
 }
 
+/// Logs, counts and answers a refused handshake.
+pub(crate) fn refuse(
+    node: &Node,
+    peer: SocketAddr,
+    client_ip: IpAddr,
+    refusal: Refusal,
+) -> Response<Body> {
+    log_refusal(peer, client_ip, &refusal);
+    let reason = refusal.reason();
+    let response = refusal.into_response();
+    node.metrics
+        .refused(metrics::sessions::Refusal::from_status(
+            response.status(),
+            reason,
+        ));
+    response
+}
+
+/// Numbers an admitted connection and records it in cluster state, under
+/// the cluster-wide per-user cap (with Redis away the local cap, already
+/// passed, is the check); a refusal is answered as a handshake's.
+pub(crate) async fn record(
+    node: &Node,
+    peer: SocketAddr,
+    client_ip: IpAddr,
+    admission: session::Admission,
+) -> Result<session::Opened, Response<Body>> {
+    let id = node.next_session_id();
+    let connection_id = ConnectionId::new(&node.instance, id);
+    let max_per_user = node.limits.max_connections_per_user();
+    match node
+        .presence
+        .connected(connection_id, &admission.claims.user, max_per_user)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            let refusal = Refusal::Limited(Limited::UserConnections { max: max_per_user });
+            return Err(refuse(node, peer, client_ip, refusal));
+        }
+        Err(error) => tracing::warn!(message = "connection not recorded", %peer, %error),
+    }
+    node.metrics.accepted();
+    Ok(session::Opened {
+        id,
+        peer,
+        admission,
+    })
+}
+
+/// Forgets a recorded connection whose session never started (the client
+/// left before it could).
+pub(crate) async fn forget(node: &Node, opened: &session::Opened) {
+    let user = &opened.admission.claims.user;
+    if let Err(error) = node
+        .presence
+        .disconnected(ConnectionId::new(&node.instance, opened.id), user)
+        .await
+    {
+        tracing::warn!(message = "connection not forgotten", %error);
+    }
+}
+
 /// Logs a refusal with the peer and client addresses (never the token).
 pub fn log_refusal(peer: SocketAddr, client_ip: IpAddr, refusal: &Refusal) {
     tracing::info!(
@@ -258,6 +419,7 @@ pub fn log_refusal(peer: SocketAddr, client_ip: IpAddr, refusal: &Refusal) {
         detail = %match refusal {
             Refusal::Unauthorized(error) => error.to_string(),
             Refusal::NotWebSocket(message) => (*message).to_owned(),
+            Refusal::BadStream(message) => message.clone(),
             Refusal::Limited(limited) => limited.message(),
             _ => String::new(),
         },

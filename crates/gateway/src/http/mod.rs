@@ -1,6 +1,7 @@
 //! The node's HTTP side: the accept loop and routes (`server`), the checks
 //! before a WebSocket upgrade (`handshake`), the server API (`api`, its
-//! `POST /api/batch` in `batch`), the demo page (`demo`) and the JSON error bodies they share (`response`).
+//! `POST /api/batch` in `batch`), the demo page (`demo`), server-sent events streams and their commands
+//! (`stream`) and the response bodies they share (`response`).
 
 pub mod api;
 pub mod batch;
@@ -8,3 +9,4 @@ pub mod demo;
 pub mod handshake;
 pub mod response;
 pub mod server;
+pub mod stream;

@@ -8,7 +8,7 @@
 //! answering while the node drains.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,17 +24,13 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::Instrument;
 
 use crate::broker::Health;
-use crate::http::handshake::{self, Refusal};
+use crate::http::handshake::{self, forget, record, refuse, HEADER_READ_TIMEOUT};
 use crate::http::response::{self, Body};
-use crate::limits::Limited;
 use crate::metrics;
 use crate::node::Node;
-use crate::presence::ConnectionId;
 use crate::session;
 use crate::session::socket::Socket;
 
-/// A client must send its request headers within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// hyper's connection buffer, which also bounds a request head: a head
 /// that does not fit (in practice somewhat over twice this) is refused with
 /// 431 before routing. Tokens are at most 8 KiB, and browsers' cookie
@@ -99,6 +95,14 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
 
 async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    // A connection whose first request opens a server-sent events stream
+    // is served without hyper (see `http::stream`).
+    if Box::pin(opens_stream(&stream)).await {
+        node.tasks
+            .clone()
+            .spawn(crate::http::stream::serve_raw(node, stream, peer));
+        return;
+    }
     let service = {
         let node = Arc::clone(&node);
         service_fn(move |request| {
@@ -131,8 +135,44 @@ async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) 
     }
 }
 
+/// Whether the connection's first bytes are a `GET /sse` request line,
+/// looked at without taking them off the socket (hyper reads them
+/// otherwise). Waits only while the bytes so far could go either way.
+async fn opens_stream(stream: &TcpStream) -> bool {
+    let mut head = [0u8; 9];
+    let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
+    loop {
+        let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut head)).await;
+        let n = match peeked {
+            Ok(Ok(n)) => n,
+            // hyper answers (or drops) what is there.
+            _ => return false,
+        };
+        match crate::http::stream::starts_stream(&head[..n]) {
+            Some(decided) => return decided,
+            // A request line cut into tiny segments: look again shortly
+            // (peek would return the same bytes at once).
+            None => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
+
 async fn route(node: Arc<Node>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     match (request.method(), request.uri().path()) {
+        (&Method::OPTIONS, "/sse" | "/sse/command") => {
+            crate::http::stream::preflight(&node, request.headers())
+        }
+        (&Method::GET, "/sse") => crate::http::stream::open_over_hyper(node, request, peer).await,
+        (_, "/sse") => response::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "bad_request",
+            "use GET",
+            None,
+        ),
+        (_, "/sse/command") => crate::http::stream::command(node, request, peer).await,
         (method, "/ws")
             if handshake::is_probe(method, request.uri().query(), request.headers()) =>
         {
@@ -242,19 +282,6 @@ fn readiness(node: &Node) -> Response<Body> {
     }
 }
 
-/// Logs, counts and answers a refused handshake.
-fn refuse(node: &Node, peer: SocketAddr, client_ip: IpAddr, refusal: Refusal) -> Response<Body> {
-    handshake::log_refusal(peer, client_ip, &refusal);
-    let reason = refusal.reason();
-    let response = refusal.into_response();
-    node.metrics
-        .refused(metrics::sessions::Refusal::from_status(
-            response.status(),
-            reason,
-        ));
-    response
-}
-
 /// `GET /ws?probe=1`: 204 when an upgrade would be admitted now, else the
 /// refusal it would get. Readable from any origin (the body holds only the
 /// contract's error code and message), so a page's script can read why.
@@ -316,36 +343,18 @@ async fn upgrade(
             return refuse(&node, peer, client_ip, refusal);
         }
     };
-    let id = node.next_session_id();
-    let connection_id = ConnectionId::new(&node.instance, id);
-    // The cluster-wide per-user cap, and the connection's record in cluster
-    // state. With Redis away the local cap (already passed) is the check.
-    let max_per_user = node.limits.max_connections_per_user();
-    match node
-        .presence
-        .connected(connection_id, &admission.claims.user, max_per_user)
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) => {
-            let refusal = Refusal::Limited(Limited::UserConnections { max: max_per_user });
-            return refuse(&node, peer, client_ip, refusal);
-        }
-        Err(error) => tracing::warn!(message = "connection not recorded", %peer, %error),
-    }
-    node.metrics.accepted();
     // Taken, not cloned: the session keeps the admission for its lifetime.
     let accept_key = std::mem::take(&mut admission.accept_key);
+    let opened = match record(&node, peer, client_ip, admission).await {
+        Ok(opened) => opened,
+        Err(response) => return response,
+    };
     let on_upgrade = hyper::upgrade::on(&mut request);
     let pending = Box::new(Pending {
         node: Arc::clone(&node),
         on_upgrade,
         upgraded: None,
-        opened: session::Opened {
-            id,
-            peer,
-            admission,
-        },
+        opened,
     });
     node.tasks.spawn(session_task(pending));
     let mut response = Response::new(Body::default());
@@ -397,16 +406,7 @@ fn open_session(pending: Box<Pending>) -> impl std::future::Future<Output = ()> 
     };
     match ws {
         Some(ws) => Either::Left(session::run(node, ws, opened)),
-        None => Either::Right(Box::pin(async move {
-            let user = &opened.admission.claims.user;
-            if let Err(error) = node
-                .presence
-                .disconnected(ConnectionId::new(&node.instance, opened.id), user)
-                .await
-            {
-                tracing::warn!(message = "connection not forgotten", %error);
-            }
-        })),
+        None => Either::Right(Box::pin(async move { forget(&node, &opened).await })),
     }
 }
 

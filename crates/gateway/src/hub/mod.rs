@@ -83,6 +83,45 @@ pub enum Outbound {
     Close(u16, &'static str),
     /// The node drains: close with 1012 after this delay.
     Drain(Duration),
+    /// A command sent over HTTP for a server-sent events stream, run by
+    /// the stream's session in order with its other work.
+    Command(Arc<StreamCommand>),
+}
+
+/// A command frame a client sent over HTTP (`POST /sse/command`) for its
+/// stream, and where its answer goes: the frame the WebSocket would have
+/// written (`None` when a command without `id` succeeded). Shared (`Arc`)
+/// only because queue items are `Clone`; the answer is taken once.
+#[derive(Debug)]
+pub struct StreamCommand {
+    pub text: Box<str>,
+    answer: Mutex<Option<tokio::sync::oneshot::Sender<Option<String>>>>,
+}
+
+impl StreamCommand {
+    /// A command and the receiver its answer arrives on (closed unanswered
+    /// when the session ends first).
+    pub fn new(
+        text: Box<str>,
+    ) -> (
+        Arc<StreamCommand>,
+        tokio::sync::oneshot::Receiver<Option<String>>,
+    ) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let command = StreamCommand {
+            text,
+            answer: Mutex::new(Some(tx)),
+        };
+        (Arc::new(command), rx)
+    }
+
+    /// Hands the answer to the waiting request (the first answer wins).
+    pub fn answer(&self, frame: Option<String>) {
+        let sender = self.answer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(sender) = sender {
+            let _ = sender.send(frame);
+        }
+    }
 }
 
 /// A queue that grew past this many slots is given back when it empties,
@@ -94,6 +133,7 @@ impl Outbound {
     pub fn cost(&self) -> usize {
         match self {
             Outbound::Frame(delivery) => delivery.frame.len() + QUEUE_ENTRY_OVERHEAD,
+            Outbound::Command(command) => command.text.len() + QUEUE_ENTRY_OVERHEAD,
             Outbound::Close(..) | Outbound::Drain(_) => 0,
         }
     }
@@ -247,6 +287,24 @@ impl SessionHandle {
         true
     }
 
+    /// Queues a command for a stream's session: refused (false) when it
+    /// would take the queue past its bound or the session is closing, but,
+    /// unlike a frame, without marking the session slow: the client that
+    /// sent it gets 503 and the stream goes on.
+    pub fn offer_command(&self, command: Arc<StreamCommand>) -> bool {
+        let item = Outbound::Command(command);
+        let cost = item.cost();
+        if self.is_slow() {
+            return false;
+        }
+        let before = self.queued.fetch_add(cost, Ordering::Relaxed);
+        if before + cost > self.max_bytes() || !self.push(item, true) {
+            self.queued.fetch_sub(cost, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
     /// Takes the next item off the queue (the session's side).
     pub fn try_next(&self) -> Option<Outbound> {
         let item = {
@@ -257,8 +315,8 @@ impl SessionHandle {
             }
             item
         };
-        if let Some(Outbound::Frame(delivery)) = &item {
-            self.taken(delivery);
+        if let Some(item) = &item {
+            self.taken(item.cost());
         }
         item
     }
@@ -274,9 +332,7 @@ impl SessionHandle {
                 let Some(item) = queue.items.pop_front() else {
                     break;
                 };
-                if let Outbound::Frame(delivery) = &item {
-                    freed += delivery.frame.len() + QUEUE_ENTRY_OVERHEAD;
-                }
+                freed += item.cost();
                 if !take(item) {
                     break;
                 }
@@ -318,12 +374,11 @@ impl SessionHandle {
         self.queue().items.len()
     }
 
-    /// The session took a frame off its queue.
-    fn taken(&self, delivery: &Delivery) {
-        self.queued.fetch_sub(
-            delivery.frame.len() + QUEUE_ENTRY_OVERHEAD,
-            Ordering::Relaxed,
-        );
+    /// The session took an item costing `cost` bytes off its queue.
+    fn taken(&self, cost: usize) {
+        if cost > 0 {
+            self.queued.fetch_sub(cost, Ordering::Relaxed);
+        }
     }
 
     /// Bytes waiting in the queue.
@@ -349,10 +404,9 @@ impl SessionHandle {
             queue.closed = true;
             std::mem::take(&mut queue.items)
         };
+        // Commands dropped here are answered by their closed channel.
         for item in &items {
-            if let Outbound::Frame(delivery) = item {
-                self.taken(delivery);
-            }
+            self.taken(item.cost());
         }
     }
 
@@ -658,6 +712,15 @@ impl Hub {
     pub fn register(&self, session: &Arc<SessionHandle>) {
         let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
         sessions.replace(Registered(Arc::clone(session)));
+    }
+
+    /// The open session numbered `session_id` (a stream's commands find
+    /// their session here).
+    pub fn session(&self, session_id: u64) -> Option<Arc<SessionHandle>> {
+        let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        sessions
+            .get(&session_id)
+            .map(|Registered(session)| Arc::clone(session))
     }
 
     /// Forgets a closed session.

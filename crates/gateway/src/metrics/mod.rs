@@ -44,7 +44,7 @@ use crate::metrics::history::HistoryMetrics;
 use crate::metrics::presence::{PresenceMetrics, PresenceOp};
 use crate::metrics::redis_links::{RedisLink, RedisLinkMetrics};
 use crate::metrics::registry::{gauge, gauge_vec};
-use crate::metrics::sessions::{Closed, OpenSession, Refusal, SessionMetrics};
+use crate::metrics::sessions::{Closed, OpenSession, Refusal, SessionMetrics, Transport};
 use crate::metrics::subscribe_proxy::{ProxyResult, SubscribeProxyMetrics};
 
 /// The `Content-Type` of the text exposition.
@@ -158,10 +158,29 @@ impl Metrics {
     // The methods called per message are `#[inline]`: each only forwards
     // to its area, and the call costs nothing more than before the split.
 
-    /// A text frame of `bytes` arrived from a client.
+    /// A command of `bytes` arrived from a client (a WebSocket text frame,
+    /// or a stream's HTTP command).
     #[inline]
-    pub fn client_message(&self, bytes: usize) {
-        self.sessions.client_message(bytes);
+    pub fn client_message(&self, transport: Transport, bytes: usize) {
+        self.sessions.client_message(transport, bytes);
+    }
+
+    /// A session over `transport` opened (counted until
+    /// [`Self::transport_closed`]).
+    pub fn transport_opened(&self, transport: Transport) {
+        self.sessions.transport_opened(transport);
+    }
+
+    /// A session over `transport` ended.
+    pub fn transport_closed(&self, transport: Transport) {
+        self.sessions.transport_closed(transport);
+    }
+
+    /// A session over `transport` wrote `frames` frames (or events) of
+    /// `bytes` bytes on the wire.
+    #[inline]
+    pub fn sent(&self, transport: Transport, frames: usize, bytes: usize) {
+        self.sessions.sent(transport, frames, bytes);
     }
 
     /// A client command of type `command` (a protocol command type, or

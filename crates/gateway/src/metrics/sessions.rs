@@ -10,7 +10,7 @@ use http::StatusCode;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 use switchboard_protocol::{close, ErrorCode};
 
-use crate::metrics::registry::{counter, counter_vec, gauge};
+use crate::metrics::registry::{counter, counter_vec, gauge, gauge_vec};
 
 /// Why a WebSocket handshake was refused (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +100,36 @@ impl Closed {
     }
 }
 
+/// What a session speaks over (the `transport` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A WebSocket (`/ws`).
+    WebSocket,
+    /// A server-sent events stream (`/sse`), commands over HTTP.
+    Sse,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 2] = [Transport::WebSocket, Transport::Sse];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+        }
+    }
+}
+
+/// The per-transport series of one transport, resolved once.
+#[derive(Debug)]
+struct ByTransport {
+    open: IntGauge,
+    received: IntCounter,
+    received_bytes: IntCounter,
+    sent: IntCounter,
+    sent_bytes: IntCounter,
+}
+
 /// The command label values: the protocol's command types, and `invalid`
 /// for frames that do not decode (which is never `ok`).
 const COMMANDS: [&str; 9] = [
@@ -143,6 +173,8 @@ pub(super) struct SessionMetrics {
     socket_writes: IntCounter,
     frames_written: IntCounter,
     coalesce_waits: IntCounter,
+    /// Indexed by `Transport as usize`.
+    by_transport: [ByTransport; 2],
 }
 
 impl SessionMetrics {
@@ -176,7 +208,45 @@ impl SessionMetrics {
         );
         connections_max.set(max_connections as i64);
 
+        let transport = |name: &str, help: &str| {
+            let family = counter_vec(r, name, help, &["transport"]);
+            Transport::ALL.map(|t| family.with_label_values(&[t.label()]))
+        };
+        let open = gauge_vec(
+            r,
+            "switchboard_transport_connections_open",
+            "Open sessions on this node by transport (websocket, sse).",
+            &["transport"],
+        );
+        let received = transport(
+            "switchboard_transport_received_total",
+            "Commands received from clients, by transport (WebSocket text frames, or HTTP commands of streams).",
+        );
+        let received_bytes = transport(
+            "switchboard_transport_received_bytes_total",
+            "Bytes of the commands received from clients, by transport.",
+        );
+        let sent = transport(
+            "switchboard_transport_sent_total",
+            "Frames (WebSocket) or events (server-sent events) written to clients, by transport; heartbeats not included.",
+        );
+        let sent_bytes = transport(
+            "switchboard_transport_sent_bytes_total",
+            "Bytes written to clients by sessions, framing included, by transport.",
+        );
+        let by_transport = Transport::ALL.map(|t| {
+            let i = t as usize;
+            ByTransport {
+                open: open.with_label_values(&[t.label()]),
+                received: received[i].clone(),
+                received_bytes: received_bytes[i].clone(),
+                sent: sent[i].clone(),
+                sent_bytes: sent_bytes[i].clone(),
+            }
+        });
+
         SessionMetrics {
+            by_transport,
             connections_open: gauge(
                 r,
                 "switchboard_connections_open",
@@ -261,9 +331,26 @@ impl SessionMetrics {
         }
     }
 
-    pub(super) fn client_message(&self, bytes: usize) {
+    pub(super) fn client_message(&self, transport: Transport, bytes: usize) {
         self.client_messages.inc();
         self.client_bytes.inc_by(bytes as u64);
+        let by = &self.by_transport[transport as usize];
+        by.received.inc();
+        by.received_bytes.inc_by(bytes as u64);
+    }
+
+    pub(super) fn transport_opened(&self, transport: Transport) {
+        self.by_transport[transport as usize].open.inc();
+    }
+
+    pub(super) fn transport_closed(&self, transport: Transport) {
+        self.by_transport[transport as usize].open.dec();
+    }
+
+    pub(super) fn sent(&self, transport: Transport, frames: usize, bytes: usize) {
+        let by = &self.by_transport[transport as usize];
+        by.sent.inc_by(frames as u64);
+        by.sent_bytes.inc_by(bytes as u64);
     }
 
     /// A command outside [`COMMANDS`] is not counted; a success is counted

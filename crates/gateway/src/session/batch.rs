@@ -15,7 +15,6 @@
 use serde_json::{json, Value};
 use switchboard_protocol::batch::Publication;
 use switchboard_protocol::{ErrorBody, ErrorCode, Position};
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::clock::Moment;
 use super::commands::Refusal;
@@ -24,10 +23,7 @@ use super::Session;
 use crate::broker::BrokerError;
 use crate::config::Config;
 
-impl<S> Session<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+impl<W: super::Wire> Session<W> {
     /// Publishes the messages that passed and the rate; the reply's result.
     pub(super) async fn publish_batch(
         &mut self,

@@ -17,7 +17,6 @@ use std::time::SystemTime;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use switchboard_protocol::{ChannelName, ErrorCode, Position, ServerFrame};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::clock::Moment;
@@ -37,10 +36,7 @@ fn none(value: Value) -> Done {
     (value, Vec::new())
 }
 
-impl<S> Session<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+impl<W: super::Wire> Session<W> {
     /// Runs what a command decided; its result, or the client's error.
     pub(super) async fn execute(&mut self, effect: Effect<'_>) -> Result<Done, Refusal> {
         match effect {

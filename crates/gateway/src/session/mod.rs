@@ -38,11 +38,16 @@ mod batch;
 mod clock;
 mod commands;
 mod effects;
+pub mod events;
 mod rate;
 mod recovery;
 pub mod socket;
 mod subscriptions;
+mod wire;
 mod writer;
+
+pub use self::wire::Wire;
+use self::wire::CLOSE_TIMEOUT;
 
 use std::borrow::Cow;
 use std::future::{poll_fn, Future};
@@ -51,10 +56,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures_util::StreamExt;
-use switchboard_protocol::frame::decode_command;
-use switchboard_protocol::{close, ErrorCode, ServerFrame};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use serde_json::Value;
+use switchboard_protocol::frame::{decode_command, ErrorBody};
+use switchboard_protocol::{close, ChannelName, Command, ErrorCode, Position, ServerFrame};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, timeout};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
@@ -65,17 +70,15 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use self::clock::Moment;
 use self::commands::Caller;
 use self::rate::{Rate, RateVerdict};
-use self::socket::Socket;
+
 use self::subscriptions::Subscriptions;
 use crate::auth::Claims;
-use crate::hub::{Outbound, SessionHandle};
+use crate::hub::{Outbound, SessionHandle, StreamCommand};
 use crate::limits::Slots;
+use crate::metrics::sessions::Transport;
 use crate::metrics::sessions::{Closed, OpenSession};
 use crate::node::Node;
 use crate::presence::ConnectionId;
-
-/// How long a close handshake may take before the socket is dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How a session ends.
 #[derive(Debug)]
@@ -129,8 +132,9 @@ impl End {
 /// A session's whole state, in one heap allocation made when it opens: the
 /// task's future then holds a pointer to it and the idle `select!`, and the
 /// rarely-run handlers are boxed while they run.
-struct Session<S> {
-    ws: Socket<S>,
+struct Session<W> {
+    /// The WebSocket, or the server-sent events stream.
+    ws: W,
     node: Arc<Node>,
     rate: Rate,
     /// Its `id` and the node's instance make the connection id (see
@@ -171,10 +175,7 @@ struct Session<S> {
 
 /// Runs a session on an upgraded connection until it closes. The state is
 /// boxed here, before the returned future first runs.
-pub fn run<S>(node: Arc<Node>, ws: Socket<S>, opened: Opened) -> impl Future<Output = ()>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+pub fn run<W: Wire>(node: Arc<Node>, ws: W, opened: Opened) -> impl Future<Output = ()> {
     let Opened {
         id,
         peer,
@@ -229,12 +230,10 @@ where
     session.run()
 }
 
-impl<S> Session<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+impl<W: Wire> Session<W> {
     async fn run(mut self: Box<Self>) {
         let node = Arc::clone(&self.node);
+        node.metrics.transport_opened(W::TRANSPORT);
         node.hub.register(&self.handle);
         node.presence.opened(self.connection_id());
         node.occupancy.connected(&self.claims.user);
@@ -255,6 +254,7 @@ where
         };
         Box::pin(self.finish(end)).await;
         node.hub.unregister(self.handle.id);
+        node.metrics.transport_closed(W::TRANSPORT);
         node.occupancy.disconnected(&self.claims.user);
         let user = &self.claims.user;
         if let Err(error) = node.presence.disconnected(self.connection_id(), user).await {
@@ -279,9 +279,92 @@ where
                 .saturating_duration_since(Moment::now())
                 .as_secs(),
             batch: self.batch,
+            transport: (W::TRANSPORT == Transport::Sse).then_some("sse"),
         }
         .encode();
-        self.send_text(welcome).await
+        self.out.push(self.ws.frame(welcome));
+        // A stream subscribes the channels its request named, each
+        // answered by a `subscription` event (and its replay), all written
+        // with the welcome.
+        let opening = self.ws.opening_channels();
+        for (index, (channel, since)) in opening.into_iter().enumerate() {
+            Box::pin(self.open_channel(index, &channel, since)).await;
+        }
+        self.write_out().await
+    }
+
+    /// A stream's channel: subscribed as a `subscribe` command would be
+    /// (grants, the subscribe proxy, presence, recovery), its outcome
+    /// staged as a `subscription` event, then its replayed messages. Each
+    /// carries the stream's position in the channel after it: `since`
+    /// before a replay (so a cut during it resumes where it stopped), then
+    /// one offset more per replayed message (a replay is consecutive), or
+    /// the subscription's start when nothing is replayed.
+    async fn open_channel(&mut self, index: usize, channel: &str, since: Option<Position>) {
+        let result = match ChannelName::parse(channel) {
+            Ok(name) => {
+                let caller = Caller {
+                    claims: &self.claims,
+                    subscriptions: &self.subscriptions,
+                };
+                let command = Command::Subscribe {
+                    channel: name,
+                    since: since.clone(),
+                };
+                match commands::decide(command, &caller, &self.node.config) {
+                    Ok(effect) => self.execute(effect).await,
+                    Err(refusal) => Err(refusal),
+                }
+            }
+            Err(error) => Err((ErrorCode::BadRequest, error.to_string())),
+        };
+        self.node
+            .metrics
+            .command("subscribe", result.as_ref().err().map(|(code, _)| *code));
+        let (value, replay) = match result {
+            Ok(done) => done,
+            Err((code, message)) => {
+                self.ws.set_position(index, None);
+                let error = ErrorBody {
+                    code: code.as_str().to_owned(),
+                    message,
+                };
+                let frame = ServerFrame::Subscription {
+                    channel,
+                    result: None,
+                    error: Some(error),
+                }
+                .encode();
+                self.out.push(self.ws.positioned(frame));
+                return;
+            }
+        };
+        let epoch = value
+            .get("epoch")
+            .and_then(Value::as_str)
+            .map(Arc::<str>::from);
+        let offset = value.get("offset").and_then(Value::as_u64).unwrap_or(0);
+        let replays = value.get("recovered").and_then(Value::as_bool) == Some(true)
+            || value.get("replayed_to").is_some();
+        let start = match &since {
+            Some(since) if replays => since.offset,
+            _ => offset,
+        };
+        self.ws
+            .set_position(index, epoch.clone().map(|epoch| (start, epoch)));
+        let frame = ServerFrame::Subscription {
+            channel,
+            result: Some(&value),
+            error: None,
+        }
+        .encode();
+        self.out.reserve(1 + replay.len());
+        self.out.push(self.ws.positioned(frame));
+        for (k, message) in replay.into_iter().enumerate() {
+            let position = epoch.clone().map(|epoch| (start + 1 + k as u64, epoch));
+            self.ws.set_position(index, position);
+            self.out.push(self.ws.positioned(message.to_string()));
+        }
     }
 
     /// Closes (or answers the client's close), then leaves every channel.
@@ -301,12 +384,12 @@ where
                         code: CloseCode::from(*code),
                         reason: Utf8Bytes::from(reason.as_ref()),
                     };
-                    let ws = &mut self.ws;
-                    let _ = timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
-                    let _ = timeout(CLOSE_TIMEOUT, async {
-                        while let Some(Ok(_)) = ws.next().await {}
-                    })
-                    .await;
+                    // A stream's last event goes out like any frame, behind
+                    // what was written, within the write timeout.
+                    if let Some(event) = self.ws.close(frame).await {
+                        self.out.push(event);
+                        let _ = timeout(CLOSE_TIMEOUT, self.write_out()).await;
+                    }
                 }
             }
             End::Gone(reason @ "client closed") => {
@@ -320,7 +403,7 @@ where
                 tracing::info!(message = "session lost", reason, %connection_id)
             }
         }
-        let _ = timeout(CLOSE_TIMEOUT, self.ws.get_mut().shutdown()).await;
+        let _ = timeout(CLOSE_TIMEOUT, self.ws.io().shutdown()).await;
         self.leave_all().await;
     }
 
@@ -349,8 +432,9 @@ where
                         self.drain(delay);
                         Ok(())
                     }
+                    Some(Outbound::Command(command)) => Box::pin(self.on_command(command)).await,
                 },
-                message = self.ws.next() => Box::pin(self.on_message(message)).await,
+                message = poll_fn(|cx| self.ws.poll_next(cx)) => Box::pin(self.on_message(message)).await,
             };
             if let Err(end) = result {
                 return end;
@@ -403,7 +487,9 @@ where
         if now >= self.next_ping {
             let config = &self.node.config.session;
             self.next_ping = now + config.ping_interval;
-            if self.pong_deadline.is_none() {
+            // A stream cannot answer: its heartbeat only keeps proxies from
+            // timing it out, and a dead client is found by its writes.
+            if self.pong_deadline.is_none() && W::heartbeat().is_none() {
                 self.pong_deadline = Some(now + config.pong_timeout);
             }
             self.send_ping().await?;
@@ -491,33 +577,7 @@ where
     /// A command: decided by its rules, run, answered (and, after a
     /// subscribe that recovered, followed by the replayed messages).
     async fn on_text(&mut self, text: &str) -> Result<(), End> {
-        self.node.metrics.client_message(text.len());
-        let request = match decode_command(text) {
-            Ok(request) => request,
-            Err(error) => {
-                self.node.metrics.command("invalid", Some(error.code));
-                tracing::debug!(message = "bad frame", error = %error.message, connection_id = %self.connection_id());
-                let frame = ServerFrame::failure(error.id, error.code, &error.message);
-                return self.send_text(frame).await;
-            }
-        };
-        let id = request.id;
-        let kind = request.command.kind();
-        let caller = Caller {
-            claims: &self.claims,
-            subscriptions: &self.subscriptions,
-        };
-        let result = match commands::decide(request.command, &caller, &self.node.config) {
-            Ok(effect) => self.execute(effect).await,
-            Err(refusal) => Err(refusal),
-        };
-        self.node
-            .metrics
-            .command(kind, result.as_ref().err().map(|(code, _)| *code));
-        let (frame, replay) = match result {
-            Ok((value, replay)) => (commands::reply_frame(id, Ok(&value)), replay),
-            Err(refusal) => (commands::reply_frame(id, Err(&refusal)), Vec::new()),
-        };
+        let (frame, replay) = self.run_command(text).await;
         if replay.is_empty() {
             return match frame {
                 Some(frame) => self.send_text(frame).await,
@@ -530,7 +590,93 @@ where
         self.out.extend(replay);
         self.write_out().await
     }
+
+    /// Decodes, decides and runs one command; returns its reply frame (none
+    /// for a command without `id` that succeeded) and the frames to write
+    /// after it (a recovering subscribe's replay).
+    async fn run_command(&mut self, text: &str) -> (Option<String>, Vec<Utf8Bytes>) {
+        self.node.metrics.client_message(W::TRANSPORT, text.len());
+        let request = match decode_command(text) {
+            Ok(request) => request,
+            Err(error) => {
+                self.node.metrics.command("invalid", Some(error.code));
+                tracing::debug!(message = "bad frame", error = %error.message, connection_id = %self.connection_id());
+                let frame = ServerFrame::failure(error.id, error.code, &error.message);
+                return (Some(frame), Vec::new());
+            }
+        };
+        let id = request.id;
+        let kind = request.command.kind();
+        let caller = Caller {
+            claims: &self.claims,
+            subscriptions: &self.subscriptions,
+        };
+        let decided = match request.command {
+            // A stream's event ids name the channels of its request.
+            Command::Subscribe { .. } if W::TRANSPORT == Transport::Sse => {
+                Err((ErrorCode::BadRequest, STREAM_SUBSCRIBE.to_owned()))
+            }
+            command => commands::decide(command, &caller, &self.node.config),
+        };
+        let result = match decided {
+            Ok(effect) => self.execute(effect).await,
+            Err(refusal) => Err(refusal),
+        };
+        self.node
+            .metrics
+            .command(kind, result.as_ref().err().map(|(code, _)| *code));
+        match result {
+            Ok((value, replay)) => (commands::reply_frame(id, Ok(&value)), replay),
+            Err(refusal) => (commands::reply_frame(id, Err(&refusal)), Vec::new()),
+        }
+    }
+
+    /// A command a stream's client sent over HTTP: run in turn with the
+    /// session's other work, under its message rate, and answered to the
+    /// request that brought it. A WebSocket's client sends its commands on
+    /// its socket: one arriving this way is refused.
+    async fn on_command(&mut self, command: Arc<StreamCommand>) -> Result<(), End> {
+        // Any command shows the client is alive.
+        self.pong_deadline = None;
+        let id = || match decode_command(&command.text) {
+            Ok(request) => request.id,
+            Err(error) => error.id,
+        };
+        if W::TRANSPORT != Transport::Sse {
+            let frame = ServerFrame::failure(
+                id(),
+                ErrorCode::BadRequest,
+                "this connection is a WebSocket; send its commands on it",
+            );
+            command.answer(Some(frame));
+            return Ok(());
+        }
+        match self.rate.check(Moment::now(), &self.node.config) {
+            RateVerdict::Run => {}
+            RateVerdict::Refuse((code, reason)) => {
+                self.node.metrics.command_rate_limited();
+                command.answer(Some(ServerFrame::failure(id(), code, &reason)));
+                return Ok(());
+            }
+            RateVerdict::Close(code, reason) => {
+                self.node.metrics.command_rate_limited();
+                let frame = ServerFrame::failure(id(), ErrorCode::RateLimited, &reason);
+                command.answer(Some(frame));
+                return Err(End::Close(code, reason.into()));
+            }
+        }
+        let (frame, replay) = self.run_command(&command.text).await;
+        command.answer(frame);
+        // Only a subscribe replays, and a stream refuses it; written if it
+        // ever did, never lost.
+        self.out.extend(replay);
+        self.write_out().await
+    }
 }
+
+/// Why a stream's `subscribe` command is refused.
+const STREAM_SUBSCRIBE: &str =
+    "a stream's channels are named when it opens; open a new stream to add one";
 
 /// A uniformly random moment within the drain window: reconnects spread
 /// over the window instead of arriving at the other nodes all at once.
@@ -551,6 +697,7 @@ fn ws_error_reason(error: &WsError) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use super::socket::Socket;
     use super::*;
 
     type Io = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
@@ -572,7 +719,7 @@ mod tests {
 
     #[test]
     fn the_session_state_stays_small() {
-        let size = std::mem::size_of::<Session<Io>>();
+        let size = std::mem::size_of::<Session<Socket<Io>>>();
         assert!(
             size <= SESSION_STATE_BOUND,
             "a session's state is {size} bytes, over {SESSION_STATE_BOUND}"

@@ -31,12 +31,13 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use switchboard_protocol::close;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio::io::AsyncWrite;
+use tokio_tungstenite::tungstenite::{Error as WsError, Utf8Bytes};
 
 use super::clock::Moment;
+use super::wire::Wire;
 use super::{ws_error_reason, End, Session};
-use crate::hub::{Delivery, Outbound, SLOW_CONSUMER_REASON};
+use crate::hub::{Delivery, Outbound, StreamCommand, SLOW_CONSUMER_REASON};
 
 /// Frames written per flush when the queue has a backlog.
 const WRITE_BATCH: usize = 64;
@@ -48,10 +49,7 @@ const START_HOLDING: usize = 3;
 /// one frame per window means waiting saved nothing.
 const KEEP_HOLDING: usize = 2;
 
-impl<S> Session<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+impl<W: Wire> Session<W> {
     /// When held frames go out.
     pub(super) fn flush_at(&self) -> Moment {
         self.last_write + self.node.config.session.write_coalesce
@@ -73,7 +71,8 @@ where
         let backlog = self.handle.queued_items().min(WRITE_BATCH - 1);
         self.out.reserve(1 + backlog);
         if self.subscriptions.admit(&first) {
-            self.out.push(first.frame.clone());
+            let frame = self.ws.delivery(&first);
+            self.out.push(frame);
         }
         if !self.batching || Moment::now() >= self.flush_at() {
             return true;
@@ -90,7 +89,7 @@ where
     pub(super) async fn write_batch(&mut self) -> Result<(), End> {
         let held = self.handle.holding();
         self.handle.set_holding(false);
-        let close_after = self.collect_more();
+        let (close_after, command) = self.collect_more();
         // Counted before batched frames are joined into one.
         let enough = if held { KEEP_HOLDING } else { START_HOLDING };
         self.batching = self.out.len() >= enough;
@@ -101,22 +100,30 @@ where
                 SLOW_CONSUMER_REASON.into(),
             ));
         }
+        if let Some(command) = command {
+            Box::pin(self.on_command(command)).await?;
+        }
         close_after.map_or(Ok(()), Err)
     }
 
     /// Moves what is queued into `out`, up to [`WRITE_BATCH`] frames in
-    /// all; returns a close request met on the way.
-    fn collect_more(&mut self) -> Option<End> {
+    /// all; returns a close request met on the way, or a stream's command
+    /// (run once the frames before it are written).
+    fn collect_more(&mut self) -> (Option<End>, Option<Arc<StreamCommand>>) {
         let room = WRITE_BATCH.saturating_sub(self.out.len());
         self.out.reserve(self.handle.queued_items().min(room));
-        let (mut close, mut drain) = (None, None);
-        let (out, subscriptions) = (&mut self.out, &mut self.subscriptions);
+        let (mut close, mut drain, mut command) = (None, None, None);
+        let (out, subscriptions, ws) = (&mut self.out, &mut self.subscriptions, &mut self.ws);
         self.handle.take_batch(room, |item| match item {
             Outbound::Frame(delivery) => {
                 if subscriptions.admit(&delivery) {
-                    out.push(delivery.frame.clone());
+                    out.push(ws.delivery(&delivery));
                 }
                 true
+            }
+            Outbound::Command(taken) => {
+                command = Some(taken);
+                false
             }
             Outbound::Close(code, reason) => {
                 close = Some(End::Close(code, reason.into()));
@@ -130,7 +137,7 @@ where
         if let Some(delay) = drain {
             self.drain(delay);
         }
-        close
+        (close, command)
     }
 
     /// Writes `out` as text frames straight to the socket: each frame's
@@ -189,6 +196,11 @@ where
         };
         self.write_timer = None;
         self.last_write = Moment::now();
+        if result.is_ok() {
+            self.node
+                .metrics
+                .sent(W::TRANSPORT, self.out.len(), self.out_done);
+        }
         // A batch's list goes back with the frames: nothing stays resident.
         self.out.clear();
         self.out_done = 0;
@@ -199,10 +211,16 @@ where
         if self.out_done == 0 {
             ready!(self.ws.poll_flush(cx))?;
         }
-        let io = self.ws.get_mut();
+        let io = self.ws.io();
         let mut writes = 0;
-        let written =
-            poll_write_frames(io, cx, self.out.as_slice(), &mut self.out_done, &mut writes);
+        let written = poll_write_frames(
+            io,
+            cx,
+            W::header,
+            self.out.as_slice(),
+            &mut self.out_done,
+            &mut writes,
+        );
         // Counted as they happen: a write that completes later still counts
         // the system calls made before it returned pending.
         self.node.metrics.frames_written(0, writes);
@@ -213,15 +231,21 @@ where
     }
 
     pub(super) async fn send_text(&mut self, text: String) -> Result<(), End> {
-        self.out.push(Utf8Bytes::from(text));
+        let frame = self.ws.frame(text);
+        self.out.push(frame);
         self.write_out().await
     }
 
-    /// Pings the client; a ping the socket cannot take within the pong
-    /// timeout ends the session like a missing pong.
+    /// Pings the client (a stream writes its heartbeat instead); a ping the
+    /// socket cannot take within the pong timeout ends the session like a
+    /// missing pong.
     pub(super) async fn send_ping(&mut self) -> Result<(), End> {
+        if let Some(heartbeat) = W::heartbeat() {
+            self.out.push(heartbeat);
+            return self.write_out().await;
+        }
         let limit = self.node.config.session.pong_timeout;
-        let ping = std::pin::pin!(self.ws.send(Message::Ping(Default::default())));
+        let ping = std::pin::pin!(self.ws.ping());
         bounded_write(limit, ping).await
     }
 }
@@ -336,36 +360,21 @@ impl Out {
 /// [`WRITE_BATCH`] in one system call.
 const FRAMES_PER_WRITE: usize = WRITE_BATCH;
 
-/// Writes an unmasked, final text frame header for `len` payload bytes
-/// (RFC 6455 §5.2); returns its length.
-fn text_header(len: usize, out: &mut [u8; 10]) -> usize {
-    out[0] = 0x81;
-    if len < 126 {
-        out[1] = len as u8;
-        2
-    } else if let Ok(len) = u16::try_from(len) {
-        out[1] = 126;
-        out[2..4].copy_from_slice(&len.to_be_bytes());
-        4
-    } else {
-        out[1] = 127;
-        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-        10
-    }
-}
-
-/// Writes `frames` as text frames; `done` counts the bytes already written
-/// (headers included) across calls, so a write that returns pending
-/// resumes where it stopped.
-fn poll_write_frames<W>(
-    io: &mut W,
+/// Writes `frames`, each behind the header `header` makes for it (a
+/// WebSocket text frame's; none for a stream's events, which carry their
+/// own framing); `done` counts the bytes already written (headers
+/// included) across calls, so a write that returns pending resumes where
+/// it stopped.
+fn poll_write_frames<I>(
+    io: &mut I,
     cx: &mut Context<'_>,
+    header: fn(usize, &mut [u8; 10]) -> usize,
     frames: &[Utf8Bytes],
     done: &mut usize,
     writes: &mut usize,
 ) -> Poll<io::Result<()>>
 where
-    W: AsyncWrite + Unpin,
+    I: AsyncWrite + Unpin,
 {
     loop {
         // The first frame not written in full, and how far into it.
@@ -373,7 +382,7 @@ where
         let mut first = 0;
         while let Some(frame) = frames.get(first) {
             let len = frame.len();
-            let size = text_header(len, &mut [0; 10]) + len;
+            let size = header(len, &mut [0; 10]) + len;
             if skip < size {
                 break;
             }
@@ -386,8 +395,9 @@ where
         let chunk = &frames[first..frames.len().min(first + FRAMES_PER_WRITE)];
         let mut headers = [[0u8; 10]; FRAMES_PER_WRITE];
         let mut header_lens = [0usize; FRAMES_PER_WRITE];
+        let header_of = header;
         for ((frame, header), header_len) in chunk.iter().zip(&mut headers).zip(&mut header_lens) {
-            *header_len = text_header(frame.len(), header);
+            *header_len = header_of(frame.len(), header);
         }
         let mut slices = [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
         let mut count = 0;
@@ -417,6 +427,7 @@ where
 
 #[cfg(test)]
 mod tests {
+    use super::super::wire::text_header;
     use super::*;
 
     #[test]
@@ -441,19 +452,6 @@ mod tests {
         assert_eq!(out.len(), 1);
     }
 
-    #[test]
-    fn text_headers_follow_rfc_6455() {
-        let header = |len| {
-            let mut out = [0; 10];
-            let n = text_header(len, &mut out);
-            out[..n].to_vec()
-        };
-        assert_eq!(header(5), [0x81, 5]);
-        assert_eq!(header(126), [0x81, 126, 0, 126]);
-        assert_eq!(header(65_535), [0x81, 126, 0xff, 0xff]);
-        assert_eq!(header(70_000), [0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
-    }
-
     /// arrive whole and in order.
     #[tokio::test]
     async fn frames_survive_short_writes() {
@@ -470,7 +468,7 @@ mod tests {
         });
         let mut client = client;
         let mut done = 0;
-        poll_fn(|cx| poll_write_frames(&mut client, cx, &frames, &mut done, &mut 0))
+        poll_fn(|cx| poll_write_frames(&mut client, cx, text_header, &frames, &mut done, &mut 0))
             .await
             .unwrap();
         drop(client);
