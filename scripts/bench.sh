@@ -30,13 +30,21 @@
 #      off); acked publishes/s of 8 serial publishers into 200 rooms of 1;
 #      the batch API (batches of 100 over 1,000 channels) with every message
 #      read back from history. About 4 minutes.
+#   8. server-sent events against WebSocket (issue 27), one node, embedded:
+#      resident memory per idle connection at 10k, WebSocket then SSE
+#      streams, with no channel and with one, measured as scenario 1 does,
+#      the SSE row giving its ratio to the WebSocket one (goal: at most
+#      1.5x); then scenario 6's 1,000-subscriber fan-out (10, 500 and 700
+#      msg/s through the server API) with WebSocket then SSE subscribers on
+#      the same node. About 4 minutes.
 #
-# BENCH_SCENARIOS (default "1 2 3 4 5 6 7") picks scenarios, e.g.
+# BENCH_SCENARIOS (default "1 2 3 4 5 6 7 8") picks scenarios, e.g.
 # `BENCH_SCENARIOS=3 make bench` for the cross-node ones alone.
 # BENCH_MEMORY_ONLY=1 keeps, of scenario 1, the memory rows at 10k on one
 # node (no subscription, 1 and 5 each, embedded and in cluster mode) and
 # skips the 50k, rooms and burst rows: about 4 minutes, for comparing
-# builds (`BENCH_MEMORY_ONLY=1 BENCH_SCENARIOS=1 GATEWAY=... make bench`).
+# builds (`BENCH_MEMORY_ONLY=1 BENCH_SCENARIOS=1 GATEWAY=... make bench`);
+# of scenario 8 it keeps the four memory rows and skips the fan-out.
 #
 # GATEWAY and LOAD name the gateway and load tool binaries (default
 # target/release/switchboard and target/release/switchboard-loadtest, which
@@ -70,7 +78,7 @@ GATEWAY=${GATEWAY:-target/release/switchboard}
 LOAD=${LOAD:-target/release/switchboard-loadtest}
 SECRET=bench-secret-bench-secret-bench-secret
 API_KEY=bench-api-key-0123456789
-SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3 4 5 6 7} "
+SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3 4 5 6 7 8} "
 BACKEND_SECRET=bench-backend-secret-bench-backend-secret
 
 # Each connection is a descriptor: take the whole hard limit (20,000 here).
@@ -219,7 +227,8 @@ latency_row() {
 
 # ---------------------------------------------------------------- scenario 1
 # idle KEY NODES CONNS_PER_NODE SHAPE LABEL: per-node RSS per connection;
-# nodes in cluster mode on IDLE_REDIS when it is set.
+# nodes in cluster mode on IDLE_REDIS when it is set; subscribers as event
+# streams (`--transport sse`) when IDLE_TRANSPORT=sse.
 idle() {
     local key=$1 nodes=$2 per_node=$3 shape=$4 label=$5
     local ports=() pids=() bases=() loads=()
@@ -237,7 +246,7 @@ idle() {
     for n in $(seq 0 $((nodes - 1))); do
         load "$key-load-$n" --target "127.0.0.1:${ports[$n]}" --connections "$per_node" \
             --shape "$shape" --room-size 100 --publishers 0 --ramp 4000 --sources 4 \
-            --source-first $((2 + 4 * n)) --duration 20s &
+            --source-first $((2 + 4 * n)) --duration 20s ${IDLE_TRANSPORT:+--transport "$IDLE_TRANSPORT"} &
         loads+=("$!")
         PIDS+=("$!")
     done
@@ -641,6 +650,59 @@ SHARD_PIDS=$(for port in $(echo "${CLUSTER_URL#redis+cluster://}" | tr ',' '\n' 
         redis-cli -p "$port" INFO server | tr -d '\r' | sed -n 's/^process_id://p'
     done | paste -sd, -)
 publish_path cluster "3-shard cluster" "$CLUSTER_URL" "$SHARD_PIDS"
+fi
+
+# ---------------------------------------------------------------- scenario 8
+# sse_memory SHAPE WHAT: scenario 1's 10k row on one node, WebSocket then
+# SSE, and the SSE row's ratio to the WebSocket one.
+sse_memory() {
+    local shape=$1 what=$2 ws
+    idle "sse-mem-ws-$shape" 1 10000 "$shape" "memory, WebSocket, 10k connections, $what"
+    ws=$IDLE_LAST
+    IDLE_TRANSPORT=sse idle "sse-mem-sse-$shape" 1 10000 "$shape" \
+        "memory, SSE, 10k connections, $what"
+    # The ratio goes into the SSE row just written.
+    local ratio
+    ratio=$(awk -v a="$IDLE_LAST" -v b="$ws" 'BEGIN { printf "%.2f", a / (b > 0 ? b : 1) }')
+    ROWS[${#ROWS[@]} - 1]=$(printf '| %s | %s | %s |' "memory, SSE, 10k connections, $what" \
+        "$IDLE_LAST B per connection, ${ratio}x WebSocket's $ws B (goal: at most 1.5x)" \
+        "event streams (GET /sse) held on 1 node, measured as the WebSocket row above, right after it")
+    echo "  SSE against WebSocket, $what: ${ratio}x"
+}
+
+# sse_fanout: scenario 6's embedded row at the default write_coalesce (one
+# node, 1k subscribers on one channel, 4 API publishers, 15 s with the first
+# 3 s not measured, server CPU per delivery), WebSocket then SSE
+# subscribers at each rate, on the same node.
+sse_fanout() {
+    local port pid rate transport
+    port=$(free_port)
+    start_node f1k-sse "$port"
+    pid=$NODE_PID
+    for rate in 10 500 700; do
+        for transport in websocket sse; do
+            load "f1k-$transport-$rate" --target "127.0.0.1:$port" --connections 1000 --shape one \
+                --ramp 4000 --publishers 4 --duration 15s --warmup 3s --server-pid "$pid" \
+                --rate "$rate" --transport "$transport"
+            if [ "$transport" = sse ]; then
+                cpu_row "1 node, 1k subscribers x $rate msg/s, SSE (GET /sse), embedded, default" "f1k-$transport-$rate"
+            else
+                cpu_row "1 node, 1k subscribers x $rate msg/s, WebSocket, embedded, default" "f1k-$transport-$rate"
+            fi
+        done
+    done
+    stop_pid "$pid"
+}
+
+if [[ $SCENARIOS == *" 8 "* ]]; then
+echo "scenario 8: server-sent events against WebSocket (issue 27), one node, embedded"
+NODE_LOG=info
+sse_memory idle "no channel"
+sse_memory one "1 subscription each (one shared channel)"
+NODE_LOG=warn
+if [ "${BENCH_MEMORY_ONLY:-0}" = 0 ]; then
+    sse_fanout
+fi
 fi
 
 # -------------------------------------------------------------------- table

@@ -33,6 +33,10 @@ pub struct ServerFrame<'a> {
     pub data: Option<&'a RawValue>,
     #[serde(default, borrow)]
     pub error: Option<&'a RawValue>,
+    /// A `close` event's code (server-sent events only; a WebSocket gets a
+    /// close frame instead).
+    #[serde(default)]
+    pub code: Option<u16>,
 }
 
 /// Opens a WebSocket to `target` from `source`, authenticated by `token`.

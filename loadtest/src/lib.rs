@@ -2,18 +2,19 @@
 //! scenario in-process and the `switchboard-loadtest` binary is a thin CLI.
 //!
 //! A run ([`Plan`] → [`run`] → [`Report`]) opens many subscriber
-//! WebSockets from several loopback source addresses, subscribes them in a
-//! chosen [`Shape`], publishes timestamped, numbered messages at a target
+//! connections (WebSockets, or server-sent event streams with
+//! [`Transport::Sse`]) from several loopback source addresses, subscribes
+//! them in a chosen [`Shape`], publishes timestamped, numbered messages at a target
 //! rate (or as fast as an in-flight window allows), and measures
 //! publish-to-receive latency with an HDR histogram. With the exactly-once
 //! ledger on it also proves that every subscriber got every accepted message
 //! once.
 //!
 //! The modules depend one way, bottom up: `plan`, `stats`, `token`, `cpu`,
-//! `conn` (the WebSocket client side) and `http_client` (the server API client
-//! side) use nothing above them; `context` (what every task of a run
+//! `conn` (the WebSocket client side), `sse` (the event-stream client side)
+//! and `http_client` (the server API client side) use nothing above them; `context` (what every task of a run
 //! shares) sits on `plan` and `stats`; `subscriber`, `publisher` and
-//! `history` (the read-back of a batch run) use `context`, `conn` and
+//! `history` (the read-back of a batch run) use `context`, `conn`, `sse` and
 //! `http_client`, never each other; `run` drives them all.
 //! `python3 scripts/check-layers.py` checks it.
 
@@ -25,11 +26,12 @@ pub mod http_client;
 pub mod plan;
 pub mod publisher;
 pub mod run;
+pub mod sse;
 pub mod stats;
 pub mod subscriber;
 pub mod token;
 
-pub use plan::{Plan, PublishVia, Shape};
+pub use plan::{Plan, PublishVia, Shape, Transport};
 pub use run::run;
 pub use stats::{HistoryCheck, Ledger, Report};
 

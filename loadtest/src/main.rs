@@ -1,11 +1,20 @@
-//! `switchboard-loadtest`: opens many WebSocket connections to one or more
-//! Switchboard nodes, publishes timestamped messages and reports connections
-//! held, deliveries per second, latency percentiles, errors and disconnects.
-//! Every run is bounded in connections and time and ends by itself.
+//! `switchboard-loadtest`: opens many WebSocket connections (or server-sent
+//! event streams, `--transport sse`) to one or more Switchboard nodes,
+//! publishes timestamped messages and reports connections held, deliveries
+//! per second, latency percentiles, errors and disconnects. Every run is
+//! bounded in connections and time and ends by itself.
 //!
 //! ```text
 //! switchboard-loadtest --target 127.0.0.1:8080 --secret "$SECRET" --api-key "$KEY" \
 //!     --connections 10000 --shape one --rate 20 --duration 30s
+//! ```
+//!
+//! The same subscribers as event streams (`GET /sse?channel=bench:all`),
+//! still published to through the server API:
+//!
+//! ```text
+//! switchboard-loadtest --target 127.0.0.1:8080 --secret "$SECRET" --api-key "$KEY" \
+//!     --transport sse --connections 1000 --shape one --rate 500 --duration 15s
 //! ```
 //!
 //! The batch API across 1,000 channels with no subscribers, then every
@@ -23,7 +32,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use switchboard_loadtest::{raise_open_files, run, Plan, PublishVia, Shape};
+use switchboard_loadtest::{raise_open_files, run, Plan, PublishVia, Shape, Transport};
 
 /// The longest run the tool accepts.
 const MAX_DURATION: Duration = Duration::from_secs(3600);
@@ -40,6 +49,15 @@ enum ShapeArg {
     Mix,
     /// Everyone on the same --subscriptions channels.
     Many,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TransportArg {
+    /// `GET /ws` and a `subscribe` command per channel.
+    Websocket,
+    /// `GET /sse?channel=...&token=...`: a server-sent event stream with
+    /// its channels named in the request.
+    Sse,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -87,6 +105,9 @@ struct Args {
     /// How subscribers are spread over channels.
     #[arg(long, value_enum, default_value_t = ShapeArg::One)]
     shape: ShapeArg,
+    /// How subscribers connect; publishers are the same either way (--via).
+    #[arg(long, value_enum, default_value_t = TransportArg::Websocket)]
+    transport: TransportArg,
     /// Connections per room (rooms, mix).
     #[arg(long, default_value_t = 10)]
     room_size: usize,
@@ -199,6 +220,12 @@ fn plan(args: &Args) -> Result<Plan, String> {
                 .into(),
         );
     }
+    if args.batch && args.transport == TransportArg::Sse {
+        return Err(
+            "--batch is for WebSocket subscribers: an event stream sends one frame per event"
+                .into(),
+        );
+    }
     if args.history_check && matches!(args.via, ViaArg::Client) {
         return Err("--history-check goes with --via batch or --via api".into());
     }
@@ -235,6 +262,10 @@ fn plan(args: &Args) -> Result<Plan, String> {
         ShapeArg::Many => Shape::Many {
             count: args.subscriptions,
         },
+    };
+    plan.transport = match args.transport {
+        TransportArg::Websocket => Transport::WebSocket,
+        TransportArg::Sse => Transport::Sse,
     };
     plan.via = match args.via {
         ViaArg::Api => PublishVia::Api,

@@ -27,6 +27,17 @@ pub enum Shape {
     Many { count: usize },
 }
 
+/// How subscribers connect. Publishers are the same either way (`PublishVia`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `GET /ws`, then a `subscribe` command per channel.
+    WebSocket,
+    /// `GET /sse?channel=...&token=...`: a server-sent event stream whose
+    /// channels are named in the request (docs/protocol.md, "Server-sent
+    /// events").
+    Sse,
+}
+
 /// How messages are published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublishVia {
@@ -61,6 +72,8 @@ pub struct Plan {
     pub source_first: u8,
     pub source_count: u8,
     pub shape: Shape,
+    /// How subscriber connections are made.
+    pub transport: Transport,
     pub via: PublishVia,
     /// Publisher connections (HTTP or WebSocket), working in parallel.
     pub publishers: usize,
@@ -124,6 +137,7 @@ impl Plan {
             source_first: 2,
             source_count: 1,
             shape: Shape::OneChannel,
+            transport: Transport::WebSocket,
             via: PublishVia::Api,
             publishers: 4,
             rate: 100.0,

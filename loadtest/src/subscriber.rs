@@ -1,7 +1,11 @@
 //! One subscriber connection: bind a loopback source address, upgrade to a
 //! WebSocket, wait for the welcome, subscribe, then read message frames until
 //! the run stops, recording each message's latency from the timestamp the
-//! publisher put in its payload.
+//! publisher put in its payload. With `Transport::Sse` it opens an event
+//! stream instead (`GET /sse?channel=...&token=...`), whose channels are
+//! named in the request and confirmed by `subscription` events, then reads
+//! `message` events the same way: every `data:` line is the frame a
+//! WebSocket would get, so both count and time deliveries in one place.
 //!
 //! A connection is one task with one small read buffer; nothing else is kept
 //! per connection unless the exactly-once ledger is on.
@@ -18,6 +22,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::conn::{close_reason, connect, next_text, welcome, ServerFrame, Ws};
 use crate::context::Context;
+use crate::http_client::path_segment;
+use crate::plan::Transport;
+use crate::sse::{self, Line};
 use crate::stats::now_us;
 
 /// Opening and subscribing one connection may take this long.
@@ -64,6 +71,21 @@ impl Received {
 /// Runs subscriber `i` until the run stops. The permit is held while the
 /// connection opens, bounding handshakes in flight.
 pub async fn run(ctx: Arc<Context>, i: usize, permit: OwnedSemaphorePermit) -> Option<Received> {
+    match ctx.plan.transport {
+        Transport::WebSocket => run_ws(ctx, i, permit).await,
+        Transport::Sse => run_sse(ctx, i, permit).await,
+    }
+}
+
+/// What subscriber `i` keeps for the exactly-once check, if it is on.
+fn ledger(ctx: &Context, subscriptions: &[usize]) -> Option<Received> {
+    ctx.plan.exactly_once.then(|| Received {
+        channels: subscriptions.iter().map(|&c| (c, Vec::new())).collect(),
+        duplicates: 0,
+    })
+}
+
+async fn run_ws(ctx: Arc<Context>, i: usize, permit: OwnedSemaphorePermit) -> Option<Received> {
     let subscriptions = ctx.plan.subscriptions(i);
     let opened = tokio::time::timeout(OPEN_TIMEOUT, open(&ctx, i, &subscriptions)).await;
     let mut ws = match opened {
@@ -79,10 +101,7 @@ pub async fn run(ctx: Arc<Context>, i: usize, permit: OwnedSemaphorePermit) -> O
     };
     ctx.stats.opened();
     drop(permit);
-    let mut received = ctx.plan.exactly_once.then(|| Received {
-        channels: subscriptions.iter().map(|&c| (c, Vec::new())).collect(),
-        duplicates: 0,
-    });
+    let mut received = ledger(&ctx, &subscriptions);
     loop {
         let message = tokio::select! {
             () = ctx.stop.cancelled() => break,
@@ -107,7 +126,8 @@ pub async fn run(ctx: Arc<Context>, i: usize, permit: OwnedSemaphorePermit) -> O
         };
         let now = now_us();
         for line in text.as_str().split('\n') {
-            take(&ctx, i, line, now, &subscriptions, &mut received);
+            // A WebSocket ends with a close frame, never a `close` event.
+            let _ = take(&ctx, i, line, now, &subscriptions, &mut received);
         }
     }
     ctx.stats.open.fetch_sub(1, Ordering::Relaxed);
@@ -123,7 +143,8 @@ fn error_kind(error: &WsError) -> &'static str {
     }
 }
 
-/// Counts one message line received by subscriber `i` at `now`.
+/// Counts one message line received by subscriber `i` at `now`; for a
+/// `close` frame (an event stream's last), returns why it closed.
 fn take(
     ctx: &Context,
     i: usize,
@@ -131,35 +152,39 @@ fn take(
     now: u64,
     subscriptions: &[usize],
     received: &mut Option<Received>,
-) {
+) -> Option<String> {
     let channel_count = ctx.channels.len() as u64;
     let Ok(frame) = serde_json::from_str::<ServerFrame<'_>>(line) else {
         ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
-        return;
+        return None;
     };
+    if frame.kind == "close" {
+        return Some(close_reason(frame.code));
+    }
     if frame.kind != "message" {
         if frame.error.is_some() {
             ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
         }
-        return;
+        return None;
     }
     let payload = frame
         .data
         .and_then(|d| serde_json::from_str::<Payload>(d.get()).ok());
     let (Some(channel), Some(payload)) = (frame.channel, payload) else {
         ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
-        return;
+        return None;
     };
     let index = (payload.k % channel_count.max(1)) as usize;
     let mine = subscriptions.contains(&index) && ctx.channels[index] == channel;
     if !mine {
         ctx.stats.strays.fetch_add(1, Ordering::Relaxed);
-        return;
+        return None;
     }
     ctx.stats.delivered(i, payload.ts, now);
     if let Some(received) = received {
         received.record(index, payload.k / channel_count);
     }
+    None
 }
 
 /// Connects, waits for the welcome and subscribes to every channel in
@@ -194,4 +219,106 @@ async fn open(ctx: &Context, i: usize, subscriptions: &[usize]) -> Result<Ws, St
         }
     }
     Ok(ws)
+}
+
+/// Subscriber `i` over server-sent events, until the run stops or the
+/// stream ends. Lines are handled as they arrive: every `data:` line is one
+/// frame; `id:` lines, heartbeat comments and blank lines carry nothing the
+/// load tool counts.
+async fn run_sse(ctx: Arc<Context>, i: usize, permit: OwnedSemaphorePermit) -> Option<Received> {
+    let subscriptions = ctx.plan.subscriptions(i);
+    let opened = tokio::time::timeout(OPEN_TIMEOUT, open_sse(&ctx, i, &subscriptions)).await;
+    let mut stream = match opened {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            ctx.connect_failed(i, &error);
+            return None;
+        }
+        Err(_) => {
+            ctx.connect_failed(i, "timed out opening");
+            return None;
+        }
+    };
+    ctx.stats.opened();
+    drop(permit);
+    let mut received = ledger(&ctx, &subscriptions);
+    let mut now = now_us();
+    loop {
+        loop {
+            let line = match stream.next_line() {
+                Ok(Some(line)) => line,
+                Ok(None) => break,
+                Err(_) => {
+                    ctx.stats.lost("protocol error".into());
+                    return received;
+                }
+            };
+            let Ok(text) = std::str::from_utf8(&line) else {
+                ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if let Line::Data(frame) = sse::classify(text) {
+                if let Some(why) = take(&ctx, i, frame, now, &subscriptions, &mut received) {
+                    ctx.stats.lost(why);
+                    return received;
+                }
+            }
+        }
+        let filled = tokio::select! {
+            () = ctx.stop.cancelled() => break,
+            filled = stream.fill() => filled,
+        };
+        now = now_us();
+        match filled {
+            Ok(true) => {}
+            Ok(false) => {
+                ctx.stats.lost("eof".into());
+                return received;
+            }
+            Err(_) => {
+                ctx.stats.lost("reset".into());
+                return received;
+            }
+        }
+    }
+    ctx.stats.open.fetch_sub(1, Ordering::Relaxed);
+    received
+}
+
+/// Opens the event stream of subscriber `i` with its channels in the
+/// request, waits for the welcome and one `subscription` event per channel.
+async fn open_sse(ctx: &Context, i: usize, subscriptions: &[usize]) -> Result<sse::Stream, String> {
+    let source = SocketAddr::new(ctx.plan.source(i).into(), 0);
+    let token = ctx.subscriber_token(i)?;
+    let mut path = String::from("/sse?");
+    for &channel in subscriptions {
+        path.push_str("channel=");
+        path.push_str(&path_segment(&ctx.channels[channel]));
+        path.push('&');
+    }
+    path.push_str("token=");
+    path.push_str(&token);
+    let mut stream = sse::connect(source, ctx.plan.target(i), &path).await?;
+    let data = stream.next_data().await?;
+    match serde_json::from_str::<ServerFrame<'_>>(&data) {
+        Ok(frame) if frame.kind == "welcome" => {}
+        _ => return Err(format!("expected a welcome, got {data}")),
+    }
+    let mut pending = subscriptions.len();
+    while pending > 0 {
+        let data = stream.next_data().await?;
+        let frame = serde_json::from_str::<ServerFrame<'_>>(&data)
+            .map_err(|_| format!("unexpected event {data}"))?;
+        match frame.kind {
+            "subscription" => {
+                if let Some(error) = frame.error {
+                    return Err(format!("subscribe refused: {}", error.get()));
+                }
+                pending -= 1;
+            }
+            "close" => return Err(format!("closed while opening: {data}")),
+            _ => {}
+        }
+    }
+    Ok(stream)
 }

@@ -3,7 +3,9 @@
 //! Clients connect through NGINX from different loopback source addresses;
 //! the test checks ip_hash stickiness, cross-node delivery, a token-free
 //! access log, /metrics kept private, TLS, and a SIGTERM drain after which
-//! the node's clients reconnect through NGINX to the other nodes. It also
+//! the node's clients reconnect through NGINX to the other nodes; and
+//! server-sent event streams through the /sse location, their commands
+//! (`POST /sse/command`) reaching the stream's node by client address. It also
 //! validates the shipped files with the real tools: `nginx -t`,
 //! `docker-compose config`, `kubernetes-validate --strict`, `promtool`.
 
@@ -27,6 +29,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+
+use switchboard_loadtest::sse;
 
 /// How long a drained node may take to close its clients: the drain window
 /// (1 s here) with jitter, plus a generous margin for a loaded machine.
@@ -352,6 +356,155 @@ async fn three_nodes_behind_nginx_stick_deliver_and_drain() {
             !errors.contains(signature),
             "error log has a token:\n{errors}"
         );
+    }
+}
+
+/// `POST /sse/command` through NGINX from `source` for the stream
+/// `connection`: (status, body).
+async fn sse_command(
+    source: Ipv4Addr,
+    nginx: &Nginx,
+    connection: &str,
+    token: &str,
+    command: &Value,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    let mut stream = socket.connect(nginx.http).await.unwrap();
+    let body = command.to_string();
+    let request = format!(
+        "POST /sse/command?connection={connection} HTTP/1.1\r\nHost: localhost\r\n\
+         Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, mut body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut decoded = String::new();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        loop {
+            let (size, rest) = body.split_once("\r\n").unwrap();
+            let size = usize::from_str_radix(size, 16).unwrap();
+            if size == 0 {
+                break;
+            }
+            decoded.push_str(&rest[..size]);
+            body = &rest[size + 2..];
+        }
+    } else {
+        decoded.push_str(body);
+    }
+    (status, decoded)
+}
+
+/// The next frame of `stream` whose `type` is `kind`.
+async fn next_of(stream: &mut sse::Stream, kind: &str) -> Value {
+    loop {
+        let frame: Value = serde_json::from_str(&stream.next_data().await.unwrap()).unwrap();
+        if frame["type"] == kind {
+            return frame;
+        }
+    }
+}
+
+/// Event streams through NGINX (the /sse location): one lands on each of
+/// three nodes; each publishes through `POST /sse/command` sent on another
+/// connection from its own address, which ip_hash must send to the node
+/// holding the stream (any other node answers 404); every stream receives
+/// every message; and neither location logs a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_streams_and_their_commands_go_through_nginx() {
+    let redis = Redis::start();
+    let mut nodes = BTreeMap::new();
+    for id in ["gw-1", "gw-2", "gw-3"] {
+        nodes.insert(id, cluster_node_behind_proxy(&redis, id).await);
+    }
+    let addrs: Vec<SocketAddr> = nodes.values().map(|g| g.addr).collect();
+    let nginx = Nginx::start(&addrs);
+
+    // (client address's third octet, connection id, token, stream) by node.
+    let mut streams: BTreeMap<String, (u8, String, String, sse::Stream)> = BTreeMap::new();
+    for n in 1..=60 {
+        let token = token(&format!("sse-{n}"));
+        let path = format!("/sse?channel=news%3Asse&token={token}");
+        let mut stream = within(sse::connect(
+            SocketAddr::from((source(n, 1), 0)),
+            nginx.http,
+            &path,
+        ))
+        .await
+        .unwrap();
+        let welcome = within(next_of(&mut stream, "welcome")).await;
+        assert_eq!(welcome["transport"], "sse", "{welcome}");
+        let subscribed = within(next_of(&mut stream, "subscription")).await;
+        assert!(subscribed["error"].is_null(), "{subscribed}");
+        let node = welcome["node_id"].as_str().unwrap().to_owned();
+        let connection = welcome["connection_id"].as_str().unwrap().to_owned();
+        streams
+            .entry(node)
+            .or_insert((n, connection, token, stream));
+        if streams.len() == 3 {
+            break;
+        }
+    }
+    let placement: Vec<_> = streams.iter().map(|(node, s)| (node, s.0)).collect();
+    assert_eq!(streams.len(), 3, "streams reached only {placement:?}");
+
+    for (node, (n, connection, token, _)) in &streams {
+        let command =
+            json!({"type": "publish", "channel": "news:sse", "data": {"from": node}, "id": 1});
+        let (status, body) = within(sse_command(
+            source(*n, 2),
+            &nginx,
+            connection,
+            token,
+            &command,
+        ))
+        .await;
+        assert_eq!(status, 200, "command for the stream on {node}: {body}");
+        let reply: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(reply["type"], "reply", "{reply}");
+        assert_eq!(reply["id"], 1, "{reply}");
+        assert!(reply["error"].is_null(), "{reply}");
+    }
+    for (node, (_, _, _, stream)) in &mut streams {
+        let mut from = Vec::new();
+        for _ in 0..3 {
+            let message = within(next_of(stream, "message")).await;
+            assert_eq!(message["channel"], "news:sse", "{message}");
+            from.push(message["data"]["from"].as_str().unwrap().to_owned());
+        }
+        from.sort();
+        assert_eq!(from, ["gw-1", "gw-2", "gw-3"], "the stream on {node}");
+    }
+
+    // Both locations are logged once each request ends, without a token.
+    let tokens: Vec<String> = streams.values().map(|s| s.2.clone()).collect();
+    drop(streams);
+    let log = within(async {
+        loop {
+            let log = nginx.access_log();
+            if log.matches(r#""uri":"/sse/command""#).count() >= 3
+                && log.matches(r#""uri":"/sse""#).count() >= 3
+            {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(!log.contains("token="), "access log has a token:\n{log}");
+    for token in &tokens {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!log.contains(signature), "access log has a token signature");
     }
 }
 

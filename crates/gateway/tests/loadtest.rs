@@ -4,7 +4,9 @@
 //! every accepted message exactly once and that nothing else went wrong.
 //! Timing is printed, never asserted (the machine is shared and noisy).
 //! Also the measuring side of issue 24: serial WebSocket publishers with
-//! CPU per publish, and the history read-back of an API run.
+//! CPU per publish, and the history read-back of an API run; and of issue
+//! 27: subscribers as server-sent event streams (`--transport sse`), on one
+//! node and across two, refused, and closed by a drain.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,7 +15,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use switchboard_loadtest::{run, Plan, PublishVia, Report, Shape};
+use switchboard_loadtest::{run, Plan, PublishVia, Report, Shape, Transport};
 
 /// Limits that would otherwise throttle a load run from one machine.
 fn unthrottled(builder: GatewayBuilder) -> GatewayBuilder {
@@ -188,4 +190,92 @@ async fn the_history_check_fails_when_history_cannot_hold_the_run() {
     assert!(check.trimmed > 0, "{report}");
     assert_eq!(check.found, 10, "the newest 5 of each channel: {report}");
     assert!(!check.ok() && !report.clean(), "{report}");
+}
+
+/// Event streams instead of WebSockets, the messages published by
+/// WebSocket clients: every stream gets every message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sse_subscriber_gets_every_message_once_on_one_node() {
+    let gateway = unthrottled(Gateway::builder())
+        .env("SWITCHBOARD_API_KEY", API_KEY)
+        .start();
+    let mut plan = short_plan(&gateway);
+    plan.transport = Transport::Sse;
+    plan.via = PublishVia::Client;
+    plan.publishers = 2;
+    assert_exactly_once(&run(plan).await);
+}
+
+/// Streams on both nodes of a cluster, published to through node A's
+/// server API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sse_subscriber_gets_every_message_once_across_two_nodes() {
+    let redis = Redis::start();
+    let a = cluster_node(&redis, "gw-a", "").await;
+    let b = cluster_node(&redis, "gw-b", "").await;
+    let mut plan = short_plan(&a);
+    plan.transport = Transport::Sse;
+    plan.targets = vec![a.addr, b.addr];
+    plan.publish_target = Some(a.addr);
+    plan.via = PublishVia::Api;
+    assert_exactly_once(&run(plan).await);
+}
+
+/// A stream refused at the door (a token signed with another secret: 401)
+/// counts as a connection that failed to open, never as an open one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stream_counts_as_a_failed_connection() {
+    let gateway = unthrottled(Gateway::builder())
+        .env("SWITCHBOARD_API_KEY", API_KEY)
+        .start();
+    let mut plan = short_plan(&gateway);
+    plan.secret = "not-the-gateway-secret-not-the-gateway-secret".into();
+    plan.transport = Transport::Sse;
+    plan.connections = 5;
+    plan.publishers = 0;
+    plan.duration = Duration::from_millis(200);
+    plan.exactly_once = false;
+    let report = run(plan).await;
+    println!("{report}");
+    assert_eq!(report.connect_errors, 5, "{report}");
+    assert_eq!(report.connections_peak, 0, "{report}");
+}
+
+/// A draining node ends every stream with a `close` event carrying 1012,
+/// which the load tool reports as the disconnect's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_stream_is_reported_closed_with_1012() {
+    let gateway = unthrottled(Gateway::builder())
+        .env("SWITCHBOARD_API_KEY", API_KEY)
+        .env("SWITCHBOARD_DRAIN_WINDOW", "1s")
+        .start();
+    let mut plan = short_plan(&gateway);
+    plan.transport = Transport::Sse;
+    plan.connections = 20;
+    plan.shape = Shape::OneChannel;
+    plan.publishers = 0;
+    // Long enough for the drain (a 1 s window) after the ramp; the run
+    // ends by itself when it is over.
+    plan.duration = Duration::from_secs(10);
+    plan.exactly_once = false;
+    let report = tokio::spawn(run(plan));
+    let mut sessions = 0;
+    for _ in 0..300 {
+        let ready = wait_ready(&gateway, 200).await;
+        sessions = ready["sessions"].as_u64().unwrap();
+        if sessions >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sessions, 20, "every stream open before the drain");
+    gateway.signal("TERM");
+    let report = report.await.unwrap();
+    println!("{report}");
+    assert_eq!(report.connections_peak, 20, "{report}");
+    assert_eq!(
+        report.disconnect_reasons.get("close 1012"),
+        Some(&20),
+        "{report}"
+    );
 }
