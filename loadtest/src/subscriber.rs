@@ -85,13 +85,19 @@ fn ledger(ctx: &Context, subscriptions: &[usize]) -> Option<Received> {
     })
 }
 
-async fn run_ws(ctx: Arc<Context>, i: usize, permit: OwnedSemaphorePermit) -> Option<Received> {
-    let subscriptions = ctx.plan.subscriptions(i);
-    let opened = tokio::time::timeout(OPEN_TIMEOUT, open(&ctx, i, &subscriptions)).await;
-    let mut ws = match opened {
-        Ok(Ok(ws)) => ws,
+/// Subscriber `i`'s connection once `open` succeeds within
+/// [`OPEN_TIMEOUT`] (counted as opened, its ramp permit given back), or
+/// `None` after counting the failure.
+async fn opened<T, E: std::fmt::Display>(
+    ctx: &Context,
+    i: usize,
+    permit: OwnedSemaphorePermit,
+    open: impl std::future::Future<Output = Result<T, E>>,
+) -> Option<T> {
+    let connection = match tokio::time::timeout(OPEN_TIMEOUT, open).await {
+        Ok(Ok(connection)) => connection,
         Ok(Err(error)) => {
-            ctx.connect_failed(i, &error);
+            ctx.connect_failed(i, &error.to_string());
             return None;
         }
         Err(_) => {
@@ -101,6 +107,12 @@ async fn run_ws(ctx: Arc<Context>, i: usize, permit: OwnedSemaphorePermit) -> Op
     };
     ctx.stats.opened();
     drop(permit);
+    Some(connection)
+}
+
+async fn run_ws(ctx: Arc<Context>, i: usize, permit: OwnedSemaphorePermit) -> Option<Received> {
+    let subscriptions = ctx.plan.subscriptions(i);
+    let mut ws = opened(&ctx, i, permit, open(&ctx, i, &subscriptions)).await?;
     let mut received = ledger(&ctx, &subscriptions);
     loop {
         let message = tokio::select! {
@@ -227,20 +239,7 @@ async fn open(ctx: &Context, i: usize, subscriptions: &[usize]) -> Result<Ws, St
 /// load tool counts.
 async fn run_sse(ctx: Arc<Context>, i: usize, permit: OwnedSemaphorePermit) -> Option<Received> {
     let subscriptions = ctx.plan.subscriptions(i);
-    let opened = tokio::time::timeout(OPEN_TIMEOUT, open_sse(&ctx, i, &subscriptions)).await;
-    let mut stream = match opened {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
-            ctx.connect_failed(i, &error);
-            return None;
-        }
-        Err(_) => {
-            ctx.connect_failed(i, "timed out opening");
-            return None;
-        }
-    };
-    ctx.stats.opened();
-    drop(permit);
+    let mut stream = opened(&ctx, i, permit, open_sse(&ctx, i, &subscriptions)).await?;
     let mut received = ledger(&ctx, &subscriptions);
     let mut now = now_us();
     loop {
