@@ -191,7 +191,7 @@ fn admit_client(
 
 /// The channels a stream opens with, each with the position to resume it
 /// from.
-pub type StreamChannels = Vec<(String, Option<Position>)>;
+pub type StreamChannels = Vec<(ChannelName, Option<Position>)>;
 
 /// Decides whether a `GET /sse` request opens a stream: the WebSocket
 /// handshake's checks in the same order, the upgrade's own checks replaced
@@ -221,14 +221,15 @@ fn stream_channels(
     let params = query
         .map(|q| form_urlencoded::parse(q.as_bytes()).collect::<Vec<_>>())
         .unwrap_or_default();
-    let mut channels: Vec<String> = Vec::new();
+    let mut channels: Vec<ChannelName> = Vec::new();
     for (key, value) in &params {
         if key != "channel" {
             continue;
         }
-        ChannelName::parse(value).map_err(|error| format!("channel {value:?}: {error}"))?;
-        if !channels.iter().any(|c| c == value) {
-            channels.push(value.to_string());
+        let name =
+            ChannelName::parse(value).map_err(|error| format!("channel {value:?}: {error}"))?;
+        if !channels.contains(&name) {
+            channels.push(name);
         }
     }
     let max = node.config.session.max_channels;

@@ -9,7 +9,8 @@ use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, Response, StatusCode};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use serde_json::json;
-use tokio::io::{AsyncRead, DuplexStream, ReadBuf};
+use tokio::io::DuplexStream;
+use tokio_util::io::poll_read_buf;
 
 /// A response body: bytes known up front (every answer but one), or a
 /// server-sent events stream's events as its session writes them into a
@@ -23,7 +24,9 @@ enum Kind {
     #[default]
     Empty,
     Bytes(Bytes),
-    Stream(DuplexStream),
+    /// The pipe, and the buffer its reads go into (each read's bytes are
+    /// split off as one frame; the rest of its capacity serves the next).
+    Stream(DuplexStream, BytesMut),
 }
 
 /// The most a stream's body takes from its pipe per frame.
@@ -36,7 +39,7 @@ impl Body {
 
     /// A body read from `pipe` until its writer closes it.
     pub fn stream(pipe: DuplexStream) -> Body {
-        Body(Kind::Stream(pipe))
+        Body(Kind::Stream(pipe, BytesMut::new()))
     }
 
     /// The bytes of a body known up front (none for a stream).
@@ -44,7 +47,7 @@ impl Body {
         match &self.0 {
             Kind::Empty => Some(&[]),
             Kind::Bytes(bytes) => Some(bytes),
-            Kind::Stream(_) => None,
+            Kind::Stream(..) => None,
         }
     }
 }
@@ -64,20 +67,15 @@ impl HttpBody for Body {
                 Kind::Bytes(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
                 _ => Poll::Ready(None),
             },
-            Kind::Stream(pipe) => {
-                let mut chunk = BytesMut::zeroed(STREAM_CHUNK);
-                let mut buf = ReadBuf::new(&mut chunk);
-                match Pin::new(pipe).poll_read(cx, &mut buf) {
+            Kind::Stream(pipe, buf) => {
+                if buf.capacity() == 0 {
+                    buf.reserve(STREAM_CHUNK);
+                }
+                match poll_read_buf(Pin::new(pipe), cx, buf) {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(Err(error)) => Poll::Ready(Some(Err(error))),
-                    Poll::Ready(Ok(())) => {
-                        let n = buf.filled().len();
-                        if n == 0 {
-                            return Poll::Ready(None);
-                        }
-                        chunk.truncate(n);
-                        Poll::Ready(Some(Ok(Frame::data(chunk.freeze()))))
-                    }
+                    Poll::Ready(Ok(0)) => Poll::Ready(None),
+                    Poll::Ready(Ok(_)) => Poll::Ready(Some(Ok(Frame::data(buf.split().freeze())))),
                 }
             }
         }
@@ -91,7 +89,7 @@ impl HttpBody for Body {
         match &self.0 {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Bytes(bytes) => SizeHint::with_exact(bytes.len() as u64),
-            Kind::Stream(_) => SizeHint::default(),
+            Kind::Stream(..) => SizeHint::default(),
         }
     }
 }

@@ -130,27 +130,17 @@ async fn prepare(
         Err(Some(response)) => {
             let _ = tokio::time::timeout(
                 Duration::from_secs(1),
-                stream.write_all(&serialize(response)),
+                stream.write_all(&serialize(response, true)),
             )
             .await;
             let _ = stream.shutdown().await;
             return None;
         }
     };
-    let mut head = String::from(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-store\r\nx-accel-buffering: no\r\nconnection: close\r\n",
-    );
-    if let Some(origin) = origin.as_ref().and_then(|o| o.to_str().ok()) {
-        head.push_str("access-control-allow-origin: ");
-        head.push_str(origin);
-        head.push_str("\r\nvary: origin\r\n");
-    }
-    head.push_str("\r\n");
-    let written = tokio::time::timeout(
-        node.config.session.pong_timeout,
-        stream.write_all(head.as_bytes()),
-    )
-    .await;
+    // The head only: the body is the events, ended by the close.
+    let head = serialize(stream_response(Body::default(), origin.as_ref()), false);
+    let written =
+        tokio::time::timeout(node.config.session.pong_timeout, stream.write_all(&head)).await;
     drop(head);
     if !matches!(written, Ok(Ok(()))) {
         handshake::forget(node, &opened).await;
@@ -232,8 +222,10 @@ async fn read_head(stream: &mut TcpStream) -> Result<Head, Option<Response<Body>
 }
 
 /// A response written by hand on a connection hyper does not serve:
-/// status line, headers, length, `Connection: close`, body.
-fn serialize(response: Response<Body>) -> Vec<u8> {
+/// status line, headers, `Connection: close`, and with `whole` its length
+/// and body (else the head alone: a stream's body is delimited by the
+/// connection's close).
+fn serialize(response: Response<Body>, whole: bool) -> Vec<u8> {
     let status = response.status();
     let body = response.body().bytes().unwrap_or_default();
     let mut out = format!(
@@ -248,15 +240,29 @@ fn serialize(response: Response<Body>) -> Vec<u8> {
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(
-        format!(
-            "content-length: {}\r\nconnection: close\r\n\r\n",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    out.extend_from_slice(body);
+    if whole {
+        out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    }
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+    if whole {
+        out.extend_from_slice(body);
+    }
     out
+}
+
+/// A stream's `200`: its headers (`text/event-stream`, not cached, not
+/// buffered by NGINX), readable by `origin` when the request had an
+/// allowed one. One place for both ways a stream is answered.
+fn stream_response(body: Body, origin: Option<&HeaderValue>) -> Response<Body> {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    with_cors(response, origin)
 }
 
 /// Admits a stream's request and records its connection: the session to
@@ -274,7 +280,7 @@ async fn open(
         Err(refusal) => {
             return Err(with_cors(
                 handshake::refuse(node, peer, client_ip, refusal),
-                headers,
+                headers.get(header::ORIGIN),
             ))
         }
     };
@@ -298,19 +304,7 @@ pub async fn open_over_hyper(
     let wire = EventStream::new(session_end, channels);
     node.tasks
         .spawn(session::run(Arc::clone(&node), wire, opened));
-    let mut response = Response::new(Body::stream(body_end));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    if let Some(origin) = origin {
-        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        headers.insert(header::VARY, HeaderValue::from_static("origin"));
-    }
-    response
+    stream_response(Body::stream(body_end), origin.as_ref())
 }
 
 /// `POST /sse/command?connection=<id>`: one command for the caller's
@@ -320,9 +314,9 @@ pub async fn command(
     request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let origin = request.headers().clone();
+    let origin = request.headers().get(header::ORIGIN).cloned();
     let answer = Box::pin(run_command(&node, request, peer)).await;
-    with_cors(answer, &origin)
+    with_cors(answer, origin.as_ref())
 }
 
 async fn run_command(node: &Node, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -439,16 +433,16 @@ pub fn preflight(node: &Node, headers: &HeaderMap) -> Response<Body> {
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("600"),
     );
-    with_cors(response, headers)
+    with_cors(response, headers.get(header::ORIGIN))
 }
 
 /// Lets the request's `Origin` read the answer when it is allowed (the
 /// routes check it; a refusal for a forbidden one carries no grant).
-fn with_cors(mut response: Response<Body>, request: &HeaderMap) -> Response<Body> {
+fn with_cors(mut response: Response<Body>, origin: Option<&HeaderValue>) -> Response<Body> {
     if response.status() == StatusCode::FORBIDDEN {
         return response;
     }
-    if let Some(origin) = request.get(header::ORIGIN) {
+    if let Some(origin) = origin {
         let headers = response.headers_mut();
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         headers.insert(header::VARY, HeaderValue::from_static("origin"));

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use switchboard_protocol::position::valid_epoch;
-use switchboard_protocol::{Position, ServerFrame};
+use switchboard_protocol::{ChannelName, Position, ServerFrame};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -38,7 +38,7 @@ const HEARTBEAT: &str = ": ping\n\n";
 /// started).
 #[derive(Debug)]
 struct Place {
-    channel: Box<str>,
+    channel: ChannelName,
     position: Option<(u64, Arc<str>)>,
 }
 
@@ -54,11 +54,11 @@ pub struct EventStream<S> {
 impl<S> EventStream<S> {
     /// A stream whose response head is written, for the request's channels
     /// and the positions its `Last-Event-ID` named (one per channel).
-    pub fn new(io: S, channels: Vec<(String, Option<Position>)>) -> EventStream<S> {
+    pub fn new(io: S, channels: Vec<(ChannelName, Option<Position>)>) -> EventStream<S> {
         let places = channels
             .into_iter()
             .map(|(channel, since)| Place {
-                channel: channel.into_boxed_str(),
+                channel,
                 position: since.map(|p| (p.offset, Arc::from(p.epoch))),
             })
             .collect();
@@ -71,7 +71,7 @@ impl<S> EventStream<S> {
 
     /// The channels to subscribe when the stream opens, each with the
     /// position to resume from.
-    pub(super) fn channels(&self) -> Vec<(String, Option<Position>)> {
+    pub(super) fn channels(&self) -> Vec<(ChannelName, Option<Position>)> {
         self.places
             .iter()
             .map(|place| {
@@ -79,7 +79,7 @@ impl<S> EventStream<S> {
                     .position
                     .as_ref()
                     .map(|(offset, epoch)| Position::new(*offset, epoch.as_ref()));
-                (place.channel.to_string(), since)
+                (place.channel.clone(), since)
             })
             .collect()
     }
@@ -91,17 +91,20 @@ impl<S> EventStream<S> {
         }
     }
 
-    /// An event carrying `frame`, with the stream's id when `with_id`.
+    /// An event carrying `frame`, with the stream's id when `with_id`: one
+    /// allocation per event (the id is written into it, not built apart).
     pub(super) fn event(&self, frame: &str, with_id: bool) -> Utf8Bytes {
-        let id = if with_id {
-            event_id(self.places.iter().map(|p| p.position.as_ref()))
+        // Room for the id's places: an offset's digits, a colon, an epoch
+        // of 16 hex digits and a comma, usually.
+        let id_room = if with_id {
+            8 + 40 * self.places.len()
         } else {
-            String::new()
+            0
         };
-        let mut event = String::with_capacity(id.len() + frame.len() + 16);
+        let mut event = String::with_capacity(id_room + frame.len() + 16);
         if with_id {
             event.push_str("id: ");
-            event.push_str(&id);
+            write_event_id(&mut event, self.places.iter().map(|p| p.position.as_ref()));
             event.push('\n');
         }
         event.push_str("data: ");
@@ -158,7 +161,7 @@ where
             let place = self
                 .places
                 .iter_mut()
-                .find(|p| *p.channel == *delivery.channel)?;
+                .find(|p| p.channel.as_str() == &*delivery.channel)?;
             place.position = Some((*offset, Arc::clone(epoch)));
             Some(())
         });
@@ -190,7 +193,7 @@ where
         Ok(())
     }
 
-    fn opening_channels(&self) -> Vec<(String, Option<Position>)> {
+    fn opening_channels(&self) -> Vec<(ChannelName, Option<Position>)> {
         self.channels()
     }
 
@@ -203,20 +206,21 @@ where
     }
 }
 
-/// The event id for these positions, one per channel in order.
-fn event_id<'a>(positions: impl Iterator<Item = Option<&'a (u64, Arc<str>)>>) -> String {
-    let mut id = String::new();
+/// Writes the event id for these positions, one per channel in order.
+fn write_event_id<'a>(
+    id: &mut String,
+    positions: impl Iterator<Item = Option<&'a (u64, Arc<str>)>>,
+) {
+    use std::fmt::Write;
     for (i, position) in positions.enumerate() {
         if i > 0 {
             id.push(',');
         }
         if let Some((offset, epoch)) = position {
-            id.push_str(&offset.to_string());
-            id.push(':');
-            id.push_str(epoch);
+            // Writing to a `String` cannot fail.
+            let _ = write!(id, "{offset}:{epoch}");
         }
     }
-    id
 }
 
 /// Reads an event id (`Last-Event-ID`) back into one position per channel
@@ -262,7 +266,12 @@ mod tests {
             io,
             channels
                 .iter()
-                .map(|(c, p)| (c.to_string(), p.map(|(o, e)| Position::new(o, e))))
+                .map(|(c, p)| {
+                    (
+                        ChannelName::parse(c).unwrap(),
+                        p.map(|(o, e)| Position::new(o, e)),
+                    )
+                })
                 .collect(),
         )
     }

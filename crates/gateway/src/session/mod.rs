@@ -288,7 +288,7 @@ impl<W: Wire> Session<W> {
         // with the welcome.
         let opening = self.ws.opening_channels();
         for (index, (channel, since)) in opening.into_iter().enumerate() {
-            Box::pin(self.open_channel(index, &channel, since)).await;
+            Box::pin(self.open_channel(index, channel, since)).await;
         }
         self.write_out().await
     }
@@ -300,23 +300,21 @@ impl<W: Wire> Session<W> {
     /// before a replay (so a cut during it resumes where it stopped), then
     /// one offset more per replayed message (a replay is consecutive), or
     /// the subscription's start when nothing is replayed.
-    async fn open_channel(&mut self, index: usize, channel: &str, since: Option<Position>) {
-        let result = match ChannelName::parse(channel) {
-            Ok(name) => {
-                let caller = Caller {
-                    claims: &self.claims,
-                    subscriptions: &self.subscriptions,
-                };
-                let command = Command::Subscribe {
-                    channel: name,
-                    since: since.clone(),
-                };
-                match commands::decide(command, &caller, &self.node.config) {
-                    Ok(effect) => self.execute(effect).await,
-                    Err(refusal) => Err(refusal),
-                }
-            }
-            Err(error) => Err((ErrorCode::BadRequest, error.to_string())),
+    async fn open_channel(&mut self, index: usize, name: ChannelName, since: Option<Position>) {
+        // Kept for the event: the command takes the name.
+        let channel = name.to_string();
+        let channel = channel.as_str();
+        let caller = Caller {
+            claims: &self.claims,
+            subscriptions: &self.subscriptions,
+        };
+        let command = Command::Subscribe {
+            channel: name,
+            since: since.clone(),
+        };
+        let result = match commands::decide(command, &caller, &self.node.config) {
+            Ok(effect) => self.execute(effect).await,
+            Err(refusal) => Err(refusal),
         };
         self.node
             .metrics

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use switchboard_protocol::Position;
+use switchboard_protocol::{ChannelName, Position};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -77,7 +77,7 @@ pub trait Wire: Unpin {
     /// The channels a stream's request named, to subscribe as it opens,
     /// each with the position its `Last-Event-ID` gave (none on a
     /// WebSocket: its client subscribes with commands).
-    fn opening_channels(&self) -> Vec<(String, Option<Position>)> {
+    fn opening_channels(&self) -> Vec<(ChannelName, Option<Position>)> {
         Vec::new()
     }
 
