@@ -402,7 +402,13 @@ impl Task {
                 Err(step) => return step,
             }
         }
-        let connected = match self.offline(Connection::connect_request_with(request, self.config.format)).await {
+        let connected = match self
+            .offline(Connection::connect_request_with(
+                request,
+                self.config.format,
+            ))
+            .await
+        {
             None => return Step::Stop,
             Some(connected) => connected,
         };

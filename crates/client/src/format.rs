@@ -59,7 +59,9 @@ impl Format {
             Format::Json => Ok(Message::text(json)),
             Format::MsgPack => msgpack::to_msgpack(&json)
                 .map(Message::binary)
-                .map_err(|e| ClientError::Protocol(format!("command has no MessagePack form: {e}"))),
+                .map_err(|e| {
+                    ClientError::Protocol(format!("command has no MessagePack form: {e}"))
+                }),
         }
     }
 
@@ -69,9 +71,8 @@ impl Format {
             Format::Json => Err(ClientError::Protocol(
                 "unexpected binary frame on a JSON connection".to_owned(),
             )),
-            Format::MsgPack => msgpack::to_json(bytes).map_err(|e| {
-                ClientError::Protocol(format!("undecodable MessagePack frame: {e}"))
-            }),
+            Format::MsgPack => msgpack::to_json(bytes)
+                .map_err(|e| ClientError::Protocol(format!("undecodable MessagePack frame: {e}"))),
         }
     }
 }
@@ -90,10 +91,16 @@ mod tests {
     #[test]
     fn the_answer_must_match_what_was_asked() {
         assert!(Format::Json.check_answer(None).is_ok());
-        assert!(Format::MsgPack.check_answer(Some("switchboard.msgpack")).is_ok());
+        assert!(Format::MsgPack
+            .check_answer(Some("switchboard.msgpack"))
+            .is_ok());
         assert!(Format::MsgPack.check_answer(None).is_err());
-        assert!(Format::MsgPack.check_answer(Some("switchboard.json")).is_err());
-        assert!(Format::Json.check_answer(Some("switchboard.msgpack")).is_err());
+        assert!(Format::MsgPack
+            .check_answer(Some("switchboard.json"))
+            .is_err());
+        assert!(Format::Json
+            .check_answer(Some("switchboard.msgpack"))
+            .is_err());
     }
 
     #[test]
@@ -110,7 +117,10 @@ mod tests {
         assert_eq!(bytes[0], 0x84);
         let back: serde_json::Value =
             serde_json::from_str(&Format::MsgPack.binary_frame(&bytes).unwrap()).unwrap();
-        assert_eq!(back, serde_json::from_str::<serde_json::Value>(json).unwrap());
+        assert_eq!(
+            back,
+            serde_json::from_str::<serde_json::Value>(json).unwrap()
+        );
         assert!(Format::Json.binary_frame(&bytes).is_err());
         assert!(Format::MsgPack.binary_frame(&[0xc1]).is_err());
     }
