@@ -285,7 +285,7 @@ async fn run_raw(ctx: Arc<Context>, i: usize, permit: OwnedSemaphorePermit) -> O
     let mut now = now_us();
     loop {
         loop {
-            let message = match socket.next() {
+            let message = match socket.buffered() {
                 Ok(Some(wsraw::Received::Message { binary, payload })) => {
                     message_text(binary, payload)
                 }

@@ -296,7 +296,7 @@ impl Socket {
 
     /// The next complete message or close frame buffered, if any; pings
     /// are queued for [`Socket::flush`].
-    pub fn next(&mut self) -> Result<Option<Received>, String> {
+    pub fn buffered(&mut self) -> Result<Option<Received>, String> {
         self.frames.next()
     }
 
@@ -319,7 +319,7 @@ impl Socket {
     /// sent on the way.
     pub async fn recv(&mut self) -> Result<Received, String> {
         loop {
-            if let Some(received) = self.next()? {
+            if let Some(received) = self.buffered()? {
                 return Ok(received);
             }
             self.flush().await?;
