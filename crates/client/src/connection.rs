@@ -188,7 +188,8 @@ impl Connection {
     /// [`Format::MsgPack`] the request asks for `Sec-WebSocket-Protocol:
     /// switchboard.msgpack` (replacing any it had) and the server must
     /// answer with it, else [`ClientError::Protocol`]. With [`Format::Json`]
-    /// the request goes as given, so a test may name subprotocols itself.
+    /// the request goes as given, so a test may name subprotocols itself;
+    /// the connection then speaks whichever format the server chose.
     pub async fn connect_request_with(
         mut request: http::Request<()>,
         format: Format,
@@ -205,13 +206,20 @@ impl Connection {
         let (socket, response) = tokio_tungstenite::connect_async(request)
             .await
             .map_err(ClientError::handshake)?;
-        if format == Format::MsgPack || !asked {
-            let answer = response
-                .headers()
-                .get(http::header::SEC_WEBSOCKET_PROTOCOL)
-                .map(|v| v.to_str().unwrap_or("<not text>"));
+        let answer = response
+            .headers()
+            .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+            .map(|v| v.to_str().unwrap_or("<not text>"));
+        let format = if format == Format::Json && asked {
+            // The caller named the subprotocols: speak what the server chose.
+            match answer {
+                Some(crate::format::MSGPACK_PROTOCOL) => Format::MsgPack,
+                _ => Format::Json,
+            }
+        } else {
             format.check_answer(answer)?;
-        }
+            format
+        };
         let mut connection = Connection {
             socket,
             buffered: VecDeque::new(),

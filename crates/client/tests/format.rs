@@ -11,7 +11,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use switchboard_client::tungstenite::handshake::server::{Request, Response};
 use switchboard_client::{
-    Client, ClientConfig, ClientError, Connection, Event, Format, Incoming, Message,
+    Client, ClientConfig, ClientError, Connection, Event, Format, Incoming, IntoClientRequest,
+    Message,
 };
 use switchboard_protocol::msgpack;
 use tokio::net::{TcpListener, TcpStream};
@@ -223,4 +224,30 @@ async fn the_reconnecting_client_subscribes_and_reads_in_msgpack() {
         }
     );
     client.stop();
+}
+
+#[tokio::test]
+async fn a_caller_naming_subprotocols_speaks_what_the_server_chose() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws?token=t", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (mut ws, asked) = accept(&listener, Some("switchboard.msgpack")).await;
+        assert_eq!(
+            asked.as_deref(),
+            Some("x, switchboard.msgpack, switchboard.json")
+        );
+        send_msgpack(&mut ws, welcome()).await;
+        assert_eq!(read_msgpack(&mut ws).await["type"], "ping");
+        ws
+    });
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "x, switchboard.msgpack, switchboard.json".parse().unwrap(),
+    );
+    let (mut connection, welcome) = Connection::connect_request(request).await.unwrap();
+    assert_eq!(connection.format(), Format::MsgPack);
+    assert_eq!(welcome.user, "ann");
+    connection.send_command(r#"{"type":"ping"}"#).await.unwrap();
+    drop(server.await.unwrap());
 }
