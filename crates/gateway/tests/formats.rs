@@ -16,7 +16,7 @@ mod common;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use switchboard_client::{ClientError, Connection, IntoClientRequest};
+use switchboard_client::{ClientError, Connection, Format, IntoClientRequest};
 use switchboard_protocol::msgpack;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -401,4 +401,34 @@ async fn batch_is_ignored_on_a_msgpack_connection() {
     for n in 0..20 {
         assert_eq!(m.expect_message("chat:batch").await, json!({"n": n}));
     }
+}
+
+/// The Rust client in MessagePack against the real gateway: the same
+/// requests and pushes as a JSON client, history included.
+#[tokio::test]
+async fn the_rust_client_speaks_msgpack_to_the_gateway() {
+    let gateway = Gateway::start();
+    let url = gateway.ws_url(&token("ann"));
+    let (mut m, _) = within(Connection::connect_with(&url, Format::MsgPack))
+        .await
+        .unwrap();
+    assert_eq!(m.format(), Format::MsgPack);
+    let (mut j, _) = gateway.connect("bob").await;
+    within(m.subscribe("chat:client")).await.unwrap();
+    within(j.subscribe("chat:client")).await.unwrap();
+    within(m.publish("chat:client", &data("client")))
+        .await
+        .unwrap();
+    assert_eq!(
+        within(m.expect_message()).await.unwrap(),
+        ("chat:client".to_owned(), data("client"))
+    );
+    assert_eq!(
+        within(j.expect_message()).await.unwrap(),
+        ("chat:client".to_owned(), data("client"))
+    );
+    let history = within(m.history("chat:client", None, Some(10)))
+        .await
+        .unwrap();
+    assert_eq!(history["messages"][0]["data"], data("client"), "{history}");
 }
