@@ -18,6 +18,7 @@
 //! The modules depend one way, bottom up: `plan`, `stats`, `token`, `cpu`,
 //! `body` (what a message's data holds), `conn` (the WebSocket client
 //! side), `wsraw` (the same over a raw socket, for permessage-deflate),
+//! `scan` (the fields of a MessagePack frame, read without translating it),
 //! `sse` (the event-stream client side) and `http_client` (the server API
 //! client side) use nothing above them but `plan`; `context` (what every task of a run
 //! shares) sits on `plan` and `stats`; `subscriber`, `publisher` and
@@ -34,6 +35,7 @@ pub mod http_client;
 pub mod plan;
 pub mod publisher;
 pub mod run;
+pub mod scan;
 pub mod sse;
 pub mod stats;
 pub mod subscriber;

@@ -30,6 +30,7 @@ use crate::conn::{self, close_reason, connect, next_text, welcome, ServerFrame, 
 use crate::context::Context;
 use crate::http_client::path_segment;
 use crate::plan::{Format, Transport};
+use crate::scan;
 use crate::sse::{self, Line};
 use crate::stats::now_us;
 use crate::wsraw;
@@ -136,14 +137,7 @@ async fn run_ws(ctx: Arc<Context>, i: usize, permit: OwnedSemaphorePermit) -> Op
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Binary(bytes))) => {
                 let now = now_us();
-                match conn::binary_text(&bytes) {
-                    Ok(text) => {
-                        let _ = take(&ctx, i, &text, now, &subscriptions, &mut received);
-                    }
-                    Err(_) => {
-                        ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                let _ = take_msgpack(&ctx, i, &bytes, now, &subscriptions, &mut received);
                 continue;
             }
             Some(Ok(Message::Close(frame))) => {
@@ -180,8 +174,19 @@ fn error_kind(error: &WsError) -> &'static str {
     }
 }
 
-/// Counts one message line received by subscriber `i` at `now`; for a
-/// `close` frame (an event stream's last), returns why it closed.
+/// What a subscriber reads of one frame, from JSON or MessagePack.
+struct Seen<'a> {
+    kind: &'a str,
+    channel: Option<&'a str>,
+    error: bool,
+    code: Option<u16>,
+    /// The message's `data.k` and `data.ts` (read for `message` frames only).
+    payload: Option<Payload>,
+}
+
+/// Counts one JSON frame (a line of a text frame, or an event stream's
+/// `data:`) received by subscriber `i` at `now`; for a `close` frame (an
+/// event stream's last), returns why it closed.
 fn take(
     ctx: &Context,
     i: usize,
@@ -190,24 +195,72 @@ fn take(
     subscriptions: &[usize],
     received: &mut Option<Received>,
 ) -> Option<String> {
-    let channel_count = ctx.channels.len() as u64;
     let Ok(frame) = serde_json::from_str::<ServerFrame<'_>>(line) else {
         ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
         return None;
     };
+    let payload = if frame.kind == "message" {
+        frame
+            .data
+            .and_then(|d| serde_json::from_str::<Payload>(d.get()).ok())
+    } else {
+        None
+    };
+    let seen = Seen {
+        kind: frame.kind,
+        channel: frame.channel,
+        error: frame.error.is_some(),
+        code: frame.code,
+        payload,
+    };
+    count(ctx, i, seen, now, subscriptions, received)
+}
+
+/// [`take`] for one binary (MessagePack) frame, read without translating
+/// it to JSON (`scan`).
+fn take_msgpack(
+    ctx: &Context,
+    i: usize,
+    bytes: &[u8],
+    now: u64,
+    subscriptions: &[usize],
+    received: &mut Option<Received>,
+) -> Option<String> {
+    let Some(fields) = scan::fields(bytes) else {
+        ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
+        return None;
+    };
+    let seen = Seen {
+        kind: fields.kind,
+        channel: fields.channel,
+        error: fields.error,
+        code: fields.code.and_then(|c| u16::try_from(c).ok()),
+        payload: fields.payload.map(|(k, ts)| Payload { k, ts }),
+    };
+    count(ctx, i, seen, now, subscriptions, received)
+}
+
+/// Counts what subscriber `i` read of one frame at `now`; for a `close`
+/// frame, returns why it closed.
+fn count(
+    ctx: &Context,
+    i: usize,
+    frame: Seen<'_>,
+    now: u64,
+    subscriptions: &[usize],
+    received: &mut Option<Received>,
+) -> Option<String> {
+    let channel_count = ctx.channels.len() as u64;
     if frame.kind == "close" {
         return Some(close_reason(frame.code));
     }
     if frame.kind != "message" {
-        if frame.error.is_some() {
+        if frame.error {
             ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
         }
         return None;
     }
-    let payload = frame
-        .data
-        .and_then(|d| serde_json::from_str::<Payload>(d.get()).ok());
-    let (Some(channel), Some(payload)) = (frame.channel, payload) else {
+    let (Some(channel), Some(payload)) = (frame.channel, frame.payload) else {
         ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
         return None;
     };
@@ -286,6 +339,13 @@ async fn run_raw(ctx: Arc<Context>, i: usize, permit: OwnedSemaphorePermit) -> O
     loop {
         loop {
             let message = match socket.buffered() {
+                Ok(Some(wsraw::Received::Message {
+                    binary: true,
+                    payload,
+                })) => {
+                    let _ = take_msgpack(&ctx, i, &payload, now, &subscriptions, &mut received);
+                    continue;
+                }
                 Ok(Some(wsraw::Received::Message { binary, payload })) => {
                     message_text(binary, payload)
                 }
