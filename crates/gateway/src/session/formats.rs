@@ -12,17 +12,21 @@
 //! and keep the writer free of per-frame decisions.
 
 use bytes::Bytes;
+use switchboard_protocol::channel::namespace;
 use switchboard_protocol::msgpack;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::compression;
 use crate::hub::Delivery;
-use crate::metrics::formats::Format;
+use crate::metrics::formats::{Direction, Format};
 use crate::node::Node;
 
 /// The first header byte of a final text frame (RFC 6455 §5.2).
 pub(super) const TEXT: u8 = 0x81;
 /// The first header byte of a final binary frame.
 pub(super) const BINARY: u8 = 0x82;
+/// The header bit of a compressed message (RFC 7692 §6).
+pub(super) const RSV1: u8 = 0x40;
 
 /// A connection's format and compression, fixed at its handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,7 +45,7 @@ impl Mode {
 
     /// The hub's frame as this connection sends it: shared, encoded once
     /// per node.
-    pub(super) fn delivery(self, delivery: &Delivery, _node: &Node) -> Bytes {
+    pub(super) fn delivery(self, delivery: &Delivery, node: &Node) -> Bytes {
         match self {
             Mode {
                 format: Format::Json,
@@ -55,34 +59,57 @@ impl Mode {
                 .msgpack
                 .get_or_init(|| msgpack_frame(&delivery.frame))
                 .clone(),
-            // Until compression lands every frame of a deflate connection
-            // goes out uncompressed (RSV1 clear), which RFC 7692 allows.
             Mode {
                 format: Format::Json,
                 deflate: true,
             } => delivery
                 .encoded
                 .json
-                .get_or_init(|| whole(TEXT, |out| out.extend_from_slice(delivery.frame.as_bytes())))
+                .get_or_init(|| {
+                    let compress = deflates(&delivery.channel, node);
+                    compressed_or_not(TEXT, delivery.frame.as_bytes(), compress, node)
+                })
                 .clone(),
             Mode {
                 format: Format::Msgpack,
                 deflate: true,
-            } => Mode {
-                format: Format::Msgpack,
-                deflate: false,
-            }
-            .delivery(delivery, _node),
+            } => delivery
+                .encoded
+                .msgpack_deflate
+                .get_or_init(|| match msgpack::to_msgpack(&delivery.frame) {
+                    Ok(packed) => {
+                        let compress = deflates(&delivery.channel, node);
+                        compressed_or_not(BINARY, &packed, compress, node)
+                    }
+                    Err(error) => untranslated(&error),
+                })
+                .clone(),
         }
     }
 
     /// A frame the session wrote itself (a reply, the welcome, a replayed
     /// message), as this connection sends it.
-    pub(super) fn frame(self, text: String, _node: &Node) -> Bytes {
-        match self.format {
-            Format::Json if !self.deflate => Bytes::from(text),
-            Format::Json => whole(TEXT, |out| out.extend_from_slice(text.as_bytes())),
-            Format::Msgpack => msgpack_frame(&text),
+    pub(super) fn frame(self, text: String, node: &Node) -> Bytes {
+        match self {
+            Mode {
+                format: Format::Json,
+                deflate: false,
+            } => Bytes::from(text),
+            Mode {
+                format: Format::Msgpack,
+                deflate: false,
+            } => msgpack_frame(&text),
+            Mode {
+                format: Format::Json,
+                deflate: true,
+            } => compressed_or_not(TEXT, text.as_bytes(), true, node),
+            Mode {
+                format: Format::Msgpack,
+                deflate: true,
+            } => match msgpack::to_msgpack(&text) {
+                Ok(packed) => compressed_or_not(BINARY, &packed, true, node),
+                Err(error) => untranslated(&error),
+            },
         }
     }
 
@@ -93,6 +120,38 @@ impl Mode {
         }
         self.frame(frame.as_str().to_owned(), node)
     }
+}
+
+/// Whether a channel's messages are compressed: its namespace opted in.
+fn deflates(channel: &str, node: &Node) -> bool {
+    node.config.namespace(namespace(channel)).deflate
+}
+
+/// A whole frame of `payload` with first byte `first`: compressed (RSV1
+/// set) when `compress` and it reaches `session.deflate_threshold`, unless
+/// compressing did not make it smaller (data that is already compressed).
+fn compressed_or_not(first: u8, payload: &[u8], compress: bool, node: &Node) -> Bytes {
+    if compress && payload.len() >= node.config.session.deflate_threshold {
+        let mut size = None;
+        let frame = whole(first | RSV1, |out| {
+            let start = out.len();
+            if compression::compress_into(payload, out) && out.len() - start < payload.len() {
+                size = Some(out.len() - start);
+            }
+        });
+        if let Some(size) = size {
+            node.metrics.deflated(Direction::Sent, payload.len(), size);
+            return frame;
+        }
+    }
+    whole(first, |out| out.extend_from_slice(payload))
+}
+
+/// A frame whose JSON could not be translated: dropped and logged (see
+/// [`msgpack_frame`]).
+fn untranslated(error: &str) -> Bytes {
+    tracing::error!(message = "frame not translated to MessagePack", %error);
+    Bytes::new()
 }
 
 /// The binary frame holding the MessagePack form of a JSON frame. The JSON
@@ -109,10 +168,7 @@ fn msgpack_frame(json: &str) -> Bytes {
     });
     match failed {
         None => frame,
-        Some(error) => {
-            tracing::error!(message = "frame not translated to MessagePack", %error);
-            Bytes::new()
-        }
+        Some(error) => untranslated(&error),
     }
 }
 
