@@ -415,3 +415,51 @@ async fn data_that_does_not_inflate_closes_with_1007() {
     .await
     .unwrap();
 }
+
+/// RFC 6455's frame rules hold on a compressed connection: a compressed
+/// message may be fragmented with a ping between its fragments, a
+/// compressed text that is not UTF-8 once inflated closes with 1007, and
+/// RSV1 on a continuation frame is a protocol error (RFC 7692 §6.1).
+#[tokio::test]
+async fn frame_rules_hold_through_the_inflating_layer() {
+    const OP_CONTINUATION: u8 = 0x0;
+    const OP_PING: u8 = 0x9;
+    const OP_PONG: u8 = 0xA;
+    let gateway = deflating();
+
+    let (mut raw, _) = Raw::open(&gateway, "fragments", &["permessage-deflate"]).await;
+    let command = json!({"type": "ping", "id": 7}).to_string();
+    let compressed = deflate(command.as_bytes());
+    let (first, rest) = compressed.split_at(compressed.len() / 2);
+    let mut bytes = frame(RSV1 | OP_TEXT, first);
+    bytes.extend(frame(FIN | OP_PING, b"between"));
+    bytes.extend(frame(FIN | OP_CONTINUATION, rest));
+    raw.socket.write_all(&bytes).await.unwrap();
+    let pong = raw.frame().await.unwrap();
+    assert_eq!(
+        (pong.opcode, pong.payload.as_slice()),
+        (OP_PONG, &b"between"[..])
+    );
+    let reply: Value = serde_json::from_str(&raw.frame().await.unwrap().text()).unwrap();
+    assert_eq!(reply, json!({"type": "reply", "id": 7, "result": {}}));
+
+    let (mut raw, _) = Raw::open(&gateway, "latin1", &["permessage-deflate"]).await;
+    let not_utf8 = deflate(&[b'{', 0xff, 0xfe, b'}']);
+    raw.socket
+        .write_all(&frame(FIN | RSV1 | OP_TEXT, &not_utf8))
+        .await
+        .unwrap();
+    assert_eq!(
+        raw.closed().await,
+        (1007, "text frame is not valid UTF-8".to_owned())
+    );
+
+    let (mut raw, _) = Raw::open(&gateway, "rsv1", &["permessage-deflate"]).await;
+    let mut bytes = frame(RSV1 | OP_TEXT, first);
+    bytes.extend(frame(FIN | RSV1 | OP_CONTINUATION, rest));
+    raw.socket.write_all(&bytes).await.unwrap();
+    assert_eq!(
+        raw.closed().await,
+        (1002, "websocket protocol error".to_owned())
+    );
+}
