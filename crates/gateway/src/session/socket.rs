@@ -43,6 +43,7 @@ pub trait Inflates {
 
 impl Inflates for hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {}
 
+#[cfg(test)]
 impl Inflates for tokio::io::DuplexStream {}
 
 impl<S> Inflates for Inflating<S> {
