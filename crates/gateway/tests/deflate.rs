@@ -22,6 +22,8 @@ const FIN: u8 = 0x80;
 const RSV1: u8 = 0x40;
 const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
 const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
 /// A node with permessage-deflate on, and the `docs` namespace opted in.
@@ -361,6 +363,33 @@ async fn compressed_frames_from_the_client_are_read() {
     // A short command, compressed, and one not compressed, on one connection.
     raw.command(json!({"type": "ping", "id": 2}), true).await;
     raw.command(json!({"type": "ping", "id": 3}), false).await;
+
+    // A compressed message in three fragments, a ping between two of them:
+    // the pong comes first, then the publish's reply.
+    let data = big_data(60);
+    let command = json!({"type": "publish", "channel": "chat:room", "data": data, "id": 4});
+    let compressed = deflate(command.to_string().as_bytes());
+    let third = compressed.len() / 3;
+    let bytes = [
+        frame(RSV1 | OP_TEXT, &compressed[..third]),
+        frame(FIN | OP_PING, b"between"),
+        frame(0x0, &compressed[third..2 * third]),
+        frame(FIN, &compressed[2 * third..]),
+    ]
+    .concat();
+    raw.socket.write_all(&bytes).await.unwrap();
+    let pong = raw.frame().await.unwrap();
+    assert_eq!(
+        (pong.opcode, pong.payload.as_slice()),
+        (OP_PONG, &b"between"[..])
+    );
+    let reply: Value = serde_json::from_str(&raw.text().await.text()).unwrap();
+    assert_eq!(reply["id"], 4, "{reply}");
+    assert!(reply["result"]["offset"].is_u64(), "{reply}");
+    assert_eq!(
+        within(subscriber.expect_message()).await.unwrap(),
+        ("chat:room".to_owned(), data)
+    );
 }
 
 #[tokio::test]
