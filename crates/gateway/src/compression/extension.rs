@@ -11,9 +11,11 @@
 //!
 //! with optional whitespace around the separators and empty list elements
 //! allowed (RFC 7230 §7). The server takes the first `permessage-deflate`
-//! offer whose parameters it can honour and always answers [`ACCEPTED`]:
-//! it compresses each message on its own with a 32 KiB window, and asks the
+//! offer whose parameters it can honour and answers [`ACCEPTED`]: it
+//! compresses each message on its own with a 32 KiB window, and asks the
 //! client to do the same so that it keeps no window per connection. An
+//! offer with `server_max_window_bits=15` gets [`ACCEPTED_WINDOW`], which
+//! repeats it, as RFC 7692 §7.1.2.1 requires of a server accepting it. An
 //! offer is declined (and the next one tried) for an unknown or repeated
 //! parameter, a bad value, a value where none belongs, or
 //! `server_max_window_bits` below 15. A malformed offer is declined the
@@ -24,6 +26,9 @@
 pub const ACCEPTED: &str =
     "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 
+/// The same, for an offer that named `server_max_window_bits=15`.
+pub const ACCEPTED_WINDOW: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=15";
+
 /// The 101's `Sec-WebSocket-Extensions` for the request's headers of that
 /// name (`headers.get_all(SEC_WEBSOCKET_EXTENSIONS)`, in order), or `None`
 /// when no acceptable `permessage-deflate` is offered: the connection then
@@ -33,10 +38,14 @@ where
     I: IntoIterator,
     I::Item: AsRef<[u8]>,
 {
-    values
+    let seen = values
         .into_iter()
-        .any(|value| offers_acceptable(value.as_ref()))
-        .then_some(ACCEPTED)
+        .find_map(|value| accepted_offer(value.as_ref()))?;
+    Some(if seen & SERVER_MAX_WINDOW_BITS != 0 {
+        ACCEPTED_WINDOW
+    } else {
+        ACCEPTED
+    })
 }
 
 /// The parameters of permessage-deflate, one bit each (to find repeats).
@@ -55,17 +64,17 @@ enum Value {
     Other,
 }
 
-/// Whether one header value holds an acceptable offer.
-fn offers_acceptable(value: &[u8]) -> bool {
+/// The parameters of the first acceptable offer in one header value.
+fn accepted_offer(value: &[u8]) -> Option<u8> {
     let mut parser = Parser { text: value, at: 0 };
     while !parser.done() {
         match parser.offer() {
-            Ok(true) => return true,
-            Ok(false) => {}
+            Ok(Some(seen)) => return Some(seen),
+            Ok(None) => {}
             Err(Malformed) => parser.skip_element(),
         }
     }
-    false
+    None
 }
 
 struct Malformed;
@@ -144,15 +153,15 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// Reads one list element; `Ok(true)` if it is an acceptable
-    /// permessage-deflate offer. An empty element is `Ok(false)`.
-    fn offer(&mut self) -> Result<bool, Malformed> {
+    /// Reads one list element; its parameters if it is an acceptable
+    /// permessage-deflate offer. An empty element is `Ok(None)`.
+    fn offer(&mut self) -> Result<Option<u8>, Malformed> {
         if self.eat(b',') {
-            return Ok(false);
+            return Ok(None);
         }
         self.ows();
         if self.done() {
-            return Ok(false);
+            return Ok(None);
         }
         let name = self.token()?;
         let deflate = name.eq_ignore_ascii_case(b"permessage-deflate");
@@ -174,7 +183,7 @@ impl<'a> Parser<'a> {
         }
         // The element ends here: at a comma or the end.
         if self.eat(b',') || self.done() {
-            Ok(acceptable)
+            Ok(acceptable.then_some(seen))
         } else {
             Err(Malformed)
         }
@@ -287,17 +296,24 @@ mod tests {
         for accepted in [
             "permessage-deflate; server_no_context_takeover",
             "permessage-deflate; client_no_context_takeover",
-            "permessage-deflate; server_max_window_bits=15",
             "permessage-deflate; client_max_window_bits=8",
             "permessage-deflate; client_max_window_bits=15",
             "permessage-deflate; client_max_window_bits=\"10\"",
             "permessage-deflate; client_max_window_bits=\"1\\5\"",
             "permessage-deflate;client_max_window_bits = 12 ;server_no_context_takeover",
-            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; \
-             server_max_window_bits=15; client_max_window_bits=9",
             "PerMessage-Deflate; Client_Max_Window_Bits",
         ] {
             assert_eq!(one(accepted), Some(ACCEPTED), "{accepted}");
+        }
+        // An accepted server_max_window_bits is repeated in the answer
+        // (RFC 7692 §7.1.2.1).
+        for accepted in [
+            "permessage-deflate; server_max_window_bits=15",
+            "permessage-deflate; server_max_window_bits=\"15\"",
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; \
+             server_max_window_bits=15; client_max_window_bits=9",
+        ] {
+            assert_eq!(one(accepted), Some(ACCEPTED_WINDOW), "{accepted}");
         }
         for declined in [
             "permessage-deflate; server_max_window_bits=8",

@@ -821,6 +821,22 @@ mod tests {
         );
     }
 
+    /// A compressed connection's session: the inflating layer's parse
+    /// state (buffers only while a compressed message is in flight) on top
+    /// of the usual state, within jemalloc's next class.
+    const DEFLATE_STATE_BOUND: usize = 768;
+
+    #[test]
+    fn a_compressed_session_state_stays_within_the_next_class() {
+        type Deflating = Socket<crate::compression::inflating::Inflating<Io>>;
+        let size = std::mem::size_of::<Session<Deflating>>();
+        println!("a compressed session's state: {size} bytes");
+        assert!(
+            size <= DEFLATE_STATE_BOUND,
+            "a compressed session's state is {size} bytes, over {DEFLATE_STATE_BOUND}"
+        );
+    }
+
     #[test]
     fn the_session_state_stays_small() {
         let size = std::mem::size_of::<Session<Socket<Io>>>();
