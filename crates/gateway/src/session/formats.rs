@@ -90,27 +90,10 @@ impl Mode {
     /// A frame the session wrote itself (a reply, the welcome, a replayed
     /// message), as this connection sends it.
     pub(super) fn frame(self, text: String, node: &Node) -> Bytes {
-        match self {
-            Mode {
-                format: Format::Json,
-                deflate: false,
-            } => Bytes::from(text),
-            Mode {
-                format: Format::Msgpack,
-                deflate: false,
-            } => msgpack_frame(&text),
-            Mode {
-                format: Format::Json,
-                deflate: true,
-            } => compressed_or_not(TEXT, text.as_bytes(), true, node),
-            Mode {
-                format: Format::Msgpack,
-                deflate: true,
-            } => match msgpack::to_msgpack(&text) {
-                Ok(packed) => compressed_or_not(BINARY, &packed, true, node),
-                Err(error) => untranslated(&error),
-            },
+        if self == Mode::default() {
+            return Bytes::from(text);
         }
+        self.own(&text, node)
     }
 
     /// A frame already shared as JSON text (a replayed message).
@@ -118,7 +101,21 @@ impl Mode {
         if self == Mode::default() {
             return frame.into();
         }
-        self.frame(frame.as_str().to_owned(), node)
+        self.own(frame.as_str(), node)
+    }
+
+    /// A frame of this connection's own as a whole frame: compressed when
+    /// it reaches the threshold (the namespace's choice is for channel
+    /// messages, shared by every subscriber).
+    fn own(self, json: &str, node: &Node) -> Bytes {
+        match self.format {
+            Format::Json => compressed_or_not(TEXT, json.as_bytes(), self.deflate, node),
+            Format::Msgpack if !self.deflate => msgpack_frame(json),
+            Format::Msgpack => match msgpack::to_msgpack(json) {
+                Ok(packed) => compressed_or_not(BINARY, &packed, true, node),
+                Err(error) => untranslated(&error),
+            },
+        }
     }
 }
 
