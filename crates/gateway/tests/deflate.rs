@@ -492,3 +492,55 @@ async fn frame_rules_hold_through_the_inflating_layer() {
         (1002, "websocket protocol error".to_owned())
     );
 }
+
+/// One compression per message on the node, however many subscribers get
+/// it: three compressed subscribers receive the same bytes, and the node's
+/// deflate counters grow by one message's size, not three.
+#[tokio::test]
+async fn a_message_is_compressed_once_for_every_subscriber() {
+    let gateway = deflating();
+    let mut readers = Vec::new();
+    for user in ["r1", "r2", "r3"] {
+        let (mut raw, _) = Raw::open(&gateway, user, &["permessage-deflate"]).await;
+        raw.command(
+            json!({"type": "subscribe", "channel": "docs:shared", "id": 1}),
+            false,
+        )
+        .await;
+        readers.push(raw);
+    }
+    let raw_bytes = |metrics: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("switchboard_deflate_raw_bytes_total{direction=\"sent\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .map_or(0, |v| v.parse().unwrap())
+    };
+    let (_, _, before) = http_get(gateway.addr, "/metrics", &[]).await;
+    let (mut publisher, _) = gateway.connect("publisher").await;
+    let big = big_data(60);
+    let reply = within(publisher.publish("docs:shared", &big))
+        .await
+        .unwrap();
+    let expected = message_frame("docs:shared", &reply["offset"], &big);
+    let mut payloads = Vec::new();
+    for reader in &mut readers {
+        let got = reader.text().await;
+        assert!(got.rsv1);
+        assert_eq!(got.text(), expected);
+        payloads.push(got.payload);
+    }
+    assert!(payloads.iter().all(|p| *p == payloads[0]), "the same bytes");
+    let (_, _, after) = http_get(gateway.addr, "/metrics", &[]).await;
+    assert_eq!(
+        raw_bytes(&after) - raw_bytes(&before),
+        expected.len() as u64,
+        "compressed once: {}",
+        after
+            .lines()
+            .filter(|l| l.contains("deflate") || l.contains("wire_sent"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(after.contains("switchboard_compression_ratio{direction=\"sent\"}"));
+}
