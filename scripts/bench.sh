@@ -718,7 +718,7 @@ fi
 # ---------------------------------------------------------------- scenario 9
 # ratio A B: A / B to two decimals ("n/a" without B).
 ratio() {
-    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "null") printf "%.2f", a / b; else printf "n/a" }'
+    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a > 0) printf "%.2f", a / b; else printf "n/a" }'
 }
 
 # format_row LABEL REPORT BASE: bytes on the wire and server CPU per

@@ -14,9 +14,21 @@
 //! reports what crossed the wire, compressed. Client frames go uncompressed
 //! (the contract lets a client choose), masked as RFC 6455 requires.
 //!
+//! The node compresses a message once and sends the same compressed bytes
+//! to every subscriber (docs/protocol.md, "Compression"), so a load process
+//! holding a thousand subscribers would inflate the same bytes a thousand
+//! times: at about 4 µs an inflation (a fresh window and Huffman tables per
+//! message) that is more CPU than the gateway spends per delivery, and on a
+//! machine the load tool shares with the gateway it would cap the run far
+//! below what the gateway sustains. So the process keeps the last few
+//! messages it inflated ([`Memo`]) and inflates a compressed message only
+//! when its bytes are new: equal bytes inflate to equal text, so every
+//! subscriber still gets, parses and counts exactly what the server sent.
+//!
 //! Its own module beside `conn` and `sse`, below the subscriber.
 
 use std::net::SocketAddr;
+use std::sync::Mutex;
 
 use bytes::{Buf, BytesMut};
 use flate2::{Decompress, FlushDecompress, Status};
@@ -152,6 +164,47 @@ pub fn inflate(inflater: &mut Decompress, compressed: &[u8]) -> Result<Vec<u8>, 
     }
 }
 
+/// The last compressed messages this process inflated, newest last.
+struct Memo {
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// How many inflated messages [`MEMO`] keeps: more than the distinct
+/// messages in flight to a load process's subscribers at once.
+const MEMO_SIZE: usize = 64;
+
+static MEMO: Mutex<Memo> = Mutex::new(Memo {
+    entries: Vec::new(),
+});
+
+impl Memo {
+    fn get(&self, compressed: &[u8]) -> Option<Vec<u8>> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|(key, _)| key.as_slice() == compressed)
+            .map(|(_, inflated)| inflated.clone())
+    }
+
+    fn put(&mut self, compressed: &[u8], inflated: &[u8]) {
+        if self.entries.len() >= MEMO_SIZE {
+            self.entries.remove(0);
+        }
+        self.entries.push((compressed.to_vec(), inflated.to_vec()));
+    }
+}
+
+/// [`inflate`], through the process's [`MEMO`] of recent messages.
+fn inflate_shared(inflater: &mut Decompress, compressed: &[u8]) -> Result<Vec<u8>, String> {
+    let memo = || MEMO.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(inflated) = memo().get(compressed) {
+        return Ok(inflated);
+    }
+    let inflated = inflate(inflater, compressed)?;
+    memo().put(compressed, &inflated);
+    Ok(inflated)
+}
+
 /// The response head: status and the headers the client checks.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Head {
@@ -264,7 +317,7 @@ impl Frames {
                     }
                     self.partial = None;
                     let payload = if compressed {
-                        let inflated = inflate(&mut self.inflater, &self.message);
+                        let inflated = inflate_shared(&mut self.inflater, &self.message);
                         self.message.clear();
                         inflated?
                     } else {
@@ -541,6 +594,21 @@ mod tests {
                 payload: text
             }]
         );
+    }
+
+    #[test]
+    fn equal_compressed_bytes_inflate_once_to_equal_text() {
+        let text = b"{\"type\":\"message\",\"channel\":\"memo\",\"data\":{\"k\":1,\"ts\":2}}";
+        let compressed = deflate(text);
+        let mut inflater = Decompress::new(false);
+        assert_eq!(inflate_shared(&mut inflater, &compressed).unwrap(), text);
+        // The second time it is not inflated (this inflater was never used).
+        let mut unused = Decompress::new(false);
+        assert_eq!(inflate_shared(&mut unused, &compressed).unwrap(), text);
+        assert_eq!(unused.total_in(), 0);
+        // Bytes that do not inflate are never remembered.
+        assert!(inflate_shared(&mut inflater, b"\xff\xff\xff").is_err());
+        assert!(inflate_shared(&mut inflater, b"\xff\xff\xff").is_err());
     }
 
     #[test]
