@@ -11,6 +11,7 @@ pub mod channel;
 pub mod codes;
 pub mod frame;
 pub mod json;
+pub mod msgpack;
 pub mod position;
 
 pub use channel::{ChannelError, ChannelName, Pattern, PatternSet};
