@@ -53,6 +53,7 @@ export async function buildVendoredMsgpack() {
       sourcefile: "msgpack-entry.js",
       loader: "js",
     },
+    absWorkingDir: SDK_DIR, // the paths in its comments, wherever it runs from
     bundle: true,
     format: "esm",
     platform: "neutral",
