@@ -284,6 +284,9 @@ pub enum ServerFrame<'a> {
         /// `"sse"` on a server-sent events stream; absent on WebSocket.
         #[serde(skip_serializing_if = "Option::is_none")]
         transport: Option<&'a str>,
+        /// `"msgpack"` on a `switchboard.msgpack` connection; absent on JSON.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        format: Option<&'a str>,
     },
     Reply {
         id: u64,
@@ -416,6 +419,8 @@ pub enum Incoming {
         batch: bool,
         #[serde(default)]
         transport: Option<String>,
+        #[serde(default)]
+        format: Option<String>,
     },
     Reply {
         id: u64,

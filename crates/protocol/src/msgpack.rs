@@ -83,6 +83,19 @@ pub fn to_json(bytes: &[u8]) -> Result<String, MsgpackError> {
     Ok(out)
 }
 
+/// The `id` of a MessagePack command that could not be handled, when it
+/// can be read (a non-negative integer at the top of a map), so its error
+/// goes out as a `reply` like a JSON command's.
+pub fn command_id(bytes: &[u8]) -> Option<u64> {
+    let mut reader = bytes;
+    let value = rmpv::decode::read_value_with_max_depth(&mut reader, MAX_DEPTH).ok()?;
+    value
+        .as_map()?
+        .iter()
+        .find(|(key, _)| key.as_str() == Some("id"))
+        .and_then(|(_, id)| id.as_u64())
+}
+
 /// Where a value sits in the frame, for the refusal's message
 /// (`data.items[2].photo`).
 struct Path<'a>(Vec<Step<'a>>);
@@ -300,6 +313,18 @@ mod tests {
             to_json(&bytes).unwrap_err().to_string(),
             "frame has no JSON form: NaN or infinite float at data"
         );
+    }
+
+    #[test]
+    fn the_id_of_a_refused_command_is_read() {
+        let bytes = map(vec![
+            ("type", Value::from("publish")),
+            ("id", Value::from(9u64)),
+            ("data", Value::Binary(vec![1])),
+        ]);
+        assert_eq!(command_id(&bytes), Some(9));
+        assert_eq!(command_id(&map(vec![("id", Value::from(-1))])), None);
+        assert_eq!(command_id(&[0xc1]), None);
     }
 
     #[test]

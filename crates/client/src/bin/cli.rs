@@ -61,6 +61,7 @@ async fn main() -> ExitCode {
             expires_in: welcome.expires_in,
             batch: welcome.batch,
             transport: None,
+            format: None,
         })
     );
 

@@ -55,6 +55,9 @@ pub struct NamespaceConfig {
     /// The backend asked about a subscribe the token does not grant
     /// (`subscribe_proxy`); without it such a subscribe is refused.
     pub subscribe_proxy: Option<url::Url>,
+    /// Its channels' messages are sent compressed to connections that
+    /// negotiated permessage-deflate (`session.deflate` on the node).
+    pub deflate: bool,
 }
 
 /// A `[namespaces.<name>]` table as written in the file.
@@ -70,6 +73,8 @@ pub(super) struct FileNamespace {
     #[serde(default = "default_history_ttl", with = "humantime_serde")]
     history_ttl: Duration,
     subscribe_proxy: Option<String>,
+    #[serde(default)]
+    deflate: bool,
 }
 
 /// The settings of every namespace not listed in the file.
@@ -79,6 +84,7 @@ pub(super) static DEFAULT_NAMESPACE: NamespaceConfig = NamespaceConfig {
     history_size: DEFAULT_HISTORY_SIZE,
     history_ttl: DEFAULT_HISTORY_TTL,
     subscribe_proxy: None,
+    deflate: false,
 };
 
 fn yes() -> bool {
@@ -141,6 +147,7 @@ pub(super) fn namespace_configs(
                 history_size: ns.history_size,
                 history_ttl: ns.history_ttl,
                 subscribe_proxy,
+                deflate: ns.deflate,
             },
         );
     }

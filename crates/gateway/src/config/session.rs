@@ -1,6 +1,7 @@
 //! Per-connection limits and timers (`[session]`): the largest frame, the
 //! channels one connection may hold, the bytes queued for it before it
-//! counts as a slow consumer, the ping/pong timers and write coalescing.
+//! counts as a slow consumer, the ping/pong timers, write coalescing and
+//! permessage-deflate.
 //!
 //! The send queue must hold at least one maximum-size message, counted as
 //! the queue counts it ([`MESSAGE_ENVELOPE_BYTES`] and
@@ -34,6 +35,9 @@ pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(10);
 /// Chosen from measurements (docs/benchmarks.md, write coalescing, and
 /// coalescing that never adds latency).
 pub const DEFAULT_WRITE_COALESCE: Duration = Duration::from_millis(10);
+/// Frames smaller than this are sent uncompressed: deflate's block header
+/// and the CPU outweigh what a short frame saves.
+pub const DEFAULT_DEFLATE_THRESHOLD: usize = 256;
 
 const MAX_FRAME_BYTES: Key = Key::new("session.max_frame_bytes", "SWITCHBOARD_MAX_FRAME_BYTES");
 const MAX_CHANNELS: Key = Key::new("session.max_channels", "SWITCHBOARD_MAX_CHANNELS");
@@ -41,6 +45,9 @@ const SEND_QUEUE_BYTES: Key = Key::new("session.send_queue_bytes", "SWITCHBOARD_
 const PING_INTERVAL: Key = Key::new("session.ping_interval", "SWITCHBOARD_PING_INTERVAL");
 const PONG_TIMEOUT: Key = Key::new("session.pong_timeout", "SWITCHBOARD_PONG_TIMEOUT");
 const WRITE_COALESCE: Key = Key::new("session.write_coalesce", "SWITCHBOARD_WRITE_COALESCE");
+const DEFLATE: Key = Key::new("session.deflate", "SWITCHBOARD_DEFLATE");
+const DEFLATE_THRESHOLD: Key =
+    Key::new("session.deflate_threshold", "SWITCHBOARD_DEFLATE_THRESHOLD");
 
 /// Per-connection limits and timers.
 #[derive(Debug, Clone)]
@@ -59,6 +66,11 @@ pub struct SessionConfig {
     /// queued at once; any other frame is written at once. 0: every frame
     /// is written as soon as it is taken off the queue.
     pub write_coalesce: Duration,
+    /// permessage-deflate (RFC 7692) is negotiated with clients that offer
+    /// it; channel messages are compressed in namespaces with `deflate`.
+    pub deflate: bool,
+    /// Frames shorter than this go out uncompressed.
+    pub deflate_threshold: usize,
 }
 
 /// The `[session]` table as written in the file.
@@ -74,6 +86,8 @@ pub(super) struct FileSession {
     pong_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     write_coalesce: Option<Duration>,
+    deflate: Option<bool>,
+    deflate_threshold: Option<usize>,
 }
 
 /// The session settings, each within its bounds, with a send queue that
@@ -130,6 +144,17 @@ pub(super) fn session_config(
                 .unwrap_or(DEFAULT_WRITE_COALESCE),
             Duration::ZERO,
             Duration::from_secs(1),
+        )?,
+        deflate: env_parse(env, &DEFLATE, "true or false")?
+            .or(file.deflate)
+            .unwrap_or(false),
+        deflate_threshold: check_range(
+            &DEFLATE_THRESHOLD,
+            env_parse(env, &DEFLATE_THRESHOLD, "a whole number of bytes")?
+                .or(file.deflate_threshold)
+                .unwrap_or(DEFAULT_DEFLATE_THRESHOLD),
+            0,
+            16 << 20,
         )?,
     };
 

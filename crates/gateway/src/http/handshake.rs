@@ -18,9 +18,11 @@ use crate::auth::{AuthError, Claims};
 use crate::http::response::{self, Body};
 use crate::limits::Limited;
 use crate::metrics;
+use crate::metrics::formats::Format;
 use crate::node::Node;
 use crate::presence::ConnectionId;
 use crate::session::events::parse_event_id;
+use crate::session::formats::Mode;
 use crate::session::{self, Admission};
 use switchboard_protocol::{ChannelName, Position};
 
@@ -28,9 +30,16 @@ use switchboard_protocol::{ChannelName, Position};
 pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a handshake was refused.
+/// The refusal of a `Sec-WebSocket-Protocol` that names none of ours.
+pub const UNSUPPORTED_SUBPROTOCOL: &str =
+    "unsupported subprotocol; this server speaks switchboard.json and switchboard.msgpack";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
+
 pub enum Refusal {
     NotWebSocket(&'static str),
+    /// `Sec-WebSocket-Protocol` names none of ours.
+    Subprotocol,
     /// A stream's request names bad channels or a bad `Last-Event-ID`.
     BadStream(String),
     Unavailable(&'static str),
@@ -44,6 +53,7 @@ impl Refusal {
     pub fn reason(&self) -> &'static str {
         match self {
             Refusal::NotWebSocket(_) => "not_websocket",
+            Refusal::Subprotocol => "subprotocol",
             Refusal::BadStream(_) => "bad_stream",
             Refusal::Unavailable(reason) => reason,
             Refusal::ForbiddenOrigin => "origin",
@@ -57,6 +67,12 @@ impl Refusal {
             Refusal::NotWebSocket(message) => {
                 response::error(StatusCode::BAD_REQUEST, "bad_request", message, None)
             }
+            Refusal::Subprotocol => response::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                UNSUPPORTED_SUBPROTOCOL,
+                None,
+            ),
             Refusal::BadStream(message) => {
                 response::error(StatusCode::BAD_REQUEST, "bad_request", &message, None)
             }
@@ -150,7 +166,55 @@ pub fn admit(
         .ok_or(Refusal::NotWebSocket("missing Sec-WebSocket-Key"))?;
     let accept_key = derive_accept_key(key.as_bytes());
     let batch = batch_from(query)?;
-    admit_client(node, query, headers, client_ip, accept_key, batch)
+    let format = format_from(headers)?;
+    let mut admission = admit_client(node, query, headers, client_ip, accept_key, batch)?;
+    let mode = Mode {
+        format: format.unwrap_or_default(),
+        deflate: false,
+    };
+    // A batch joins frames per connection: only plain JSON text has them.
+    admission.batch &= !mode.whole_frames();
+    admission.mode = mode;
+    admission.subprotocol = format.is_some();
+    Ok(admission)
+}
+
+/// The subprotocols this server speaks, as a client names them.
+pub const SUBPROTOCOLS: [(&str, Format); 2] = [
+    ("switchboard.json", Format::Json),
+    ("switchboard.msgpack", Format::Msgpack),
+];
+
+/// The name of a format's subprotocol, for the 101.
+pub fn subprotocol_name(format: Format) -> &'static str {
+    SUBPROTOCOLS
+        .iter()
+        .find(|(_, f)| *f == format)
+        .map_or("switchboard.json", |(name, _)| name)
+}
+
+/// The format a client's `Sec-WebSocket-Protocol` asks for: the first of
+/// ours in its order; none when it names no subprotocol; refused when it
+/// names only others (a browser would fail the connection anyway when the
+/// 101 names none of them).
+fn format_from(headers: &HeaderMap) -> Result<Option<Format>, Refusal> {
+    let mut offered = false;
+    for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        let Ok(value) = value.to_str() else {
+            return Err(Refusal::Subprotocol);
+        };
+        for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            offered = true;
+            if let Some((_, format)) = SUBPROTOCOLS.iter().find(|(ours, _)| *ours == name) {
+                return Ok(Some(*format));
+            }
+        }
+    }
+    if offered {
+        Err(Refusal::Subprotocol)
+    } else {
+        Ok(None)
+    }
 }
 
 /// The checks every transport shares, once the request itself is valid:
@@ -186,6 +250,9 @@ fn admit_client(
         client_ip,
         accept_key,
         batch,
+        mode: Mode::default(),
+        subprotocol: false,
+        extension: None,
     })
 }
 

@@ -338,6 +338,10 @@ async fn upgrade(
     };
     // Taken, not cloned: the session keeps the admission for its lifetime.
     let accept_key = std::mem::take(&mut admission.accept_key);
+    let subprotocol = admission
+        .subprotocol
+        .then(|| handshake::subprotocol_name(admission.mode.format));
+    let extension = admission.extension;
     let opened = match record(&node, peer, client_ip, admission).await {
         Ok(opened) => opened,
         Err(response) => return response,
@@ -357,6 +361,18 @@ async fn upgrade(
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     if let Ok(value) = HeaderValue::from_str(&accept_key) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
+    }
+    if let Some(name) = subprotocol {
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(name),
+        );
+    }
+    if let Some(extension) = extension {
+        headers.insert(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static(extension),
+        );
     }
     response
 }
@@ -389,8 +405,9 @@ fn open_session(pending: Box<Pending>) -> impl std::future::Future<Output = ()> 
         opened,
         ..
     } = *pending;
+    let mode = opened.admission.mode;
     let ws = match upgraded {
-        Some(Ok(upgraded)) => Some(websocket(&node, upgraded)),
+        Some(Ok(upgraded)) => Some(websocket(&node, upgraded).with_mode(mode)),
         Some(Err(error)) => {
             tracing::debug!(message = "upgrade failed", peer = %opened.peer, %error);
             None

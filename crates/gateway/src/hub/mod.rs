@@ -29,10 +29,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use indexmap::set::MutableValues;
 use indexmap::{Equivalent, IndexSet};
@@ -52,6 +53,23 @@ pub struct Delivery {
     /// lets a session drop what it already sent while resuming.
     pub position: Option<(u64, Arc<str>)>,
     pub frame: Utf8Bytes,
+    /// The frame in the other formats and compressions, each made once on
+    /// the node by the first session that sends it (`session::formats`).
+    pub encoded: Encoded,
+}
+
+/// A delivery's frame as whole WebSocket frames (header included) for
+/// connections that do not take the JSON text as it is: empty until a
+/// session of that kind sends it.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    /// JSON text, for permessage-deflate connections (compressed when the
+    /// namespace and the threshold say so).
+    pub json: OnceLock<Bytes>,
+    /// MessagePack, uncompressed.
+    pub msgpack: OnceLock<Bytes>,
+    /// MessagePack, for permessage-deflate connections.
+    pub msgpack_deflate: OnceLock<Bytes>,
 }
 
 impl Delivery {
@@ -61,6 +79,7 @@ impl Delivery {
             channel: channel.into(),
             position: None,
             frame,
+            encoded: Encoded::default(),
         })
     }
 
@@ -70,6 +89,7 @@ impl Delivery {
             channel: channel.into(),
             position: Some((offset, Arc::clone(epoch))),
             frame,
+            encoded: Encoded::default(),
         })
     }
 }

@@ -24,6 +24,7 @@
 
 pub mod api;
 pub mod channels;
+pub mod formats;
 pub mod history;
 pub mod presence;
 pub mod redis_links;
@@ -56,6 +57,7 @@ pub struct Metrics {
     registry: Registry,
     draining: IntGauge,
     sessions: SessionMetrics,
+    formats: formats::FormatMetrics,
     channels: ChannelMetrics,
     redis_links: RedisLinkMetrics,
     history: HistoryMetrics,
@@ -100,6 +102,7 @@ impl Metrics {
                 "1 while the node is shutting down and refusing new connections.",
             ),
             sessions: SessionMetrics::new(r, max_connections),
+            formats: formats::FormatMetrics::new(r),
             channels: ChannelMetrics::new(r, namespaces),
             redis_links: RedisLinkMetrics::new(r),
             history: HistoryMetrics::new(r),
@@ -181,6 +184,23 @@ impl Metrics {
     #[inline]
     pub fn sent(&self, transport: Transport, frames: usize, bytes: usize) {
         self.sessions.sent(transport, frames, bytes);
+    }
+
+    /// A WebSocket session of `format` wrote `plain` bytes of uncompressed
+    /// frames and `compressed` bytes of compressed ones (headers included).
+    pub fn wire_sent(&self, format: formats::Format, plain: usize, compressed: usize) {
+        self.formats.sent(format, plain, compressed);
+    }
+
+    /// A WebSocket data frame of `bytes` on the wire came in.
+    pub fn wire_received(&self, format: formats::Format, compressed: bool, bytes: usize) {
+        self.formats.received(format, compressed, bytes);
+    }
+
+    /// A message of `raw` bytes was deflated to (or inflated from)
+    /// `compressed` bytes.
+    pub fn deflated(&self, direction: formats::Direction, raw: usize, compressed: usize) {
+        self.formats.deflated(direction, raw, compressed);
     }
 
     /// A client command of type `command` (a protocol command type, or

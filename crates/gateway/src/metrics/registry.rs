@@ -20,7 +20,7 @@ pub(super) const IO_BUCKETS: &[f64] = &[
 ];
 
 /// Registers a collector and hands it back.
-fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
+pub(super) fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
     // The definitions are constants and each name is registered once per
     // registry, so this only fails on a programming error (a unit test
     // builds the whole set).

@@ -19,15 +19,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
+
 use switchboard_protocol::position::valid_epoch;
 use switchboard_protocol::{ChannelName, Position, ServerFrame};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::wire::Wire;
 use crate::hub::Delivery;
 use crate::metrics::sessions::Transport;
+use crate::node::Node;
 
 /// The comment written at each ping interval: proxies see traffic on an
 /// idle stream, clients ignore it.
@@ -93,7 +96,7 @@ impl<S> EventStream<S> {
 
     /// An event carrying `frame`, with the stream's id when `with_id`: one
     /// allocation per event (the id is written into it, not built apart).
-    pub(super) fn event(&self, frame: &str, with_id: bool) -> Utf8Bytes {
+    pub(super) fn event(&self, frame: &str, with_id: bool) -> Bytes {
         // Room for the id's places: an offset's digits, a colon, an epoch
         // of 16 hex digits and a comma, usually.
         let id_room = if with_id {
@@ -110,7 +113,21 @@ impl<S> EventStream<S> {
         event.push_str("data: ");
         event.push_str(frame);
         event.push_str("\n\n");
-        Utf8Bytes::from(event)
+        Bytes::from(event)
+    }
+
+    /// The event carrying a frame the hub queued: with the stream's id
+    /// when the frame moves a position in one of its channels.
+    pub(super) fn delivery_event(&mut self, delivery: &Delivery) -> Bytes {
+        let moved = delivery.position.as_ref().and_then(|(offset, epoch)| {
+            let place = self
+                .places
+                .iter_mut()
+                .find(|p| p.channel.as_str() == &*delivery.channel)?;
+            place.position = Some((*offset, Arc::clone(epoch)));
+            Some(())
+        });
+        self.event(&delivery.frame, moved.is_some())
     }
 }
 
@@ -152,23 +169,15 @@ where
         &mut self.io
     }
 
-    fn header(_len: usize, _out: &mut [u8; 10]) -> usize {
-        0
+    fn header(len: usize, out: &mut [u8; 10]) -> usize {
+        super::wire::no_header(len, out)
     }
 
-    fn delivery(&mut self, delivery: &Delivery) -> Utf8Bytes {
-        let moved = delivery.position.as_ref().and_then(|(offset, epoch)| {
-            let place = self
-                .places
-                .iter_mut()
-                .find(|p| p.channel.as_str() == &*delivery.channel)?;
-            place.position = Some((*offset, Arc::clone(epoch)));
-            Some(())
-        });
-        self.event(&delivery.frame, moved.is_some())
+    fn delivery(&mut self, delivery: &Delivery, _node: &Node) -> Bytes {
+        self.delivery_event(delivery)
     }
 
-    fn frame(&self, text: String) -> Utf8Bytes {
+    fn frame(&self, text: String, _node: &Node) -> Bytes {
         self.event(&text, false)
     }
 
@@ -176,11 +185,11 @@ where
         Ok(())
     }
 
-    fn heartbeat() -> Option<Utf8Bytes> {
-        Some(Utf8Bytes::from_static(HEARTBEAT))
+    fn heartbeat() -> Option<Bytes> {
+        Some(Bytes::from_static(HEARTBEAT.as_bytes()))
     }
 
-    async fn close(&mut self, frame: CloseFrame) -> Option<Utf8Bytes> {
+    async fn close(&mut self, frame: CloseFrame) -> Option<Bytes> {
         let close = ServerFrame::Close {
             code: frame.code.into(),
             reason: frame.reason.as_str(),
@@ -201,7 +210,7 @@ where
         EventStream::set_position(self, index, position);
     }
 
-    fn positioned(&self, text: String) -> Utf8Bytes {
+    fn positioned(&self, text: String, _node: &Node) -> Bytes {
         self.event(&text, true)
     }
 }
@@ -259,6 +268,7 @@ pub fn parse_event_id(id: &str, channels: usize) -> Result<Vec<Option<Position>>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_tungstenite::tungstenite::Utf8Bytes;
 
     fn stream(channels: &[(&str, Option<(u64, &str)>)]) -> EventStream<tokio::io::DuplexStream> {
         let (io, _) = tokio::io::duplex(64);
@@ -286,10 +296,11 @@ mod tests {
             frame: Utf8Bytes::from_static(
                 r#"{"type":"message","channel":"c","offset":9,"data":1}"#,
             ),
+            encoded: Default::default(),
         };
-        let event = stream.delivery(&delivery);
+        let event = stream.delivery_event(&delivery);
         assert_eq!(
-            event.as_str(),
+            std::str::from_utf8(&event).unwrap(),
             "id: 5:e1,,9:e3\ndata: {\"type\":\"message\",\"channel\":\"c\",\"offset\":9,\"data\":1}\n\n"
         );
         assert_eq!(
@@ -309,13 +320,14 @@ mod tests {
             channel: "a".into(),
             position: None,
             frame: Utf8Bytes::from_static(r#"{"type":"join"}"#),
+            encoded: Default::default(),
         };
         assert_eq!(
-            stream.delivery(&join).as_str(),
+            std::str::from_utf8(&stream.delivery_event(&join)).unwrap(),
             "data: {\"type\":\"join\"}\n\n"
         );
         assert_eq!(
-            stream.frame("{}".to_owned()).as_str(),
+            std::str::from_utf8(&stream.event("{}", false)).unwrap(),
             "data: {}\n\n",
             "replies and the welcome carry no id"
         );

@@ -39,6 +39,7 @@ mod clock;
 mod commands;
 mod effects;
 pub mod events;
+pub mod formats;
 mod rate;
 mod recovery;
 pub mod socket;
@@ -58,6 +59,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use switchboard_protocol::frame::{decode_command, ErrorBody};
+use switchboard_protocol::msgpack;
 use switchboard_protocol::{close, ChannelName, Command, ErrorCode, Position, ServerFrame};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::OwnedSemaphorePermit;
@@ -75,6 +77,7 @@ use self::subscriptions::Subscriptions;
 use crate::auth::Claims;
 use crate::hub::{Outbound, SessionHandle, StreamCommand};
 use crate::limits::Slots;
+use crate::metrics::formats::Format;
 use crate::metrics::sessions::Transport;
 use crate::metrics::sessions::{Closed, OpenSession};
 use crate::node::Node;
@@ -101,9 +104,16 @@ pub struct Admission {
     pub client_ip: IpAddr,
     /// The `Sec-WebSocket-Accept` value for the 101 response.
     pub accept_key: String,
-    /// The client asked for batched frames (`?batch=1`): a text frame may
-    /// carry several messages, one per line.
+    /// The client asked for batched frames (`?batch=1`), and its format
+    /// and compression allow them: a text frame may carry several
+    /// messages, one per line.
     pub batch: bool,
+    /// The format and compression the handshake chose.
+    pub mode: formats::Mode,
+    /// The client named a subprotocol: the 101 names the one chosen.
+    pub subprotocol: bool,
+    /// permessage-deflate was negotiated: the 101's extension header.
+    pub extension: Option<&'static str>,
 }
 
 /// A connection admitted by the handshake, about to become a session.
@@ -280,9 +290,10 @@ impl<W: Wire> Session<W> {
                 .as_secs(),
             batch: self.batch,
             transport: (W::TRANSPORT == Transport::Sse).then_some("sse"),
+            format: (self.ws.mode().format == Format::Msgpack).then_some("msgpack"),
         }
         .encode();
-        self.out.push(self.ws.frame(welcome));
+        self.out.push(self.ws.frame(welcome, &self.node));
         // A stream subscribes the channels its request named, each
         // answered by a `subscription` event (and its replay), all written
         // with the welcome.
@@ -333,7 +344,7 @@ impl<W: Wire> Session<W> {
                     error: Some(error),
                 }
                 .encode();
-                self.out.push(self.ws.positioned(frame));
+                self.out.push(self.ws.positioned(frame, &self.node));
                 return;
             }
         };
@@ -357,11 +368,12 @@ impl<W: Wire> Session<W> {
         }
         .encode();
         self.out.reserve(1 + replay.len());
-        self.out.push(self.ws.positioned(frame));
+        self.out.push(self.ws.positioned(frame, &self.node));
         for (k, message) in replay.into_iter().enumerate() {
             let position = epoch.clone().map(|epoch| (start + 1 + k as u64, epoch));
             self.ws.set_position(index, position);
-            self.out.push(self.ws.positioned(message.to_string()));
+            self.out
+                .push(self.ws.positioned(message.to_string(), &self.node));
         }
     }
 
@@ -502,6 +514,19 @@ impl<W: Wire> Session<W> {
             message,
             Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Ping(_)))
         );
+        match &message {
+            Some(Ok(Message::Text(text))) => {
+                self.node
+                    .metrics
+                    .wire_received(Format::Json, false, text.len());
+            }
+            Some(Ok(Message::Binary(bytes))) => {
+                self.node
+                    .metrics
+                    .wire_received(Format::Msgpack, false, bytes.len());
+            }
+            _ => {}
+        }
         if counted {
             match self.rate.check(Moment::now(), &self.node.config) {
                 RateVerdict::Run => {}
@@ -511,6 +536,9 @@ impl<W: Wire> Session<W> {
         match message {
             None => Err(End::Gone("stream ended")),
             Some(Ok(Message::Text(text))) => self.on_text(&text).await,
+            Some(Ok(Message::Binary(bytes))) if self.ws.mode().format == Format::Msgpack => {
+                self.on_msgpack(&bytes).await
+            }
             Some(Ok(Message::Binary(_))) => {
                 let frame = ServerFrame::failure(
                     None,
@@ -565,11 +593,31 @@ impl<W: Wire> Session<W> {
                 Ok(request) => request.id,
                 Err(error) => error.id,
             },
-            Some(Ok(Message::Binary(_))) => None,
+            Some(Ok(Message::Binary(bytes))) => msgpack::command_id(bytes),
             _ => return Ok(()),
         };
         self.send_text(ServerFrame::failure(id, code, &reason))
             .await
+    }
+
+    /// A MessagePack command: its JSON text runs as any command does (the
+    /// reply goes out in MessagePack); one with no JSON form is refused.
+    async fn on_msgpack(&mut self, bytes: &[u8]) -> Result<(), End> {
+        match msgpack::to_json(bytes) {
+            Ok(text) => self.on_text(&text).await,
+            Err(error) => {
+                self.node.metrics.client_message(W::TRANSPORT, bytes.len());
+                self.node
+                    .metrics
+                    .command("invalid", Some(ErrorCode::BadRequest));
+                let frame = ServerFrame::failure(
+                    msgpack::command_id(bytes),
+                    ErrorCode::BadRequest,
+                    &error.to_string(),
+                );
+                self.send_text(frame).await
+            }
+        }
     }
 
     /// A command: decided by its rules, run, answered (and, after a
@@ -584,8 +632,12 @@ impl<W: Wire> Session<W> {
         }
         // The reply, then every replayed message, in one write.
         self.out.reserve(replay.len() + 1);
-        self.out.extend(frame.map(Utf8Bytes::from));
-        self.out.extend(replay);
+        if let Some(frame) = frame {
+            self.out.push(self.ws.frame(frame, &self.node));
+        }
+        for message in replay {
+            self.out.push(self.ws.shared(message, &self.node));
+        }
         self.write_out().await
     }
 
@@ -667,7 +719,9 @@ impl<W: Wire> Session<W> {
         command.answer(frame);
         // Only a subscribe replays, and a stream refuses it; written if it
         // ever did, never lost.
-        self.out.extend(replay);
+        for message in replay {
+            self.out.push(self.ws.shared(message, &self.node));
+        }
         self.write_out().await
     }
 }

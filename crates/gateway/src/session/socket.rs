@@ -27,6 +27,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, WebSocket};
 
+use super::formats::Mode;
+
 /// A WebSocket over an async stream, read and written by one task.
 pub struct Socket<S> {
     ws: WebSocket<Io<S>>,
@@ -35,6 +37,8 @@ pub struct Socket<S> {
     /// A send queued its message but was dropped before its flush
     /// completed: the next send flushes first.
     unflushed: bool,
+    /// The format and compression the handshake chose.
+    pub(super) mode: Mode,
 }
 
 /// The async stream as the blocking `Read` and `Write` tungstenite wants:
@@ -60,7 +64,14 @@ where
             ws: WebSocket::from_raw_socket(io, role, Some(config)),
             ended: false,
             unflushed: false,
+            mode: Mode::default(),
         }
+    }
+
+    /// Sets the format and compression the handshake chose.
+    pub fn with_mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// The stream itself, for writes that bypass tungstenite.

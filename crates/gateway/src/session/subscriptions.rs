@@ -219,6 +219,7 @@ mod tests {
             channel: channel.into(),
             position: position.map(|(o, e)| (o, Arc::from(e))),
             frame: Utf8Bytes::from_static("m"),
+            encoded: Default::default(),
         }
     }
 

@@ -12,6 +12,8 @@
 //! dispatch on the per-frame path.
 
 use std::sync::Arc;
+
+use bytes::Bytes;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,9 +22,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
+use super::formats::{self, Mode};
+
 use super::socket::Socket;
 use crate::hub::Delivery;
 use crate::metrics::sessions::Transport;
+use crate::node::Node;
 
 /// How long a close handshake may take before the socket is dropped.
 pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -51,12 +56,24 @@ pub trait Wire: Unpin {
     /// `out`; returns its length (0 when frames need none).
     fn header(len: usize, out: &mut [u8; 10]) -> usize;
 
+    /// The connection's format and compression (a stream's is always
+    /// uncompressed JSON).
+    fn mode(&self) -> Mode {
+        Mode::default()
+    }
+
     /// The bytes that carry a frame the hub queued for the client.
-    fn delivery(&mut self, delivery: &Delivery) -> Utf8Bytes;
+    fn delivery(&mut self, delivery: &Delivery, node: &Node) -> Bytes;
 
     /// The bytes that carry a frame the session wrote itself (a reply, the
     /// welcome, an error).
-    fn frame(&self, text: String) -> Utf8Bytes;
+    fn frame(&self, text: String, node: &Node) -> Bytes;
+
+    /// The bytes that carry a JSON frame already shared (a replayed
+    /// message).
+    fn shared(&self, frame: Utf8Bytes, node: &Node) -> Bytes {
+        self.frame(frame.as_str().to_owned(), node)
+    }
 
     /// A WebSocket ping; on a stream, the heartbeat is written as a frame
     /// instead (see [`Wire::heartbeat`]) and this does nothing.
@@ -64,12 +81,12 @@ pub trait Wire: Unpin {
 
     /// The bytes written on a stream at each ping interval; `None` on a
     /// WebSocket (it pings).
-    fn heartbeat() -> Option<Utf8Bytes>;
+    fn heartbeat() -> Option<Bytes>;
 
     /// Ends the connection with `code`: a WebSocket sends its close frame
     /// and waits (briefly, bounded by the caller) for the client's; a
     /// stream returns its last event for the session to write.
-    async fn close(&mut self, frame: CloseFrame) -> Option<Utf8Bytes>;
+    async fn close(&mut self, frame: CloseFrame) -> Option<Bytes>;
 
     /// Writes out a close the client started (a WebSocket's queued echo).
     async fn flush(&mut self) -> Result<(), WsError>;
@@ -88,8 +105,8 @@ pub trait Wire: Unpin {
     /// The bytes that carry a frame the session wrote itself that moves a
     /// position (a stream's `subscription` event and replayed messages,
     /// with their id).
-    fn positioned(&self, text: String) -> Utf8Bytes {
-        self.frame(text)
+    fn positioned(&self, text: String, node: &Node) -> Bytes {
+        self.frame(text, node)
     }
 }
 
@@ -116,23 +133,31 @@ where
         text_header(len, out)
     }
 
-    fn delivery(&mut self, delivery: &Delivery) -> Utf8Bytes {
-        delivery.frame.clone()
+    fn mode(&self) -> Mode {
+        self.mode
     }
 
-    fn frame(&self, text: String) -> Utf8Bytes {
-        Utf8Bytes::from(text)
+    fn delivery(&mut self, delivery: &Delivery, node: &Node) -> Bytes {
+        self.mode.delivery(delivery, node)
+    }
+
+    fn frame(&self, text: String, node: &Node) -> Bytes {
+        self.mode.frame(text, node)
+    }
+
+    fn shared(&self, frame: Utf8Bytes, node: &Node) -> Bytes {
+        self.mode.shared(frame, node)
     }
 
     async fn ping(&mut self) -> Result<(), WsError> {
         self.send(Message::Ping(Default::default())).await
     }
 
-    fn heartbeat() -> Option<Utf8Bytes> {
+    fn heartbeat() -> Option<Bytes> {
         None
     }
 
-    async fn close(&mut self, frame: CloseFrame) -> Option<Utf8Bytes> {
+    async fn close(&mut self, frame: CloseFrame) -> Option<Bytes> {
         use futures_util::StreamExt;
         use tokio::time::timeout;
         let _ = timeout(CLOSE_TIMEOUT, Socket::close(self, Some(frame))).await;
@@ -151,19 +176,13 @@ where
 /// Writes an unmasked, final text frame header for `len` payload bytes
 /// (RFC 6455 §5.2); returns its length.
 pub(super) fn text_header(len: usize, out: &mut [u8; 10]) -> usize {
-    out[0] = 0x81;
-    if len < 126 {
-        out[1] = len as u8;
-        2
-    } else if let Ok(len) = u16::try_from(len) {
-        out[1] = 126;
-        out[2..4].copy_from_slice(&len.to_be_bytes());
-        4
-    } else {
-        out[1] = 127;
-        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-        10
-    }
+    formats::frame_header(formats::TEXT, len, out)
+}
+
+/// No header: the frame is whole already (see [`formats`]), or a stream's
+/// event, which carries its own framing.
+pub(super) fn no_header(_len: usize, _out: &mut [u8; 10]) -> usize {
+    0
 }
 
 #[cfg(test)]

@@ -30,14 +30,16 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use switchboard_protocol::close;
 use tokio::io::AsyncWrite;
-use tokio_tungstenite::tungstenite::{Error as WsError, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Error as WsError;
 
 use super::clock::Moment;
 use super::wire::Wire;
 use super::{ws_error_reason, End, Session};
 use crate::hub::{Delivery, Outbound, StreamCommand, SLOW_CONSUMER_REASON};
+use crate::metrics::sessions::Transport;
 
 /// Frames written per flush when the queue has a backlog.
 const WRITE_BATCH: usize = 64;
@@ -71,7 +73,7 @@ impl<W: Wire> Session<W> {
         let backlog = self.handle.queued_items().min(WRITE_BATCH - 1);
         self.out.reserve(1 + backlog);
         if self.subscriptions.admit(&first) {
-            let frame = self.ws.delivery(&first);
+            let frame = self.ws.delivery(&first, &self.node);
             self.out.push(frame);
         }
         if !self.batching || Moment::now() >= self.flush_at() {
@@ -113,11 +115,16 @@ impl<W: Wire> Session<W> {
         let room = WRITE_BATCH.saturating_sub(self.out.len());
         self.out.reserve(self.handle.queued_items().min(room));
         let (mut close, mut drain, mut command) = (None, None, None);
-        let (out, subscriptions, ws) = (&mut self.out, &mut self.subscriptions, &mut self.ws);
+        let (out, subscriptions, ws, node) = (
+            &mut self.out,
+            &mut self.subscriptions,
+            &mut self.ws,
+            &self.node,
+        );
         self.handle.take_batch(room, |item| match item {
             Outbound::Frame(delivery) => {
                 if subscriptions.admit(&delivery) {
-                    out.push(ws.delivery(&delivery));
+                    out.push(ws.delivery(&delivery, node));
                 }
                 true
             }
@@ -164,15 +171,15 @@ impl<W: Wire> Session<W> {
     fn join_out(&mut self) {
         let frames = self.out.as_slice();
         let len = frames.iter().map(|f| f.len() + 1).sum::<usize>() - 1;
-        let mut joined = String::with_capacity(len);
+        let mut joined = Vec::with_capacity(len);
         for (i, frame) in frames.iter().enumerate() {
             if i > 0 {
-                joined.push('\n');
+                joined.push(b'\n');
             }
-            joined.push_str(frame.as_str());
+            joined.extend_from_slice(frame);
         }
         self.out.clear();
-        self.out.push(Utf8Bytes::from(joined));
+        self.out.push(Bytes::from(joined));
     }
 
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), End>> {
@@ -200,6 +207,9 @@ impl<W: Wire> Session<W> {
             self.node
                 .metrics
                 .sent(W::TRANSPORT, self.out.len(), self.out_done);
+            if W::TRANSPORT == Transport::WebSocket {
+                self.count_wire_bytes();
+            }
         }
         // A batch's list goes back with the frames: nothing stays resident.
         self.out.clear();
@@ -207,16 +217,39 @@ impl<W: Wire> Session<W> {
         Poll::Ready(result)
     }
 
+    /// Counts a WebSocket write's bytes by format and compression: a whole
+    /// frame is compressed when its header has RSV1.
+    fn count_wire_bytes(&self) {
+        let mode = self.ws.mode();
+        let (mut plain, mut compressed) = (self.out_done, 0);
+        if mode.deflate {
+            compressed = self
+                .out
+                .as_slice()
+                .iter()
+                .filter(|frame| frame.first().is_some_and(|b| b & 0x40 != 0))
+                .map(|frame| frame.len())
+                .sum();
+            plain -= compressed.min(plain);
+        }
+        self.node.metrics.wire_sent(mode.format, plain, compressed);
+    }
+
     fn poll_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
         if self.out_done == 0 {
             ready!(self.ws.poll_flush(cx))?;
         }
+        let header = if self.ws.mode().whole_frames() {
+            super::wire::no_header
+        } else {
+            W::header
+        };
         let io = self.ws.io();
         let mut writes = 0;
         let written = poll_write_frames(
             io,
             cx,
-            W::header,
+            header,
             self.out.as_slice(),
             &mut self.out_done,
             &mut writes,
@@ -231,7 +264,7 @@ impl<W: Wire> Session<W> {
     }
 
     pub(super) async fn send_text(&mut self, text: String) -> Result<(), End> {
-        let frame = self.ws.frame(text);
+        let frame = self.ws.frame(text, &self.node);
         self.out.push(frame);
         self.write_out().await
     }
@@ -287,9 +320,9 @@ where
 /// `Vec` between writes cost every idle connection a 48-byte heap block.
 #[derive(Debug)]
 pub(super) enum Out {
-    One(Utf8Bytes),
+    One(Bytes),
     /// Empty, and holding no buffer, when nothing is staged.
-    Many(Vec<Utf8Bytes>),
+    Many(Vec<Bytes>),
 }
 
 impl Default for Out {
@@ -299,7 +332,7 @@ impl Default for Out {
 }
 
 impl Out {
-    pub(super) fn as_slice(&self) -> &[Utf8Bytes] {
+    pub(super) fn as_slice(&self) -> &[Bytes] {
         match self {
             Out::One(frame) => std::slice::from_ref(frame),
             Out::Many(frames) => frames,
@@ -331,7 +364,7 @@ impl Out {
         }
     }
 
-    pub(super) fn push(&mut self, frame: Utf8Bytes) {
+    pub(super) fn push(&mut self, frame: Bytes) {
         match self {
             Out::Many(frames) if frames.capacity() == 0 => *self = Out::One(frame),
             Out::Many(frames) => frames.push(frame),
@@ -341,12 +374,6 @@ impl Out {
                     frames.push(frame);
                 }
             }
-        }
-    }
-
-    pub(super) fn extend(&mut self, frames: impl IntoIterator<Item = Utf8Bytes>) {
-        for frame in frames {
-            self.push(frame);
         }
     }
 
@@ -369,7 +396,7 @@ fn poll_write_frames<I>(
     io: &mut I,
     cx: &mut Context<'_>,
     header: fn(usize, &mut [u8; 10]) -> usize,
-    frames: &[Utf8Bytes],
+    frames: &[Bytes],
     done: &mut usize,
     writes: &mut usize,
 ) -> Poll<io::Result<()>>
@@ -403,7 +430,7 @@ where
         let mut count = 0;
         for (k, frame) in chunk.iter().enumerate() {
             let mut header = &headers[k][..header_lens[k]];
-            let mut payload = frame.as_bytes();
+            let mut payload = &frame[..];
             if k == 0 {
                 let cut = skip.min(header.len());
                 header = &header[cut..];
@@ -435,19 +462,19 @@ mod tests {
         assert_eq!(std::mem::size_of::<Out>(), 32, "a frame, no tag");
         let mut out = Out::default();
         out.reserve(1);
-        out.push(Utf8Bytes::from("a"));
+        out.push(Bytes::from("a"));
         assert!(matches!(out, Out::One(_)), "one frame allocates nothing");
         out.reserve(0);
         assert!(matches!(out, Out::One(_)));
-        out.push(Utf8Bytes::from("b"));
-        out.extend([Utf8Bytes::from("c")]);
-        let frames: Vec<&str> = out.as_slice().iter().map(|f| f.as_str()).collect();
-        assert_eq!(frames, ["a", "b", "c"]);
+        out.push(Bytes::from("b"));
+        out.push(Bytes::from("c"));
+        let frames: Vec<&[u8]> = out.as_slice().iter().map(|f| &f[..]).collect();
+        assert_eq!(frames, [b"a", b"b", b"c"]);
         out.clear();
         assert!(out.is_empty());
         assert!(matches!(&out, Out::Many(frames) if frames.capacity() == 0));
         out.reserve(3);
-        out.push(Utf8Bytes::from("d"));
+        out.push(Bytes::from("d"));
         assert!(matches!(&out, Out::Many(frames) if frames.capacity() == 3));
         assert_eq!(out.len(), 1);
     }
@@ -457,9 +484,9 @@ mod tests {
     async fn frames_survive_short_writes() {
         let (client, mut server) = tokio::io::duplex(7);
         let frames = vec![
-            Utf8Bytes::from("a".repeat(3)),
-            Utf8Bytes::from("b".repeat(200)),
-            Utf8Bytes::from("c".repeat(70_000)),
+            Bytes::from("a".repeat(3)),
+            Bytes::from("b".repeat(200)),
+            Bytes::from("c".repeat(70_000)),
         ];
         let reader = tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
@@ -478,7 +505,7 @@ mod tests {
             let mut header = [0; 10];
             let n = text_header(frame.len(), &mut header);
             expected.extend_from_slice(&header[..n]);
-            expected.extend_from_slice(frame.as_bytes());
+            expected.extend_from_slice(&frame[..]);
         }
         assert_eq!(done, expected.len());
         assert!(all == expected, "the bytes differ");
