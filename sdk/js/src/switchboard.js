@@ -66,11 +66,19 @@ const FORMATS = Object.freeze(["json", "msgpack"]);
 const MSGPACK_SUBPROTOCOL = "switchboard.msgpack";
 
 // One codec each for the whole module: encoding and decoding are
-// synchronous, and the decoder keeps a cache of map keys (the frames' keys
-// repeat) worth sharing between connections. `ignoreUndefined`: a key whose
-// value is undefined is left out, as JSON.stringify does.
-const msgpackEncoder = new Encoder({ ignoreUndefined: true });
+// synchronous, the encoder reuses its buffer, and the decoder keeps a cache
+// of map keys (the frames' keys repeat) worth sharing between connections.
+// `ignoreUndefined`: a key whose value is undefined is left out, as
+// JSON.stringify does.
+const newMsgpackEncoder = () => new Encoder({ ignoreUndefined: true });
+let msgpackEncoder = newMsgpackEncoder();
 const msgpackDecoder = new Decoder();
+/**
+ * The encoder's buffer grows to the largest command it encoded; past this
+ * size (the gateway's default frame limit) it is dropped for a fresh one
+ * rather than kept for the page's lifetime.
+ */
+const MSGPACK_BUFFER_KEPT = 65_536;
 
 const DEFAULTS = Object.freeze({
   transports: TRANSPORTS,
@@ -1921,7 +1929,9 @@ function encode(frame) {
  */
 function encodeMsgpack(frame) {
   try {
-    return msgpackEncoder.encode(frame);
+    const bytes = msgpackEncoder.encode(frame);
+    if (bytes.byteLength > MSGPACK_BUFFER_KEPT) msgpackEncoder = newMsgpackEncoder();
+    return bytes;
   } catch (err) {
     return new SwitchboardError("bad_request", `the command cannot be encoded as MessagePack: ${err.message}`, { cause: err });
   }

@@ -240,6 +240,24 @@ test("a value with no JSON form is refused with bad_request and nothing is publi
   assert.equal(mp.sb.state, "connected", "a refused command does not close the connection");
 });
 
+test("maxFrameBytes counts a MessagePack command's bytes", async (t) => {
+  const channel = "chat:formats-large";
+  const mp = client("msgpack");
+  t.after(() => mp.sb.disconnect());
+  const seen = new Inbox();
+  await mp.sb.subscribe(channel, { onMessage: (data) => seen.push(data) }).ready;
+  // 70,000 characters of ASCII: over the 65,536-byte default in either format.
+  await assert.rejects(mp.sb.publish(channel, { text: "x".repeat(70_000) }), (err) => err.code === "too_large");
+  // 60,000 two-byte characters: 60,000 UTF-16 units, but 120,000 bytes of UTF-8.
+  await assert.rejects(mp.sb.publish(channel, { text: "é".repeat(60_000) }), (err) => err.code === "too_large");
+  assert.equal(mp.log.frames.filter((f) => f.dir === "out" && f.frame.type === "publish").length, 0, "nothing was sent");
+  // Just under the limit goes through, and the connection carries on.
+  const text = "y".repeat(60_000);
+  await mp.sb.publish(channel, { text });
+  assert.deepEqual(await seen.next(), { text });
+  assert.equal(typeof (await mp.sb.ping()), "number");
+});
+
 test("over SSE a msgpack client speaks JSON", async (t) => {
   const channel = "chat:formats-sse";
   const mp = client("msgpack", { transports: ["sse"] });
