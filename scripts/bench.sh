@@ -37,8 +37,17 @@
 #      1.5x); then scenario 6's 1,000-subscriber fan-out (10, 500 and 700
 #      msg/s through the server API) with WebSocket then SSE subscribers on
 #      the same node. About 4 minutes.
+#   9. formats and compression (issue 28): one node with
+#      SWITCHBOARD_DEFLATE=true and the bench namespace at deflate = true,
+#      1,000 subscribers on one channel fed through the server API, for a
+#      ~300 B chat message at 500 msg/s and a ~4 KB JSON document at 100
+#      msg/s, each with JSON, MessagePack and JSON + permessage-deflate
+#      subscribers: bytes on the wire per delivery, server CPU per delivery,
+#      deliveries/s and p99, with the ratios to JSON (goals: deflate at most
+#      +20 % CPU per delivery, MessagePack no slower than JSON). About 2
+#      minutes.
 #
-# BENCH_SCENARIOS (default "1 2 3 4 5 6 7 8") picks scenarios, e.g.
+# BENCH_SCENARIOS (default "1 2 3 4 5 6 7 8 9") picks scenarios, e.g.
 # `BENCH_SCENARIOS=3 make bench` for the cross-node ones alone.
 # BENCH_MEMORY_ONLY=1 keeps, of scenario 1, the memory rows at 10k on one
 # node (no subscription, 1 and 5 each, embedded and in cluster mode) and
@@ -78,7 +87,7 @@ GATEWAY=${GATEWAY:-target/release/switchboard}
 LOAD=${LOAD:-target/release/switchboard-loadtest}
 SECRET=bench-secret-bench-secret-bench-secret
 API_KEY=bench-api-key-0123456789
-SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3 4 5 6 7 8} "
+SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3 4 5 6 7 8 9} "
 BACKEND_SECRET=bench-backend-secret-bench-backend-secret
 
 # Each connection is a descriptor: take the whole hard limit (20,000 here).
@@ -143,6 +152,7 @@ start_node() {
         ${redis:+SWITCHBOARD_REDIS_URL="$redis"} \
         ${HOOKS_URL:+SWITCHBOARD_WEBHOOK_URLS="$HOOKS_URL" SWITCHBOARD_BACKEND_SECRET="$BACKEND_SECRET"} \
         ${COALESCE:+SWITCHBOARD_WRITE_COALESCE="$COALESCE"} \
+        ${DEFLATE:+SWITCHBOARD_DEFLATE="$DEFLATE"} \
         RUST_LOG="${NODE_LOG:-warn}" \
         "$GATEWAY" ${config:+--config "$config"} >"$OUT/$name.log" 2>&1 &
     NODE_PID=$!
@@ -703,6 +713,66 @@ NODE_LOG=warn
 if [ "${BENCH_MEMORY_ONLY:-0}" = 0 ]; then
     sse_fanout
 fi
+fi
+
+# ---------------------------------------------------------------- scenario 9
+# ratio A B: A / B to two decimals ("n/a" without B).
+ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "null") printf "%.2f", a / b; else printf "n/a" }'
+}
+
+# format_row LABEL REPORT BASE: bytes on the wire and server CPU per
+# delivery, deliveries/s and p99 of REPORT, the first two also as ratios to
+# BASE (the JSON row of the same payload; itself for the JSON row).
+format_row() {
+    local name=$2 base=$3 wire cpu
+    wire=$(field "$name" '.wire_bytes_per_delivery // 0')
+    cpu=$(field "$name" '.server_cpu_us_per_delivery // 0')
+    row "$1" \
+        "$(printf '%.0f' "$wire") B on the wire per delivery ($(ratio "$wire" "$(field "$base" '.wire_bytes_per_delivery // 0')")x JSON), $(printf '%.2f' "$cpu") µs server CPU per delivery ($(ratio "$cpu" "$(field "$base" '.server_cpu_us_per_delivery // 0')")x JSON), $(printf '%.0f' "$(field "$name" .deliveries_per_sec)") deliveries/s, p99 $(ms "$(field "$name" .latency_us.p99)") ms" \
+        "$(field "$name" .published) messages; $(field "$name" .disconnects) disconnects, $(field "$name" '.errors + .publish_errors + .connect_errors') errors"
+}
+
+# formats: one node with deflate on for the node and the bench namespace;
+# 1k subscribers on one channel, 4 API publishers (JSON), 15 s with the
+# first 3 s not measured, --server-pid; per payload, JSON then MessagePack
+# then JSON + permessage-deflate subscribers against the same node.
+formats() {
+    local port pid payload rate format name
+    printf '[namespaces.bench]\ndeflate = true\n' >"$TMP/formats.toml"
+    port=$(free_port)
+    DEFLATE=true start_node formats "$port" "" "$TMP/formats.toml"
+    pid=$NODE_PID
+    for payload in chat doc; do
+        # Rates all three formats sustain here (see docs/benchmarks.md).
+        if [ "$payload" = chat ]; then rate=${FORMATS_CHAT_RATE:-500}; else rate=${FORMATS_DOC_RATE:-100}; fi
+        for format in json msgpack deflate; do
+            name="fmt-$payload-$format"
+            local args=(--target "127.0.0.1:$port" --connections 1000 --shape one --ramp 4000 \
+                --publishers 4 --duration 15s --warmup 3s --server-pid "$pid" --rate "$rate" \
+                --payload-kind "$payload")
+            case $format in
+                msgpack) args+=(--format msgpack) ;;
+                deflate) args+=(--deflate) ;;
+            esac
+            load "$name" "${args[@]}"
+            local what
+            case $format in
+                json) what="JSON" ;;
+                msgpack) what="MessagePack" ;;
+                deflate) what="JSON + permessage-deflate" ;;
+            esac
+            local size="~300 B chat message"
+            [ "$payload" = doc ] && size="~4 KB JSON document"
+            format_row "formats, 1 node, 1k subscribers x $rate msg/s, $size, $what" "$name" "fmt-$payload-json"
+        done
+    done
+    stop_pid "$pid"
+}
+
+if [[ $SCENARIOS == *" 9 "* ]]; then
+echo "scenario 9: formats and compression (issue 28), one node, embedded, deflate on"
+formats
 fi
 
 # -------------------------------------------------------------------- table

@@ -10,14 +10,22 @@
 //! ledger on it also proves that every subscriber got every accepted message
 //! once.
 //!
+//! Subscribers may speak MessagePack ([`Format::MsgPack`]) and negotiate
+//! permessage-deflate (`Plan::deflate`), and messages may carry a realistic
+//! chat message or JSON document ([`PayloadKind`]); a run then reports the
+//! bytes its subscribers read from their sockets per delivery.
+//!
 //! The modules depend one way, bottom up: `plan`, `stats`, `token`, `cpu`,
-//! `conn` (the WebSocket client side), `sse` (the event-stream client side)
-//! and `http_client` (the server API client side) use nothing above them; `context` (what every task of a run
+//! `body` (what a message's data holds), `conn` (the WebSocket client
+//! side), `wsraw` (the same over a raw socket, for permessage-deflate),
+//! `sse` (the event-stream client side) and `http_client` (the server API
+//! client side) use nothing above them but `plan`; `context` (what every task of a run
 //! shares) sits on `plan` and `stats`; `subscriber`, `publisher` and
 //! `history` (the read-back of a batch run) use `context`, `conn`, `sse` and
 //! `http_client`, never each other; `run` drives them all.
 //! `python3 scripts/check-layers.py` checks it.
 
+pub mod body;
 pub mod conn;
 pub mod context;
 pub mod cpu;
@@ -30,8 +38,9 @@ pub mod sse;
 pub mod stats;
 pub mod subscriber;
 pub mod token;
+pub mod wsraw;
 
-pub use plan::{Plan, PublishVia, Shape, Transport};
+pub use plan::{Format, PayloadKind, Plan, PublishVia, Shape, Transport};
 pub use run::run;
 pub use stats::{HistoryCheck, Ledger, Report};
 

@@ -17,6 +17,16 @@
 //!     --transport sse --connections 1000 --shape one --rate 500 --duration 15s
 //! ```
 //!
+//! 1,000 MessagePack subscribers with permessage-deflate, each message a
+//! 4 KB JSON document, reporting bytes on the wire per delivery (the node
+//! runs with `SWITCHBOARD_DEFLATE=true` and `bench` has `deflate = true`):
+//!
+//! ```text
+//! switchboard-loadtest --target 127.0.0.1:8080 --secret "$SECRET" --api-key "$KEY" \
+//!     --connections 1000 --shape one --rate 100 --duration 15s \
+//!     --format msgpack --deflate --payload-kind doc
+//! ```
+//!
 //! The batch API across 1,000 channels with no subscribers, then every
 //! accepted message read back from history:
 //!
@@ -32,7 +42,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use switchboard_loadtest::{raise_open_files, run, Plan, PublishVia, Shape, Transport};
+use switchboard_loadtest::{
+    raise_open_files, run, Format, PayloadKind, Plan, PublishVia, Shape, Transport,
+};
 
 /// The longest run the tool accepts.
 const MAX_DURATION: Duration = Duration::from_secs(3600);
@@ -58,6 +70,24 @@ enum TransportArg {
     /// `GET /sse?channel=...&token=...`: a server-sent event stream with
     /// its channels named in the request.
     Sse,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FormatArg {
+    /// JSON text frames.
+    Json,
+    /// `Sec-WebSocket-Protocol: switchboard.msgpack`: binary MessagePack frames.
+    Msgpack,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PayloadKindArg {
+    /// `{"k","ts","p"}` with --payload bytes of padding.
+    Padded,
+    /// A chat message of about 300 bytes (user, room, text, timestamps, ids).
+    Chat,
+    /// A JSON document of about 4 KB (an invoice with line items).
+    Doc,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -141,9 +171,22 @@ struct Args {
     /// Messages in flight per subscription before publishing pauses.
     #[arg(long, default_value_t = 64)]
     window: u64,
-    /// Extra payload bytes per message.
+    /// Extra payload bytes per message (--payload-kind padded).
     #[arg(long, default_value_t = 0)]
     payload: usize,
+    /// What each message's data holds besides its number and send time:
+    /// padding, or realistic JSON text (what compression is measured on).
+    #[arg(long, value_enum, default_value_t = PayloadKindArg::Padded)]
+    payload_kind: PayloadKindArg,
+    /// The wire format of WebSocket subscribers and of --via client publishers.
+    #[arg(long, value_enum, default_value_t = FormatArg::Json)]
+    format: FormatArg,
+    /// WebSocket subscribers offer permessage-deflate (no context takeover
+    /// either way) and read their frames over a raw socket, inflating
+    /// compressed messages; a node that does not accept it fails the
+    /// connection. Publishers send uncompressed.
+    #[arg(long)]
+    deflate: bool,
     /// How long to publish (or hold connections when nothing is published).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     duration: Duration,
@@ -226,6 +269,15 @@ fn plan(args: &Args) -> Result<Plan, String> {
                 .into(),
         );
     }
+    if (args.deflate || args.format != FormatArg::Json) && args.transport == TransportArg::Sse {
+        return Err(
+            "--format and --deflate are for WebSocket subscribers: an event stream is JSON, uncompressed"
+                .into(),
+        );
+    }
+    if args.payload > 0 && args.payload_kind != PayloadKindArg::Padded {
+        return Err("--payload goes with --payload-kind padded".into());
+    }
     if args.history_check && matches!(args.via, ViaArg::Client) {
         return Err("--history-check goes with --via batch or --via api".into());
     }
@@ -281,6 +333,16 @@ fn plan(args: &Args) -> Result<Plan, String> {
     plan.rate = args.rate;
     plan.window = args.window;
     plan.payload = args.payload;
+    plan.payload_kind = match args.payload_kind {
+        PayloadKindArg::Padded => PayloadKind::Padded,
+        PayloadKindArg::Chat => PayloadKind::Chat,
+        PayloadKindArg::Doc => PayloadKind::Doc,
+    };
+    plan.format = match args.format {
+        FormatArg::Json => Format::Json,
+        FormatArg::Msgpack => Format::MsgPack,
+    };
+    plan.deflate = args.deflate;
     plan.duration = args.duration;
     plan.warmup = args.warmup;
     plan.server_pids = args.server_pids.clone();

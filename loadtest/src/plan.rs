@@ -38,6 +38,30 @@ pub enum Transport {
     Sse,
 }
 
+/// The wire format of WebSocket connections (docs/protocol.md, "Formats
+/// and compression").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Format {
+    /// JSON text frames; no subprotocol asked.
+    #[default]
+    Json,
+    /// `Sec-WebSocket-Protocol: switchboard.msgpack`: MessagePack maps in
+    /// binary frames, both ways.
+    MsgPack,
+}
+
+/// What the `data` of a published message holds besides `k` and `ts`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PayloadKind {
+    /// `"p"`: `payload` bytes of `x`.
+    #[default]
+    Padded,
+    /// A realistic chat message of about 300 bytes.
+    Chat,
+    /// A realistic JSON document of about 4 KB.
+    Doc,
+}
+
 /// How messages are published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublishVia {
@@ -83,8 +107,17 @@ pub struct Plan {
     /// At most this many messages per subscriber published but not yet
     /// received (keeps a saturating run from overflowing send queues).
     pub window: u64,
-    /// Extra payload bytes per message.
+    /// Extra payload bytes per message (`PayloadKind::Padded`).
     pub payload: usize,
+    /// What a message's `data` holds.
+    pub payload_kind: PayloadKind,
+    /// The format of WebSocket subscribers and of WebSocket publishers
+    /// (`PublishVia::Client`).
+    pub format: Format,
+    /// WebSocket subscribers offer permessage-deflate (no context takeover
+    /// both ways) and read over a raw socket, inflating compressed
+    /// messages; the connection fails if the server does not accept it.
+    pub deflate: bool,
     /// Publishing starts after the ramp and lasts this long (connections are
     /// held this long when nothing is published).
     pub duration: Duration,
@@ -143,6 +176,9 @@ impl Plan {
             rate: 100.0,
             window: 64,
             payload: 0,
+            payload_kind: PayloadKind::Padded,
+            format: Format::Json,
+            deflate: false,
             duration: Duration::from_secs(5),
             warmup: Duration::ZERO,
             drain: Duration::from_secs(3),

@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::body;
 use crate::conn::{self, ServerFrame};
 use crate::context::Context;
 use crate::http_client;
@@ -57,9 +58,9 @@ async fn next_messages(ctx: &Context, count: u64, start: Instant, end: Instant) 
     (Instant::now() < end).then_some(k)
 }
 
-/// The `data` of message `k`.
-fn payload(k: u64, pad: &str) -> String {
-    format!(r#"{{"k":{k},"ts":{},"p":"{pad}"}}"#, now_us())
+/// The `data` of message `k`, stamped now.
+fn payload(ctx: &Context, k: u64, pad: &str) -> String {
+    body::data(ctx.plan.payload_kind, k, now_us(), pad)
 }
 
 /// Records an accepted message.
@@ -92,7 +93,10 @@ pub async fn api(ctx: Arc<Context>, n: usize, start: Instant, end: Instant) {
     let mut sender: Option<http_client::Sender> = None;
     while let Some(k) = next_message(&ctx, start, end).await {
         let channel = &ctx.channels[(k % ctx.channels.len() as u64) as usize];
-        let body = format!(r#"{{"channel":"{channel}","data":{}}}"#, payload(k, &pad));
+        let body = format!(
+            r#"{{"channel":"{channel}","data":{}}}"#,
+            payload(&ctx, k, &pad)
+        );
         if sender.is_none() {
             match http_client::connect(target).await {
                 Ok(s) => sender = Some(s),
@@ -199,7 +203,7 @@ fn batch_body(ctx: &Context, ks: std::ops::Range<u64>, pad: &str) -> String {
         let channel = &ctx.channels[(k % ctx.channels.len() as u64) as usize];
         body.push_str(&format!(
             r#"{{"channel":"{channel}","data":{}}}"#,
-            payload(k, pad)
+            payload(ctx, k, pad)
         ));
     }
     body.push_str("]}");
@@ -303,7 +307,7 @@ pub async fn client(ctx: Arc<Context>, n: usize, start: Instant, end: Instant) {
     let source = SocketAddr::new(ctx.plan.source(n).into(), 0);
     let opened = async {
         let token = ctx.publisher_token(n)?;
-        let mut ws = conn::connect(source, target, &token, false).await?;
+        let mut ws = conn::connect(source, target, &token, false, ctx.plan.format).await?;
         conn::welcome(&mut ws).await?;
         Ok::<_, String>(ws)
     }
@@ -324,13 +328,16 @@ pub async fn client(ctx: Arc<Context>, n: usize, start: Instant, end: Instant) {
         let slots = slots.clone();
         tokio::spawn(async move {
             while let Some(message) = stream.next().await {
-                let Ok(Message::Text(text)) = message else {
-                    if message.is_err() {
-                        break;
-                    }
-                    continue;
+                let text = match message {
+                    Ok(Message::Text(text)) => text.as_str().to_owned(),
+                    Ok(Message::Binary(bytes)) => match conn::binary_text(&bytes) {
+                        Ok(text) => text,
+                        Err(_) => continue,
+                    },
+                    Ok(_) => continue,
+                    Err(_) => break,
                 };
-                let Ok(frame) = serde_json::from_str::<ServerFrame<'_>>(text.as_str()) else {
+                let Ok(frame) = serde_json::from_str::<ServerFrame<'_>>(&text) else {
                     continue;
                 };
                 let (true, Some(id)) = (frame.kind == "reply", frame.id) else {
@@ -365,11 +372,18 @@ pub async fn client(ctx: Arc<Context>, n: usize, start: Instant, end: Instant) {
         let channel = &ctx.channels[(k % ctx.channels.len() as u64) as usize];
         let frame = format!(
             r#"{{"type":"publish","channel":"{channel}","data":{},"id":{}}}"#,
-            payload(k, &pad),
+            payload(&ctx, k, &pad),
             k + 1
         );
+        let message = match conn::command(ctx.plan.format, frame) {
+            Ok(message) => message,
+            Err(error) => {
+                ctx.publish_failed(&format!("publisher: {error}"));
+                break;
+            }
+        };
         outstanding.fetch_add(1, Ordering::Relaxed);
-        if let Err(error) = sink.send(Message::text(frame)).await {
+        if let Err(error) = sink.send(message).await {
             ctx.publish_failed(&format!("publisher send: {error}"));
             break;
         }

@@ -57,6 +57,9 @@ pub struct Stats {
     pub deliveries: AtomicU64,
     /// Messages received on a channel the connection did not subscribe to.
     pub strays: AtomicU64,
+    /// Bytes WebSocket subscribers read from their sockets once subscribed
+    /// (frame headers, compressed payloads, heartbeats: what crossed the wire).
+    pub wire_bytes: AtomicU64,
     /// Deliveries of messages sent before this time (µs) are not measured.
     pub measure_from_us: AtomicU64,
     /// `POST /api/batch` requests answered 200, and those that failed
@@ -82,6 +85,7 @@ impl Default for Stats {
             publish_errors: AtomicU64::new(0),
             deliveries: AtomicU64::new(0),
             strays: AtomicU64::new(0),
+            wire_bytes: AtomicU64::new(0),
             measure_from_us: AtomicU64::new(u64::MAX),
             batch_requests: AtomicU64::new(0),
             batch_request_errors: AtomicU64::new(0),
@@ -158,6 +162,8 @@ impl Stats {
         let latency = self.total();
         let measured_deliveries = latency.len();
         let secs = measured.as_secs_f64().max(1e-9);
+        let deliveries = self.deliveries.load(Ordering::Relaxed);
+        let wire_bytes = self.wire_bytes.load(Ordering::Relaxed);
         Report {
             connections_open: self.open.load(Ordering::Relaxed),
             connections_peak: self.peak_open.load(Ordering::Relaxed),
@@ -171,8 +177,11 @@ impl Stats {
             errors: self.errors.load(Ordering::Relaxed),
             published: self.published.load(Ordering::Relaxed),
             publish_errors: self.publish_errors.load(Ordering::Relaxed),
-            deliveries: self.deliveries.load(Ordering::Relaxed),
+            deliveries,
             strays: self.strays.load(Ordering::Relaxed),
+            wire_bytes,
+            wire_bytes_per_delivery: (deliveries > 0 && wire_bytes > 0)
+                .then(|| wire_bytes as f64 / deliveries as f64),
             measured_secs: measured.as_secs_f64(),
             measured_deliveries,
             deliveries_per_sec: measured_deliveries as f64 / secs,
@@ -401,6 +410,11 @@ pub struct Report {
     pub publish_errors: u64,
     pub deliveries: u64,
     pub strays: u64,
+    /// Bytes WebSocket subscribers read from their sockets once subscribed,
+    /// and that over every delivery of the run (`None` when nothing was
+    /// delivered or the subscribers are event streams).
+    pub wire_bytes: u64,
+    pub wire_bytes_per_delivery: Option<f64>,
     pub measured_secs: f64,
     pub measured_deliveries: u64,
     pub deliveries_per_sec: f64,
@@ -525,6 +539,13 @@ impl fmt::Display for Report {
             self.deliveries, self.measured_deliveries, self.measured_secs, self.deliveries_per_sec
         )?;
         writeln!(f, "latency       {}", self.latency_us)?;
+        if let Some(per) = self.wire_bytes_per_delivery {
+            writeln!(
+                f,
+                "wire          {} bytes read by subscribers = {per:.1} B per delivery",
+                self.wire_bytes
+            )?;
+        }
         writeln!(
             f,
             "undelivered   {} deliveries owed for accepted messages never arrived",

@@ -7,6 +7,12 @@
 //! `message` events the same way: every `data:` line is the frame a
 //! WebSocket would get, so both count and time deliveries in one place.
 //!
+//! In the MessagePack format, frames are binary maps read back as their
+//! JSON text. With `deflate`, a WebSocket subscriber offers
+//! permessage-deflate and reads over a raw socket (`wsraw`), since
+//! tungstenite cannot read compressed frames. Either way it adds the bytes
+//! it read from its socket, once subscribed, to the run's wire bytes.
+//!
 //! A connection is one task with one small read buffer; nothing else is kept
 //! per connection unless the exactly-once ledger is on.
 
@@ -20,12 +26,13 @@ use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::conn::{close_reason, connect, next_text, welcome, ServerFrame, Ws};
+use crate::conn::{self, close_reason, connect, next_text, welcome, ServerFrame, Ws};
 use crate::context::Context;
 use crate::http_client::path_segment;
-use crate::plan::Transport;
+use crate::plan::{Format, Transport};
 use crate::sse::{self, Line};
 use crate::stats::now_us;
+use crate::wsraw;
 
 /// Opening and subscribing one connection may take this long.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,6 +79,7 @@ impl Received {
 /// connection opens, bounding handshakes in flight.
 pub async fn run(ctx: Arc<Context>, i: usize, permit: OwnedSemaphorePermit) -> Option<Received> {
     match ctx.plan.transport {
+        Transport::WebSocket if ctx.plan.deflate => run_raw(ctx, i, permit).await,
         Transport::WebSocket => run_ws(ctx, i, permit).await,
         Transport::Sse => run_sse(ctx, i, permit).await,
     }
@@ -114,13 +122,30 @@ async fn run_ws(ctx: Arc<Context>, i: usize, permit: OwnedSemaphorePermit) -> Op
     let subscriptions = ctx.plan.subscriptions(i);
     let mut ws = opened(&ctx, i, permit, open(&ctx, i, &subscriptions)).await?;
     let mut received = ledger(&ctx, &subscriptions);
+    // Count from here: the handshake and the subscribe replies are not deliveries.
+    ws.get_mut().take_read();
     loop {
         let message = tokio::select! {
             () = ctx.stop.cancelled() => break,
             message = ws.next() => message,
         };
+        ctx.stats
+            .wire_bytes
+            .fetch_add(ws.get_mut().take_read(), Ordering::Relaxed);
         let text = match message {
             Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Binary(bytes))) => {
+                let now = now_us();
+                match conn::binary_text(&bytes) {
+                    Ok(text) => {
+                        let _ = take(&ctx, i, &text, now, &subscriptions, &mut received);
+                    }
+                    Err(_) => {
+                        ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                continue;
+            }
             Some(Ok(Message::Close(frame))) => {
                 ctx.stats
                     .lost(close_reason(frame.map(|f| u16::from(f.code))));
@@ -204,15 +229,11 @@ fn take(
 async fn open(ctx: &Context, i: usize, subscriptions: &[usize]) -> Result<Ws, String> {
     let source = SocketAddr::new(ctx.plan.source(i).into(), 0);
     let token = ctx.subscriber_token(i)?;
-    let mut ws = connect(source, ctx.plan.target(i), &token, ctx.plan.batch).await?;
+    let format = ctx.plan.format;
+    let mut ws = connect(source, ctx.plan.target(i), &token, ctx.plan.batch, format).await?;
     welcome(&mut ws).await?;
     for (n, &channel) in subscriptions.iter().enumerate() {
-        let command = serde_json::json!({
-            "type": "subscribe",
-            "channel": ctx.channels[channel],
-            "id": n + 1,
-        });
-        ws.send(Message::text(command.to_string()))
+        ws.send(conn::command(format, subscribe(ctx, channel, n))?)
             .await
             .map_err(|e| format!("send: {e}"))?;
     }
@@ -231,6 +252,142 @@ async fn open(ctx: &Context, i: usize, subscriptions: &[usize]) -> Result<Ws, St
         }
     }
     Ok(ws)
+}
+
+/// The `subscribe` command for channel index `channel`, with id `n + 1`.
+fn subscribe(ctx: &Context, channel: usize, n: usize) -> String {
+    serde_json::json!({
+        "type": "subscribe",
+        "channel": ctx.channels[channel],
+        "id": n + 1,
+    })
+    .to_string()
+}
+
+/// A message's JSON text: a text frame as it is, a binary one (MessagePack)
+/// translated.
+fn message_text(binary: bool, payload: Vec<u8>) -> Result<String, String> {
+    if binary {
+        conn::binary_text(&payload)
+    } else {
+        String::from_utf8(payload).map_err(|_| "a text frame that is not UTF-8".to_owned())
+    }
+}
+
+/// Subscriber `i` over a raw socket with permessage-deflate, until the run
+/// stops or the connection ends: messages are handled as they are parsed,
+/// pongs sent before each read.
+async fn run_raw(ctx: Arc<Context>, i: usize, permit: OwnedSemaphorePermit) -> Option<Received> {
+    let subscriptions = ctx.plan.subscriptions(i);
+    let mut socket = opened(&ctx, i, permit, open_raw(&ctx, i, &subscriptions)).await?;
+    let mut received = ledger(&ctx, &subscriptions);
+    socket.take_read();
+    let mut now = now_us();
+    loop {
+        loop {
+            let message = match socket.buffered() {
+                Ok(Some(wsraw::Received::Message { binary, payload })) => {
+                    message_text(binary, payload)
+                }
+                Ok(Some(wsraw::Received::Close(code))) => {
+                    ctx.stats.lost(close_reason(code));
+                    return received;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    ctx.stats.lost("protocol error".into());
+                    return received;
+                }
+            };
+            match message {
+                Ok(text) => {
+                    for line in text.split('\n') {
+                        let _ = take(&ctx, i, line, now, &subscriptions, &mut received);
+                    }
+                }
+                Err(_) => {
+                    ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if socket.flush().await.is_err() {
+            ctx.stats.lost("reset".into());
+            return received;
+        }
+        let filled = tokio::select! {
+            () = ctx.stop.cancelled() => break,
+            filled = socket.fill() => filled,
+        };
+        now = now_us();
+        ctx.stats
+            .wire_bytes
+            .fetch_add(socket.take_read(), Ordering::Relaxed);
+        match filled {
+            Ok(true) => {}
+            Ok(false) => {
+                ctx.stats.lost("eof".into());
+                return received;
+            }
+            Err(_) => {
+                ctx.stats.lost("reset".into());
+                return received;
+            }
+        }
+    }
+    ctx.stats.open.fetch_sub(1, Ordering::Relaxed);
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.close()).await;
+    received
+}
+
+/// [`open`] over a raw socket offering permessage-deflate.
+async fn open_raw(
+    ctx: &Context,
+    i: usize,
+    subscriptions: &[usize],
+) -> Result<wsraw::Socket, String> {
+    let source = SocketAddr::new(ctx.plan.source(i).into(), 0);
+    let token = ctx.subscriber_token(i)?;
+    let format = ctx.plan.format;
+    let binary = format == Format::MsgPack;
+    let path = format!(
+        "/ws?token={token}{}",
+        if ctx.plan.batch { "&batch=1" } else { "" }
+    );
+    let mut socket = wsraw::connect(source, ctx.plan.target(i), &path, format, true).await?;
+    let text = match socket.recv().await? {
+        wsraw::Received::Message { binary, payload } => message_text(binary, payload)?,
+        wsraw::Received::Close(code) => return Err(close_reason(code)),
+    };
+    match serde_json::from_str::<ServerFrame<'_>>(&text) {
+        Ok(frame) if frame.kind == "welcome" => {}
+        _ => return Err(format!("expected a welcome, got {text}")),
+    }
+    for (n, &channel) in subscriptions.iter().enumerate() {
+        let command = subscribe(ctx, channel, n);
+        let payload = match format {
+            Format::Json => command.into_bytes(),
+            Format::MsgPack => switchboard_protocol::msgpack::to_msgpack(&command)?,
+        };
+        socket.send_message(binary, &payload).await?;
+    }
+    let mut pending = subscriptions.len();
+    while pending > 0 {
+        let text = match socket.recv().await? {
+            wsraw::Received::Message { binary, payload } => message_text(binary, payload)?,
+            wsraw::Received::Close(code) => return Err(close_reason(code)),
+        };
+        for line in text.split('\n') {
+            let frame = serde_json::from_str::<ServerFrame<'_>>(line)
+                .map_err(|_| format!("unexpected frame {line}"))?;
+            if frame.kind == "reply" {
+                if let Some(error) = frame.error {
+                    return Err(format!("subscribe refused: {}", error.get()));
+                }
+                pending = pending.saturating_sub(1);
+            }
+        }
+    }
+    Ok(socket)
 }
 
 /// Subscriber `i` over server-sent events, until the run stops or the

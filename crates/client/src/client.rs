@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 use crate::auth::{AuthFailures, CurrentToken, Refreshed, Refresher, TokenProvider};
 use crate::backoff::backoff_delay;
 use crate::connection::{Connection, Frame, Welcome};
+use crate::format::Format;
 use crate::subscriptions::Subscriptions;
 use crate::ClientError;
 
@@ -44,6 +45,8 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// Events buffered before the client stops reading the socket (default 1024).
     pub event_queue: usize,
+    /// The wire format (default JSON); see [`Format`].
+    pub format: Format,
 }
 
 impl ClientConfig {
@@ -57,6 +60,7 @@ impl ClientConfig {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             event_queue: 1024,
+            format: Format::Json,
         }
     }
 
@@ -83,6 +87,7 @@ impl fmt::Debug for ClientConfig {
             .field("backoff_min", &self.backoff_min)
             .field("backoff_max", &self.backoff_max)
             .field("event_queue", &self.event_queue)
+            .field("format", &self.format)
             .finish()
     }
 }
@@ -397,7 +402,13 @@ impl Task {
                 Err(step) => return step,
             }
         }
-        let connected = match self.offline(Connection::connect_request(request)).await {
+        let connected = match self
+            .offline(Connection::connect_request_with(
+                request,
+                self.config.format,
+            ))
+            .await
+        {
             None => return Step::Stop,
             Some(connected) => connected,
         };
@@ -513,7 +524,7 @@ impl Task {
             let Some(frame) = self.subs.subscribe_frame(&channel, id) else {
                 continue;
             };
-            if let Err(e) = connection.send_text(frame).await {
+            if let Err(e) = connection.send_command(frame).await {
                 return End::failed(e);
             }
         }
@@ -536,7 +547,7 @@ impl Task {
                     }
                     Some(command) => {
                         let Some(text) = self.apply(command, true) else { continue };
-                        if let Err(e) = connection.send_text(text).await {
+                        if let Err(e) = connection.send_command(text).await {
                             return End::failed(e);
                         }
                     }
@@ -549,7 +560,7 @@ impl Task {
                             token: Some(&token),
                             ..Outgoing::new("refresh")
                         };
-                        if let Err(e) = connection.send_text(frame.encode()).await {
+                        if let Err(e) = connection.send_command(frame.encode()).await {
                             return End::failed(e);
                         }
                         refresher.sent(id, token);

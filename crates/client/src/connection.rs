@@ -1,5 +1,8 @@
 //! One WebSocket connection without reconnects: request helpers that wait for
 //! their reply while buffering pushes, and raw access for protocol tests.
+//! It speaks either format (JSON text or MessagePack binary frames, see
+//! [`Format`]): commands are built as JSON and encoded on the way out,
+//! frames decoded to the same [`Incoming`] values on the way in.
 
 use std::collections::VecDeque;
 use std::io::ErrorKind;
@@ -16,6 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, error::ProtocolError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::format::Format;
 use crate::ClientError;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -92,6 +96,8 @@ pub struct Connection {
     next_id: u64,
     /// Set once the connection has ended; every later read returns it.
     closed: Option<(Option<u16>, String)>,
+    /// What the server agreed to speak.
+    format: Format,
 }
 
 /// Where a frame read while waiting for reply `id` goes.
@@ -167,15 +173,60 @@ impl Connection {
     pub async fn connect_request(
         request: http::Request<()>,
     ) -> Result<(Connection, Welcome), ClientError> {
-        let (socket, _response) = tokio_tungstenite::connect_async(request)
+        Connection::connect_request_with(request, Format::Json).await
+    }
+
+    /// Connects to `url` speaking `format` and reads the welcome.
+    pub async fn connect_with(
+        url: &str,
+        format: Format,
+    ) -> Result<(Connection, Welcome), ClientError> {
+        Connection::connect_request_with(url.into_client_request()?, format).await
+    }
+
+    /// Connects with a prepared request speaking `format`: with
+    /// [`Format::MsgPack`] the request asks for `Sec-WebSocket-Protocol:
+    /// switchboard.msgpack` (replacing any it had) and the server must
+    /// answer with it, else [`ClientError::Protocol`]. With [`Format::Json`]
+    /// the request goes as given, so a test may name subprotocols itself;
+    /// the connection then speaks whichever format the server chose.
+    pub async fn connect_request_with(
+        mut request: http::Request<()>,
+        format: Format,
+    ) -> Result<(Connection, Welcome), ClientError> {
+        if let Some(protocol) = format.subprotocol() {
+            request.headers_mut().insert(
+                http::header::SEC_WEBSOCKET_PROTOCOL,
+                http::HeaderValue::from_static(protocol),
+            );
+        }
+        let asked = request
+            .headers()
+            .contains_key(http::header::SEC_WEBSOCKET_PROTOCOL);
+        let (socket, response) = tokio_tungstenite::connect_async(request)
             .await
             .map_err(ClientError::handshake)?;
+        let answer = response
+            .headers()
+            .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+            .map(|v| v.to_str().unwrap_or("<not text>"));
+        let format = if format == Format::Json && asked {
+            // The caller named the subprotocols: speak what the server chose.
+            match answer {
+                Some(crate::format::MSGPACK_PROTOCOL) => Format::MsgPack,
+                _ => Format::Json,
+            }
+        } else {
+            format.check_answer(answer)?;
+            format
+        };
         let mut connection = Connection {
             socket,
             buffered: VecDeque::new(),
             lines: VecDeque::new(),
             next_id: 1,
             closed: None,
+            format,
         };
         let welcome = match connection.next_frame().await? {
             Frame::Incoming(Incoming::Welcome {
@@ -200,6 +251,11 @@ impl Connection {
             Frame::Closed { code, reason } => return Err(ClientError::Closed { code, reason }),
         };
         Ok((connection, welcome))
+    }
+
+    /// The format the connection speaks.
+    pub fn format(&self) -> Format {
+        self.format
     }
 
     /// Subscribes to `channel`; returns the reply's `result`.
@@ -318,7 +374,7 @@ impl Connection {
             id: Some(id),
             ..command
         };
-        self.send_text(command.encode()).await?;
+        self.send_command(command.encode()).await?;
         loop {
             match self.read_frame().await? {
                 Frame::Closed { code, reason } => return Err(ClientError::Closed { code, reason }),
@@ -330,7 +386,14 @@ impl Connection {
         }
     }
 
-    /// Sends a raw text frame (for malformed-frame tests).
+    /// Sends a command given as JSON text in the connection's format: a text
+    /// frame, or its MessagePack map in a binary frame.
+    pub async fn send_command(&mut self, json: impl Into<String>) -> Result<(), ClientError> {
+        let message = self.format.command(json.into())?;
+        self.send_message(message).await
+    }
+
+    /// Sends a raw text frame (for malformed-frame tests), whatever the format.
     pub async fn send_text(&mut self, text: impl Into<String>) -> Result<(), ClientError> {
         self.send_message(Message::text(text.into())).await
     }
@@ -435,6 +498,16 @@ impl Connection {
                 }
             };
             match message {
+                Message::Binary(bytes) => {
+                    // One MessagePack map: never a batch.
+                    let text = self.format.binary_frame(&bytes)?;
+                    return Incoming::decode(&text).map(Frame::Incoming).map_err(|e| {
+                        ClientError::Protocol(format!(
+                            "undecodable frame {:?}: {e}",
+                            excerpt(&text)
+                        ))
+                    });
+                }
                 Message::Text(text) => {
                     // A batched frame: one message per line; the rest wait
                     // in `lines`, ahead of anything read later.
@@ -454,9 +527,6 @@ impl Connection {
                             excerpt(first)
                         ))
                     });
-                }
-                Message::Binary(_) => {
-                    return Err(ClientError::Protocol("unexpected binary frame".to_owned()))
                 }
                 Message::Close(frame) => {
                     self.closed = Some(frame.map_or((None, String::new()), |f| {

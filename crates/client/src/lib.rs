@@ -39,6 +39,15 @@
 //! or provider errors in a row, it gives up with a final
 //! [`Event::Disconnected`] rather than retry a bad token forever.
 //!
+//! # Formats
+//!
+//! Both levels speak JSON text frames unless asked for MessagePack
+//! ([`Format::MsgPack`]: [`Connection::connect_with`],
+//! [`ClientConfig::format`]), which they ask for with
+//! `Sec-WebSocket-Protocol: switchboard.msgpack` and check in the answer.
+//! Commands then go as binary MessagePack maps and binary frames decode to
+//! the same [`Incoming`] values, so nothing else changes for the caller.
+//!
 //! No call here takes a timeout; wrap waits in `tokio::time::timeout`.
 
 pub mod auth;
@@ -46,6 +55,7 @@ pub mod backoff;
 pub mod client;
 pub mod connection;
 pub mod error;
+pub mod format;
 mod subscriptions;
 
 pub use auth::{TokenFuture, TokenProvider};
@@ -53,6 +63,7 @@ pub use backoff::{backoff_cap, backoff_delay};
 pub use client::{Client, ClientConfig, Event};
 pub use connection::{Connection, Frame, Member, Welcome};
 pub use error::ClientError;
+pub use format::Format;
 pub use switchboard_protocol::batch::BatchMessage;
 pub use switchboard_protocol::{close, ErrorBody, ErrorCode, Incoming, Position};
 pub use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, Message};

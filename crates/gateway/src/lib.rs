@@ -2,7 +2,8 @@
 //! thin `main` over [`run`], and integration tests drive the same code.
 //!
 //! Map (docs/architecture.md has the whole code map): `config` (file and
-//! environment, one module per section), `metrics` (Prometheus), `redis`
+//! environment, one module per section), `metrics` (Prometheus),
+//! `compression` (permessage-deflate, below the session), `redis`
 //! (which Redis, the shared link, Pub/Sub names, link health), `hub`
 //! (local fan-out), `history`, `presence` and `occupancy` (each a shared
 //! part in `mod.rs`, its Redis form in `redis`), `broker` (cross-node
@@ -15,6 +16,7 @@
 pub mod auth;
 pub mod backend;
 pub mod broker;
+pub mod compression;
 pub mod config;
 pub mod history;
 pub mod http;

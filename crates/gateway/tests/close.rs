@@ -2,7 +2,9 @@
 //! hand-written masked frames: every client close frame is answered with a
 //! close frame (a valid code echoed, 1002 for an invalid code or a 1-byte
 //! payload, 1007 for a reason that is not UTF-8), then the socket closes;
-//! frames after the client's close are ignored.
+//! frames after the client's close are ignored. Each test runs twice: on a
+//! plain connection, and on one that negotiated permessage-deflate, whose
+//! frames pass through the gateway's inflating layer before tungstenite.
 
 #![allow(clippy::unwrap_used)]
 
@@ -20,13 +22,24 @@ const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 
-fn gateway() -> Gateway {
-    Gateway::builder()
+/// A gateway, and whether its connections negotiate permessage-deflate.
+struct Node {
+    gateway: Gateway,
+    deflate: bool,
+}
+
+fn gateway(deflate: bool) -> Node {
+    let gateway = Gateway::builder()
         .env("SWITCHBOARD_CONN_RATE_PER_IP", "1000000")
         .env("SWITCHBOARD_CONN_BURST_PER_IP", "1000000")
         .env("SWITCHBOARD_MAX_CONNECTIONS_PER_IP", "100000")
         .env("SWITCHBOARD_MAX_CONNECTIONS_PER_USER", "100000")
-        .start()
+        .env(
+            "SWITCHBOARD_DEFLATE",
+            if deflate { "true" } else { "false" },
+        )
+        .start();
+    Node { gateway, deflate }
 }
 
 /// A masked client frame (FIN set) with a payload under 126 bytes.
@@ -46,11 +59,17 @@ fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
 }
 
 /// Opens an authenticated WebSocket over a raw socket and reads the welcome.
-async fn open(gateway: &Gateway) -> TcpStream {
+async fn open(node: &Node) -> TcpStream {
+    let gateway = &node.gateway;
     let mut socket = TcpStream::connect(gateway.addr).await.unwrap();
+    let offer = if node.deflate {
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    } else {
+        ""
+    };
     let request = format!(
         "GET /ws?token={} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n",
         token("closer"),
         gateway.addr
     );
@@ -63,6 +82,12 @@ async fn open(gateway: &Gateway) -> TcpStream {
     }
     let head = String::from_utf8(head).unwrap();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-extensions: permessage-deflate"),
+        node.deflate,
+        "{head}"
+    );
     let (opcode, payload) = read_frame(&mut socket).await.unwrap();
     assert_eq!(opcode, OP_TEXT);
     assert!(String::from_utf8(payload).unwrap().contains("\"welcome\""));
@@ -96,7 +121,7 @@ async fn read_frame(socket: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
 
 /// Sends `bytes` after the welcome and returns the frames the server sends
 /// until it closes the socket.
-async fn exchange(gateway: &Gateway, bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+async fn exchange(gateway: &Node, bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut socket = open(gateway).await;
     socket.write_all(bytes).await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), async {
@@ -112,7 +137,7 @@ async fn exchange(gateway: &Gateway, bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
 
 /// The code of the close frame the server answered with, checking that it
 /// is the only frame and that the socket then closed.
-async fn answer(gateway: &Gateway, bytes: &[u8]) -> (u16, Vec<u8>) {
+async fn answer(gateway: &Node, bytes: &[u8]) -> (u16, Vec<u8>) {
     let frames = exchange(gateway, bytes).await;
     assert_eq!(frames.len(), 1, "one close frame, then the end: {frames:?}");
     let (opcode, payload) = &frames[0];
@@ -137,7 +162,16 @@ async fn for_codes(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_valid_close_code_is_echoed() {
-    let gateway = std::sync::Arc::new(gateway());
+    every_valid_close_code_is_echoed_on(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_valid_close_code_is_echoed_with_deflate() {
+    every_valid_close_code_is_echoed_on(true).await;
+}
+
+async fn every_valid_close_code_is_echoed_on(deflate: bool) {
+    let gateway = std::sync::Arc::new(gateway(deflate));
     let codes: Vec<u16> = (1000..=1003)
         .chain(1007..=1011)
         .chain(3000..=4999)
@@ -161,7 +195,16 @@ async fn every_valid_close_code_is_echoed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_invalid_close_code_and_a_one_byte_payload_get_1002() {
-    let gateway = std::sync::Arc::new(gateway());
+    every_invalid_close_code_and_a_one_byte_payload_get_1002_on(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_invalid_close_code_and_a_one_byte_payload_get_1002_with_deflate() {
+    every_invalid_close_code_and_a_one_byte_payload_get_1002_on(true).await;
+}
+
+async fn every_invalid_close_code_and_a_one_byte_payload_get_1002_on(deflate: bool) {
+    let gateway = std::sync::Arc::new(gateway(deflate));
     let codes: Vec<u16> = (0..=999)
         .chain(1004..=1006)
         .chain(1015..=2999)
@@ -184,14 +227,32 @@ async fn every_invalid_close_code_and_a_one_byte_payload_get_1002() {
 
 #[tokio::test]
 async fn a_reason_that_is_not_utf8_gets_1007() {
-    let gateway = gateway();
+    a_reason_that_is_not_utf8_gets_1007_on(false).await;
+}
+
+#[tokio::test]
+async fn a_reason_that_is_not_utf8_gets_1007_with_deflate() {
+    a_reason_that_is_not_utf8_gets_1007_on(true).await;
+}
+
+async fn a_reason_that_is_not_utf8_gets_1007_on(deflate: bool) {
+    let gateway = gateway(deflate);
     let sent = client_frame(OP_CLOSE, &close_payload(1000, &[0xff, 0xfe, 0xfd]));
     assert_eq!(answer(&gateway, &sent).await.0, 1007);
 }
 
 #[tokio::test]
 async fn frames_after_the_clients_close_are_ignored() {
-    let gateway = gateway();
+    frames_after_the_clients_close_are_ignored_on(false).await;
+}
+
+#[tokio::test]
+async fn frames_after_the_clients_close_are_ignored_with_deflate() {
+    frames_after_the_clients_close_are_ignored_on(true).await;
+}
+
+async fn frames_after_the_clients_close_are_ignored_on(deflate: bool) {
+    let gateway = gateway(deflate);
     let mut sent = client_frame(OP_CLOSE, &close_payload(1000, b""));
     sent.extend(client_frame(OP_PING, b"still there?"));
     sent.extend(client_frame(OP_TEXT, br#"{"type":"ping","id":1}"#));
@@ -199,7 +260,7 @@ async fn frames_after_the_clients_close_are_ignored() {
     assert_eq!(frames, vec![(OP_CLOSE, close_payload(1000, b""))]);
     assert!(!frames.iter().any(|(opcode, _)| *opcode == OP_PONG));
     // The node counts it as a close by the client.
-    let (_, _, metrics) = http_get(gateway.addr, "/metrics", &[]).await;
+    let (_, _, metrics) = http_get(gateway.gateway.addr, "/metrics", &[]).await;
     assert!(
         metrics.contains("switchboard_sessions_closed_total{code=\"client\"} 1"),
         "{}",

@@ -6,7 +6,10 @@
 //! Also the measuring side of issue 24: serial WebSocket publishers with
 //! CPU per publish, and the history read-back of an API run; and of issue
 //! 27: subscribers as server-sent event streams (`--transport sse`), on one
-//! node and across two, refused, and closed by a drain.
+//! node and across two, refused, and closed by a drain; and of issue 28:
+//! MessagePack subscribers and publishers, permessage-deflate subscribers
+//! reading realistic chat messages and documents over a raw socket, the
+//! bytes on the wire per delivery, and a node that does not offer deflate.
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,7 +18,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use switchboard_loadtest::{run, Plan, PublishVia, Report, Shape, Transport};
+use switchboard_loadtest::{run, Format, PayloadKind, Plan, PublishVia, Report, Shape, Transport};
 
 /// Limits that would otherwise throttle a load run from one machine.
 fn unthrottled(builder: GatewayBuilder) -> GatewayBuilder {
@@ -278,4 +281,100 @@ async fn a_drained_stream_is_reported_closed_with_1012() {
         Some(&20),
         "{report}"
     );
+}
+
+/// A node with permessage-deflate on, and the load tool's `bench`
+/// namespace opted in (messages compressed from the default 256 bytes).
+fn deflate_node() -> Gateway {
+    unthrottled(Gateway::builder())
+        .env("SWITCHBOARD_API_KEY", API_KEY)
+        .env("SWITCHBOARD_DEFLATE", "true")
+        .toml("[namespaces.bench]\ndeflate = true\n")
+        .start()
+}
+
+/// MessagePack subscribers fed by MessagePack WebSocket publishers, each
+/// message a realistic chat message: every subscriber gets every message
+/// once, and the run reports the bytes its subscribers read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_msgpack_subscriber_gets_every_chat_message_once() {
+    let gateway = unthrottled(Gateway::builder())
+        .env("SWITCHBOARD_API_KEY", API_KEY)
+        .start();
+    let mut plan = short_plan(&gateway);
+    plan.format = Format::MsgPack;
+    plan.payload_kind = PayloadKind::Chat;
+    plan.via = PublishVia::Client;
+    plan.publishers = 2;
+    let report = run(plan).await;
+    assert_exactly_once(&report);
+    let per = report.wire_bytes_per_delivery.unwrap();
+    // A chat message of about 300 bytes in a binary frame: never less than
+    // its text, never a kilobyte.
+    assert!(
+        (150.0..1000.0).contains(&per),
+        "{per} B per delivery: {report}"
+    );
+}
+
+/// Subscribers offering permessage-deflate (read over a raw socket), JSON
+/// and MessagePack, each message a 4 KB document published through the
+/// server API: every subscriber gets every message once, and what crossed
+/// the wire per delivery is well under the document's size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deflate_subscribers_get_every_document_once_compressed() {
+    let gateway = deflate_node();
+    for format in [Format::Json, Format::MsgPack] {
+        let mut plan = short_plan(&gateway);
+        plan.format = format;
+        plan.deflate = true;
+        plan.payload_kind = PayloadKind::Doc;
+        plan.rate = 50.0;
+        let report = run(plan).await;
+        println!("{format:?}");
+        assert_exactly_once(&report);
+        let per = report.wire_bytes_per_delivery.unwrap();
+        assert!(
+            per < 2500.0,
+            "{format:?}: {per} B per delivery of a 4 KB document: {report}"
+        );
+    }
+}
+
+/// Subscribers that do not offer compression read the whole document,
+/// even on a node and namespace with deflate on: the figure the compressed
+/// one is compared with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncompressed_subscribers_read_the_whole_document() {
+    let gateway = deflate_node();
+    let mut plan = short_plan(&gateway);
+    plan.payload_kind = PayloadKind::Doc;
+    plan.rate = 50.0;
+    let report = run(plan).await;
+    assert_exactly_once(&report);
+    let per = report.wire_bytes_per_delivery.unwrap();
+    assert!(
+        per > 3700.0,
+        "{per} B per delivery of a 4 KB document: {report}"
+    );
+}
+
+/// A node without permessage-deflate opens connections uncompressed; a
+/// load subscriber that asked for it counts that as a failure to open
+/// rather than measure the wrong thing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deflate_subscribers_fail_on_a_node_without_deflate() {
+    let gateway = unthrottled(Gateway::builder())
+        .env("SWITCHBOARD_API_KEY", API_KEY)
+        .start();
+    let mut plan = short_plan(&gateway);
+    plan.deflate = true;
+    plan.connections = 5;
+    plan.publishers = 0;
+    plan.duration = Duration::from_millis(200);
+    plan.exactly_once = false;
+    let report = run(plan).await;
+    println!("{report}");
+    assert_eq!(report.connect_errors, 5, "{report}");
+    assert_eq!(report.connections_peak, 0, "{report}");
 }

@@ -438,8 +438,47 @@ mod tests {
             .key,
             "SWITCHBOARD_METRICS_LISTEN (metrics_listen)"
         );
+        let e = error("", &[("SWITCHBOARD_DEFLATE", "maybe")]);
+        assert_eq!(
+            (e.key.as_str(), e.message.as_str()),
+            ("SWITCHBOARD_DEFLATE", "\"maybe\" is not true or false")
+        );
+        let e = error("", &[("SWITCHBOARD_DEFLATE_THRESHOLD", "-1")]);
+        assert_eq!(
+            (e.key.as_str(), e.message.as_str()),
+            (
+                "SWITCHBOARD_DEFLATE_THRESHOLD",
+                "\"-1\" is not a whole number of bytes"
+            )
+        );
+        assert_eq!(
+            error("[namespaces.chat]\ndeflate = \"yes\"", &[]).key,
+            "--config"
+        );
         let none = Config::from_toml("", &HashMap::new()).unwrap_err();
         assert!(none.message.starts_with("no JWT key configured"));
+    }
+
+    #[test]
+    fn deflate_is_off_unless_the_node_and_a_namespace_opt_in() {
+        let base = [(
+            "SWITCHBOARD_JWT_HS256_SECRET",
+            "0123456789abcdef0123456789abcdef",
+        )];
+        let config = Config::from_toml("", &env(&base)).unwrap();
+        assert!(!config.session.deflate);
+        assert_eq!(config.session.deflate_threshold, 256);
+        assert!(!config.namespace("chat").deflate);
+        let on = [
+            base[0],
+            ("SWITCHBOARD_DEFLATE", "true"),
+            ("SWITCHBOARD_DEFLATE_THRESHOLD", "1024"),
+        ];
+        let config = Config::from_toml("[namespaces.docs]\ndeflate = true", &env(&on)).unwrap();
+        assert!(config.session.deflate);
+        assert_eq!(config.session.deflate_threshold, 1024);
+        assert!(config.namespace("docs").deflate);
+        assert!(!config.namespace("chat").deflate);
     }
 
     #[test]

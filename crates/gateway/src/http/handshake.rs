@@ -15,6 +15,7 @@ use http::{Method, Response, StatusCode};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::auth::{AuthError, Claims};
+use crate::compression;
 use crate::http::response::{self, Body};
 use crate::limits::Limited;
 use crate::metrics;
@@ -168,10 +169,19 @@ pub fn admit(
     let batch = batch_from(query)?;
     let format = format_from(headers)?;
     let mut admission = admit_client(node, query, headers, client_ip, accept_key, batch)?;
+    let extension = node
+        .config
+        .session
+        .deflate
+        .then(|| {
+            compression::extension::negotiate(headers.get_all(header::SEC_WEBSOCKET_EXTENSIONS))
+        })
+        .flatten();
     let mode = Mode {
         format: format.unwrap_or_default(),
-        deflate: false,
+        deflate: extension.is_some(),
     };
+    admission.extension = extension;
     // A batch joins frames per connection: only plain JSON text has them.
     admission.batch &= !mode.whole_frames();
     admission.mode = mode;

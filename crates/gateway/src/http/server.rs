@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::Instrument;
 
 use crate::broker::Health;
+use crate::compression::inflating::Inflating;
 use crate::http::handshake::{self, forget, record, refuse, HEADER_READ_TIMEOUT};
 use crate::http::response::{self, Body};
 use crate::metrics;
@@ -406,29 +407,42 @@ fn open_session(pending: Box<Pending>) -> impl std::future::Future<Output = ()> 
         ..
     } = *pending;
     let mode = opened.admission.mode;
-    let ws = match upgraded {
-        Some(Ok(upgraded)) => Some(websocket(&node, upgraded).with_mode(mode)),
+    let upgraded = match upgraded {
+        Some(Ok(upgraded)) => Some(TokioIo::new(upgraded)),
         Some(Err(error)) => {
             tracing::debug!(message = "upgrade failed", peer = %opened.peer, %error);
             None
         }
         None => None,
     };
-    match ws {
-        Some(ws) => Either::Left(session::run(node, ws, opened)),
+    // A compressed connection's socket reads through the inflating layer:
+    // its own session type, so the usual connection carries no trace of it.
+    match upgraded {
+        Some(io) if mode.deflate => {
+            let io = Inflating::new(io, node.config.session.max_frame_bytes);
+            let ws = websocket(&node, io).with_mode(mode);
+            Either::Left(Either::Right(session::run(node, ws, opened)))
+        }
+        Some(io) => {
+            let ws = websocket(&node, io).with_mode(mode);
+            Either::Left(Either::Left(session::run(node, ws, opened)))
+        }
         None => Either::Right(Box::pin(async move { forget(&node, &opened).await })),
     }
 }
 
 /// The WebSocket over an upgraded connection (made without an await, so
 /// the task keeps no room for a constructor's future).
-fn websocket(node: &Node, upgraded: Upgraded) -> Socket<TokioIo<Upgraded>> {
+fn websocket<S>(node: &Node, io: S) -> Socket<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let max = node.config.session.max_frame_bytes;
     let config = WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
-    Socket::new(TokioIo::new(upgraded), Role::Server, config)
+    Socket::new(io, Role::Server, config)
 }
 
 #[cfg(test)]

@@ -12,17 +12,21 @@
 //! and keep the writer free of per-frame decisions.
 
 use bytes::Bytes;
+use switchboard_protocol::channel::namespace;
 use switchboard_protocol::msgpack;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::compression;
 use crate::hub::Delivery;
-use crate::metrics::formats::Format;
+use crate::metrics::formats::{Direction, Format};
 use crate::node::Node;
 
 /// The first header byte of a final text frame (RFC 6455 §5.2).
 pub(super) const TEXT: u8 = 0x81;
 /// The first header byte of a final binary frame.
 pub(super) const BINARY: u8 = 0x82;
+/// The header bit of a compressed message (RFC 7692 §6).
+pub(super) const RSV1: u8 = 0x40;
 
 /// A connection's format and compression, fixed at its handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,7 +45,7 @@ impl Mode {
 
     /// The hub's frame as this connection sends it: shared, encoded once
     /// per node.
-    pub(super) fn delivery(self, delivery: &Delivery, _node: &Node) -> Bytes {
+    pub(super) fn delivery(self, delivery: &Delivery, node: &Node) -> Bytes {
         match self {
             Mode {
                 format: Format::Json,
@@ -55,35 +59,41 @@ impl Mode {
                 .msgpack
                 .get_or_init(|| msgpack_frame(&delivery.frame))
                 .clone(),
-            // Until compression lands every frame of a deflate connection
-            // goes out uncompressed (RSV1 clear), which RFC 7692 allows.
             Mode {
                 format: Format::Json,
                 deflate: true,
             } => delivery
                 .encoded
                 .json
-                .get_or_init(|| whole(TEXT, |out| out.extend_from_slice(delivery.frame.as_bytes())))
+                .get_or_init(|| {
+                    let compress = deflates(&delivery.channel, node);
+                    compressed_or_not(TEXT, delivery.frame.as_bytes(), compress, node)
+                })
                 .clone(),
             Mode {
                 format: Format::Msgpack,
                 deflate: true,
-            } => Mode {
-                format: Format::Msgpack,
-                deflate: false,
-            }
-            .delivery(delivery, _node),
+            } => delivery
+                .encoded
+                .msgpack_deflate
+                .get_or_init(|| match msgpack::to_msgpack(&delivery.frame) {
+                    Ok(packed) => {
+                        let compress = deflates(&delivery.channel, node);
+                        compressed_or_not(BINARY, &packed, compress, node)
+                    }
+                    Err(error) => untranslated(&error),
+                })
+                .clone(),
         }
     }
 
     /// A frame the session wrote itself (a reply, the welcome, a replayed
     /// message), as this connection sends it.
-    pub(super) fn frame(self, text: String, _node: &Node) -> Bytes {
-        match self.format {
-            Format::Json if !self.deflate => Bytes::from(text),
-            Format::Json => whole(TEXT, |out| out.extend_from_slice(text.as_bytes())),
-            Format::Msgpack => msgpack_frame(&text),
+    pub(super) fn frame(self, text: String, node: &Node) -> Bytes {
+        if self == Mode::default() {
+            return Bytes::from(text);
         }
+        self.own(&text, node)
     }
 
     /// A frame already shared as JSON text (a replayed message).
@@ -91,8 +101,54 @@ impl Mode {
         if self == Mode::default() {
             return frame.into();
         }
-        self.frame(frame.as_str().to_owned(), node)
+        self.own(frame.as_str(), node)
     }
+
+    /// A frame of this connection's own as a whole frame: compressed when
+    /// it reaches the threshold (the namespace's choice is for channel
+    /// messages, shared by every subscriber).
+    fn own(self, json: &str, node: &Node) -> Bytes {
+        match self.format {
+            Format::Json => compressed_or_not(TEXT, json.as_bytes(), self.deflate, node),
+            Format::Msgpack if !self.deflate => msgpack_frame(json),
+            Format::Msgpack => match msgpack::to_msgpack(json) {
+                Ok(packed) => compressed_or_not(BINARY, &packed, true, node),
+                Err(error) => untranslated(&error),
+            },
+        }
+    }
+}
+
+/// Whether a channel's messages are compressed: its namespace opted in.
+fn deflates(channel: &str, node: &Node) -> bool {
+    node.config.namespace(namespace(channel)).deflate
+}
+
+/// A whole frame of `payload` with first byte `first`: compressed (RSV1
+/// set) when `compress` and it reaches `session.deflate_threshold`, unless
+/// compressing did not make it smaller (data that is already compressed).
+fn compressed_or_not(first: u8, payload: &[u8], compress: bool, node: &Node) -> Bytes {
+    if compress && payload.len() >= node.config.session.deflate_threshold {
+        let mut size = None;
+        let frame = whole(first | RSV1, |out| {
+            let start = out.len();
+            if compression::compress_into(payload, out) && out.len() - start < payload.len() {
+                size = Some(out.len() - start);
+            }
+        });
+        if let Some(size) = size {
+            node.metrics.deflated(Direction::Sent, payload.len(), size);
+            return frame;
+        }
+    }
+    whole(first, |out| out.extend_from_slice(payload))
+}
+
+/// A frame whose JSON could not be translated: dropped and logged (see
+/// [`msgpack_frame`]).
+fn untranslated(error: &str) -> Bytes {
+    tracing::error!(message = "frame not translated to MessagePack", %error);
+    Bytes::new()
 }
 
 /// The binary frame holding the MessagePack form of a JSON frame. The JSON
@@ -109,10 +165,7 @@ fn msgpack_frame(json: &str) -> Bytes {
     });
     match failed {
         None => frame,
-        Some(error) => {
-            tracing::error!(message = "frame not translated to MessagePack", %error);
-            Bytes::new()
-        }
+        Some(error) => untranslated(&error),
     }
 }
 

@@ -75,9 +75,10 @@ use self::rate::{Rate, RateVerdict};
 
 use self::subscriptions::Subscriptions;
 use crate::auth::Claims;
+use crate::compression::InflateError;
 use crate::hub::{Outbound, SessionHandle, StreamCommand};
 use crate::limits::Slots;
-use crate::metrics::formats::Format;
+use crate::metrics::formats::{Direction, Format};
 use crate::metrics::sessions::Transport;
 use crate::metrics::sessions::{Closed, OpenSession};
 use crate::node::Node;
@@ -514,18 +515,13 @@ impl<W: Wire> Session<W> {
             message,
             Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Ping(_)))
         );
-        match &message {
-            Some(Ok(Message::Text(text))) => {
-                self.node
-                    .metrics
-                    .wire_received(Format::Json, false, text.len());
-            }
-            Some(Ok(Message::Binary(bytes))) => {
-                self.node
-                    .metrics
-                    .wire_received(Format::Msgpack, false, bytes.len());
-            }
-            _ => {}
+        let format = match &message {
+            Some(Ok(Message::Text(text))) => Some((Format::Json, text.len())),
+            Some(Ok(Message::Binary(bytes))) => Some((Format::Msgpack, bytes.len())),
+            _ => None,
+        };
+        if let Some((format, len)) = format {
+            self.count_received(format, len);
         }
         if counted {
             match self.rate.check(Moment::now(), &self.node.config) {
@@ -549,6 +545,9 @@ impl<W: Wire> Session<W> {
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
             Some(Ok(Message::Close(_))) => Err(End::Gone("client closed")),
+            Some(Err(WsError::Io(error))) if inflate_error(&error).is_some() => {
+                Err(self.inflate_failed(inflate_error(&error)))
+            }
             Some(Err(WsError::Capacity(_))) => Err(End::Close(
                 close::TOO_BIG,
                 format!(
@@ -571,6 +570,39 @@ impl<W: Wire> Session<W> {
                 Err(End::Close(1002, "websocket protocol error".into()))
             }
             Some(Err(error)) => Err(End::Gone(ws_error_reason(&error))),
+        }
+    }
+
+    /// Counts a data frame received: a compressed connection's layer says
+    /// whether it came compressed, and how many bytes it had on the wire.
+    fn count_received(&mut self, format: Format, len: usize) {
+        let (compressed, inflated) = self.ws.take_inflated();
+        let metrics = &self.node.metrics;
+        if compressed > 0 {
+            metrics.wire_received(format, true, compressed as usize);
+            metrics.deflated(Direction::Received, inflated as usize, compressed as usize);
+        } else {
+            metrics.wire_received(format, false, len);
+        }
+    }
+
+    /// A compressed message that could not be inflated: over the frame
+    /// limit once inflated (1009, as an oversized frame), or not deflate
+    /// data (1007).
+    fn inflate_failed(&self, error: Option<InflateError>) -> End {
+        match error {
+            Some(InflateError::TooBig) => End::Close(
+                close::TOO_BIG,
+                format!(
+                    "frame exceeds {} bytes",
+                    self.node.config.session.max_frame_bytes
+                )
+                .into(),
+            ),
+            _ => End::Close(
+                close::INVALID_DATA,
+                "compressed frame does not inflate".into(),
+            ),
         }
     }
 
@@ -726,6 +758,11 @@ impl<W: Wire> Session<W> {
     }
 }
 
+/// The inflating layer's refusal inside an I/O error from tungstenite.
+fn inflate_error(error: &std::io::Error) -> Option<InflateError> {
+    error.get_ref()?.downcast_ref::<InflateError>().copied()
+}
+
 /// Why a stream's `subscribe` command is refused.
 const STREAM_SUBSCRIBE: &str =
     "a stream's channels are named when it opens; open a new stream to add one";
@@ -781,6 +818,22 @@ mod tests {
         assert!(
             size <= STREAM_STATE_BOUND,
             "a stream session's state is {size} bytes, over {STREAM_STATE_BOUND}"
+        );
+    }
+
+    /// A compressed connection's session: the inflating layer's parse
+    /// state (buffers only while a compressed message is in flight) on top
+    /// of the usual state, within jemalloc's next class.
+    const DEFLATE_STATE_BOUND: usize = 768;
+
+    #[test]
+    fn a_compressed_session_state_stays_within_the_next_class() {
+        type Deflating = Socket<crate::compression::inflating::Inflating<Io>>;
+        let size = std::mem::size_of::<Session<Deflating>>();
+        println!("a compressed session's state: {size} bytes");
+        assert!(
+            size <= DEFLATE_STATE_BOUND,
+            "a compressed session's state is {size} bytes, over {DEFLATE_STATE_BOUND}"
         );
     }
 

@@ -28,6 +28,29 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, WebSocket};
 
 use super::formats::Mode;
+use crate::compression::inflating::Inflating;
+
+/// What a socket reads from: the upgraded connection, or the same under
+/// the layer that inflates a compressed connection's messages, which tells
+/// what it inflated (for the metrics).
+pub trait Inflates {
+    /// The compressed bytes read and the bytes they inflated to since the
+    /// last call.
+    fn take_inflated(&mut self) -> (u64, u64) {
+        (0, 0)
+    }
+}
+
+impl Inflates for hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {}
+
+#[cfg(test)]
+impl Inflates for tokio::io::DuplexStream {}
+
+impl<S> Inflates for Inflating<S> {
+    fn take_inflated(&mut self) -> (u64, u64) {
+        self.take_counts()
+    }
+}
 
 /// A WebSocket over an async stream, read and written by one task.
 pub struct Socket<S> {
@@ -72,6 +95,14 @@ where
     pub fn with_mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
         self
+    }
+
+    /// What the stream inflated since the last call (see [`Inflates`]).
+    pub fn take_inflated(&mut self) -> (u64, u64)
+    where
+        S: Inflates,
+    {
+        self.ws.get_mut().inner.take_inflated()
     }
 
     /// The stream itself, for writes that bypass tungstenite.

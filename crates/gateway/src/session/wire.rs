@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use super::formats::{self, Mode};
 
-use super::socket::Socket;
+use super::socket::{Inflates, Socket};
 use crate::hub::Delivery;
 use crate::metrics::sessions::Transport;
 use crate::node::Node;
@@ -60,6 +60,12 @@ pub trait Wire: Unpin {
     /// uncompressed JSON).
     fn mode(&self) -> Mode {
         Mode::default()
+    }
+
+    /// The compressed bytes read and the bytes they inflated to since the
+    /// last call (a compressed WebSocket's; 0 otherwise).
+    fn take_inflated(&mut self) -> (u64, u64) {
+        (0, 0)
     }
 
     /// The bytes that carry a frame the hub queued for the client.
@@ -112,7 +118,7 @@ pub trait Wire: Unpin {
 
 impl<S> Wire for Socket<S>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Inflates,
 {
     type Io = S;
     const TRANSPORT: Transport = Transport::WebSocket;
@@ -135,6 +141,10 @@ where
 
     fn mode(&self) -> Mode {
         self.mode
+    }
+
+    fn take_inflated(&mut self) -> (u64, u64) {
+        Socket::take_inflated(self)
     }
 
     fn delivery(&mut self, delivery: &Delivery, node: &Node) -> Bytes {

@@ -227,7 +227,7 @@ impl<W: Wire> Session<W> {
                 .out
                 .as_slice()
                 .iter()
-                .filter(|frame| frame.first().is_some_and(|b| b & 0x40 != 0))
+                .filter(|frame| frame.first().is_some_and(|b| b & super::formats::RSV1 != 0))
                 .map(|frame| frame.len())
                 .sum();
             plain -= compressed.min(plain);
