@@ -221,6 +221,7 @@ test("with permessage-deflate, JSON and msgpack pages receive large messages int
       const sent = wire(after, format) - wire(before, format);
       assert.ok(sent > 0, `switchboard_wire_sent_bytes_total{format="${format}",compression="deflate"} did not grow`);
       assert.ok(sent < total, `${sent} compressed bytes sent in ${format} for ${total} bytes of JSON documents`);
+      t.diagnostic(`${format}: ${sent} bytes of deflated frames on the wire for ${total} bytes of JSON documents`);
     }
     for (const page of Object.values(pages)) {
       const { error, state } = await snapshot(page);
