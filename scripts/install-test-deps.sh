@@ -7,7 +7,8 @@
 # of docs/protocol.md, docker-compose to validate the compose
 # file without an engine, kubernetes-validate (PyPI) to check the
 # Kubernetes manifests offline, chromium for the JS SDK's browser tests, and
-# the SDK's npm dev dependencies (playwright-core, typescript) from its
+# the SDK's npm dev dependencies (playwright-core, typescript, and
+# @msgpack/msgpack with esbuild for its vendored codec's check) from its
 # lockfile. Idempotent: does nothing when everything is present. Needs root
 # or sudo only when a system package is missing; needs Node 20+ and npm.
 set -euo pipefail

@@ -235,9 +235,11 @@ export class Harness {
   /**
    * A gateway node with config/dev.toml (chat:* has presence and join/leave)
    * and the demo served from sdk/js. `redis` (from `redis()`) puts it in
-   * cluster mode; `env` overrides or adds SWITCHBOARD_* settings.
+   * cluster mode; `env` overrides or adds SWITCHBOARD_* settings; `config`,
+   * TOML text, replaces config/dev.toml (for settings with no variable,
+   * such as a namespace's).
    */
-  async gateway({ nodeId, redis, env = {} } = {}) {
+  async gateway({ nodeId, redis, env = {}, config } = {}) {
     if (!fs.existsSync(GATEWAY_BIN)) {
       throw new Error(`${GATEWAY_BIN} is missing; run \`cargo build -p switchboard-gateway\``);
     }
@@ -259,7 +261,12 @@ export class Harness {
       ...(redis ? { SWITCHBOARD_REDIS_URL: redis.url } : {}),
       ...env,
     };
-    const child = this.spawn(nodeId, GATEWAY_BIN, ["--config", DEV_CONFIG], settings);
+    let configFile = DEV_CONFIG;
+    if (config !== undefined) {
+      configFile = this.file(`${nodeId}.toml`);
+      fs.writeFileSync(configFile, config);
+    }
+    const child = this.spawn(nodeId, GATEWAY_BIN, ["--config", configFile], settings);
     const base = `http://127.0.0.1:${port}`;
     await eventually(
       async () => {
@@ -287,6 +294,12 @@ export class Harness {
               return [];
             }
           }),
+      /** The node's Prometheus text (GET /metrics). */
+      metrics: async () => {
+        const { status, body } = await httpGet(`${base}/metrics`);
+        if (status !== 200) throw new Error(`GET /metrics answered ${status}`);
+        return body;
+      },
       /** POST /api/publish on this node; returns the parsed answer. */
       publish: async (channel, data) => {
         const response = await fetch(`${base}/api/publish`, {
@@ -438,8 +451,10 @@ export class Harness {
   /**
    * Opens `url` in a new context of `browser` (a separate "user") and
    * records the page's console errors and exceptions for failure messages.
+   * `setup(page)`, when given, runs before the page loads (to listen for
+   * its WebSockets from the first).
    */
-  async open(browser, url, label = url) {
+  async open(browser, url, label = url, { setup } = {}) {
     const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
     const page = await context.newPage();
     page.label = label;
@@ -451,6 +466,7 @@ export class Harness {
     });
     page.on("pageerror", (err) => page.problems.push(`pageerror: ${err.stack || err.message}`));
     this.pages.push(page);
+    await setup?.(page);
     await page.goto(url);
     return page;
   }
@@ -541,6 +557,7 @@ export function snapshot(page) {
           state: el.dataset.state,
           node: el.dataset.node,
           transport: el.dataset.transport,
+          format: el.dataset.format,
           text: el.textContent,
         })),
     };

@@ -9,6 +9,8 @@
 //                    when the SDK asks for one: before expiry, after a 401 or
 //                    a 4001 close. Without it the page reuses #token.
 //   channel=<name>   the channel to join (default chat:lobby).
+//   format=msgpack   speak MessagePack on the WebSocket (the SDK's `format`
+//                    option; default json).
 // The fragment is never sent to a server, so the token stays out of logs.
 
 import { Switchboard } from "./switchboard.js";
@@ -17,6 +19,7 @@ const params = new URLSearchParams(location.hash.slice(1));
 const fragmentToken = params.get("token") || "";
 const tokenUrl = params.get("tokenUrl") || "";
 const channel = params.get("channel") || "chat:lobby";
+const format = params.get("format") === "msgpack" ? "msgpack" : "json";
 const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
 
 const MAX_MESSAGES = 200;
@@ -314,7 +317,7 @@ function start() {
     return;
   }
 
-  sb = new Switchboard(wsUrl, { getToken, backoff: { min: 250, max: 5_000 } });
+  sb = new Switchboard(wsUrl, { getToken, format, backoff: { min: 250, max: 5_000 } });
   sb.on("state", setState);
   sb.on("error", showError);
   sb.on("welcome", (welcome) => {
@@ -326,9 +329,12 @@ function start() {
     // "sse" when the WebSocket upgrade was blocked on the way and the SDK
     // fell back to server-sent events.
     ui.transport.textContent = welcome.transport;
-    log("welcome", `on node ${welcome.node_id} as ${welcome.user} over ${welcome.transport}`, {
+    // The format is "json" on SSE whatever the page asked for.
+    ui.transport.title = `frames in ${welcome.format}`;
+    log("welcome", `on node ${welcome.node_id} as ${welcome.user} over ${welcome.transport} (${welcome.format})`, {
       "data-node": welcome.node_id,
       "data-transport": welcome.transport,
+      "data-format": welcome.format,
     });
     renderPresence();
   });

@@ -8,6 +8,14 @@
  */
 export type Transport = "websocket" | "sse";
 
+/**
+ * The frames' format on the WebSocket: "json" (text frames), or "msgpack"
+ * (the `switchboard.msgpack` subprotocol: every frame one MessagePack map in
+ * a binary frame). The data you publish and receive are plain JS values
+ * either way. SSE is always JSON.
+ */
+export type Format = "json" | "msgpack";
+
 /** Connection states. "stopped": will not reconnect until connect() is called. */
 export type ConnectionState = "connecting" | "connected" | "disconnected" | "stopped";
 
@@ -40,6 +48,7 @@ export type ErrorCode =
   | "disconnected_by_server"
   | "policy_violation"
   | "handler_error"
+  | "unsupported_format" // format "msgpack" and the gateway chose no switchboard.msgpack subprotocol
   | (string & {});
 
 export class SwitchboardError extends Error {
@@ -66,7 +75,12 @@ export interface Clock {
 /** The part of the WebSocket API the SDK uses. */
 export interface WebSocketLike {
   readonly bufferedAmount?: number;
-  send(data: string): void;
+  /** The subprotocol the server chose; checked with format "msgpack". */
+  readonly protocol?: string;
+  /** Set to "arraybuffer" with format "msgpack". */
+  binaryType?: string;
+  /** A string (JSON), or a Uint8Array (format "msgpack": a binary frame). */
+  send(data: string | Uint8Array): void;
   close(code?: number, reason?: string): void;
   // Event parameters are `any` so the DOM's and Node's WebSocket both fit;
   // the SDK reads `data` of message events and `code`/`reason` of close events.
@@ -76,7 +90,8 @@ export interface WebSocketLike {
   onerror: ((ev: any) => any) | null;
 }
 
-export type WebSocketConstructorLike = new (url: string | URL) => WebSocketLike;
+/** `protocols` is `["switchboard.msgpack"]` with format "msgpack", else not passed. */
+export type WebSocketConstructorLike = new (url: string | URL, protocols?: string | string[]) => WebSocketLike;
 
 export interface BackoffOptions {
   /** ms; the first retry waits random() * min. Default 250. */
@@ -131,6 +146,16 @@ export interface SwitchboardOptions {
    * Saves frames and parsing on busy channels. Default true.
    */
   batch?: boolean;
+  /**
+   * The WebSocket's frame format. "msgpack" asks for the
+   * `switchboard.msgpack` subprotocol (and fails with "unsupported_format"
+   * if the gateway does not choose it), sends every command as MessagePack
+   * in a binary frame and decodes binary frames. Values with no JSON form
+   * (Uint8Array, ArrayBuffer, Date, NaN) are refused by the gateway with
+   * "bad_request": send base64 and ISO strings. `batch` does not apply.
+   * Over SSE the client speaks JSON. Default "json".
+   */
+  format?: Format;
   /** Default: globalThis.WebSocket. Needed only with the "websocket" transport. */
   WebSocket?: WebSocketConstructorLike;
   /**
@@ -163,6 +188,8 @@ export interface Welcome {
   expires_in?: number;
   /** The transport this connection uses. */
   transport: Transport;
+  /** This connection's frame format: the `format` option on WebSocket, "json" on SSE. */
+  format: Format;
 }
 
 export interface SwitchboardEvents {
@@ -176,7 +203,7 @@ export interface SwitchboardStats {
   connects: number;
   /** Welcome frames after the first (on SSE, also a stream reopened for a new channel). */
   reconnects: number;
-  /** Server frames ignored: invalid JSON, binary, unknown type, missing fields. */
+  /** Server frames ignored: invalid JSON or MessagePack, binary on a JSON connection, unknown type, missing fields. */
   unknownFrames: number;
   /** Messages delivered to onMessage. */
   messages: number;

@@ -6,8 +6,12 @@
 // application would otherwise get wrong by hand: reconnect with exponential
 // backoff and full jitter, resubscribe with recovery (`since` positions),
 // token refresh before expiry, request/reply bookkeeping with timeouts, and
-// an application-level ping for browsers. No runtime dependencies; every
-// buffer is bounded. The wire protocol is docs/protocol.md of the gateway.
+// an application-level ping for browsers. No runtime dependencies (the
+// MessagePack codec of `format: "msgpack"` is vendored in src/vendor/);
+// every buffer is bounded. The wire protocol is docs/protocol.md of the
+// gateway.
+
+import { Decoder, Encoder } from "./vendor/msgpack.js";
 
 /** Error codes the SDK itself produces (the server's codes pass through). */
 const CODES = Object.freeze({
@@ -28,6 +32,7 @@ const CODES = Object.freeze({
   disconnectedByServer: "disconnected_by_server",
   policyViolation: "policy_violation",
   handlerError: "handler_error",
+  unsupportedFormat: "unsupported_format",
 });
 
 /** Close codes with a meaning of their own (docs/protocol.md, "Close codes"). */
@@ -51,8 +56,33 @@ const TRANSIENT_SUBSCRIBE_ERRORS = new Set(["internal", "rate_limited", "overloa
 /** The transports the SDK speaks, by their `transports` option names. */
 const TRANSPORTS = Object.freeze(["websocket", "sse"]);
 
+/**
+ * The WebSocket formats (docs/protocol.md, "Formats and compression"), by
+ * their `format` option names. "json": text frames, no subprotocol asked
+ * (as with any gateway). "msgpack": the `switchboard.msgpack` subprotocol,
+ * every frame one MessagePack map in a binary frame. SSE is JSON either way.
+ */
+const FORMATS = Object.freeze(["json", "msgpack"]);
+const MSGPACK_SUBPROTOCOL = "switchboard.msgpack";
+
+// One codec each for the whole module: encoding and decoding are
+// synchronous, the encoder reuses its buffer, and the decoder keeps a cache
+// of map keys (the frames' keys repeat) worth sharing between connections.
+// `ignoreUndefined`: a key whose value is undefined is left out, as
+// JSON.stringify does.
+const newMsgpackEncoder = () => new Encoder({ ignoreUndefined: true });
+let msgpackEncoder = newMsgpackEncoder();
+const msgpackDecoder = new Decoder();
+/**
+ * The encoder's buffer grows to the largest command it encoded; past this
+ * size (the gateway's default frame limit) it is dropped for a fresh one
+ * rather than kept for the page's lifetime.
+ */
+const MSGPACK_BUFFER_KEPT = 65_536;
+
 const DEFAULTS = Object.freeze({
   transports: TRANSPORTS,
+  format: "json",
   fallbackTimeout: 5_000,
   backoff: { min: 250, max: 10_000 },
   pingInterval: 20_000,
@@ -140,6 +170,9 @@ export class Switchboard {
     this._streamSubs = [];
     this._reopenQueued = false; // a stream reopen is due (a new channel)
     this._opened = false; // the current socket fired `open`
+    // The format of the current connection's frames: the `format` option on
+    // WebSocket, "json" on SSE (streams are JSON only).
+    this._wireFormat = "json";
     this._welcomed = false; // ...and the welcome frame arrived
     this._connectedAt = 0;
 
@@ -326,10 +359,16 @@ export class Switchboard {
   }
 
   _openSocket(token) {
+    const msgpack = this._opts.format === "msgpack";
     let ws;
     try {
-      const params = this._opts.batch ? { token, batch: "1" } : { token };
-      ws = new this._opts.WebSocket(withParams(this._url, params).href);
+      // The gateway ignores batch=1 on msgpack connections: do not ask.
+      const params = this._opts.batch && !msgpack ? { token, batch: "1" } : { token };
+      const url = withParams(this._url, params).href;
+      ws = msgpack ? new this._opts.WebSocket(url, [MSGPACK_SUBPROTOCOL]) : new this._opts.WebSocket(url);
+      // Binary frames as ArrayBuffers (a browser's default is Blob, which
+      // can only be read asynchronously, and would reorder frames).
+      if (msgpack) ws.binaryType = "arraybuffer";
     } catch (err) {
       // Browsers throw synchronously for blocked ports, mixed content, CSP:
       // retrying cannot help.
@@ -337,6 +376,7 @@ export class Switchboard {
       return;
     }
     this._ws = ws;
+    this._wireFormat = this._opts.format;
     this._opened = false;
     this._welcomed = false;
     // A connection that neither opens nor fails (a black-holed address, a
@@ -348,6 +388,19 @@ export class Switchboard {
     );
     ws.onopen = () => {
       if (this._ws !== ws) return;
+      // Browsers fail a handshake whose answer does not name a subprotocol
+      // asked for; an implementation that lets it through would leave us
+      // sending MessagePack to a node that reads JSON. Retrying cannot help.
+      if (msgpack && ws.protocol !== MSGPACK_SUBPROTOCOL) {
+        const chose = ws.protocol ? `"${ws.protocol}"` : "no subprotocol";
+        this._stop({
+          error: new SwitchboardError(
+            CODES.unsupportedFormat,
+            `format "msgpack" asks the gateway for the ${MSGPACK_SUBPROTOCOL} subprotocol, and it chose ${chose}: this gateway does not speak MessagePack; use format "json"`,
+          ),
+        });
+        return;
+      }
       this._opened = true;
       this._armFallback(ws);
     };
@@ -395,6 +448,7 @@ export class Switchboard {
       onReply: (frame) => this._onReply(frame),
     });
     this._ws = conn;
+    this._wireFormat = "json"; // streams and their commands are JSON only
     this._opened = false;
     this._welcomed = false;
     this._timers.connect = this._clock.setTimeout(
@@ -416,9 +470,17 @@ export class Switchboard {
     conn.start();
   }
 
-  /** A WebSocket message or an SSE event's data: one frame, or several, one per line. */
+  /**
+   * A WebSocket message or an SSE event's data: one frame, or several, one
+   * per line (JSON text); or one MessagePack map (a binary frame of a
+   * msgpack connection).
+   */
   _onData(conn, data) {
     if (this._ws !== conn) return;
+    if (typeof data !== "string") {
+      this._onFrame(this._wireFormat === "msgpack" ? decodeMsgpack(data) : null);
+      return;
+    }
     // With batching (the default on WebSocket), one frame may carry several
     // messages, one per line; compact JSON never holds a raw newline.
     if (typeof data === "string" && data.includes("\n")) {
@@ -920,7 +982,13 @@ export class Switchboard {
     } else {
       for (const sub of this._subs.values()) this._sendSubscribe(sub);
     }
-    const welcome = { connection_id: frame.connection_id, node_id: frame.node_id, user: frame.user, transport: this.transport };
+    const welcome = {
+      connection_id: frame.connection_id,
+      node_id: frame.node_id,
+      user: frame.user,
+      transport: this.transport,
+      format: this._wireFormat,
+    };
     if (frame.expires_in !== undefined) welcome.expires_in = frame.expires_in;
     this._emit("welcome", welcome);
     // A welcome listener may have called disconnect().
@@ -975,7 +1043,8 @@ export class Switchboard {
       return Promise.reject(new SwitchboardError(CODES.overloaded, `${this._pending.size} commands are already waiting for replies`));
     }
     const id = this._nextId++;
-    const text = encode({ ...frame, id });
+    // A msgpack WebSocket gets a binary frame (Uint8Array); JSON and SSE text.
+    const text = this._wireFormat === "msgpack" ? encodeMsgpack({ ...frame, id }) : encode({ ...frame, id });
     const problem = text instanceof SwitchboardError ? text : this._checkSendable(text);
     if (problem) return Promise.reject(problem);
     return new Promise((resolve, reject) => {
@@ -1002,7 +1071,8 @@ export class Switchboard {
 
   /** The gateway closes the connection (1009) for an oversized frame: refuse it here. */
   _checkSendable(text) {
-    if (exceedsBytes(text, this._opts.maxFrameBytes)) {
+    const tooLarge = typeof text === "string" ? exceedsBytes(text, this._opts.maxFrameBytes) : text.byteLength > this._opts.maxFrameBytes;
+    if (tooLarge) {
       return new SwitchboardError(CODES.tooLarge, `the frame exceeds ${this._opts.maxFrameBytes} bytes`);
     }
     // The socket's own send buffer is unbounded; a stalled network must not
@@ -1753,6 +1823,13 @@ function normalizeOptions(options) {
       `options.transports must list one or more of "websocket", "sse", each once, in order of preference; got ${Array.isArray(transports) ? JSON.stringify(transports) : describeValue(transports)}`,
     );
   }
+  const format = options.format ?? DEFAULTS.format;
+  if (!FORMATS.includes(format)) {
+    throw new SwitchboardError(
+      CODES.badOptions,
+      `options.format must be "json" or "msgpack", got ${typeof format === "string" ? JSON.stringify(format) : describeValue(format)}`,
+    );
+  }
   if (options.WebSocket != null && !isConstructor(options.WebSocket)) {
     throw new SwitchboardError(
       CODES.badOptions,
@@ -1774,6 +1851,7 @@ function normalizeOptions(options) {
     clock: { ...defaultClock, ...options.clock },
     backoff,
     batch: options.batch ?? true,
+    format,
     transports: Object.freeze([...transports]),
   };
   if (transports.includes("sse") && typeof opts.fetch !== "function") {
@@ -1820,13 +1898,15 @@ function withParams(url, params) {
   return copy;
 }
 
+/** A frame from JSON text, or one decoded already (MessagePack); null when not a frame. */
 function parseFrame(raw) {
-  if (typeof raw !== "string") return null; // the gateway sends text frames only
-  let frame;
-  try {
-    frame = JSON.parse(raw);
-  } catch {
-    return null;
+  let frame = raw;
+  if (typeof raw === "string") {
+    try {
+      frame = JSON.parse(raw);
+    } catch {
+      return null;
+    }
   }
   if (frame === null || typeof frame !== "object" || Array.isArray(frame) || typeof frame.type !== "string") return null;
   return frame;
@@ -1837,6 +1917,36 @@ function encode(frame) {
     return JSON.stringify(frame);
   } catch (err) {
     return new SwitchboardError("bad_request", `the command cannot be encoded as JSON: ${err.message}`, { cause: err });
+  }
+}
+
+/**
+ * A command as MessagePack (a Uint8Array, sent as a binary frame), or a
+ * bad_request SwitchboardError for a value the encoder has no form for (a
+ * function, a symbol, a BigInt). Values MessagePack has but JSON has not
+ * (Uint8Array and ArrayBuffer as bin, Date as the timestamp extension,
+ * NaN) are encoded, and the gateway refuses them with bad_request.
+ */
+function encodeMsgpack(frame) {
+  try {
+    const bytes = msgpackEncoder.encode(frame);
+    if (bytes.byteLength > MSGPACK_BUFFER_KEPT) msgpackEncoder = newMsgpackEncoder();
+    return bytes;
+  } catch (err) {
+    return new SwitchboardError("bad_request", `the command cannot be encoded as MessagePack: ${err.message}`, { cause: err });
+  }
+}
+
+/** A binary frame's MessagePack map, or null (not MessagePack, or not a map). */
+function decodeMsgpack(data) {
+  let bytes;
+  if (data instanceof ArrayBuffer) bytes = new Uint8Array(data);
+  else if (ArrayBuffer.isView(data)) bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  else return null; // a Blob: the implementation ignored binaryType
+  try {
+    return msgpackDecoder.decode(bytes);
+  } catch {
+    return null;
   }
 }
 

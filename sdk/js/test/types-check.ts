@@ -13,6 +13,7 @@ import {
   type Subscription,
   type SwitchboardOptions,
   type Transport,
+  type Format,
 } from "../src/switchboard.js";
 
 interface ChatMessage {
@@ -31,7 +32,10 @@ const options: SwitchboardOptions = {
   clock: { random: () => 0.5 },
   transports: ["websocket", "sse"],
   fallbackTimeout: 5_000,
+  format: "msgpack",
 };
+// @ts-expect-error: not a format
+new Switchboard("wss://switchboard.example.com/ws", { getToken: () => "jwt", format: "cbor" });
 new Switchboard("https://switchboard.example.com/ws", { getToken: () => "jwt", transports: ["sse"] });
 // @ts-expect-error: not a transport
 new Switchboard("wss://switchboard.example.com/ws", { getToken: () => "jwt", transports: ["long-polling"] });
@@ -51,7 +55,10 @@ sb.on("error", (err) => {
   const retryAfter: number | undefined = err.retryAfter;
   console.log(code, retryAfter, err instanceof SwitchboardError);
 });
-sb.on("welcome", (w) => console.log(w.connection_id, w.node_id, w.user, w.expires_in, w.transport));
+sb.on("welcome", (w) => {
+  const format: Format = w.format;
+  console.log(w.connection_id, w.node_id, w.user, w.expires_in, w.transport, format);
+});
 // @ts-expect-error: not an event of the client
 sb.on("message", () => {});
 

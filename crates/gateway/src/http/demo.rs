@@ -1,6 +1,7 @@
 //! The development demo page: with `demo_dir` configured (only
 //! `config/dev.toml` does), `GET /demo/` serves the SDK's demo chat from
-//! `<demo_dir>/demo/` and the SDK itself as `/demo/switchboard.js`, so
+//! `<demo_dir>/demo/` and the SDK itself as `/demo/switchboard.js` (with
+//! the MessagePack codec it imports, `/demo/vendor/msgpack.js`), so
 //! `make run` shows the gateway working in a browser. Without it every
 //! `/demo` path is the ordinary 404.
 //!
@@ -34,12 +35,22 @@ fn content_type(name: &str) -> Option<&'static str> {
     }
 }
 
+/// The vendored module the SDK imports as `./vendor/msgpack.js`: the one
+/// path of two segments served, named in full.
+const SDK_MSGPACK: &str = "vendor/msgpack.js";
+
 /// The file behind a `/demo...` path, if the path names one.
 fn file_for(dir: &std::path::Path, path: &str) -> Option<(PathBuf, &'static str)> {
     let name = match path.strip_prefix("/demo/")? {
         "" => "index.html",
         name => name,
     };
+    if name == SDK_MSGPACK {
+        return Some((
+            dir.join("src").join(SDK_MSGPACK),
+            "text/javascript; charset=utf-8",
+        ));
+    }
     let kind = content_type(name)?;
     let file = if name == "switchboard.js" {
         dir.join("src/switchboard.js")
@@ -111,10 +122,20 @@ mod tests {
             file_for(dir, "/demo/switchboard.js").map(|(f, _)| f),
             Some(PathBuf::from("/sdk/src/switchboard.js"))
         );
+        assert_eq!(
+            file_for(dir, "/demo/vendor/msgpack.js"),
+            Some((
+                PathBuf::from("/sdk/src/vendor/msgpack.js"),
+                "text/javascript; charset=utf-8"
+            ))
+        );
         for refused in [
             "/demo/../Cargo.toml",
             "/demo/..%2fsecret.js",
             "/demo/a/b.js",
+            "/demo/vendor/other.js",
+            "/demo/vendor/../switchboard.js",
+            "/demo/msgpack.js.map",
             "/demo/.js",
             "/demo/x.rs",
             "/demo/x.js.map",
