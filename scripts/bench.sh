@@ -721,24 +721,55 @@ ratio() {
     awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a > 0) printf "%.2f", a / b; else printf "n/a" }'
 }
 
-# format_row LABEL REPORT BASE: bytes on the wire and server CPU per
+# format_row LABEL REPORT BASE ROUNDS: bytes on the wire and server CPU per
 # delivery, deliveries/s and p99 of REPORT, the first two also as ratios to
-# BASE (the JSON row of the same payload; itself for the JSON row).
+# BASE (the JSON row of the same payload; itself for the JSON row); the
+# notes list the CPU per delivery of every round (ROUNDS: report names).
 format_row() {
-    local name=$2 base=$3 wire cpu
+    local name=$2 base=$3 wire cpu rounds=""
     wire=$(field "$name" '.wire_bytes_per_delivery // 0')
     cpu=$(field "$name" '.server_cpu_us_per_delivery // 0')
+    for r in $4; do
+        rounds+="${rounds:+ / }$(printf '%.2f' "$(field "$r" '.server_cpu_us_per_delivery // 0')")"
+    done
     row "$1" \
         "$(printf '%.0f' "$wire") B on the wire per delivery ($(ratio "$wire" "$(field "$base" '.wire_bytes_per_delivery // 0')")x JSON), $(printf '%.2f' "$cpu") µs server CPU per delivery ($(ratio "$cpu" "$(field "$base" '.server_cpu_us_per_delivery // 0')")x JSON), $(printf '%.0f' "$(field "$name" .deliveries_per_sec)") deliveries/s, p99 $(ms "$(field "$name" .latency_us.p99)") ms" \
-        "$(field "$name" .published) messages; $(field "$name" .disconnects) disconnects, $(field "$name" '.errors + .publish_errors + .connect_errors') errors"
+        "median of $(echo "$4" | wc -w) rounds by CPU (each: $rounds µs); $(frames_per_write "$name") frames per socket write; $(field "$name" .published) messages; $(field "$name" .disconnects) disconnects, $(field "$name" '.errors + .publish_errors + .connect_errors') errors"
+}
+
+# node_writes PORT: the node's frames written and socket writes so far.
+node_writes() {
+    curl -sf "http://127.0.0.1:$1/metrics" |
+        awk '/^switchboard_frames_written_total / { f = $2 } /^switchboard_socket_writes_total / { w = $2 } END { print f + 0, w + 0 }'
+}
+
+# frames_per_write NAME: frames per socket write during that run (the node's
+# counters before and after it).
+frames_per_write() {
+    awk 'NR == FNR { f = $1; w = $2; next } { if ($2 > w) printf "%.1f", ($1 - f) / ($2 - w); else printf "n/a" }' \
+        "$OUT/$1.before" "$OUT/$1.after"
+}
+
+# median_report NAMES...: the report whose server CPU per delivery is the
+# median of NAMES.
+median_report() {
+    local r
+    for r in "$@"; do
+        printf '%s %s\n' "$(field "$r" '.server_cpu_us_per_delivery // 0')" "$r"
+    done | sort -g | awk '{ names[NR] = $2 } END { print names[int((NR + 1) / 2)] }'
 }
 
 # formats: one node with deflate on for the node and the bench namespace;
 # 1k subscribers on one channel, 4 API publishers (JSON), 15 s with the
-# first 3 s not measured, --server-pid; per payload, JSON then MessagePack
-# then JSON + permessage-deflate subscribers against the same node.
+# first 3 s not measured, --server-pid; per payload, JSON, MessagePack and
+# JSON + permessage-deflate subscribers against the same node, in
+# FORMATS_ROUNDS interleaved rounds (default 3): the server's CPU per
+# delivery on this shared machine moves by 10-30 % between runs, and with
+# adaptive write coalescing it also follows how fast the clients read (a
+# round where the node coalesces less makes more writes), so each row is
+# the round with the median CPU, not one draw.
 formats() {
-    local port pid payload rate format name
+    local port pid payload rate format name round rounds=${FORMATS_ROUNDS:-3}
     printf '[namespaces.bench]\ndeflate = true\n' >"$TMP/formats.toml"
     port=$(free_port)
     DEFLATE=true start_node formats "$port" "" "$TMP/formats.toml"
@@ -746,17 +777,26 @@ formats() {
     for payload in chat doc; do
         # Rates all three formats sustain here (see docs/benchmarks.md).
         if [ "$payload" = chat ]; then rate=${FORMATS_CHAT_RATE:-500}; else rate=${FORMATS_DOC_RATE:-100}; fi
+        for round in $(seq 1 "$rounds"); do
+            for format in json msgpack deflate; do
+                name="fmt-$payload-$format-$round"
+                local args=(--target "127.0.0.1:$port" --connections 1000 --shape one --ramp 4000 \
+                    --publishers 4 --duration 15s --warmup 3s --server-pid "$pid" --rate "$rate" \
+                    --payload-kind "$payload")
+                case $format in
+                    msgpack) args+=(--format msgpack) ;;
+                    deflate) args+=(--deflate) ;;
+                esac
+                node_writes "$port" >"$OUT/$name.before"
+                load "$name" "${args[@]}"
+                node_writes "$port" >"$OUT/$name.after"
+            done
+        done
+        local base
+        base=$(median_report $(for r in $(seq 1 "$rounds"); do echo "fmt-$payload-json-$r"; done))
         for format in json msgpack deflate; do
-            name="fmt-$payload-$format"
-            local args=(--target "127.0.0.1:$port" --connections 1000 --shape one --ramp 4000 \
-                --publishers 4 --duration 15s --warmup 3s --server-pid "$pid" --rate "$rate" \
-                --payload-kind "$payload")
-            case $format in
-                msgpack) args+=(--format msgpack) ;;
-                deflate) args+=(--deflate) ;;
-            esac
-            load "$name" "${args[@]}"
-            local what
+            local names what
+            names=$(for r in $(seq 1 "$rounds"); do echo "fmt-$payload-$format-$r"; done)
             case $format in
                 json) what="JSON" ;;
                 msgpack) what="MessagePack" ;;
@@ -764,7 +804,9 @@ formats() {
             esac
             local size="~300 B chat message"
             [ "$payload" = doc ] && size="~4 KB JSON document"
-            format_row "formats, 1 node, 1k subscribers x $rate msg/s, $size, $what" "$name" "fmt-$payload-json"
+            # shellcheck disable=SC2086 # one name per word
+            format_row "formats, 1 node, 1k subscribers x $rate msg/s, $size, $what" \
+                "$(median_report $names)" "$base" "$names"
         done
     done
     stop_pid "$pid"
