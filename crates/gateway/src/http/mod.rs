@@ -1,8 +1,9 @@
 //! The node's HTTP side: the accept loop and routes (`server`), the checks
 //! before a WebSocket upgrade (`handshake`), the server API (`api`, its
-//! `POST /api/batch` in `batch`), the demo page (`demo`), server-sent events streams and their commands
+//! `POST /api/batch` in `batch`), the admin UI (`admin`), the demo page (`demo`), server-sent events streams and their commands
 //! (`stream`) and the response bodies they share (`response`).
 
+pub mod admin;
 pub mod api;
 pub mod batch;
 pub mod demo;
