@@ -173,15 +173,14 @@ impl Node {
         let instance = instance_id(&config.node_id);
         let presence = MemoryPresence::new(Arc::clone(&hub) as Arc<dyn Roster>, instance.clone());
         let limits = ConnectionLimits::new(&config.limits);
-        let figures = Node::local_figures(&config, &hub, &instance);
+        let (shutdown, figures) = Node::local_figures(&config, &hub, &instance);
         Node::build(
             config,
             hub,
             broker,
             Arc::new(presence),
-            instance,
             (limits, Arc::new(Occupancy::single())),
-            figures,
+            (instance, shutdown, figures),
             None,
         )
     }
@@ -287,9 +286,8 @@ impl Node {
             hub,
             Arc::new(broker),
             Arc::clone(&presence) as Arc<dyn Presence>,
-            instance,
             (limits, occupancy),
-            (shutdown, figures),
+            (instance, shutdown, figures),
             Some((
                 background,
                 RedisState {
@@ -309,15 +307,14 @@ impl Node {
     ) -> Result<Arc<Node>, String> {
         let instance = instance_id(&config.node_id);
         let limits = ConnectionLimits::new(&config.limits);
-        let figures = Node::local_figures(&config, &hub, &instance);
+        let (shutdown, figures) = Node::local_figures(&config, &hub, &instance);
         Node::build(
             config,
             hub,
             broker,
             presence,
-            instance,
             (limits, Arc::new(Occupancy::single())),
-            figures,
+            (instance, shutdown, figures),
             None,
         )
     }
@@ -327,12 +324,12 @@ impl Node {
         hub: Arc<Hub>,
         broker: Arc<dyn Broker>,
         presence: Arc<dyn Presence>,
-        instance: String,
         // The admission limits, and the occupancy that (in cluster mode)
         // reads their per-user map.
         (limits, occupancy): (ConnectionLimits, Arc<Occupancy>),
-        // The shutdown token, and the figures that report it.
-        (shutdown, figures): (CancellationToken, Arc<Figures>),
+        // The node's instance id, its shutdown token, and the figures that
+        // report both.
+        (instance, shutdown, figures): (String, CancellationToken, Arc<Figures>),
         cluster: Option<(CancellationToken, RedisState)>,
     ) -> Result<Arc<Node>, String> {
         let (background, redis) = match cluster {
