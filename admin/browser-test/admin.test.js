@@ -187,6 +187,8 @@ test("an operator logs in, sees both nodes, follows a client through presence an
 
     assert.deepEqual(violations(page), [], "no CSP violation and no exception");
     assert.deepEqual(unexpectedProblems(page), [], "no other console errors");
+    // The only refusals: the session probe before the login and the wrong key.
+    assert.deepEqual(page.failed, ["401 /admin/api/session", "401 /admin/login"]);
     assert.deepEqual(page.dialogs, [], "no dialog");
   }),
 );

@@ -121,6 +121,10 @@ export class WsClient {
 export async function openAdmin(h, browser, node, label = `admin @ ${node.nodeId}`) {
   const page = await h.open(browser, `http://127.0.0.1:${node.port}/admin/`, label, {
     setup: async (p) => {
+      p.failed = [];
+      p.on("response", (response) => {
+        if (response.status() >= 400) p.failed.push(`${response.status()} ${new URL(response.url()).pathname}`);
+      });
       p.dialogs = [];
       p.on("dialog", async (dialog) => {
         p.dialogs.push(`${dialog.type()}: ${dialog.message()}`);
@@ -168,9 +172,13 @@ export function rows(page, id) {
   );
 }
 
-/** The problems a page logged that are not the expected refusals (401/403 answers the test asked for). */
+/**
+ * The problems a page logged, leaving out Chromium's console line for each
+ * answer of 400 or more: those are in `page.failed` (status and path), which
+ * a test compares with the refusals it expects.
+ */
 export function unexpectedProblems(page) {
-  return page.problems.filter((p) => !/Failed to load resource: the server responded with a status of 40[13]/.test(p));
+  return page.problems.filter((p) => !/^console\.error: Failed to load resource: the server responded with a status of \d+/.test(p));
 }
 
 /** The page's CSP violations and exceptions: none should ever happen. */
@@ -203,6 +211,7 @@ export async function withAdmin(t, body) {
       }
       if (page.problems.length) parts.push(page.problems.join("\n"));
       if (page.dialogs?.length) parts.push(`dialogs: ${page.dialogs.join("; ")}`);
+      if (page.failed?.length) parts.push(`answers of 400 or more: ${page.failed.join("; ")}`);
     }
     for (const child of h.children) {
       let log = "(no log)";
