@@ -33,6 +33,9 @@
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod nodes;
+pub mod tail;
+pub mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -175,12 +178,12 @@ async fn route(
         let query = request.uri().query().unwrap_or("").to_owned();
         return match page {
             Page::Session => auth::describe(admin, &session, now),
-            Page::Nodes => not_built_yet(),
+            Page::Nodes => nodes::nodes(node).await,
             Page::Channels => api::channels(node, &query).await,
             Page::Channel => api::channel(node, &query).await,
-            Page::Tail => not_built_yet(),
+            Page::Tail => tail::tail(node, &query).await,
             Page::Publish => api::publish(node, request, &session, client).await,
-            Page::User => not_built_yet(),
+            Page::User => users::user(node, &query).await,
             Page::Disconnect => api::disconnect(node, request, &session, client).await,
         };
     }
@@ -194,15 +197,4 @@ async fn route(
             None => not_found(),
         },
     }
-}
-
-/// The cluster pages until their code lands (admin-cluster's `nodes`,
-/// `tail`, `users`).
-fn not_built_yet() -> Response<Body> {
-    response::error(
-        StatusCode::NOT_IMPLEMENTED,
-        "unavailable",
-        "not built yet",
-        None,
-    )
 }
