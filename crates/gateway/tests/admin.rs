@@ -799,3 +799,54 @@ async fn a_login_on_one_node_disconnects_a_user_on_every_node_with_its_code_and_
     assert_key_never_logged(&a);
     assert_key_never_logged(&b);
 }
+
+#[tokio::test]
+async fn behind_a_trusted_https_proxy_the_cookie_is_secure_and_the_origin_https() {
+    let gateway = Gateway::builder()
+        .env("SWITCHBOARD_ADMIN", "true")
+        .env("SWITCHBOARD_ADMIN_SECRET", ADMIN_KEY)
+        .env("SWITCHBOARD_TRUSTED_PROXIES", "127.0.0.1")
+        .start();
+    let body = json!({ "key": ADMIN_KEY }).to_string();
+    let https = [("X-Forwarded-Proto", "https")];
+    let reply = request(&gateway, "POST", "/admin/login", &https, &body).await;
+    assert_eq!(reply.status, 204, "{reply:?}");
+    assert!(
+        reply.headers["set-cookie"]
+            .ends_with("; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=1800; Secure"),
+        "{reply:?}"
+    );
+    // The page's origin is https:// now; the plain one is another site.
+    let http_origin = own_origin(&gateway);
+    let https_origin = format!("https://{}", gateway.addr);
+    request(
+        &gateway,
+        "POST",
+        "/admin/login",
+        &[("X-Forwarded-Proto", "https"), ("Origin", &http_origin)],
+        &body,
+    )
+    .await
+    .assert_error(403, "forbidden", "cross-origin request refused");
+    let reply = request(
+        &gateway,
+        "POST",
+        "/admin/login",
+        &[("X-Forwarded-Proto", "https"), ("Origin", &https_origin)],
+        &body,
+    )
+    .await;
+    assert_eq!(reply.status, 204, "{reply:?}");
+
+    // An untrusted peer's header proves nothing.
+    let untrusted = Gateway::builder()
+        .env("SWITCHBOARD_ADMIN", "true")
+        .env("SWITCHBOARD_ADMIN_SECRET", ADMIN_KEY)
+        .start();
+    let reply = request(&untrusted, "POST", "/admin/login", &https, &body).await;
+    assert_eq!(reply.status, 204, "{reply:?}");
+    assert!(
+        reply.headers["set-cookie"].ends_with("Max-Age=1800"),
+        "{reply:?}"
+    );
+}
