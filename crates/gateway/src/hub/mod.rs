@@ -107,8 +107,9 @@ impl Delivery {
 pub enum Outbound {
     /// A frame shared with every other recipient.
     Frame(Arc<Delivery>),
-    /// Close the connection with this code and reason.
-    Close(u16, &'static str),
+    /// Close the connection with this code and reason (shared by every
+    /// session of a disconnected user; as small as a `&'static str`).
+    Close(u16, Arc<str>),
     /// The node drains: close with 1012 after this delay.
     Drain(Duration),
     /// A command sent over HTTP for a server-sent events stream, run by
@@ -392,7 +393,10 @@ impl SessionHandle {
 
     fn next_or_slow(&self) -> Option<Outbound> {
         if self.is_slow() {
-            return Some(Outbound::Close(SLOW_CONSUMER, SLOW_CONSUMER_REASON));
+            return Some(Outbound::Close(
+                SLOW_CONSUMER,
+                Arc::from(SLOW_CONSUMER_REASON),
+            ));
         }
         self.try_next()
     }
@@ -416,7 +420,7 @@ impl SessionHandle {
 
     /// Asks the session to close. Close requests are never refused for
     /// space: they cost nothing and must reach even a slow session.
-    pub fn close(&self, code: u16, reason: &'static str) {
+    pub fn close(&self, code: u16, reason: Arc<str>) {
         self.push(Outbound::Close(code, reason), true);
     }
 
@@ -875,12 +879,14 @@ impl Hub {
         }
     }
 
-    /// Asks every local session of `user` to close with `code`; returns how many.
-    pub fn disconnect_user(&self, user: &str, code: u16, reason: &'static str) -> usize {
+    /// Asks every local session of `user` to close with `code` and
+    /// `reason`; returns how many.
+    pub fn disconnect_user(&self, user: &str, code: u16, reason: &str) -> usize {
         let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        let reason: Arc<str> = Arc::from(reason);
         let mut closed = 0;
         for Registered(session) in sessions.iter().filter(|s| &*s.0.user == user) {
-            session.close(code, reason);
+            session.close(code, Arc::clone(&reason));
             closed += 1;
         }
         closed
@@ -1290,7 +1296,7 @@ mod tests {
         }
         assert_eq!(fast.queued_bytes(), 0);
         // Once slow, a session gets nothing more but a close still reaches it.
-        slow.close(1013, "slow");
+        slow.close(1013, Arc::from("slow"));
         assert_eq!(hub.deliver(&frame).dropped, 1);
         let elsewhere = Delivery::plain("nobody", frame.frame.clone());
         assert_eq!(hub.deliver(&elsewhere), Fanout::default());
@@ -1330,7 +1336,7 @@ mod tests {
         for frame in &frames[..2] {
             assert!(handle.offer(Outbound::Frame(Arc::clone(frame))));
         }
-        handle.close(4003, "bye");
+        handle.close(4003, Arc::from("bye"));
         for frame in &frames[2..] {
             assert!(handle.offer(Outbound::Frame(Arc::clone(frame))));
         }
@@ -1391,7 +1397,7 @@ mod tests {
         );
         match handle.poll_next(&mut cx) {
             Poll::Ready(Outbound::Close(code, reason)) => {
-                assert_eq!((code, reason), (1013, SLOW_CONSUMER_REASON))
+                assert_eq!((code, &*reason), (1013, SLOW_CONSUMER_REASON))
             }
             other => panic!("unexpected {other:?}"),
         }
