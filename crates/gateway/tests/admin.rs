@@ -677,12 +677,20 @@ async fn the_page_and_its_assets_are_served_with_the_security_headers() {
         assert!(reply.body.contains(marker), "{path}: {}", reply.body);
         reply.assert_secured();
     }
-    let page = request(&gateway, "GET", "/admin/", &[], "").await;
-    let on_disk = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../admin/dist/index.html"),
-    )
-    .unwrap();
-    assert_eq!(page.body, on_disk, "the embedded page is admin/dist's");
+    for (path, file) in [
+        ("/admin/", "index.html"),
+        ("/admin/app.js", "app.js"),
+        ("/admin/app.css", "app.css"),
+    ] {
+        let served = request(&gateway, "GET", path, &[], "").await;
+        let on_disk = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../admin/dist")
+                .join(file),
+        )
+        .unwrap();
+        assert!(served.body == on_disk, "{path} is not admin/dist/{file}");
+    }
 
     let bare = request(&gateway, "GET", "/admin", &[], "").await;
     assert_eq!(
@@ -790,4 +798,55 @@ async fn a_login_on_one_node_disconnects_a_user_on_every_node_with_its_code_and_
     assert_eq!(audit_entries(&b, "disconnect").len(), 1);
     assert_key_never_logged(&a);
     assert_key_never_logged(&b);
+}
+
+#[tokio::test]
+async fn behind_a_trusted_https_proxy_the_cookie_is_secure_and_the_origin_https() {
+    let gateway = Gateway::builder()
+        .env("SWITCHBOARD_ADMIN", "true")
+        .env("SWITCHBOARD_ADMIN_SECRET", ADMIN_KEY)
+        .env("SWITCHBOARD_TRUSTED_PROXIES", "127.0.0.1")
+        .start();
+    let body = json!({ "key": ADMIN_KEY }).to_string();
+    let https = [("X-Forwarded-Proto", "https")];
+    let reply = request(&gateway, "POST", "/admin/login", &https, &body).await;
+    assert_eq!(reply.status, 204, "{reply:?}");
+    assert!(
+        reply.headers["set-cookie"]
+            .ends_with("; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=1800; Secure"),
+        "{reply:?}"
+    );
+    // The page's origin is https:// now; the plain one is another site.
+    let http_origin = own_origin(&gateway);
+    let https_origin = format!("https://{}", gateway.addr);
+    request(
+        &gateway,
+        "POST",
+        "/admin/login",
+        &[("X-Forwarded-Proto", "https"), ("Origin", &http_origin)],
+        &body,
+    )
+    .await
+    .assert_error(403, "forbidden", "cross-origin request refused");
+    let reply = request(
+        &gateway,
+        "POST",
+        "/admin/login",
+        &[("X-Forwarded-Proto", "https"), ("Origin", &https_origin)],
+        &body,
+    )
+    .await;
+    assert_eq!(reply.status, 204, "{reply:?}");
+
+    // An untrusted peer's header proves nothing.
+    let untrusted = Gateway::builder()
+        .env("SWITCHBOARD_ADMIN", "true")
+        .env("SWITCHBOARD_ADMIN_SECRET", ADMIN_KEY)
+        .start();
+    let reply = request(&untrusted, "POST", "/admin/login", &https, &body).await;
+    assert_eq!(reply.status, 204, "{reply:?}");
+    assert!(
+        reply.headers["set-cookie"].ends_with("Max-Age=1800"),
+        "{reply:?}"
+    );
 }
