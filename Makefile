@@ -22,13 +22,13 @@ run:
 
 ## test: install what the tests need, then lint, check the layers and run
 ## every test: the Rust workspace, then the JS SDK (node tests, types,
-## headless Chromium).
+## headless Chromium) and the admin UI (dist/ up to date, headless Chromium).
 test: test-deps lint layers
 	$(DEV_BUILD)
 	$(CARGO) test --workspace --all-targets
 	CARGO=$(CARGO) scripts/test-js.sh
 
-## test-js: only the JS SDK's tests (after make test-deps).
+## test-js: only the JS tests, the SDK's and the admin UI's (after make test-deps).
 test-js:
 	CARGO=$(CARGO) scripts/test-js.sh
 

@@ -6,11 +6,12 @@
 # (make layers), kubernetes-validate and the webhook verification snippets
 # of docs/protocol.md, docker-compose to validate the compose
 # file without an engine, kubernetes-validate (PyPI) to check the
-# Kubernetes manifests offline, chromium for the JS SDK's browser tests, and
-# the SDK's npm dev dependencies (playwright-core, typescript, and
-# @msgpack/msgpack with esbuild for its vendored codec's check) from its
-# lockfile. Idempotent: does nothing when everything is present. Needs root
-# or sudo only when a system package is missing; needs Node 20+ and npm.
+# Kubernetes manifests offline, chromium for the browser tests (the JS
+# SDK's and the admin UI's), and the npm dev dependencies from their
+# lockfiles: the SDK's (playwright-core, typescript, and @msgpack/msgpack
+# with esbuild for its vendored codec's check) and the admin UI's (esbuild).
+# Idempotent: does nothing when everything is present. Needs root or sudo
+# only when a system package is missing; needs Node 20+ and npm.
 set -euo pipefail
 
 # command -> Debian package
@@ -60,13 +61,16 @@ fi
 # system's chromium; it never downloads a browser). `npm ci` replaces
 # node_modules, so it runs only when node_modules is missing or older than
 # the lockfile (npm writes node_modules/.package-lock.json on every install).
-sdk="$(dirname "$0")/../sdk/js"
-if [ ! -f "$sdk/node_modules/.package-lock.json" ] \
-  || [ "$sdk/package-lock.json" -nt "$sdk/node_modules/.package-lock.json" ]; then
-  command -v npm >/dev/null 2>&1 || {
-    echo "install-test-deps: npm is missing; install Node.js 20 or later with npm" >&2
-    exit 1
-  }
-  echo "install-test-deps: installing the JS SDK's dev dependencies (npm ci in sdk/js)" >&2
-  (cd "$sdk" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error >&2)
-fi
+# The admin UI's (admin/: esbuild, which builds and checks dist/) likewise.
+root="$(dirname "$0")/.."
+for pkg in "$root/sdk/js" "$root/admin"; do
+  if [ ! -f "$pkg/node_modules/.package-lock.json" ] \
+    || [ "$pkg/package-lock.json" -nt "$pkg/node_modules/.package-lock.json" ]; then
+    command -v npm >/dev/null 2>&1 || {
+      echo "install-test-deps: npm is missing; install Node.js 20 or later with npm" >&2
+      exit 1
+    }
+    echo "install-test-deps: installing the dev dependencies of ${pkg#"$root/"} (npm ci)" >&2
+    (cd "$pkg" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error >&2)
+  fi
+done

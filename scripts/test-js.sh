@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Runs the JS SDK's tests (sdk/js): the unit and integration tests against a
-# real gateway (npm test), the TypeScript declarations check (npm run
-# test:types) and the browser tests in headless Chromium (npm run
-# test:browser). `make test` runs it after the Rust tests;
-# scripts/install-test-deps.sh installs what it needs (node_modules from the
-# lockfile, chromium, redis-server, nginx).
+# Runs the JS tests: the SDK's (sdk/js: the unit and integration tests
+# against a real gateway (npm test), the TypeScript declarations check (npm
+# run test:types) and the browser tests in headless Chromium (npm run
+# test:browser)), then the admin UI's (admin/: dist/ built from src/ (npm
+# test) and its browser tests against real nodes (npm run test:browser),
+# which reuse the SDK's browser-test harness). `make test` runs it after the
+# Rust tests; scripts/install-test-deps.sh installs what it needs (both
+# node_modules from their lockfiles, chromium, redis-server, nginx).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,10 +21,12 @@ major="$(node -p 'process.versions.node.split(".")[0]')"
   echo "test-js: Node.js $(node --version) is too old; the SDK needs 20 or later" >&2
   exit 1
 }
-[ -f sdk/js/node_modules/.package-lock.json ] || {
-  echo "test-js: sdk/js/node_modules is missing; run scripts/install-test-deps.sh" >&2
-  exit 1
-}
+for dir in sdk/js admin; do
+  [ -f "$dir/node_modules/.package-lock.json" ] || {
+    echo "test-js: $dir/node_modules is missing; run scripts/install-test-deps.sh" >&2
+    exit 1
+  }
+done
 
 # The tests start target/debug/switchboard; make test builds it, but make
 # sure it is there and current when this runs alone. The same command as
@@ -31,14 +35,20 @@ major="$(node -p 'process.versions.node.split(".")[0]')"
 # leave that other build in target/debug/switchboard.
 "$CARGO" build --quiet --workspace --all-targets
 
-# All three run even when one fails, so one run shows every failure.
-cd sdk/js
+# Every suite runs even when one fails, so one run shows every failure.
 failed=()
+run() {
+  local dir="$1" script="$2"
+  echo "test-js: npm run $script (in $dir)" >&2
+  (cd "$dir" && npm run --silent "$script") || failed+=("$dir: $script")
+}
 for script in test test:types test:browser; do
-  echo "test-js: npm run $script" >&2
-  npm run --silent "$script" || failed+=("$script")
+  run sdk/js "$script"
+done
+for script in test test:browser; do
+  run admin "$script"
 done
 if [ ${#failed[@]} -gt 0 ]; then
-  echo "test-js: failed: ${failed[*]}" >&2
+  printf 'test-js: failed: %s\n' "${failed[@]}" >&2
   exit 1
 fi

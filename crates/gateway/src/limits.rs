@@ -2,7 +2,9 @@
 //! address may open connections (a token bucket), and how many connections
 //! one address and one user may hold at once on this node. Who the client
 //! is (the peer, or the address a trusted proxy forwarded) is decided by
-//! `config::proxies`.
+//! `config::proxies`. Also the admin UI's login attempts per address
+//! ([`LoginAttempts`]), a bucket of the same kind, so guessing the admin
+//! key costs a minute per five guesses.
 //!
 //! The buckets are governor's GCRA limiters; the concurrent counts are plain
 //! maps of counters released by RAII guards, because no crate counts
@@ -68,14 +70,11 @@ impl Limited {
     /// Whole seconds for `Retry-After`, at least one.
     pub fn retry_after_secs(&self) -> u64 {
         match self {
-            Limited::ConnectionRate { retry_after } => {
-                retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)
-            }
+            Limited::ConnectionRate { retry_after } => retry_after_secs(*retry_after),
             // Held connections free up when someone disconnects; a short
             // wait with the client's own backoff is the best hint we have.
             _ => 5,
         }
-        .max(1)
     }
 }
 
@@ -188,6 +187,60 @@ pub struct Slots {
     _user: Option<Held<Arc<str>>>,
 }
 
+/// Login attempts an address may make in a burst before it waits.
+pub const LOGIN_BURST: u32 = 5;
+/// How long an address waits for each further attempt.
+pub const LOGIN_REFILL: Duration = Duration::from_secs(12);
+
+/// The admin UI's login attempts per client address: a token bucket of
+/// [`LOGIN_BURST`], one back every [`LOGIN_REFILL`].
+///
+/// Every attempt takes a token before the key is compared, right or
+/// wrong: an address that spent its bucket is refused even the right key,
+/// because a 429 that a right guess escaped would tell the guesser which
+/// guess was right. Operators log in a few times a day, so the tokens a
+/// right key takes cost nobody anything.
+pub struct LoginAttempts {
+    rate: DefaultKeyedRateLimiter<IpAddr>,
+    started: Instant,
+    last_forget_ms: AtomicU64,
+}
+
+impl std::fmt::Debug for LoginAttempts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginAttempts").finish_non_exhaustive()
+    }
+}
+
+impl Default for LoginAttempts {
+    fn default() -> LoginAttempts {
+        let quota = Quota::with_period(LOGIN_REFILL)
+            .unwrap_or_else(|| Quota::per_minute(non_zero(5)))
+            .allow_burst(non_zero(LOGIN_BURST));
+        LoginAttempts {
+            rate: RateLimiter::keyed(quota),
+            started: Instant::now(),
+            last_forget_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LoginAttempts {
+    /// Takes one attempt for `ip`; `Err` with how long to wait when its
+    /// bucket is empty.
+    pub fn attempt(&self, ip: IpAddr) -> Result<(), Duration> {
+        forget_idle(&self.rate, self.started, &self.last_forget_ms);
+        self.rate
+            .check_key(&ip)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+}
+
+/// Whole seconds for a `Retry-After` of `wait`, at least one.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
 /// How often idle addresses are dropped from the rate limiter's map.
 const FORGET_EVERY: Duration = Duration::from_secs(10);
 
@@ -197,6 +250,8 @@ pub struct ConnectionLimits {
     rate: DefaultKeyedRateLimiter<IpAddr>,
     addresses: Arc<Counts<IpAddr>>,
     users: Arc<Counts<Arc<str>>>,
+    /// The admin UI's login attempts.
+    pub logins: LoginAttempts,
     started: Instant,
     last_forget_ms: AtomicU64,
 }
@@ -222,6 +277,7 @@ impl ConnectionLimits {
             rate: RateLimiter::keyed(quota),
             addresses: Counts::new(),
             users: Counts::new(),
+            logins: LoginAttempts::default(),
             started: Instant::now(),
             last_forget_ms: AtomicU64::new(0),
         }
@@ -273,19 +329,28 @@ impl ConnectionLimits {
     /// most once per [`FORGET_EVERY`], so a scan of the whole internet does
     /// not grow the map for ever.
     fn forget_idle(&self) {
-        let now = self.started.elapsed().as_millis() as u64;
-        let last = self.last_forget_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < FORGET_EVERY.as_millis() as u64 {
-            return;
-        }
-        if self
-            .last_forget_ms
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            self.rate.retain_recent();
-            self.rate.shrink_to_fit();
-        }
+        forget_idle(&self.rate, self.started, &self.last_forget_ms);
+    }
+}
+
+/// Drops a limiter's buckets that are full again (their addresses went
+/// quiet), at most once per [`FORGET_EVERY`].
+fn forget_idle(
+    rate: &DefaultKeyedRateLimiter<IpAddr>,
+    started: Instant,
+    last_forget_ms: &AtomicU64,
+) {
+    let now = started.elapsed().as_millis() as u64;
+    let last = last_forget_ms.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < FORGET_EVERY.as_millis() as u64 {
+        return;
+    }
+    if last_forget_ms
+        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
+    {
+        rate.retain_recent();
+        rate.shrink_to_fit();
     }
 }
 
@@ -327,6 +392,22 @@ mod tests {
         assert_eq!(admission.held_by_address(a), 3);
         drop(held);
         assert_eq!(admission.held_by_address(a), 0);
+    }
+
+    #[test]
+    fn five_login_attempts_then_a_wait_of_about_twelve_seconds() {
+        let logins = LoginAttempts::default();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..LOGIN_BURST {
+            assert!(logins.attempt(a).is_ok());
+        }
+        let wait = logins.attempt(a).unwrap_err();
+        assert!(wait <= LOGIN_REFILL, "{wait:?}");
+        assert!(retry_after_secs(wait) >= 1);
+        assert!(
+            logins.attempt("192.0.2.2".parse().unwrap()).is_ok(),
+            "buckets are per address"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::value::RawValue;
-use switchboard_protocol::{close, MessageParts, Position, ServerFrame};
+use switchboard_protocol::{MessageParts, Position, ServerFrame};
 use thiserror::Error;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -74,13 +74,19 @@ pub trait Broker: Send + Sync {
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError>;
     /// Stops receiving `channel` on this node (its last local subscriber left).
     async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError>;
-    /// Closes every session of `user` on every node with close code 4003.
-    async fn disconnect(&self, user: &str) -> Result<(), BrokerError>;
+    /// Closes every session of `user` on every node with close `code`
+    /// and `reason` (the server API's default is 4003
+    /// `disconnected by the server`).
+    async fn disconnect(&self, user: &str, code: u16, reason: &str) -> Result<(), BrokerError>;
     /// Readiness, for `/readyz`.
     fn health(&self) -> Health;
     /// A short name for logs.
     fn kind(&self) -> &'static str;
 }
+
+/// The close reason of a disconnect that names none (with close code
+/// 4003, `close::DISCONNECTED`).
+pub const DISCONNECT_REASON: &str = "disconnected by the server";
 
 /// Publishes a client's or the server API's message: stored under the next
 /// offset when the channel's namespace keeps history (its position is
@@ -215,9 +221,8 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn disconnect(&self, user: &str) -> Result<(), BrokerError> {
-        self.hub
-            .disconnect_user(user, close::DISCONNECTED, "disconnected by the server");
+    async fn disconnect(&self, user: &str, code: u16, reason: &str) -> Result<(), BrokerError> {
+        self.hub.disconnect_user(user, code, reason);
         Ok(())
     }
 

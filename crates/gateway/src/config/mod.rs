@@ -7,7 +7,8 @@
 //!
 //! One module per section, each with its keys, defaults, bounds and checks:
 //! `node` (listeners, node id, logs, shutdown, demo page), `redis` (cluster
-//! mode), `auth` (JWT keys, the server API key), `backend` (the backend
+//! mode), `auth` (JWT keys, the server API key), `admin` (the admin UI's
+//! switch, login key and session length), `backend` (the backend
 //! secret, webhooks, the subscribe proxy's timeout), `origins`, `proxies`,
 //! `limits`, `session` and `namespaces` (with history's bounds); `env` is
 //! how one value is read and checked. `Config::build` reads the sections
@@ -20,6 +21,7 @@
 //! [`Env`]: env::Env
 //! [`ConfigError`]: env::ConfigError
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod env;
@@ -38,6 +40,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::config::admin::{AdminConfig, FileAdmin};
 use crate::config::auth::{FileJwt, JwtConfig};
 use crate::config::backend::{FileWebhooks, WebhookConfig};
 use crate::config::env::{ConfigError, Env};
@@ -86,6 +89,9 @@ pub struct Config {
     /// serves under `/demo/`. Unset (the default) in every production
     /// configuration: `/demo/` is then a 404.
     pub demo_dir: Option<PathBuf>,
+    /// The admin UI under `/admin/`, when enabled (`None`: every `/admin`
+    /// path is the ordinary 404).
+    pub admin: Option<AdminConfig>,
 }
 
 /// The file's shape: every field optional so the environment can fill gaps.
@@ -129,6 +135,8 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     subscribe_proxy_timeout: Option<Duration>,
     demo_dir: Option<PathBuf>,
+    #[serde(default)]
+    admin: FileAdmin,
 }
 
 impl Config {
@@ -203,6 +211,7 @@ impl Config {
         let subscribe_proxy_timeout =
             backend::subscribe_proxy_timeout(env, file.subscribe_proxy_timeout)?;
         let demo_dir = node::demo_dir(env, file.demo_dir)?;
+        let admin = admin::admin_config(env, file.admin, api_key.as_deref())?;
 
         Ok(Config {
             listen,
@@ -224,6 +233,7 @@ impl Config {
             subscribe_proxy_timeout,
             namespaces,
             demo_dir,
+            admin,
         })
     }
 

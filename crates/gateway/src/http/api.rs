@@ -16,11 +16,17 @@
 //! | `POST /api/batch` `{"messages": [{"channel", "data"}, ...]}` | `{"replies": [...]}`: each message's publish answer or its own error (`batch`) |
 //! | `GET /api/presence/{channel}` | `{"members": [{"user", "connection_id", "info"}]}` |
 //! | `GET /api/history/{channel}?limit=&since=&epoch=` | `{"offset", "epoch", "messages", "recovered"?}` |
-//! | `POST /api/disconnect` `{"user"}` | `{"ok": true}` |
+//! | `POST /api/disconnect` `{"user", "code"?, "reason"?}` | `{"ok": true}` |
 //! | `GET /api/channels?prefix=&limit=&cursor=` | `{"channels": [{"channel", "subscribers", "users"}], "next_cursor"?}` |
 //! | `GET /api/channels/{channel}` | `{"channel", "subscribers", "users"}` |
 //!
 //! Failures use the contract's body `{"error": "<code>", "message": "..."}`.
+//!
+//! The admin UI (`http::admin::api`) answers its publish, disconnect and
+//! channel pages with the same functions ([`parse_publish`] + [`publish`],
+//! [`parse_disconnect`] + [`disconnect`], [`channels`], [`channel_counts`],
+//! [`presence`], [`history`]), behind its own login instead of the key, so
+//! both answer a body the same way.
 
 use std::net::SocketAddr;
 
@@ -36,7 +42,7 @@ use switchboard_protocol::batch::decode_messages;
 use switchboard_protocol::channel::validate_channel;
 use switchboard_protocol::frame::{nesting_depth, MAX_DATA_DEPTH};
 use switchboard_protocol::position::{valid_epoch, MAX_EPOCH_LEN, MAX_HISTORY_LIMIT};
-use switchboard_protocol::{ChannelName, ErrorCode, Position};
+use switchboard_protocol::{close, ChannelName, ErrorCode, Position};
 
 use crate::broker;
 use crate::history::{self, HistoryQuery, DEFAULT_HISTORY_LIMIT};
@@ -97,7 +103,7 @@ impl<'a> Route<'a> {
 
 /// A failed API request, rendered as the contract's error body.
 #[derive(Debug)]
-struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
@@ -118,7 +124,7 @@ impl ApiError {
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
@@ -142,7 +148,7 @@ impl ApiError {
         }
     }
 
-    fn into_response(self) -> Response<Body> {
+    pub(crate) fn into_response(self) -> Response<Body> {
         let mut response = response::error(self.status, self.code, &self.message, self.retry_after);
         if let Some(allow) = self
             .allow
@@ -225,15 +231,24 @@ async fn dispatch(
 ) -> Result<Value, ApiError> {
     let method = request.method().clone();
     match (route, method) {
-        (Route::Publish, Method::POST) => publish(node, request.into_body()).await,
-        (Route::Batch, Method::POST) => publish_batch(node, request.into_body()).await,
-        (Route::Presence(channel), Method::GET) => presence(node, channel).await,
-        (Route::History(channel), Method::GET) => {
-            history(node, channel, request.uri().query().unwrap_or("")).await
+        (Route::Publish, Method::POST) => {
+            let bytes = read_body(request.into_body(), node.config.session.max_frame_bytes).await?;
+            publish(node, &parse_publish(&bytes)?).await
         }
-        (Route::Disconnect, Method::POST) => disconnect(node, request.into_body()).await,
+        (Route::Batch, Method::POST) => publish_batch(node, request.into_body()).await,
+        (Route::Presence(channel), Method::GET) => presence(node, &path_channel(channel)?).await,
+        (Route::History(channel), Method::GET) => {
+            let channel = path_channel(channel)?;
+            history(node, &channel, request.uri().query().unwrap_or("")).await
+        }
+        (Route::Disconnect, Method::POST) => {
+            let bytes = read_body(request.into_body(), node.config.session.max_frame_bytes).await?;
+            disconnect(node, &parse_disconnect(&bytes)?).await
+        }
         (Route::Channels, Method::GET) => channels(node, request.uri().query().unwrap_or("")).await,
-        (Route::Channel(channel), Method::GET) => channel_counts(node, channel).await,
+        (Route::Channel(channel), Method::GET) => {
+            channel_counts(node, &path_channel(channel)?).await
+        }
         (Route::Publish | Route::Batch | Route::Disconnect, _) => {
             Err(ApiError::method_not_allowed(Method::POST))
         }
@@ -281,7 +296,7 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
 /// the configured key's length (which reveals nothing useful: every key has
 /// at least `MIN_API_KEY_BYTES`), never on the presented bytes. No hash is
 /// needed, so no extra dependency.
-fn key_matches(expected: &[u8], presented: &[u8]) -> bool {
+pub(crate) fn key_matches(expected: &[u8], presented: &[u8]) -> bool {
     let same_len = (expected.len() as u64).ct_eq(&(presented.len() as u64));
     let same_bytes = expected
         .iter()
@@ -292,8 +307,17 @@ fn key_matches(expected: &[u8], presented: &[u8]) -> bool {
     (same_len & same_bytes).into()
 }
 
-/// `POST /api/publish` `{"channel": "...", "data": <any JSON>}`.
-async fn publish(node: &Node, body: Incoming) -> Result<Value, ApiError> {
+/// The body of `POST /api/publish`, checked: a channel and its `data`,
+/// borrowed from the body's bytes.
+#[derive(Debug)]
+pub(crate) struct Publication<'a> {
+    pub channel: ChannelName,
+    pub data: &'a RawValue,
+}
+
+/// Reads `{"channel": "...", "data": <any JSON>}`, the body of
+/// `POST /api/publish`.
+pub(crate) fn parse_publish(bytes: &[u8]) -> Result<Publication<'_>, ApiError> {
     #[derive(Deserialize)]
     struct PublishBody<'a> {
         #[serde(borrow)]
@@ -307,8 +331,7 @@ async fn publish(node: &Node, body: Incoming) -> Result<Value, ApiError> {
         data: Option<&'a RawValue>,
     }
 
-    let bytes = read_body(body, node.config.session.max_frame_bytes).await?;
-    let body: PublishBody<'_> = parse_object(&bytes)?;
+    let body: PublishBody<'_> = parse_object(bytes)?;
     let channel = channel_field(body.channel)?;
     let data = body
         .data
@@ -318,6 +341,13 @@ async fn publish(node: &Node, body: Incoming) -> Result<Value, ApiError> {
             "data is nested deeper than {MAX_DATA_DEPTH} levels"
         )));
     }
+    Ok(Publication { channel, data })
+}
+
+/// `POST /api/publish`: publishes a checked body through the broker,
+/// stored in history where the channel's namespace keeps it.
+pub(crate) async fn publish(node: &Node, publication: &Publication<'_>) -> Result<Value, ApiError> {
+    let Publication { channel, data } = publication;
     let policy = node.config.namespace(channel.namespace()).history();
     let published = broker::publish_message(&*node.broker, channel.as_str(), data, policy)
         .await
@@ -355,9 +385,9 @@ async fn publish_batch(node: &Node, body: Incoming) -> Result<Value, ApiError> {
     Ok(batch::publish(node, entries).await)
 }
 
-/// `GET /api/presence/{channel}`; the channel may be percent-encoded.
-async fn presence(node: &Node, encoded: &str) -> Result<Value, ApiError> {
-    let channel = path_channel(encoded)?;
+/// `GET /api/presence/{channel}` (the channel may be percent-encoded in
+/// the path).
+pub(crate) async fn presence(node: &Node, channel: &ChannelName) -> Result<Value, ApiError> {
     if !node.config.namespace(channel.namespace()).presence {
         return Err(ApiError::bad_request(format!(
             "presence is disabled for namespace {:?}",
@@ -376,15 +406,18 @@ async fn presence(node: &Node, encoded: &str) -> Result<Value, ApiError> {
 /// `GET /api/history/{channel}?limit=N&since=OFFSET&epoch=EPOCH`: the newest
 /// `limit` messages (default 100, at most 1000), or those after
 /// `{since, epoch}` (both or neither).
-async fn history(node: &Node, encoded: &str, query: &str) -> Result<Value, ApiError> {
-    let channel = path_channel(encoded)?;
+pub(crate) async fn history(
+    node: &Node,
+    channel: &ChannelName,
+    query: &str,
+) -> Result<Value, ApiError> {
     if !node
         .config
         .namespace(channel.namespace())
         .history()
         .enabled()
     {
-        let (_, message) = history::disabled(&channel);
+        let (_, message) = history::disabled(channel);
         return Err(ApiError::bad_request(message));
     }
     let (mut limit, mut offset, mut epoch) = (None, None, None);
@@ -446,7 +479,7 @@ async fn history(node: &Node, encoded: &str, query: &str) -> Result<Value, ApiEr
 /// subscribers, in name order, starting with `prefix`, after `cursor` (the
 /// previous page's `next_cursor`), at most `limit` (default 100, at most
 /// 1000). Read from an index of live channels: never a keyspace scan.
-async fn channels(node: &Node, query: &str) -> Result<Value, ApiError> {
+pub(crate) async fn channels(node: &Node, query: &str) -> Result<Value, ApiError> {
     let mut list = ListQuery {
         prefix: String::new(),
         cursor: None,
@@ -489,8 +522,7 @@ async fn channels(node: &Node, query: &str) -> Result<Value, ApiError> {
 
 /// `GET /api/channels/{channel}`: its subscribers and distinct users (0
 /// and 0 when nobody is subscribed).
-async fn channel_counts(node: &Node, encoded: &str) -> Result<Value, ApiError> {
-    let channel = path_channel(encoded)?;
+pub(crate) async fn channel_counts(node: &Node, channel: &ChannelName) -> Result<Value, ApiError> {
     let counts = node
         .channel_counts(channel.as_str())
         .await
@@ -502,24 +534,44 @@ async fn channel_counts(node: &Node, encoded: &str) -> Result<Value, ApiError> {
 }
 
 /// A channel named in the path, percent-decoded and validated.
-fn path_channel(encoded: &str) -> Result<ChannelName, ApiError> {
+pub(crate) fn path_channel(encoded: &str) -> Result<ChannelName, ApiError> {
     let name = percent_decode(encoded).ok_or_else(|| {
         ApiError::bad_request("channel in the path is not valid percent-encoding")
     })?;
     ChannelName::parse(&name).map_err(|e| ApiError::bad_request(format!("invalid channel: {e}")))
 }
 
-/// `POST /api/disconnect` `{"user": "..."}`: closes every connection of the
-/// user on every node with close code 4003.
-async fn disconnect(node: &Node, body: Incoming) -> Result<Value, ApiError> {
+/// The close codes a disconnect may name: the application's range.
+pub const DISCONNECT_CODES: std::ops::RangeInclusive<u16> = 4000..=4999;
+/// The longest close reason a disconnect may name: what fits a close
+/// frame's payload (125 bytes) after the code.
+pub const MAX_CLOSE_REASON_BYTES: usize = 123;
+
+/// The body of `POST /api/disconnect`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Disconnect {
+    pub user: String,
+    /// The close code, 4000..=4999 (4003 when the body names none).
+    pub code: u16,
+    /// The close reason, at most 123 bytes (`disconnected by the server`
+    /// when the body names none).
+    pub reason: String,
+}
+
+/// Reads `{"user": "...", "code"?: 4000..=4999, "reason"?: "..."}`, the
+/// body of `POST /api/disconnect`.
+pub(crate) fn parse_disconnect(bytes: &[u8]) -> Result<Disconnect, ApiError> {
     #[derive(Deserialize)]
     struct DisconnectBody<'a> {
         #[serde(borrow)]
         user: Option<&'a RawValue>,
+        #[serde(borrow)]
+        code: Option<&'a RawValue>,
+        #[serde(borrow)]
+        reason: Option<&'a RawValue>,
     }
 
-    let bytes = read_body(body, node.config.session.max_frame_bytes).await?;
-    let body: DisconnectBody<'_> = parse_object(&bytes)?;
+    let body: DisconnectBody<'_> = parse_object(bytes)?;
     let raw = body
         .user
         .ok_or_else(|| ApiError::bad_request("missing field user"))?;
@@ -528,9 +580,40 @@ async fn disconnect(node: &Node, body: Incoming) -> Result<Value, ApiError> {
     if user.is_empty() {
         return Err(ApiError::bad_request("user must not be empty"));
     }
-    match node.broker.disconnect(&user).await {
+    let code = match body.code {
+        None => close::DISCONNECTED,
+        Some(raw) => serde_json::from_str::<u16>(raw.get())
+            .ok()
+            .filter(|code| DISCONNECT_CODES.contains(code))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "code must be a whole number from {} to {}",
+                    DISCONNECT_CODES.start(),
+                    DISCONNECT_CODES.end()
+                ))
+            })?,
+    };
+    let reason = match body.reason {
+        None => broker::DISCONNECT_REASON.to_owned(),
+        Some(raw) => serde_json::from_str::<String>(raw.get())
+            .ok()
+            .filter(|reason| reason.len() <= MAX_CLOSE_REASON_BYTES)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "reason must be a string of at most {MAX_CLOSE_REASON_BYTES} bytes"
+                ))
+            })?,
+    };
+    Ok(Disconnect { user, code, reason })
+}
+
+/// `POST /api/disconnect`: closes every connection of the user on every
+/// node with the body's close code and reason.
+pub(crate) async fn disconnect(node: &Node, request: &Disconnect) -> Result<Value, ApiError> {
+    let Disconnect { user, code, reason } = request;
+    match node.broker.disconnect(user, *code, reason).await {
         Ok(()) => {
-            tracing::info!(message = "server API disconnected user", user = %user);
+            tracing::info!(message = "server API disconnected user", user = %user, code);
             Ok(json!({ "ok": true }))
         }
         Err(error) => {
@@ -543,7 +626,7 @@ async fn disconnect(node: &Node, body: Incoming) -> Result<Value, ApiError> {
 }
 
 /// Reads the whole body, refusing more than `limit` bytes.
-async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<LengthLimitError>() => Err(ApiError::new(
@@ -652,6 +735,54 @@ mod tests {
         assert_eq!(Route::of("/api/publish/"), Route::Unknown);
         assert_eq!(Route::of("/api/channels"), Route::Channels);
         assert_eq!(Route::of("/api/channels/chat:a"), Route::Channel("chat:a"));
+    }
+
+    #[test]
+    fn a_disconnect_may_name_its_close_code_and_reason() {
+        let parsed = |body: &str| parse_disconnect(body.as_bytes()).map_err(|e| e.message);
+        assert_eq!(
+            parsed(r#"{"user":"alice"}"#),
+            Ok(Disconnect {
+                user: "alice".into(),
+                code: 4003,
+                reason: "disconnected by the server".into()
+            })
+        );
+        assert_eq!(
+            parsed(r#"{"user":"alice","code":4999,"reason":"banned"}"#),
+            Ok(Disconnect {
+                user: "alice".into(),
+                code: 4999,
+                reason: "banned".into()
+            })
+        );
+        assert_eq!(
+            parsed(r#"{"user":"alice","code":null,"reason":null}"#).map(|d| d.code),
+            Ok(4003),
+            "null is no code"
+        );
+        let code = "code must be a whole number from 4000 to 4999";
+        for bad in ["3999", "5000", "4000.5", r#""4000""#, "-1", "1000"] {
+            assert_eq!(
+                parsed(&format!(r#"{{"user":"a","code":{bad}}}"#)),
+                Err(code.to_owned()),
+                "{bad}"
+            );
+        }
+        let reason = "reason must be a string of at most 123 bytes";
+        let long = "é".repeat(62);
+        for bad in ["1".to_owned(), format!("{long:?}"), r#"["x"]"#.to_owned()] {
+            assert_eq!(
+                parsed(&format!(r#"{{"user":"a","reason":{bad}}}"#)),
+                Err(reason.to_owned()),
+                "{bad}"
+            );
+        }
+        let fits = "x".repeat(123);
+        assert_eq!(
+            parsed(&format!(r#"{{"user":"a","reason":"{fits}"}}"#)).map(|d| d.reason),
+            Ok(fits)
+        );
     }
 
     #[test]

@@ -6,20 +6,26 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
 use http::{header, HeaderValue, Response, StatusCode};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use serde_json::json;
 use tokio::io::DuplexStream;
 use tokio_util::io::poll_read_buf;
 
-/// A response body: bytes known up front (every answer but one), or a
+/// A response body: bytes known up front (every answer but two), a
 /// server-sent events stream's events as its session writes them into a
 /// pipe (a stream opened on a reused keep-alive connection, which hyper
-/// keeps serving; see `http::stream`).
+/// keeps serving; see `http::stream`), or chunks a stream yields (the admin
+/// UI's live tail: dropped with the body when the client goes, so what it
+/// holds is released at once).
 #[derive(Debug, Default)]
 pub struct Body(Kind);
 
-#[derive(Debug, Default)]
+/// Chunks of a body as they come, until the stream ends.
+pub type Chunks = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
+
+#[derive(Default)]
 enum Kind {
     #[default]
     Empty,
@@ -27,6 +33,18 @@ enum Kind {
     /// The pipe, and the buffer its reads go into (each read's bytes are
     /// split off as one frame; the rest of its capacity serves the next).
     Stream(DuplexStream, BytesMut),
+    Chunks(Chunks),
+}
+
+impl std::fmt::Debug for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kind::Empty => f.write_str("Empty"),
+            Kind::Bytes(bytes) => f.debug_tuple("Bytes").field(bytes).finish(),
+            Kind::Stream(pipe, _) => f.debug_tuple("Stream").field(pipe).finish(),
+            Kind::Chunks(_) => f.write_str("Chunks"),
+        }
+    }
 }
 
 /// The most a stream's body takes from its pipe per frame.
@@ -42,12 +60,17 @@ impl Body {
         Body(Kind::Stream(pipe, BytesMut::new()))
     }
 
+    /// A body of the chunks `chunks` yields, until it ends.
+    pub fn chunks(chunks: Chunks) -> Body {
+        Body(Kind::Chunks(chunks))
+    }
+
     /// The bytes of a body known up front (none for a stream).
     pub fn bytes(&self) -> Option<&[u8]> {
         match &self.0 {
             Kind::Empty => Some(&[]),
             Kind::Bytes(bytes) => Some(bytes),
-            Kind::Stream(..) => None,
+            Kind::Stream(..) | Kind::Chunks(_) => None,
         }
     }
 }
@@ -78,6 +101,10 @@ impl HttpBody for Body {
                     Poll::Ready(Ok(_)) => Poll::Ready(Some(Ok(Frame::data(buf.split().freeze())))),
                 }
             }
+            Kind::Chunks(chunks) => chunks
+                .as_mut()
+                .poll_next(cx)
+                .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes)))),
         }
     }
 
@@ -89,7 +116,7 @@ impl HttpBody for Body {
         match &self.0 {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Bytes(bytes) => SizeHint::with_exact(bytes.len() as u64),
-            Kind::Stream(..) => SizeHint::default(),
+            Kind::Stream(..) | Kind::Chunks(_) => SizeHint::default(),
         }
     }
 }

@@ -183,6 +183,9 @@ async fn route(node: Arc<Node>, request: Request<Incoming>, peer: SocketAddr) ->
         (&Method::GET, path) if path == "/demo" || path.starts_with("/demo/") => {
             crate::http::demo::serve(&node, path).await
         }
+        (_, path) if crate::http::admin::is_admin_path(path) => {
+            crate::http::admin::handle(&node, request, peer).await
+        }
         (_, path) if path.starts_with("/api/") => {
             crate::http::api::handle(&node, request, peer).await
         }

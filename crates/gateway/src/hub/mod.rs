@@ -24,6 +24,14 @@
 //! the session number their handle already holds (looked up through a
 //! [`SessionId`]), not a map from a second copy of it: 8 bytes less per
 //! subscription, and the fan-out still walks one dense list in order.
+//!
+//! Beside the subscribers, a channel may have *tails* (the admin UI's live
+//! tail, [`Hub::watch`]): readers that get a copy of each `message` frame
+//! and nothing else. A tail is not a subscriber: it is in no subscriber
+//! list, so it is never in presence, occupancy, the channel listing, the
+//! metrics or a disconnect; it only keeps the node's broker subscription
+//! alive (`first`/`last` and [`Hub::has_subscribers`] count it), so
+//! messages published on other nodes reach it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -99,8 +107,9 @@ impl Delivery {
 pub enum Outbound {
     /// A frame shared with every other recipient.
     Frame(Arc<Delivery>),
-    /// Close the connection with this code and reason.
-    Close(u16, &'static str),
+    /// Close the connection with this code and reason (shared by every
+    /// session of a disconnected user; as small as a `&'static str`).
+    Close(u16, Arc<str>),
     /// The node drains: close with 1012 after this delay.
     Drain(Duration),
     /// A command sent over HTTP for a server-sent events stream, run by
@@ -384,7 +393,10 @@ impl SessionHandle {
 
     fn next_or_slow(&self) -> Option<Outbound> {
         if self.is_slow() {
-            return Some(Outbound::Close(SLOW_CONSUMER, SLOW_CONSUMER_REASON));
+            return Some(Outbound::Close(
+                SLOW_CONSUMER,
+                Arc::from(SLOW_CONSUMER_REASON),
+            ));
         }
         self.try_next()
     }
@@ -408,7 +420,7 @@ impl SessionHandle {
 
     /// Asks the session to close. Close requests are never refused for
     /// space: they cost nothing and must reach even a slow session.
-    pub fn close(&self, code: u16, reason: &'static str) {
+    pub fn close(&self, code: u16, reason: Arc<str>) {
         self.push(Outbound::Close(code, reason), true);
     }
 
@@ -559,6 +571,12 @@ pub struct Hub {
     /// subscription's entry in its session shares it (looked up by `&str`).
     channels: RwLock<HashMap<Arc<str>, Subscribers>>,
     sessions: RwLock<HashSet<Registered>>,
+    /// Channel → its tails. Always locked after `channels` (never the
+    /// other way round), so a first/last decision sees both.
+    tails: RwLock<HashMap<Arc<str>, Vec<Arc<SessionHandle>>>>,
+    /// Tails open on the node: the fan-out looks at `tails` only when some
+    /// exist, so a node without tails pays one atomic read per delivery.
+    tail_count: AtomicUsize,
     dropped: AtomicU64,
     metrics: Arc<Metrics>,
 }
@@ -573,6 +591,8 @@ impl Hub {
         Hub {
             channels: RwLock::default(),
             sessions: RwLock::default(),
+            tails: RwLock::default(),
+            tail_count: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
             metrics,
         }
@@ -607,9 +627,11 @@ impl Hub {
         subscribers.insert(Subscriber::new(session));
         channels.insert(Arc::clone(&name), subscribers);
         self.metrics.channel_opened(channel);
+        // A tail of the channel already holds the broker's subscription.
+        let first = !self.is_tailed(channel);
         Joined {
             channel: name,
-            first: true,
+            first,
         }
     }
 
@@ -626,9 +648,104 @@ impl Hub {
         if subscribers.is_empty() {
             channels.remove(channel);
             self.metrics.channel_closed(channel);
-            return true;
+            // A tail still needs the broker's subscription.
+            return !self.is_tailed(channel);
         }
         false
+    }
+
+    /// Whether `channel` has a tail (called with `channels` locked).
+    fn is_tailed(&self, channel: &str) -> bool {
+        self.tail_count.load(Ordering::Acquire) > 0
+            && self
+                .tails
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(channel)
+    }
+
+    /// Adds a tail of `channel`: a reader that gets every `message` frame
+    /// delivered to the channel on this node and is nothing else (no
+    /// subscriber, no presence, no occupancy). `None` when the node already
+    /// has `max` tails; otherwise whether the channel had neither a
+    /// subscriber nor a tail (the broker must then start listening).
+    pub fn watch(&self, channel: &str, tail: &Arc<SessionHandle>, max: usize) -> Option<bool> {
+        let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
+        let mut tails = self.tails.write().unwrap_or_else(|e| e.into_inner());
+        if self.tail_count.load(Ordering::Acquire) >= max {
+            return None;
+        }
+        let first = !channels.contains_key(channel) && !tails.contains_key(channel);
+        tails
+            .entry(Arc::from(channel))
+            .or_default()
+            .push(Arc::clone(tail));
+        self.tail_count.fetch_add(1, Ordering::AcqRel);
+        Some(first)
+    }
+
+    /// Removes a tail; true when the channel has neither a subscriber nor a
+    /// tail left (the broker may stop listening).
+    pub fn unwatch(&self, channel: &str, tail_id: u64) -> bool {
+        let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
+        let mut tails = self.tails.write().unwrap_or_else(|e| e.into_inner());
+        let Some(list) = tails.get_mut(channel) else {
+            return false;
+        };
+        let Some(at) = list.iter().position(|t| t.id == tail_id) else {
+            return false;
+        };
+        list.swap_remove(at).finish();
+        self.tail_count.fetch_sub(1, Ordering::AcqRel);
+        if !list.is_empty() {
+            return false;
+        }
+        tails.remove(channel);
+        !channels.contains_key(channel)
+    }
+
+    /// Tails open on this node.
+    pub fn tail_count(&self) -> usize {
+        self.tail_count.load(Ordering::Acquire)
+    }
+
+    /// Open sessions on this node.
+    pub fn session_count(&self) -> usize {
+        self.sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// The channels each open session of `user` is subscribed to, by
+    /// session number, each list sorted (for the admin UI; O(the node's
+    /// subscriptions), never on a message path).
+    pub fn user_subscriptions(&self, user: &str) -> Vec<(u64, Vec<String>)> {
+        let mut held: HashMap<u64, Vec<String>> = {
+            let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+            sessions
+                .iter()
+                .filter(|Registered(session)| &*session.user == user)
+                .map(|Registered(session)| (session.id, Vec::new()))
+                .collect()
+        };
+        if held.is_empty() {
+            return Vec::new();
+        }
+        let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
+        for (channel, subscribers) in channels.iter() {
+            for subscriber in subscribers {
+                if let Some(list) = held.get_mut(&subscriber.session.id) {
+                    list.push(channel.to_string());
+                }
+            }
+        }
+        let mut held: Vec<(u64, Vec<String>)> = held.into_iter().collect();
+        for (_, list) in &mut held {
+            list.sort_unstable();
+        }
+        held.sort_unstable_by_key(|(id, _)| *id);
+        held
     }
 
     /// Records that a subscription entered the channel's presence with
@@ -715,6 +832,14 @@ impl Hub {
                 }
             }
         }
+        if self.tail_count.load(Ordering::Acquire) > 0 && is_message(&delivery.frame) {
+            let tails = self.tails.read().unwrap_or_else(|e| e.into_inner());
+            for tail in tails.get(channel).into_iter().flatten() {
+                // A tail that cannot keep up is marked slow and ends; it
+                // is not a subscriber, so it is not counted as one.
+                tail.offer(Outbound::Frame(Arc::clone(delivery)));
+            }
+        }
         if fanout.dropped > 0 {
             self.dropped
                 .fetch_add(fanout.dropped as u64, Ordering::Relaxed);
@@ -754,12 +879,14 @@ impl Hub {
         }
     }
 
-    /// Asks every local session of `user` to close with `code`; returns how many.
-    pub fn disconnect_user(&self, user: &str, code: u16, reason: &'static str) -> usize {
+    /// Asks every local session of `user` to close with `code` and
+    /// `reason`; returns how many.
+    pub fn disconnect_user(&self, user: &str, code: u16, reason: &str) -> usize {
         let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        let reason: Arc<str> = Arc::from(reason);
         let mut closed = 0;
         for Registered(session) in sessions.iter().filter(|s| &*s.0.user == user) {
-            session.close(code, reason);
+            session.close(code, Arc::clone(&reason));
             closed += 1;
         }
         closed
@@ -776,12 +903,11 @@ impl Hub {
         sessions.len()
     }
 
-    /// Whether a channel has a local subscriber.
+    /// Whether a channel has a local subscriber or a tail (whether the
+    /// node needs the broker's subscription to it).
     pub fn has_subscribers(&self, channel: &str) -> bool {
-        self.channels
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(channel)
+        let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
+        channels.contains_key(channel) || self.is_tailed(channel)
     }
 
     /// Bytes waiting in the send queues of every open session (for the
@@ -802,10 +928,21 @@ impl Hub {
             .len()
     }
 
-    /// The channels this node needs from the broker (to resubscribe).
+    /// The channels this node needs from the broker (to resubscribe): those
+    /// with a local subscriber or a tail.
     pub fn channels(&self) -> Vec<String> {
         let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
-        channels.keys().map(|c| c.to_string()).collect()
+        let mut needed: Vec<String> = channels.keys().map(|c| c.to_string()).collect();
+        if self.tail_count.load(Ordering::Acquire) > 0 {
+            let tails = self.tails.read().unwrap_or_else(|e| e.into_inner());
+            needed.extend(
+                tails
+                    .keys()
+                    .filter(|c| !channels.contains_key(&***c))
+                    .map(|c| c.to_string()),
+            );
+        }
+        needed
     }
 
     /// A page of this node's channels with their subscribers and distinct
@@ -876,6 +1013,12 @@ impl Subscriber {
     }
 }
 
+/// Whether a frame is a `message` (what a tail shows), not a `join`,
+/// `leave` or `reset`: every frame the node encodes starts with its type.
+fn is_message(frame: &str) -> bool {
+    frame.starts_with("{\"type\":\"message\"")
+}
+
 fn counts(channel: &str, subscribers: Option<&Subscribers>) -> ChannelCounts {
     let users: HashSet<&str> = subscribers
         .into_iter()
@@ -922,6 +1065,62 @@ mod tests {
         assert_eq!(&*first.channel, "c", "a name outlives the hub's entry");
         let again = hub.subscribe("c", &a);
         assert!(again.first && !Arc::ptr_eq(&again.channel, &first.channel));
+    }
+
+    #[test]
+    fn a_tail_reads_messages_and_holds_the_broker_but_is_no_subscriber() {
+        let hub = Hub::new();
+        let (tail, _rt) = session(100, 4096);
+        let (a, _ra) = session(1, 4096);
+        assert_eq!(hub.watch("c", &tail, 2), Some(true), "nobody held c");
+        assert!(hub.has_subscribers("c") && hub.channels() == vec!["c".to_owned()]);
+        assert!(!hub.subscribe("c", &a).first, "the tail holds the broker");
+        assert_eq!(hub.counts("c").subscribers, 1, "the tail is not counted");
+        hub.set_present("c", 1, None);
+        assert_eq!(hub.channel_presence("c").len(), 1);
+        let message = Delivery::plain(
+            "c",
+            Utf8Bytes::from_static("{\"type\":\"message\",\"channel\":\"c\",\"data\":1}"),
+        );
+        let join = Delivery::plain(
+            "c",
+            Utf8Bytes::from_static("{\"type\":\"join\",\"channel\":\"c\"}"),
+        );
+        assert_eq!(hub.deliver(&join).delivered, 1, "subscribers only");
+        assert_eq!(hub.deliver(&message).delivered, 1, "subscribers only");
+        assert_eq!(tail.queued_items(), 1, "the tail gets the message alone");
+        assert_eq!(a.queued_items(), 2);
+        assert!(!hub.unsubscribe("c", 1), "the tail still needs the broker");
+        let (other, _ro) = session(101, 4096);
+        let (third, _rt3) = session(102, 4096);
+        assert_eq!(hub.watch("c", &other, 2), Some(false));
+        assert_eq!(hub.watch("d", &third, 2), None, "two tails at most here");
+        assert_eq!(hub.tail_count(), 2);
+        assert!(!hub.unwatch("c", 100));
+        assert!(!hub.unwatch("c", 100), "unwatching twice is harmless");
+        assert!(hub.unwatch("c", 101), "the last reader of c");
+        assert_eq!(hub.tail_count(), 0);
+        assert!(!hub.has_subscribers("c") && hub.channels().is_empty());
+    }
+
+    #[test]
+    fn a_users_subscriptions_by_session() {
+        let hub = Hub::new();
+        let alice = |id| Arc::new(SessionHandle::new(id, Arc::from("alice"), 1024));
+        let (a1, a2) = (alice(1), alice(2));
+        let (bob, _rb) = session(3, 1024);
+        for s in [&a1, &a2, &bob] {
+            hub.register(s);
+        }
+        hub.subscribe("z", &a1);
+        hub.subscribe("b", &a1);
+        hub.subscribe("b", &bob);
+        assert_eq!(
+            hub.user_subscriptions("alice"),
+            vec![(1, vec!["b".to_owned(), "z".to_owned()]), (2, vec![])]
+        );
+        assert!(hub.user_subscriptions("carol").is_empty());
+        assert_eq!(hub.session_count(), 3);
     }
 
     /// A session's handle lives in an `Arc` block: 16 bytes of counts plus
@@ -1097,7 +1296,7 @@ mod tests {
         }
         assert_eq!(fast.queued_bytes(), 0);
         // Once slow, a session gets nothing more but a close still reaches it.
-        slow.close(1013, "slow");
+        slow.close(1013, Arc::from("slow"));
         assert_eq!(hub.deliver(&frame).dropped, 1);
         let elsewhere = Delivery::plain("nobody", frame.frame.clone());
         assert_eq!(hub.deliver(&elsewhere), Fanout::default());
@@ -1137,7 +1336,7 @@ mod tests {
         for frame in &frames[..2] {
             assert!(handle.offer(Outbound::Frame(Arc::clone(frame))));
         }
-        handle.close(4003, "bye");
+        handle.close(4003, Arc::from("bye"));
         for frame in &frames[2..] {
             assert!(handle.offer(Outbound::Frame(Arc::clone(frame))));
         }
@@ -1198,7 +1397,7 @@ mod tests {
         );
         match handle.poll_next(&mut cx) {
             Poll::Ready(Outbound::Close(code, reason)) => {
-                assert_eq!((code, reason), (1013, SLOW_CONSUMER_REASON))
+                assert_eq!((code, &*reason), (1013, SLOW_CONSUMER_REASON))
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -25,6 +25,18 @@ const FAST_BUCKETS: &[f64] = &[
     0.002_5, 0.005, 0.01, 0.025, 0.1,
 ];
 
+/// The node's message flow summed over its namespaces (the admin UI's
+/// node figures).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Frames this node published to the broker (`messages in`).
+    pub published: u64,
+    /// Frames queued to local subscribers (`messages out`).
+    pub delivered: u64,
+    /// Open subscriptions of the node's sessions.
+    pub subscriptions: u64,
+}
+
 /// The message flow of one namespace label, resolved once.
 #[derive(Debug, Clone)]
 struct Flow {
@@ -213,6 +225,18 @@ impl ChannelMetrics {
         let flow = self.flow(channel);
         flow.published.inc();
         flow.published_bytes.inc_by(bytes as u64);
+    }
+
+    /// Every namespace's frames published and delivered, and the open
+    /// subscriptions, summed.
+    pub(super) fn totals(&self) -> Totals {
+        let mut totals = Totals::default();
+        for flow in self.flows.values().chain(std::iter::once(&self.other)) {
+            totals.published += flow.published.get();
+            totals.delivered += flow.delivered.get();
+            totals.subscriptions += flow.subscriptions.get().max(0) as u64;
+        }
+        totals
     }
 
     pub(super) fn fanout(&self) -> FanoutTimer<'_> {

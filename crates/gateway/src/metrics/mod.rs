@@ -266,6 +266,11 @@ impl Metrics {
         self.channels.published(channel, bytes);
     }
 
+    /// The flow summed over every namespace.
+    pub fn totals(&self) -> channels::Totals {
+        self.channels.totals()
+    }
+
     /// Starts timing the fan-out of one frame the broker just handed over.
     #[inline]
     pub fn fanout(&self) -> FanoutTimer<'_> {

@@ -265,6 +265,18 @@ impl std::fmt::Debug for RedisOccupancy {
     }
 }
 
+/// `text` matched literally by a Redis glob pattern.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
 /// A count as its field in a node's hash.
 fn field(count: &Count) -> String {
     let array = match count {
@@ -498,6 +510,44 @@ impl RedisOccupancy {
             subscribers: 0,
             users: 0,
         }))
+    }
+
+    /// The channels `user` is subscribed to on `node`, each with whether
+    /// its namespace has presence and the user's subscriptions to it there
+    /// (for the admin UI; an HSCAN of the node's hash, linear in it).
+    pub async fn user_channels(
+        &self,
+        node: &str,
+        user: &str,
+    ) -> Result<Vec<(String, bool, u64)>, String> {
+        let encoded = serde_json::Value::from(user).to_string();
+        let pattern = format!("*,{}]", glob_escape(&encoded));
+        let mut cursor = "0".to_owned();
+        let mut found = Vec::new();
+        loop {
+            let mut scan = redis::cmd("HSCAN");
+            scan.arg(node_key(node))
+                .arg(&cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let (next, pairs): (String, Vec<String>) = self.link.query(&scan).await?;
+            for pair in pairs.chunks(2) {
+                let [field, count] = pair else { continue };
+                let Ok([kind, channel, of]) = serde_json::from_str::<[String; 3]>(field) else {
+                    continue;
+                };
+                let count: u64 = count.parse().unwrap_or(0);
+                if of == user && (kind == "s" || kind == "m") && count > 0 {
+                    found.push((channel, kind == "m", count));
+                }
+            }
+            if next == "0" {
+                return Ok(found);
+            }
+            cursor = next;
+        }
     }
 
     async fn counts(&self, channels: &[String]) -> Result<Vec<ChannelCounts>, String> {

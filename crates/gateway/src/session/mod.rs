@@ -438,7 +438,7 @@ impl<W: Wire> Session<W> {
                             Ok(())
                         }
                     }
-                    Some(Outbound::Close(code, reason)) => Err(End::Close(code, reason.into())),
+                    Some(Outbound::Close(code, reason)) => Err(End::Close(code, String::from(&*reason).into())),
                     Some(Outbound::Drain(delay)) => {
                         self.drain(delay);
                         Ok(())
@@ -617,7 +617,9 @@ impl<W: Wire> Session<W> {
         self.node.metrics.command_rate_limited();
         let (code, reason) = match verdict {
             RateVerdict::Run => return Ok(()),
-            RateVerdict::Close(code, reason) => return Err(End::Close(code, reason.into())),
+            RateVerdict::Close(code, reason) => {
+                return Err(End::Close(code, String::from(&*reason).into()))
+            }
             RateVerdict::Refuse(refusal) => refusal,
         };
         let id = match &message {
@@ -744,7 +746,7 @@ impl<W: Wire> Session<W> {
                 self.node.metrics.command_rate_limited();
                 let frame = ServerFrame::failure(id(), ErrorCode::RateLimited, &reason);
                 command.answer(Some(frame));
-                return Err(End::Close(code, reason.into()));
+                return Err(End::Close(code, String::from(&*reason).into()));
             }
         }
         let (frame, replay) = self.run_command(&command.text).await;

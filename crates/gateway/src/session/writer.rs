@@ -133,7 +133,7 @@ impl<W: Wire> Session<W> {
                 false
             }
             Outbound::Close(code, reason) => {
-                close = Some(End::Close(code, reason.into()));
+                close = Some(End::Close(code, String::from(&*reason).into()));
                 false
             }
             Outbound::Drain(delay) => {

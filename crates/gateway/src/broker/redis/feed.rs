@@ -32,7 +32,15 @@ use crate::redis::target::Mode;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub(super) enum Control {
-    Disconnect { user: String },
+    /// `code` and `reason` are absent in what an older node sends: 4003
+    /// `disconnected by the server` then.
+    Disconnect {
+        user: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
 }
 
 pub(super) fn lock(tracker: &Mutex<Tracker>) -> std::sync::MutexGuard<'_, Tracker> {
@@ -80,11 +88,13 @@ impl Feed {
             }
         } else if name == CONTROL_CHANNEL {
             match serde_json::from_slice::<Control>(payload) {
-                Ok(Control::Disconnect { user }) => {
+                Ok(Control::Disconnect { user, code, reason }) => {
                     let closed = self.hub.disconnect_user(
                         &user,
-                        close::DISCONNECTED,
-                        "disconnected by the server",
+                        code.unwrap_or(close::DISCONNECTED),
+                        reason
+                            .as_deref()
+                            .unwrap_or(crate::broker::DISCONNECT_REASON),
                     );
                     tracing::info!(message = "disconnect by server API", closed);
                 }

@@ -35,7 +35,6 @@ mod subscriber;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use switchboard_protocol::close;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
@@ -192,17 +191,18 @@ impl Broker for RedisBroker {
             .map_err(|_| BrokerError::Unavailable("subscriber stopped".into()))
     }
 
-    async fn disconnect(&self, user: &str) -> Result<(), BrokerError> {
+    async fn disconnect(&self, user: &str, code: u16, reason: &str) -> Result<(), BrokerError> {
         let payload = serde_json::to_string(&Control::Disconnect {
             user: user.to_owned(),
+            code: Some(code),
+            reason: Some(reason.to_owned()),
         })
         .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let mut command = redis::cmd("PUBLISH");
         command.arg(CONTROL_CHANNEL).arg(payload);
         let published = self.link.query::<i64>(&command).await;
         // Local sessions close even when Redis is away.
-        self.hub
-            .disconnect_user(user, close::DISCONNECTED, "disconnected by the server");
+        self.hub.disconnect_user(user, code, reason);
         published.map(drop).map_err(BrokerError::Unavailable)
     }
 

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::presence::connection_id;
 use crate::presence::redis::{
-    conn_key, conns_key, index_key, lease_key, presence_key, user_key, Entry, RedisPresence, NODES,
+    conn_key, conns_key, figures_key, index_key, lease_key, presence_key, user_key, Entry,
+    RedisPresence, NODES,
 };
 use crate::redis::pubsub::{publish_command, pubsub_channel};
 
@@ -26,6 +27,8 @@ pub const LEASE: Duration = Duration::from_secs(5);
 /// How often the lease is renewed and dead nodes are looked for.
 pub const RENEW_EVERY: Duration = Duration::from_secs(1);
 const REAP_LOCK: Duration = Duration::from_secs(30);
+/// How long a node's figures stay after its last renewal.
+pub const FIGURES_TTL: Duration = Duration::from_secs(10);
 
 impl RedisPresence {
     /// Renews the lease and reaps dead nodes until shutdown, then retires
@@ -56,18 +59,28 @@ impl RedisPresence {
         }
     }
 
-    /// Renews the lease; if it had lapsed (Redis restarted, or this node was
-    /// cut off long enough to be reaped) rewrites everything this node owns.
+    /// Renews the lease and writes the node's figures beside it (one
+    /// round trip); if the lease had lapsed (Redis restarted, or this node
+    /// was cut off long enough to be reaped) rewrites everything this node
+    /// owns.
     async fn renew(&self) -> Result<(), String> {
-        let mut renew = redis::cmd("SET");
+        let mut renew = redis::pipe();
         renew
+            .cmd("SET")
             .arg(lease_key(&self.node))
             .arg(1)
             .arg("PX")
             .arg(LEASE.as_millis() as u64)
             .arg("XX");
-        let renewed: Option<String> = self.link.query(&renew).await?;
-        if renewed.is_some() {
+        renew
+            .cmd("SET")
+            .arg(figures_key(&self.node))
+            .arg(self.report.report())
+            .arg("PX")
+            .arg(FIGURES_TTL.as_millis() as u64)
+            .ignore();
+        let renewed: Vec<Option<String>> = self.link.query_pipe(&renew).await?;
+        if renewed.first().is_some_and(Option::is_some) {
             return Ok(());
         }
         // The connections still opening first, then the hub: a session
@@ -293,14 +306,14 @@ impl RedisPresence {
     /// Gives up this node's lease at a clean shutdown (after its sessions
     /// have left).
     pub async fn retire(&self) {
-        // Only the lease goes: if sessions outlived the grace period, their
-        // entries stay indexed and a live node (or the next to start) reaps
-        // them with their leave events, as for a crash.
-        if let Err(error) = self
-            .link
-            .query::<()>(redis::cmd("DEL").arg(lease_key(&self.node)))
-            .await
-        {
+        // Only the lease (and the figures) go: if sessions outlived the
+        // grace period, their entries stay indexed and a live node (or the
+        // next to start) reaps them with their leave events, as for a
+        // crash. One key per DEL: on a cluster they are in different slots.
+        let mut retire = redis::pipe();
+        retire.cmd("DEL").arg(lease_key(&self.node)).ignore();
+        retire.cmd("DEL").arg(figures_key(&self.node)).ignore();
+        if let Err(error) = self.link.query_pipe::<()>(&retire).await {
             tracing::warn!(message = "could not retire the node's redis lease", %error);
         }
     }

@@ -29,6 +29,8 @@
 //!   every node, for the cluster-wide per-user cap
 //! - `sb:presence:<channel>` HASH connection id → `{"user","info","node"}`
 //! - `sb:reap:<node>` STRING lock while one node reaps another, TTL 30 s
+//! - `sb:node:<node>:figures` STRING, the node's figures for the admin UI
+//!   (JSON, [`Report`]), written with each lease renewal, TTL 10 s
 
 pub mod lease;
 
@@ -49,6 +51,9 @@ const NODES: &str = "sb:nodes";
 
 fn lease_key(node: &str) -> String {
     format!("sb:node:{node}")
+}
+fn figures_key(node: &str) -> String {
+    format!("sb:node:{node}:figures")
 }
 fn index_key(node: &str) -> String {
     format!("sb:node:{node}:presence")
@@ -121,6 +126,13 @@ pub trait Holdings: Send + Sync {
     fn sessions(&self) -> Vec<(u64, Arc<str>)>;
 }
 
+/// What the node reports about itself with each lease renewal: its
+/// figures for the admin UI's node list, as JSON (`node::figures`
+/// implements it; presence only stores the text).
+pub trait Report: Send + Sync {
+    fn report(&self) -> String;
+}
+
 /// The little this node keeps beside the hub: connections not yet (or no
 /// longer) in it, and writes to retry. Each set holds only what is in
 /// flight or failed while Redis was away; nothing per subscription.
@@ -151,6 +163,8 @@ pub struct RedisPresence {
     dead: Mutex<Vec<String>>,
     /// Occupancy is rewritten and reaped with the rest of the node's state.
     occupancy: Arc<RedisOccupancy>,
+    /// The node's figures, written with each renewal.
+    report: Arc<dyn Report>,
 }
 
 impl std::fmt::Debug for RedisPresence {
@@ -174,6 +188,7 @@ impl RedisPresence {
         health: Arc<RedisHealth>,
         occupancy: Arc<RedisOccupancy>,
         holdings: Arc<dyn Holdings>,
+        report: Arc<dyn Report>,
     ) -> Arc<RedisPresence> {
         Arc::new(RedisPresence {
             link,
@@ -184,7 +199,57 @@ impl RedisPresence {
             holdings,
             dead: Mutex::default(),
             occupancy,
+            report,
         })
+    }
+
+    /// The figures of every node whose figures have not expired (JSON, as
+    /// each node wrote them), in no particular order.
+    pub async fn figures(&self) -> Result<Vec<String>, String> {
+        let nodes: Vec<String> = self.link.query(redis::cmd("SMEMBERS").arg(NODES)).await?;
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for node in &nodes {
+            pipe.cmd("GET").arg(figures_key(node));
+        }
+        let figures: Vec<Option<String>> = self.link.query_pipe(&pipe).await?;
+        Ok(figures.into_iter().flatten().collect())
+    }
+
+    /// The open connections of `user` on every live node: (connection id,
+    /// node), from the user's hash (`sb:user:<user>`).
+    pub async fn user_connections(&self, user: &str) -> Result<Vec<(String, String)>, String> {
+        let held: HashMap<String, String> = self
+            .link
+            .query(redis::cmd("HGETALL").arg(user_key(user)))
+            .await?;
+        let nodes: HashSet<&str> = held.values().map(String::as_str).collect();
+        let live = self.live_nodes(&nodes).await?;
+        Ok(held
+            .iter()
+            .filter(|(_, node)| live.contains(node.as_str()))
+            .map(|(id, node)| (id.clone(), node.clone()))
+            .collect())
+    }
+
+    /// Which of `connection_ids` have an entry in `channel`'s presence.
+    pub async fn present_in(
+        &self,
+        channel: &str,
+        connection_ids: &[&str],
+    ) -> Result<Vec<bool>, String> {
+        if connection_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut command = redis::cmd("HMGET");
+        command.arg(presence_key(channel));
+        for id in connection_ids {
+            command.arg(*id);
+        }
+        let found: Vec<Option<String>> = self.link.query(&command).await?;
+        Ok(found.iter().map(Option::is_some).collect())
     }
 
     pub fn instance(&self) -> &str {

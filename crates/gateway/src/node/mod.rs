@@ -2,7 +2,12 @@
 //! sessions: configuration, token verifier, hub, broker, presence, the
 //! subscribe proxy, the connection cap and the shutdown signal; and the
 //! operations both the sessions and the server API run on it (publishing a
-//! batch, listing channels).
+//! batch, listing channels, and the admin UI's node list and a user's
+//! connections, over the cluster in cluster mode).
+//!
+//! `figures`: what the node reports about itself for the admin UI.
+
+pub mod figures;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,12 +31,13 @@ use crate::metrics::webhooks::WebhookMetrics;
 use crate::metrics::Metrics;
 use crate::occupancy::redis::{EventQueue, RedisOccupancy};
 use crate::occupancy::{ChannelCounts, ChannelPage, ChannelSubscribers, ListQuery, Occupancy};
-use crate::presence::redis::{HeldEntry, Holdings, RedisPresence};
+use crate::presence::redis::{HeldEntry, Holdings, RedisPresence, Report};
 use crate::presence::{CountedPresence, LocalEntry, MemoryPresence, Presence, Roster};
 use crate::redis::health::RedisHealth;
 use crate::redis::link::Link;
 use crate::redis::shards;
 use crate::redis::target::{Mode, Target};
+use figures::{unix_now, Figures, Snapshot};
 
 #[derive(Debug)]
 pub struct Node {
@@ -61,6 +67,8 @@ pub struct Node {
     pub instance: String,
     /// Cancelled after the sessions are gone: stops the broker and lease tasks.
     pub background: CancellationToken,
+    /// This node's figures (the admin UI's node list).
+    pub figures: Arc<Figures>,
     /// Cluster mode's state in Redis, retired at a clean exit.
     redis: Option<RedisState>,
     next_session: AtomicU64,
@@ -98,6 +106,48 @@ impl Roster for Hub {
     }
 }
 
+/// One node in the admin UI's node list.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ListedNode {
+    pub node_id: String,
+    pub version: String,
+    pub started_at: u64,
+    pub uptime_s: u64,
+    pub connections: u64,
+    pub subscriptions: u64,
+    pub messages_in_per_s: f64,
+    pub messages_out_per_s: f64,
+    pub redis: figures::RedisFigures,
+    pub draining: bool,
+    pub this_node: bool,
+}
+
+impl ListedNode {
+    fn of(snapshot: Snapshot, this_node: bool, now: u64) -> ListedNode {
+        ListedNode {
+            uptime_s: now.saturating_sub(snapshot.started_at),
+            node_id: snapshot.node_id,
+            version: snapshot.version,
+            started_at: snapshot.started_at,
+            connections: snapshot.connections,
+            subscriptions: snapshot.subscriptions,
+            messages_in_per_s: snapshot.messages_in_per_s,
+            messages_out_per_s: snapshot.messages_out_per_s,
+            redis: snapshot.redis,
+            draining: snapshot.draining,
+            this_node,
+        }
+    }
+}
+
+/// One open connection of a user, with the channels it is subscribed to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UserConnection {
+    pub connection_id: String,
+    pub node_id: String,
+    pub channels: Vec<String>,
+}
+
 /// What a cluster node keeps in Redis besides messages.
 #[derive(Debug)]
 struct RedisState {
@@ -123,15 +173,33 @@ impl Node {
         let instance = instance_id(&config.node_id);
         let presence = MemoryPresence::new(Arc::clone(&hub) as Arc<dyn Roster>, instance.clone());
         let limits = ConnectionLimits::new(&config.limits);
+        let (shutdown, figures) = Node::local_figures(&config, &hub, &instance);
         Node::build(
             config,
             hub,
             broker,
             Arc::new(presence),
-            instance,
             (limits, Arc::new(Occupancy::single())),
+            (instance, shutdown, figures),
             None,
         )
+    }
+
+    /// A single node's figures, and the shutdown token they watch.
+    fn local_figures(
+        config: &Config,
+        hub: &Arc<Hub>,
+        instance: &str,
+    ) -> (CancellationToken, Arc<Figures>) {
+        let shutdown = CancellationToken::new();
+        let figures = Figures::new(
+            config.node_id.clone(),
+            instance.to_owned(),
+            Arc::clone(hub),
+            None,
+            shutdown.clone(),
+        );
+        (shutdown, Arc::new(figures))
     }
 
     /// How long the webhook queue keeps an event: its `max_age`, plus as
@@ -194,6 +262,14 @@ impl Node {
             queue,
         );
         tokio::spawn(Arc::clone(&writer).maintain(background.clone()));
+        let shutdown = CancellationToken::new();
+        let figures = Arc::new(Figures::new(
+            config.node_id.clone(),
+            instance.clone(),
+            Arc::clone(&hub),
+            Some((target.mode(), Arc::clone(&health))),
+            shutdown.clone(),
+        ));
         let presence = RedisPresence::new(
             link,
             config.clone(),
@@ -201,6 +277,7 @@ impl Node {
             health,
             Arc::clone(&writer),
             Arc::clone(&hub) as Arc<dyn Holdings>,
+            Arc::clone(&figures) as Arc<dyn Report>,
         );
         tokio::spawn(Arc::clone(&presence).maintain(background.clone()));
         let instance = presence.instance().to_owned();
@@ -209,8 +286,8 @@ impl Node {
             hub,
             Arc::new(broker),
             Arc::clone(&presence) as Arc<dyn Presence>,
-            instance,
             (limits, occupancy),
+            (instance, shutdown, figures),
             Some((
                 background,
                 RedisState {
@@ -230,13 +307,14 @@ impl Node {
     ) -> Result<Arc<Node>, String> {
         let instance = instance_id(&config.node_id);
         let limits = ConnectionLimits::new(&config.limits);
+        let (shutdown, figures) = Node::local_figures(&config, &hub, &instance);
         Node::build(
             config,
             hub,
             broker,
             presence,
-            instance,
             (limits, Arc::new(Occupancy::single())),
+            (instance, shutdown, figures),
             None,
         )
     }
@@ -246,10 +324,12 @@ impl Node {
         hub: Arc<Hub>,
         broker: Arc<dyn Broker>,
         presence: Arc<dyn Presence>,
-        instance: String,
         // The admission limits, and the occupancy that (in cluster mode)
         // reads their per-user map.
         (limits, occupancy): (ConnectionLimits, Arc<Occupancy>),
+        // The node's instance id, its shutdown token, and the figures that
+        // report both.
+        (instance, shutdown, figures): (String, CancellationToken, Arc<Figures>),
         cluster: Option<(CancellationToken, RedisState)>,
     ) -> Result<Arc<Node>, String> {
         let (background, redis) = match cluster {
@@ -281,7 +361,8 @@ impl Node {
             broker,
             presence: Arc::new(CountedPresence::new(presence, Arc::clone(&metrics))),
             metrics,
-            shutdown: CancellationToken::new(),
+            shutdown,
+            figures,
             tasks: TaskTracker::new(),
             next_session: AtomicU64::new(1),
             config,
@@ -354,6 +435,95 @@ impl Node {
             Some(redis) => redis.occupancy.channel(channel).await,
             None => Ok(self.hub.counts(channel)),
         }
+    }
+
+    /// Every live node's figures, sorted by node id, this node's marked
+    /// (by its instance, so a restarted predecessor's are not):
+    /// in cluster mode as each node last wrote them to Redis (this node's
+    /// from memory if its own are not there yet), else this node alone.
+    pub async fn list_nodes(&self) -> Result<Vec<ListedNode>, String> {
+        let now = unix_now();
+        let mut nodes = Vec::new();
+        if let Some(redis) = &self.redis {
+            for text in redis.presence.figures().await? {
+                // A node writes its own figures; one this version cannot
+                // read is left out rather than failing the list.
+                match serde_json::from_str::<Snapshot>(&text) {
+                    Ok(snapshot) => {
+                        let this = snapshot.instance == self.instance;
+                        nodes.push(ListedNode::of(snapshot, this, now));
+                    }
+                    Err(error) => tracing::debug!(message = "unreadable node figures", %error),
+                }
+            }
+        }
+        if !nodes.iter().any(|n| n.this_node) {
+            nodes.push(ListedNode::of(self.figures.snapshot(), true, now));
+        }
+        nodes.sort_by(|a, b| (&a.node_id, a.started_at).cmp(&(&b.node_id, b.started_at)));
+        Ok(nodes)
+    }
+
+    /// Every open connection of `user`, sorted by node and connection id,
+    /// with its channels (sorted). This node's come from its hub. In
+    /// cluster mode the others' come from what Redis records: the user's
+    /// connections (`sb:user:<user>`, live nodes only), the user's channels
+    /// on each node (occupancy), and per connection its presence entries.
+    /// A channel without presence is known per node and user, not per
+    /// connection: it is listed under each of the user's connections on
+    /// that node when they all hold it, and left out when only some do
+    /// (Redis does not say which).
+    pub async fn user_connections(&self, user: &str) -> Result<Vec<UserConnection>, String> {
+        let mut connections: Vec<UserConnection> = self
+            .hub
+            .user_subscriptions(user)
+            .into_iter()
+            .map(|(session, channels)| UserConnection {
+                connection_id: crate::presence::connection_id(&self.instance, session).to_string(),
+                node_id: self.config.node_id.clone(),
+                channels,
+            })
+            .collect();
+        if let Some(redis) = &self.redis {
+            let mut by_node: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+            for (id, node) in redis.presence.user_connections(user).await? {
+                if node != self.instance {
+                    by_node.entry(node).or_default().push(id);
+                }
+            }
+            for (node, ids) in by_node {
+                let held = redis.occupancy.user_channels(&node, user).await?;
+                let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+                let mut channels: Vec<Vec<String>> = vec![Vec::new(); ids.len()];
+                for (channel, presence, count) in held {
+                    if presence {
+                        let present = redis.presence.present_in(&channel, &id_refs).await?;
+                        for (list, present) in channels.iter_mut().zip(present) {
+                            if present {
+                                list.push(channel.clone());
+                            }
+                        }
+                    } else if count >= ids.len() as u64 {
+                        for list in &mut channels {
+                            list.push(channel.clone());
+                        }
+                    }
+                }
+                // An instance is `<node_id>.<run>`.
+                let node_id = node.rsplit_once('.').map_or(node.as_str(), |(id, _)| id);
+                for (id, mut list) in ids.into_iter().zip(channels) {
+                    list.sort_unstable();
+                    connections.push(UserConnection {
+                        connection_id: id,
+                        node_id: node_id.to_owned(),
+                        channels: list,
+                    });
+                }
+            }
+        }
+        connections
+            .sort_by(|a, b| (&a.node_id, &a.connection_id).cmp(&(&b.node_id, &b.connection_id)));
+        Ok(connections)
     }
 
     pub fn is_draining(&self) -> bool {
