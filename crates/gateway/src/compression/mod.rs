@@ -32,10 +32,10 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, 
 
 /// The deflate level of the server's frames: 6, zlib's default. Measured
 /// with an optimized build (`compression::tests::timing` prints the
-/// figures): a 313-byte chat message takes about 13 µs at any level (the
-/// per-message reset dominates) and compresses to 152 bytes at each; a
-/// 4 KiB JSON message takes 16 µs at level 1 (720 bytes), 47 µs at 6 (581
-/// bytes) and 51 µs at 9 (581 bytes). A message is compressed once on the
+/// figures; `cargo test --release`): a 313-byte chat message takes 8-10 µs
+/// at any level (the per-message reset dominates) and compresses to 152
+/// bytes at each; a 4 KiB JSON message takes 12 µs at level 1 (720 bytes),
+/// 30 µs at 6 (581 bytes) and 31 µs at 9 (581 bytes). A message is compressed once on the
 /// node and sent to every subscriber, so the smaller frames of level 6
 /// are worth its extra microseconds; level 9 buys nothing more.
 const LEVEL: u32 = 6;

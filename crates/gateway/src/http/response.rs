@@ -160,6 +160,21 @@ pub fn error(
     response
 }
 
+/// A `200` carrying server-sent events: `text/event-stream`, never cached,
+/// and not buffered by NGINX (`X-Accel-Buffering: no`). A client's stream
+/// and the admin UI's live tail answer with it.
+pub fn event_stream(body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
 /// `204 No Content`, marked not to be cached.
 pub fn no_content() -> Response<Body> {
     let mut response = Response::new(Body::default());

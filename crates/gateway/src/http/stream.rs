@@ -254,15 +254,7 @@ fn serialize(response: Response<Body>, whole: bool) -> Vec<u8> {
 /// buffered by NGINX), readable by `origin` when the request had an
 /// allowed one. One place for both ways a stream is answered.
 fn stream_response(body: Body, origin: Option<&HeaderValue>) -> Response<Body> {
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    with_cors(response, origin)
+    with_cors(response::event_stream(body), origin)
 }
 
 /// Admits a stream's request and records its connection: the session to

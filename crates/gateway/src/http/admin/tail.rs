@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{Response, StatusCode};
 use switchboard_protocol::ChannelName;
 use tokio::time::{Instant, Sleep};
 
@@ -206,16 +206,7 @@ pub async fn tail(node: &Arc<Node>, query: &str) -> Response<Body> {
         shutdown: Box::pin(async move { shutdown.cancelled().await }),
         opened: false,
     };
-    let mut response = Response::new(Body::chunks(Box::pin(tail)));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    // NGINX would otherwise buffer the events.
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+    response::event_stream(Body::chunks(Box::pin(tail)))
 }
 
 #[cfg(test)]
